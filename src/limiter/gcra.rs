@@ -1,0 +1,426 @@
+//! Exact GCRA (generic cell rate algorithm) over integer time.
+//!
+//! A limit allows `count` units of cost per `period_us` microseconds with a burst of `burst`.
+//! Time is scaled by `count` so that every quantity is an integer and nothing is rounded:
+//! in scaled time one token is worth `period_us` units, and the bucket refills `count`
+//! units per microsecond. The state is a single number, the theoretical arrival time
+//! (`tat`) in scaled time: the bucket is full when `tat <= now * count`.
+//!
+//! For every window `[a, b]` the cost admitted by one bucket is at most
+//! `burst + count * (b - a) / period_us` (proved by property tests below).
+
+use super::Micros;
+
+/// Largest `count` and `burst` a rate may have; keeps every product inside `i128`.
+pub const MAX_COUNT: u64 = 1_000_000_000;
+/// Longest period a rate may have: 31 days.
+pub const MAX_PERIOD_US: u64 = 31 * 86_400 * 1_000_000;
+/// Smallest period a rate may have: one millisecond.
+pub const MIN_PERIOD_US: u64 = 1_000;
+/// Largest cost of one admission.
+pub const MAX_COST: u64 = 1_000_000;
+
+/// A rate limit: `count` per `period_us`, at most `burst` at once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Rate {
+    pub count: u64,
+    pub period_us: u64,
+    pub burst: u64,
+}
+
+/// Why a rate is not acceptable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RateError {
+    Count,
+    Period,
+    Burst,
+}
+
+impl std::fmt::Display for RateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RateError::Count => write!(f, "rate must be between 1 and {MAX_COUNT}"),
+            RateError::Period => write!(
+                f,
+                "period must be between {} ms and {} days",
+                MIN_PERIOD_US / 1000,
+                MAX_PERIOD_US / 86_400_000_000
+            ),
+            RateError::Burst => write!(f, "burst must be between 1 and {MAX_COUNT}"),
+        }
+    }
+}
+
+impl Rate {
+    pub fn new(count: u64, period_us: u64, burst: u64) -> Result<Rate, RateError> {
+        if count == 0 || count > MAX_COUNT {
+            return Err(RateError::Count);
+        }
+        if !(MIN_PERIOD_US..=MAX_PERIOD_US).contains(&period_us) {
+            return Err(RateError::Period);
+        }
+        if burst == 0 || burst > MAX_COUNT {
+            return Err(RateError::Burst);
+        }
+        Ok(Rate {
+            count,
+            period_us,
+            burst,
+        })
+    }
+
+    #[inline]
+    fn scaled(&self, t: Micros) -> i128 {
+        t as i128 * self.count as i128
+    }
+
+    #[inline]
+    fn token(&self) -> i128 {
+        self.period_us as i128
+    }
+
+    #[inline]
+    fn capacity(&self) -> i128 {
+        self.burst as i128 * self.period_us as i128
+    }
+}
+
+/// `ceil(a / b)` for `b > 0`, correct for negative `a`.
+#[inline]
+fn div_ceil(a: i128, b: i128) -> i128 {
+    let q = a.div_euclid(b);
+    if a.rem_euclid(b) == 0 {
+        q
+    } else {
+        q + 1
+    }
+}
+
+/// Clamp an `i128` microsecond value into `Micros`.
+#[inline]
+fn to_micros(v: i128) -> Micros {
+    v.clamp(Micros::MIN as i128, Micros::MAX as i128) as Micros
+}
+
+/// The state of one bucket. `Copy` and `repr(C)` so it can live in shared memory.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bucket {
+    /// Theoretical arrival time, in scaled time (µs × `rate.count`).
+    pub tat: i128,
+    /// The rate `tat` is expressed in.
+    pub rate: Rate,
+}
+
+/// What one bucket says about a cost at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// Room: the bucket's new `tat` if the cost is taken.
+    Room {
+        new_tat: i128,
+    },
+    /// No room before `at` (µs). `Never` if the cost exceeds the burst.
+    Wait {
+        at: Micros,
+    },
+    Never,
+}
+
+impl AsMut<Bucket> for Bucket {
+    fn as_mut(&mut self) -> &mut Bucket {
+        self
+    }
+}
+
+impl Bucket {
+    /// A bucket that holds no tokens at `at` and refills from then on.
+    pub fn empty_at(rate: Rate, at: Micros) -> Bucket {
+        Bucket {
+            tat: rate.scaled(at) + rate.capacity(),
+            rate,
+        }
+    }
+
+    /// A bucket that is full at `at`.
+    pub fn full_at(rate: Rate, at: Micros) -> Bucket {
+        Bucket {
+            tat: rate.scaled(at),
+            rate,
+        }
+    }
+
+    /// Whole tokens available at `now`.
+    pub fn available(&self, now: Micros) -> u64 {
+        let debt = (self.tat - self.rate.scaled(now)).max(0);
+        let room = (self.rate.capacity() - debt).max(0);
+        (room / self.rate.token()) as u64
+    }
+
+    /// True when the bucket is full at `now`: forgetting it loses nothing.
+    pub fn is_full(&self, now: Micros) -> bool {
+        self.tat <= self.rate.scaled(now)
+    }
+
+    /// Re-express the bucket in a new rate at `now` without minting tokens: the tokens
+    /// available afterwards are `min(available before, new burst)`, rounded down.
+    pub fn rebase(&mut self, new: Rate, now: Micros) {
+        if new == self.rate {
+            return;
+        }
+        let old = self.rate;
+        let debt_old = (self.tat - old.scaled(now)).max(0);
+        // Exact tokens available before, as a fraction over old.period_us.
+        let room_old = (old.capacity() - debt_old).max(0);
+        // Tokens available after, in new units (one token = new.period_us), rounded down.
+        let room_new = (room_old * new.token() / old.token()).min(new.capacity());
+        self.tat = new.scaled(now) + (new.capacity() - room_new);
+        self.rate = new;
+    }
+
+    /// May `cost` be taken at `now`?
+    pub fn check(&self, cost: u64, now: Micros) -> Check {
+        let r = self.rate;
+        if cost > r.burst {
+            return Check::Never;
+        }
+        let s_now = r.scaled(now);
+        let base = self.tat.max(s_now);
+        let new_tat = base + cost as i128 * r.token();
+        if new_tat - s_now <= r.capacity() {
+            Check::Room { new_tat }
+        } else {
+            // Earliest t with tat + cost*T - burst*T <= t*count.
+            let need = self.tat + (cost as i128 - r.burst as i128) * r.token();
+            Check::Wait {
+                at: to_micros(div_ceil(need, r.count as i128)),
+            }
+        }
+    }
+
+    /// Take `cost` at `now` if there is room; returns whether it was taken.
+    pub fn take(&mut self, cost: u64, now: Micros) -> bool {
+        match self.check(cost, now) {
+            Check::Room { new_tat } => {
+                self.tat = new_tat;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SEC: Micros = 1_000_000;
+
+    fn rate(count: u64, period_us: u64, burst: u64) -> Rate {
+        Rate::new(count, period_us, burst).expect("valid rate")
+    }
+
+    #[test]
+    fn rejects_nonsense_rates() {
+        assert_eq!(Rate::new(0, SEC as u64, 1), Err(RateError::Count));
+        assert_eq!(Rate::new(1, 0, 1), Err(RateError::Period));
+        assert_eq!(Rate::new(1, SEC as u64, 0), Err(RateError::Burst));
+        assert_eq!(
+            Rate::new(MAX_COUNT + 1, SEC as u64, 1),
+            Err(RateError::Count)
+        );
+        assert_eq!(Rate::new(1, MAX_PERIOD_US + 1, 1), Err(RateError::Period));
+    }
+
+    #[test]
+    fn one_per_second_line() {
+        let r = rate(1, SEC as u64, 1);
+        let mut b = Bucket::full_at(r, 0);
+        assert!(b.take(1, 0));
+        assert_eq!(b.check(1, 0), Check::Wait { at: SEC });
+        assert_eq!(b.check(1, SEC - 1), Check::Wait { at: SEC });
+        assert!(b.take(1, SEC));
+        assert!(!b.take(1, SEC + SEC / 2));
+    }
+
+    #[test]
+    fn burst_then_steady() {
+        // AT&T class A: 4,500 per minute, burst 4,500.
+        let r = rate(4500, 60 * SEC as u64, 4500);
+        let mut b = Bucket::full_at(r, 0);
+        for _ in 0..4500 {
+            assert!(b.take(1, 0));
+        }
+        assert!(!b.take(1, 0));
+        // 60 s / 4500 = 13,333.33 µs per message: the next one is due at 13,334 µs.
+        assert_eq!(b.check(1, 0), Check::Wait { at: 13_334 });
+        assert!(!b.take(1, 13_333));
+        assert!(b.take(1, 13_334));
+    }
+
+    #[test]
+    fn weighted_cost_and_never() {
+        let r = rate(100, SEC as u64, 100); // Twilio short code, segments
+        let mut b = Bucket::full_at(r, 0);
+        assert!(b.take(3, 0));
+        assert_eq!(b.available(0), 97);
+        assert_eq!(b.check(101, 0), Check::Never);
+    }
+
+    #[test]
+    fn empty_bucket_refills() {
+        let r = rate(10, SEC as u64, 10);
+        let b = Bucket::empty_at(r, 5 * SEC);
+        assert_eq!(b.available(5 * SEC), 0);
+        assert_eq!(b.available(5 * SEC + SEC / 10), 1);
+        assert_eq!(b.available(6 * SEC), 10);
+        assert_eq!(b.available(60 * SEC), 10);
+        assert!(b.is_full(6 * SEC));
+        assert!(!b.is_full(6 * SEC - 1));
+    }
+
+    #[test]
+    fn older_timestamp_never_mints() {
+        let r = rate(1, SEC as u64, 1);
+        let mut b = Bucket::full_at(r, 0);
+        assert!(b.take(1, 10 * SEC));
+        assert!(!b.take(1, 0));
+        assert!(!b.take(1, 10 * SEC));
+        assert_eq!(b.available(5 * SEC), 0);
+    }
+
+    #[test]
+    fn rebase_keeps_tokens_and_mints_none() {
+        let mut b = Bucket::full_at(rate(10, SEC as u64, 10), 0);
+        assert!(b.take(6, 0)); // 4 left
+                               // Raising the rate and the burst gives no free tokens.
+        b.rebase(rate(100, SEC as u64, 100), 0);
+        assert_eq!(b.available(0), 4);
+        // Lowering the burst below what is available clamps.
+        b.rebase(rate(100, SEC as u64, 2), 0);
+        assert_eq!(b.available(0), 2);
+        // Lowering the rate releases nothing.
+        b.rebase(rate(1, 60 * SEC as u64, 2), 0);
+        assert_eq!(b.available(0), 2);
+        assert!(b.take(2, 0));
+        assert_eq!(b.check(1, 0), Check::Wait { at: 60 * SEC });
+    }
+
+    #[test]
+    fn extreme_timestamps_do_not_overflow() {
+        let r = rate(MAX_COUNT, MAX_PERIOD_US, MAX_COUNT);
+        let mut b = Bucket::full_at(r, Micros::MAX / 2);
+        assert!(b.take(MAX_COST, Micros::MAX / 2));
+        let mut c = Bucket::full_at(r, Micros::MIN / 2);
+        assert!(c.take(1, Micros::MIN / 2));
+        let d = Bucket::empty_at(rate(1, MAX_PERIOD_US, MAX_COUNT), Micros::MAX - 1);
+        assert!(matches!(d.check(1, Micros::MAX - 1), Check::Wait { .. }));
+    }
+
+    /// Brute force: every window between two admission times respects the bound.
+    fn assert_windows(r: Rate, admitted: &[(Micros, u64)]) {
+        let mut ev = admitted.to_vec();
+        ev.sort();
+        for i in 0..ev.len() {
+            let mut sum: i128 = 0;
+            for j in i..ev.len() {
+                sum += ev[j].1 as i128;
+                let w = (ev[j].0 - ev[i].0) as i128;
+                // sum <= burst + count * w / period  <=>  sum*period <= burst*period + count*w
+                assert!(
+                    sum * r.period_us as i128
+                        <= r.burst as i128 * r.period_us as i128 + r.count as i128 * w,
+                    "window [{}, {}] admitted {} under {:?}",
+                    ev[i].0,
+                    ev[j].0,
+                    sum,
+                    r
+                );
+            }
+        }
+    }
+
+    fn arb_rate() -> impl Strategy<Value = Rate> {
+        (
+            1u64..5000,
+            prop_oneof![
+                Just(1_000u64),
+                Just(1_000_000),
+                Just(60_000_000),
+                1_000u64..100_000_000
+            ],
+            1u64..50,
+        )
+            .prop_map(|(c, p, b)| rate(c, p, b))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        #[test]
+        fn window_bound_in_order(r in arb_rate(), steps in prop::collection::vec((0i64..200_000, 1u64..5), 1..300)) {
+            let mut b = Bucket::full_at(r, 0);
+            let mut t = 0;
+            let mut admitted = vec![];
+            for (dt, cost) in steps {
+                t += dt;
+                if b.take(cost, t) { admitted.push((t, cost)); }
+            }
+            assert_windows(r, &admitted);
+        }
+
+        #[test]
+        fn window_bound_any_order(r in arb_rate(), steps in prop::collection::vec((0i64..5_000_000, 1u64..5), 1..200)) {
+            // Timestamps arrive in any order (clock quirks): the bound still holds.
+            let mut b = Bucket::full_at(r, 0);
+            let mut admitted = vec![];
+            for (t, cost) in steps {
+                if b.take(cost, t) { admitted.push((t, cost)); }
+            }
+            assert_windows(r, &admitted);
+        }
+
+        #[test]
+        fn wait_answer_is_exact(r in arb_rate(), pre in 0u64..60, cost in 1u64..5, t in 0i64..10_000_000) {
+            // The time a refusal names is the first instant the same call passes.
+            let mut b = Bucket::full_at(r, 0);
+            for _ in 0..pre { b.take(1, 0); }
+            match b.check(cost, t) {
+                Check::Wait { at } => {
+                    prop_assert!(at > t);
+                    let ok = matches!(b.check(cost, at), Check::Room { .. });
+                    prop_assert!(ok);
+                    let ok = matches!(b.check(cost, at - 1), Check::Wait { .. });
+                    prop_assert!(ok);
+                }
+                Check::Room { .. } => {}
+                Check::Never => prop_assert!(cost > r.burst),
+            }
+        }
+
+        #[test]
+        fn rebase_never_adds_tokens(a in arb_rate(), b2 in arb_rate(), used in 0u64..50, t in 0i64..100_000_000) {
+            let mut b = Bucket::full_at(a, 0);
+            for _ in 0..used { b.take(1, 0); }
+            let before = b.available(t);
+            b.rebase(b2, t);
+            prop_assert!(b.available(t) <= before.min(b2.burst));
+        }
+
+        #[test]
+        fn window_bound_after_restart(r in arb_rate(), before in prop::collection::vec((0i64..200_000, 1u64..5), 1..100),
+                                       gap in 0i64..2_000_000, after in prop::collection::vec((0i64..200_000, 1u64..5), 1..100)) {
+            // State lost at a restart: the new bucket starts empty at the restart time.
+            let mut b = Bucket::full_at(r, 0);
+            let mut t = 0;
+            let mut admitted = vec![];
+            for (dt, cost) in before { t += dt; if b.take(cost, t) { admitted.push((t, cost)); } }
+            let restart = t + gap;
+            let mut b = Bucket::empty_at(r, restart);
+            t = restart;
+            for (dt, cost) in after { t += dt; if b.take(cost, t) { admitted.push((t, cost)); } }
+            assert_windows(r, &admitted);
+        }
+    }
+}

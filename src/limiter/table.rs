@@ -1,0 +1,306 @@
+//! A fixed-capacity open-addressing hash table of buckets, laid over a slice of slots so the
+//! same code runs on a `Vec` in tests and on shared memory in the server. Linear probing with
+//! backward-shift deletion: no tombstones, lookups stay O(1) at any age.
+
+use super::{Bucket, Micros};
+
+/// Identifies one bucket: the limit it belongs to and, for limits kept per key (a recipient,
+/// a carrier), a sub-key. `limit_id == 0` marks an empty slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub limit_id: i64,
+    pub sub: u64,
+}
+
+impl Key {
+    pub const EMPTY: Key = Key {
+        limit_id: 0,
+        sub: 0,
+    };
+
+    pub fn new(limit_id: i64, sub: u64) -> Key {
+        debug_assert!(limit_id != 0);
+        Key { limit_id, sub }
+    }
+
+    /// A well-mixed 64-bit hash (splitmix64 finaliser over both words).
+    pub fn hash(&self) -> u64 {
+        let mut z = (self.limit_id as u64) ^ self.sub.rotate_left(32) ^ 0x9E37_79B9_7F4A_7C15;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Slot {
+    pub key: Key,
+    pub bucket: Bucket,
+}
+
+impl Slot {
+    pub fn is_empty(&self) -> bool {
+        self.key.limit_id == 0
+    }
+}
+
+/// The table is full and no bucket in it could be forgotten without loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Full;
+
+/// One partition: a power-of-two slice of slots and its live count.
+pub struct Table<'a> {
+    pub slots: &'a mut [Slot],
+    pub len: &'a mut u32,
+}
+
+impl Table<'_> {
+    /// Live entries allowed before the partition counts as full (7/8 of the slots).
+    pub fn max_len(&self) -> usize {
+        self.slots.len() - self.slots.len() / 8
+    }
+
+    #[inline]
+    fn mask(&self) -> usize {
+        self.slots.len() - 1
+    }
+
+    /// Index of `key`, if present.
+    pub fn find(&self, key: Key, hash: u64) -> Option<usize> {
+        let mask = self.mask();
+        let mut i = hash as usize & mask;
+        loop {
+            let s = &self.slots[i];
+            if s.is_empty() {
+                return None;
+            }
+            if s.key == key {
+                return Some(i);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Index of `key`, inserting `make()` if absent. When the partition is full, buckets that
+    /// are full at `now` (they hold no debt: forgetting them loses nothing) are dropped first.
+    /// `budget` is asked before a new entry is added (a global cap across partitions) and
+    /// told of every entry dropped; it returns false when no entry may be added. Entries for
+    /// which `keep` is true are never dropped. Dropping moves entries: indices found before
+    /// this call may be stale after it.
+    pub fn find_or_insert(
+        &mut self,
+        key: Key,
+        hash: u64,
+        now: Micros,
+        make: impl FnOnce() -> Bucket,
+        budget: &mut impl FnMut(i64) -> bool,
+        keep: impl Fn(&Key) -> bool,
+    ) -> Result<usize, Full> {
+        if let Some(i) = self.find(key, hash) {
+            return Ok(i);
+        }
+        if *self.len as usize >= self.max_len() || !budget(1) {
+            let dropped = self.forget_full(now, keep);
+            budget(-(dropped as i64));
+            if dropped == 0 || *self.len as usize >= self.max_len() || !budget(1) {
+                return Err(Full);
+            }
+        }
+        let mask = self.mask();
+        let mut i = hash as usize & mask;
+        while !self.slots[i].is_empty() {
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = Slot {
+            key,
+            bucket: make(),
+        };
+        *self.len += 1;
+        Ok(i)
+    }
+
+    /// Drop every bucket that is full at `now`, except those `keep` names; returns how many
+    /// were dropped.
+    pub fn forget_full(&mut self, now: Micros, keep: impl Fn(&Key) -> bool) -> usize {
+        let mut dropped = 0;
+        let mut i = 0;
+        while i < self.slots.len() {
+            let s = &self.slots[i];
+            if !s.is_empty() && s.bucket.is_full(now) && !keep(&s.key) {
+                self.remove(i);
+                dropped += 1;
+                // The slot may now hold a shifted entry: look at it again.
+            } else {
+                i += 1;
+            }
+        }
+        dropped
+    }
+
+    /// Remove the entry at `i`, shifting later entries of its probe run back.
+    pub fn remove(&mut self, mut i: usize) {
+        let mask = self.mask();
+        let mut j = i;
+        loop {
+            self.slots[i].key = Key::EMPTY;
+            loop {
+                j = (j + 1) & mask;
+                if self.slots[j].is_empty() {
+                    *self.len -= 1;
+                    return;
+                }
+                let home = self.slots[j].key.hash() as usize & mask;
+                // Move j back to i unless its home lies cyclically in (i, j].
+                let stays = if i <= j {
+                    i < home && home <= j
+                } else {
+                    i < home || home <= j
+                };
+                if !stays {
+                    break;
+                }
+            }
+            self.slots[i] = self.slots[j];
+            i = j;
+        }
+    }
+
+    /// Every live entry.
+    pub fn iter(&self) -> impl Iterator<Item = &Slot> {
+        self.slots.iter().filter(|s| !s.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limiter::Rate;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    fn empty_slots(n: usize) -> Vec<Slot> {
+        let b = Bucket::full_at(Rate::new(1, 1_000_000, 1).unwrap(), 0);
+        vec![
+            Slot {
+                key: Key::EMPTY,
+                bucket: b
+            };
+            n
+        ]
+    }
+
+    fn busy(at: Micros) -> Bucket {
+        Bucket::empty_at(Rate::new(1, 1_000_000, 1).unwrap(), at)
+    }
+
+    #[test]
+    fn full_partition_forgets_only_refilled_buckets() {
+        let mut slots = empty_slots(16);
+        let mut len = 0;
+        let mut t = Table {
+            slots: &mut slots,
+            len: &mut len,
+        };
+        let mut unlimited = |_: i64| true;
+        // 14 = 7/8 of 16 entries, all busy until 1 s.
+        for id in 1..=14 {
+            let k = Key::new(id, 0);
+            t.find_or_insert(k, k.hash(), 0, || busy(0), &mut unlimited, |_| false)
+                .unwrap();
+        }
+        let k = Key::new(99, 0);
+        assert_eq!(
+            t.find_or_insert(k, k.hash(), 0, || busy(0), &mut unlimited, |_| false),
+            Err(Full)
+        );
+        // Every entry is still there.
+        for id in 1..=14 {
+            let k = Key::new(id, 0);
+            assert!(t.find(k, k.hash()).is_some());
+        }
+        // Once they have refilled they may be forgotten.
+        assert!(t
+            .find_or_insert(
+                k,
+                k.hash(),
+                2_000_000,
+                || busy(2_000_000),
+                &mut unlimited,
+                |_| false
+            )
+            .is_ok());
+        assert_eq!(*t.len, 1);
+    }
+
+    #[test]
+    fn global_budget_is_respected() {
+        let mut slots = empty_slots(64);
+        let mut len = 0;
+        let mut t = Table {
+            slots: &mut slots,
+            len: &mut len,
+        };
+        let mut live = 0i64;
+        let mut budget = |d: i64| {
+            if d > 0 && live + d > 3 {
+                return false;
+            }
+            live += d;
+            true
+        };
+        for id in 1..=3 {
+            let k = Key::new(id, 0);
+            t.find_or_insert(k, k.hash(), 0, || busy(0), &mut budget, |_| false)
+                .unwrap();
+        }
+        let k = Key::new(4, 0);
+        assert_eq!(
+            t.find_or_insert(k, k.hash(), 0, || busy(0), &mut budget, |_| false),
+            Err(Full)
+        );
+        assert!(t
+            .find_or_insert(k, k.hash(), 5_000_000, || busy(0), &mut budget, |_| false)
+            .is_ok());
+        assert_eq!(live, 1);
+    }
+
+    proptest! {
+        /// Against a HashMap model: inserts, removals and forgetting keep every key findable.
+        #[test]
+        fn behaves_like_a_map(ops in prop::collection::vec((0u8..3, 1i64..40, 0u64..3), 1..400)) {
+            let mut slots = empty_slots(64);
+            let mut len = 0;
+            let mut t = Table { slots: &mut slots, len: &mut len };
+            let mut model: HashMap<Key, Micros> = HashMap::new();
+            let mut unlimited = |_: i64| true;
+            for (op, id, sub) in ops {
+                let k = Key::new(id, sub);
+                match op {
+                    0 => {
+                        let at = id * 10;
+                        if t.find_or_insert(k, k.hash(), 0, || busy(at), &mut unlimited, |_| false).is_ok() {
+                            model.entry(k).or_insert(at);
+                        }
+                    }
+                    1 => {
+                        if let Some(i) = t.find(k, k.hash()) { t.remove(i); }
+                        model.remove(&k);
+                    }
+                    _ => {
+                        let now = 200 + 1_000_000;
+                        t.forget_full(now, |_| false);
+                        model.retain(|_, at| !busy(*at).is_full(now));
+                    }
+                }
+                prop_assert_eq!(*t.len as usize, model.len());
+                for (k, at) in &model {
+                    let i = t.find(*k, k.hash());
+                    prop_assert!(i.is_some());
+                    prop_assert_eq!(t.slots[i.unwrap()].bucket, busy(*at));
+                }
+            }
+        }
+    }
+}
