@@ -1,0 +1,4 @@
+//! The SQL surface: every `#[pg_extern]`.
+
+mod admit;
+mod state;

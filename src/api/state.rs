@@ -1,0 +1,92 @@
+//! Configuration change tracking and shared-memory state for the monitoring views.
+
+use crate::error::{self, Result};
+use crate::limiter::Micros;
+use crate::{config, shmem};
+use pgrx::prelude::*;
+use pgrx::{register_xact_callback, PgXactCallbackEvent};
+use std::cell::Cell;
+
+thread_local! {
+    static REGISTERED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Called by the configuration tables' statement trigger: this backend forgets its cached
+/// limits now (it must see its own uncommitted change), and when the transaction ends every
+/// backend is told to forget theirs.
+#[pg_extern(volatile, parallel_unsafe)]
+fn note_config_change() {
+    config::invalidate_local();
+    if REGISTERED.get() {
+        return;
+    }
+    REGISTERED.set(true);
+    let done = || {
+        shmem::bump_config_generation();
+        config::invalidate_local();
+        REGISTERED.set(false);
+    };
+    register_xact_callback(PgXactCallbackEvent::Commit, done);
+    register_xact_callback(PgXactCallbackEvent::Abort, done);
+}
+
+fn to_ts(us: Micros) -> Option<TimestampWithTimeZone> {
+    TimestampWithTimeZone::try_from(us).ok()
+}
+
+/// Every live bucket in shared memory: the limit it belongs to, its sub-key, whole tokens
+/// available at `at`, and when it will be full again.
+#[pg_extern(volatile, parallel_safe)]
+fn bucket_state(
+    at: default!(TimestampWithTimeZone, "now()"),
+) -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(limit_id, i64),
+            name!(sub_key, i64),
+            name!(available, i64),
+            name!(full_at, Option<TimestampWithTimeZone>),
+            name!(rate, i64),
+            name!(period_us, i64),
+            name!(burst, i64),
+        ),
+    >,
+> {
+    let now: Micros = at.into();
+    let rows = shmem::snapshot().map_err(pgrx::pg_sys::panic::ErrorReport::from)?;
+    Ok(TableIterator::new(rows.into_iter().map(move |(k, b)| {
+        let full = b.tat.div_euclid(b.rate.count as i128);
+        let full = full.clamp(Micros::MIN as i128, Micros::MAX as i128) as Micros;
+        (
+            k.limit_id,
+            k.sub as i64,
+            b.available(now) as i64,
+            to_ts(full.max(now)),
+            b.rate.count as i64,
+            b.rate.period_us as i64,
+            b.rate.burst as i64,
+        )
+    })))
+}
+
+/// Shared-memory capacity: live buckets, the configured maximum, and when this shared memory
+/// was made (the server's start, or its last crash restart).
+#[pg_extern(volatile, parallel_safe)]
+fn shmem_usage() -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(live_buckets, i64),
+            name!(max_buckets, i64),
+            name!(started_at, Option<TimestampWithTimeZone>),
+        ),
+    >,
+> {
+    let (live, max) = shmem::usage().map_err(pgrx::pg_sys::panic::ErrorReport::from)?;
+    let started = shmem::started_at().map_err(pgrx::pg_sys::panic::ErrorReport::from)?;
+    if max <= 0 {
+        return Err(error::internal("shared memory has no capacity"));
+    }
+    Ok(TableIterator::once((live, max, to_ts(started))))
+}

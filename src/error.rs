@@ -1,0 +1,92 @@
+//! Errors that reach SQL: each with a real SQLSTATE, a lowercase message, detail and hint.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::PgSqlErrorCode;
+
+pub type Result<T> = std::result::Result<T, ErrorReport>;
+
+fn report(code: PgSqlErrorCode, msg: String, hint: Option<String>) -> ErrorReport {
+    let r = ErrorReport::new(code, msg, "pg_throttle");
+    match hint {
+        Some(h) => r.set_hint(h),
+        None => r,
+    }
+}
+
+/// 22023: a bad argument.
+pub fn invalid(msg: impl Into<String>, hint: impl Into<String>) -> ErrorReport {
+    report(
+        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        msg.into(),
+        Some(hint.into()),
+    )
+}
+
+/// 22004: NULL where a value is required.
+pub fn null_value(arg: &str) -> ErrorReport {
+    report(
+        PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+        format!("{arg} must not be null"),
+        Some(format!("pass a non-empty {arg}")),
+    )
+}
+
+/// 42704: an unknown sender or limit.
+pub fn undefined(msg: impl Into<String>, hint: impl Into<String>) -> ErrorReport {
+    report(
+        PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+        msg.into(),
+        Some(hint.into()),
+    )
+}
+
+/// 53400: a fixed capacity is full.
+pub fn capacity(msg: impl Into<String>, hint: impl Into<String>) -> ErrorReport {
+    report(
+        PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+        msg.into(),
+        Some(hint.into()),
+    )
+}
+
+/// 54000: more of something than one call can handle.
+pub fn too_many(msg: impl Into<String>, hint: impl Into<String>) -> ErrorReport {
+    report(
+        PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+        msg.into(),
+        Some(hint.into()),
+    )
+}
+
+/// 55000: the library was not preloaded.
+pub fn not_preloaded() -> ErrorReport {
+    report(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        "pg_throttle must be loaded via shared_preload_libraries".into(),
+        Some(
+            "add pg_throttle to shared_preload_libraries in postgresql.conf and restart the server"
+                .into(),
+        ),
+    )
+}
+
+/// XX000 for a broken invariant reached through SPI (never user input).
+pub fn internal(msg: impl std::fmt::Display) -> ErrorReport {
+    report(
+        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        format!("pg_throttle: {msg}"),
+        None,
+    )
+}
+
+impl From<crate::shmem::ShmemError> for ErrorReport {
+    fn from(e: crate::shmem::ShmemError) -> ErrorReport {
+        match e {
+            crate::shmem::ShmemError::NotLoaded => not_preloaded(),
+            crate::shmem::ShmemError::Full => capacity(
+                "no free limit bucket in shared memory",
+                "raise throttle.max_buckets (needs a restart), or remove limits that are not used",
+            ),
+        }
+    }
+}
