@@ -132,7 +132,10 @@ mod tests {
         // Lowering it releases nothing either: at 20 ms one token has accrued at the old
         // rate, and from then on one an hour.
         run("UPDATE throttle.rate_limit SET rate = 1, burst = 1, per = '1 hour' WHERE name = 't5'");
-        let passed = [20, 30, 1_000, 60_000].iter().filter(|&&t| admitted("t5-line", "att", t, 1, "sms")).count();
+        let passed = [20, 30, 1_000, 60_000]
+            .iter()
+            .filter(|&&t| admitted("t5-line", "att", t, 1, "sms"))
+            .count();
         assert_eq!(passed, 1);
     }
 

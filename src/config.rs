@@ -1,14 +1,19 @@
 //! Each backend's cache of the limits that apply to a sender, read from the configuration
 //! tables on first use and dropped whenever any backend commits a change to them (the
-//! shared configuration generation moves). The hot path reads one atomic and one hash map.
+//! shared configuration generation moves). For each (carrier, channel) a sender is used
+//! with, the cache keeps a ready [`Plan`]: the buckets to check, with their hashes and
+//! partitions computed. The hot path reads one atomic, hashes the sender once and compares
+//! a few bytes.
 
+use crate::backend::BackendLocal;
 use crate::error::{self, Result};
+use crate::limiter::table::Key;
 use crate::limiter::Rate;
 use crate::shmem;
+use crate::shmem::{Want, MAX_WANTS};
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use rustc_hash::FxHashMap;
-use std::cell::RefCell;
 use std::rc::Rc;
 
 /// One limit row as it applies to a sender.
@@ -19,13 +24,20 @@ pub struct Limit {
     pub channel: Option<Box<str>>,
     pub rate: Rate,
     pub label: Box<str>,
+    /// When the limit row was created (PostgreSQL µs).
+    pub created_at: i64,
 }
 
 impl Limit {
     #[inline]
-    pub fn applies(&self, carrier: &str, channel: &str) -> bool {
-        self.carrier.as_deref().is_none_or(|c| c == carrier)
-            && self.channel.as_deref().is_none_or(|c| c == channel)
+    pub fn applies(&self, carrier: &[u8], channel: &[u8]) -> bool {
+        self.carrier
+            .as_deref()
+            .is_none_or(|c| c.as_bytes() == carrier)
+            && self
+                .channel
+                .as_deref()
+                .is_none_or(|c| c.as_bytes() == channel)
     }
 }
 
@@ -35,18 +47,42 @@ pub struct SenderLimits {
     pub limits: Vec<Limit>,
 }
 
+/// The buckets one (sender, carrier, channel) admission touches.
+#[derive(Debug)]
+pub struct Plan {
+    pub wants: Vec<Want>,
+    /// Bit per shared-memory partition the wants live in.
+    pub partitions: u32,
+    /// For each want, its limit (for naming a blocker).
+    pub limits: Vec<Rc<Limit>>,
+}
+
+struct SenderEntry {
+    limits: Rc<SenderLimits>,
+    /// Plans by (carrier, channel); a sender is used with a handful of them.
+    plans: Vec<(Box<[u8]>, Box<[u8]>, Rc<Plan>)>,
+}
+
 struct Cache {
     generation: u64,
-    senders: FxHashMap<Box<str>, Rc<SenderLimits>>,
+    senders: FxHashMap<Box<[u8]>, SenderEntry>,
     stmt: Option<OwnedPreparedStatement>,
 }
 
-thread_local! {
-    static CACHE: RefCell<Cache> = RefCell::new(Cache {
-        generation: 0,
-        senders: FxHashMap::default(),
-        stmt: None,
-    });
+/// Most (carrier, channel) plans kept per sender before they are rebuilt.
+const MAX_PLANS_PER_SENDER: usize = 64;
+
+static CACHE: BackendLocal<Option<Cache>> = BackendLocal::new(None);
+
+/// Run `f` on this backend's cache (made on first use). `f` never runs SPI.
+fn with_cache<R>(f: impl FnOnce(&mut Cache) -> R) -> R {
+    CACHE.with(|c| {
+        f(c.get_or_insert_with(|| Cache {
+            generation: 0,
+            senders: FxHashMap::default(),
+            stmt: None,
+        }))
+    })
 }
 
 /// Senders cached per backend before the cache is emptied and refilled on demand.
@@ -59,7 +95,8 @@ const LOAD_SQL: &str = "
                     || coalesce(' carrier ' || l.carrier, '')
                     || coalesce(' channel ' || l.channel, '')
                     || coalesce(' sender_type ' || l.sender_type, '')
-                    || ' ' || l.rate || '/' || l.per::text)
+                    || ' ' || l.rate || '/' || l.per::text),
+           l.created_at
       FROM throttle.sender s
       LEFT JOIN LATERAL (
             SELECT * FROM throttle.rate_limit r WHERE r.scope = 'sender' AND r.scope_id = s.sender
@@ -73,33 +110,87 @@ const LOAD_SQL: &str = "
      WHERE s.sender = $1
      ORDER BY l.limit_id";
 
-/// The limits of `sender`, from the cache or the tables. Unknown sender: 42704.
-pub fn sender_limits(sender: &str) -> Result<Rc<SenderLimits>> {
+/// The plan for admitting `sender` to `carrier` on `channel`, from the cache or the tables.
+/// Unknown sender: 42704; more than [`MAX_WANTS`] applicable limits: 54000.
+pub fn plan(sender: &[u8], carrier: &[u8], channel: &[u8]) -> Result<Rc<Plan>> {
     let generation = shmem::config_generation();
-    let hit = CACHE.with_borrow_mut(|c| {
+    let found = with_cache(|c| {
         if c.generation != generation || c.senders.len() >= MAX_CACHED_SENDERS {
             c.senders.clear();
             c.generation = generation;
         }
-        c.senders.get(sender).cloned()
+        let entry = c.senders.get_mut(sender)?;
+        if let Some((_, _, p)) = entry
+            .plans
+            .iter()
+            .find(|(ca, ch, _)| &ca[..] == carrier && &ch[..] == channel)
+        {
+            return Some(Ok(p.clone()));
+        }
+        if entry.plans.len() >= MAX_PLANS_PER_SENDER {
+            entry.plans.clear();
+        }
+        let p = build_plan(&entry.limits, sender, carrier, channel).map(Rc::new);
+        if let Ok(p) = &p {
+            entry
+                .plans
+                .push((carrier.into(), channel.into(), p.clone()));
+        }
+        Some(p)
     });
-    if let Some(found) = hit {
-        return Ok(found);
+    if let Some(p) = found {
+        return p;
     }
     let loaded = Rc::new(load(sender)?);
-    CACHE.with_borrow_mut(|c| {
+    let p = Rc::new(build_plan(&loaded, sender, carrier, channel)?);
+    with_cache(|c| {
         // Cache only what was read under the generation checked above; a reader in a
         // REPEATABLE READ transaction may see an older snapshot, so it does not cache.
         if c.generation == generation && !uses_transaction_snapshot() {
-            c.senders.insert(sender.into(), loaded.clone());
+            c.senders.insert(
+                sender.into(),
+                SenderEntry {
+                    limits: loaded,
+                    plans: vec![(carrier.into(), channel.into(), p.clone())],
+                },
+            );
         }
     });
-    Ok(loaded)
+    Ok(p)
+}
+
+fn build_plan(
+    limits: &SenderLimits,
+    sender: &[u8],
+    carrier: &[u8],
+    channel: &[u8],
+) -> Result<Plan> {
+    let mut plan = Plan {
+        wants: Vec::new(),
+        partitions: 0,
+        limits: Vec::new(),
+    };
+    for l in limits.limits.iter().filter(|l| l.applies(carrier, channel)) {
+        if plan.wants.len() == MAX_WANTS {
+            return Err(error::too_many(
+                format!(
+                    "more than {MAX_WANTS} limits apply to sender \"{}\"",
+                    String::from_utf8_lossy(sender)
+                ),
+                "merge or remove limits in throttle.rate_limit",
+            ));
+        }
+        let w = Want::new(Key::new(l.id, 0), l.rate, l.created_at);
+        plan.partitions |= 1 << w.partition;
+        plan.wants.push(w);
+        plan.limits.push(Rc::new(l.clone()));
+    }
+    Ok(plan)
 }
 
 /// Forget everything this backend has cached (its own transaction changed the tables).
 pub fn invalidate_local() {
-    CACHE.with_borrow_mut(|c| {
+    with_cache(|c| {
         c.senders.clear();
         c.generation = 0;
     });
@@ -109,43 +200,55 @@ fn uses_transaction_snapshot() -> bool {
     unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 }
 }
 
-fn load(sender: &str) -> Result<SenderLimits> {
-    let rows: Option<Vec<Option<(i64, Option<String>, Option<String>, i64, i64, i64, String)>>> =
-        Spi::connect(|client| {
-            let stmt = CACHE.with_borrow_mut(|c| c.stmt.take());
-            let stmt = match stmt {
-                Some(s) => s,
-                None => client
-                    .prepare(
-                        LOAD_SQL,
-                        &[pgrx::PgOid::BuiltIn(pgrx::PgBuiltInOids::TEXTOID)],
-                    )?
-                    .keep(),
-            };
-            let result = (|| {
-                let table = client.select(&stmt, None, &[sender.into()])?;
-                let mut out = Vec::with_capacity(table.len());
-                for row in table {
-                    let id: Option<i64> = row.get(1)?;
-                    out.push(match id {
-                        None => None,
-                        Some(id) => Some((
-                            id,
-                            row.get::<String>(2)?,
-                            row.get::<String>(3)?,
-                            row.get::<i64>(4)?.unwrap_or(0),
-                            row.get::<i64>(5)?.unwrap_or(0),
-                            row.get::<i64>(6)?.unwrap_or(0),
-                            row.get::<String>(7)?.unwrap_or_default(),
-                        )),
-                    });
-                }
-                Ok::<_, pgrx::spi::SpiError>(out)
-            })();
-            CACHE.with_borrow_mut(|c| c.stmt = Some(stmt));
-            result.map(|v| if v.is_empty() { None } else { Some(v) })
-        })
-        .map_err(error::internal)?;
+fn load(sender: &[u8]) -> Result<SenderLimits> {
+    let sender = String::from_utf8_lossy(sender);
+    let sender: &str = &sender;
+    type Row = (
+        i64,
+        Option<String>,
+        Option<String>,
+        i64,
+        i64,
+        i64,
+        String,
+        i64,
+    );
+    let rows: Option<Vec<Option<Row>>> = Spi::connect(|client| {
+        let stmt = with_cache(|c| c.stmt.take());
+        let stmt = match stmt {
+            Some(s) => s,
+            None => client
+                .prepare(
+                    LOAD_SQL,
+                    &[pgrx::PgOid::BuiltIn(pgrx::PgBuiltInOids::TEXTOID)],
+                )?
+                .keep(),
+        };
+        let result = (|| {
+            let table = client.select(&stmt, None, &[sender.into()])?;
+            let mut out = Vec::with_capacity(table.len());
+            for row in table {
+                let id: Option<i64> = row.get(1)?;
+                out.push(match id {
+                    None => None,
+                    Some(id) => Some((
+                        id,
+                        row.get::<String>(2)?,
+                        row.get::<String>(3)?,
+                        row.get::<i64>(4)?.unwrap_or(0),
+                        row.get::<i64>(5)?.unwrap_or(0),
+                        row.get::<i64>(6)?.unwrap_or(0),
+                        row.get::<String>(7)?.unwrap_or_default(),
+                        row.get::<TimestampWithTimeZone>(8)?.map_or(0, i64::from),
+                    )),
+                });
+            }
+            Ok::<_, pgrx::spi::SpiError>(out)
+        })();
+        with_cache(|c| c.stmt = Some(stmt));
+        result.map(|v| if v.is_empty() { None } else { Some(v) })
+    })
+    .map_err(error::internal)?;
     let rows = rows.ok_or_else(|| {
         error::undefined(
             format!("unknown sender \"{sender}\""),
@@ -153,7 +256,9 @@ fn load(sender: &str) -> Result<SenderLimits> {
         )
     })?;
     let mut limits = Vec::with_capacity(rows.len());
-    for (id, carrier, channel, count, period_us, burst, label) in rows.into_iter().flatten() {
+    for (id, carrier, channel, count, period_us, burst, label, created_at) in
+        rows.into_iter().flatten()
+    {
         // The tables' constraints make a bad rate impossible; refuse loudly if one slips by.
         let rate = Rate::new(count as u64, period_us as u64, burst as u64)
             .map_err(|e| error::internal(format!("limit {id}: {e}")))?;
@@ -163,6 +268,7 @@ fn load(sender: &str) -> Result<SenderLimits> {
             channel: channel.map(Into::into),
             rate,
             label: label.into(),
+            created_at,
         });
     }
     Ok(SenderLimits { limits })

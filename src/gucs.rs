@@ -5,7 +5,16 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 static MAX_BUCKETS: GucSetting<i32> = GucSetting::<i32>::new(100_000);
 static MAX_FUTURE_MS: GucSetting<i32> = GucSetting::<i32>::new(3_600_000);
 
-pub fn init() {
+/// Define the settings. Postmaster-context settings can only be defined while the postmaster
+/// loads `shared_preload_libraries` (`preloading`); defining them later is FATAL.
+pub fn init(preloading: bool) {
+    if preloading {
+        define_postmaster();
+    }
+    define_runtime();
+}
+
+fn define_postmaster() {
     GucRegistry::define_int_guc(
         c"throttle.max_buckets",
         c"Live limit buckets kept in shared memory.",
@@ -16,6 +25,9 @@ pub fn init() {
         GucContext::Postmaster,
         GucFlags::default(),
     );
+}
+
+fn define_runtime() {
     GucRegistry::define_int_guc(
         c"throttle.max_future",
         c"How far ahead of the transaction's start time an admission timestamp may be.",
@@ -34,6 +46,9 @@ pub fn max_buckets() -> usize {
 }
 
 /// Largest allowed distance into the future of an admission timestamp, in µs (0: unbounded).
+/// Read on every admission: the raw value, without pgrx's per-read thread check (backends
+/// are single-threaded; the check and its thread-local cost more than the admission math).
 pub fn max_future_us() -> i64 {
-    MAX_FUTURE_MS.get() as i64 * 1_000
+    // SAFETY: PostgreSQL writes this int only from this backend's one thread.
+    (unsafe { *MAX_FUTURE_MS.as_ptr() }) as i64 * 1_000
 }

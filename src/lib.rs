@@ -5,6 +5,7 @@ use pgrx::prelude::*;
 pub mod limiter;
 
 mod api;
+mod backend;
 mod config;
 mod error;
 mod gucs;
@@ -17,9 +18,11 @@ pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    gucs::init();
-    // Shared memory can only be reserved while the postmaster loads the library.
-    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+    // Shared memory and postmaster settings only exist when the postmaster loads the
+    // library; loaded later, the functions answer 55000 (not preloaded).
+    let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    gucs::init(preloading);
+    if preloading {
         shmem::init();
     }
 }

@@ -2,9 +2,16 @@
 //! configuration generation counter.
 //!
 //! Layout: a `Header`, then `PARTITIONS × slots_per_part` slots. Each partition has its own
-//! LWLock from the `pg_throttle` tranche; an admission locks the partitions of every bucket
-//! it touches, in ascending order, so concurrent admissions never deadlock and never
-//! over-admit. The size comes from `throttle.max_buckets`, read once at postmaster start.
+//! lock; an admission locks the partitions of every bucket it touches, in ascending order, so
+//! concurrent admissions never deadlock and never over-admit. The size comes from
+//! `throttle.max_buckets`, read once at postmaster start.
+//!
+//! The partition locks are spinlocks, not LWLocks: a critical section is a few hash probes
+//! and integer operations (well under a microsecond), makes no call into PostgreSQL and
+//! cannot raise an error, which is what PostgreSQL's own spinlocks are for. Every pgrx call
+//! into PostgreSQL costs a `sigsetjmp`; two LWLock calls per partition were a third of an
+//! admission's time. A backend that dies holding one cannot leave it held: PostgreSQL
+//! reinitialises shared memory after any backend crash.
 
 use crate::gucs;
 use crate::limiter::table::{Full, Key, Slot, Table};
@@ -12,10 +19,9 @@ use crate::limiter::{self, Bucket, Micros, Outcome, Rate};
 use pgrx::pg_sys;
 use std::ffi::CStr;
 use std::ptr::null_mut;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 pub const PARTITIONS: usize = 32;
-const TRANCHE: &CStr = c"pg_throttle";
 const SEGMENT: &CStr = c"pg_throttle buckets";
 const MAGIC: u64 = 0x7067_7468_726f_7401;
 
@@ -30,14 +36,20 @@ struct Header {
     config_gen: AtomicU64,
     /// Live buckets across all partitions.
     live: AtomicI64,
-    /// Live buckets per partition, each guarded by its partition's lock.
-    part_len: [u32; PARTITIONS],
+    /// Each partition's lock and live count.
+    parts: [PartLock; PARTITIONS],
+}
+
+/// A partition's spinlock and its live count (guarded by the lock), on its own cache line.
+#[repr(C, align(64))]
+struct PartLock {
+    locked: AtomicU32,
+    len: u32,
 }
 
 struct Shared {
     header: *mut Header,
     slots: *mut Slot,
-    locks: *mut pg_sys::LWLockPadded,
 }
 
 // Postmaster-set pointers, inherited by every backend through fork; only touched from the
@@ -45,7 +57,6 @@ struct Shared {
 static mut SHARED: Shared = Shared {
     header: null_mut(),
     slots: null_mut(),
-    locks: null_mut(),
 };
 static mut PREV_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
 static mut PREV_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
@@ -81,7 +92,6 @@ unsafe extern "C-unwind" fn request_hook() {
             prev();
         }
         pg_sys::RequestAddinShmemSpace(segment_size(gucs::max_buckets()));
-        pg_sys::RequestNamedLWLockTranche(TRANCHE.as_ptr(), PARTITIONS as i32);
     }
 }
 
@@ -97,7 +107,8 @@ unsafe extern "C-unwind" fn startup_hook() {
         let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
         pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let mut found = false;
-        let base = pg_sys::ShmemInitStruct(SEGMENT.as_ptr(), size, &mut found).cast::<u8>();
+        let raw = pg_sys::ShmemInitStruct(SEGMENT.as_ptr(), size, &mut found).cast::<u8>();
+        let base = raw.add(raw.align_offset(64));
         let header = base.cast::<Header>();
         let slots = base
             .add(size_of::<Header>().next_multiple_of(64))
@@ -111,7 +122,10 @@ unsafe extern "C-unwind" fn startup_hook() {
                 started_at: pg_sys::GetCurrentTimestamp(),
                 config_gen: AtomicU64::new(1),
                 live: AtomicI64::new(0),
-                part_len: [0; PARTITIONS],
+                parts: std::array::from_fn(|_| PartLock {
+                    locked: AtomicU32::new(0),
+                    len: 0,
+                }),
             });
             let empty = Slot {
                 key: Key::EMPTY,
@@ -128,11 +142,7 @@ unsafe extern "C-unwind" fn startup_hook() {
                 slots.add(i).write(empty);
             }
         }
-        SHARED = Shared {
-            header,
-            slots,
-            locks: pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr()),
-        };
+        SHARED = Shared { header, slots };
         pg_sys::LWLockRelease(init_lock);
     }
 }
@@ -178,22 +188,26 @@ pub fn started_at() -> Result<Micros, ShmemError> {
     shared().map(|s| unsafe { (*s.header).started_at })
 }
 
-/// Holds a set of partition locks; releases them in reverse order on drop.
+/// Holds a set of partition locks; releases them in reverse order on drop (also when a
+/// panic unwinds, so a lock is never left held by a live backend).
 struct Locked {
+    header: *mut Header,
     parts: [u8; PARTITIONS],
     n: usize,
 }
 
 impl Locked {
-    fn acquire(s: &Shared, mut wanted: u32, mode: pg_sys::LWLockMode::Type) -> Locked {
+    /// Lock every partition whose bit is set in `wanted`, lowest first.
+    fn acquire(s: &Shared, mut wanted: u32) -> Locked {
         let mut l = Locked {
+            header: s.header,
             parts: [0; PARTITIONS],
             n: 0,
         };
         while wanted != 0 {
             let p = wanted.trailing_zeros() as usize;
             wanted &= wanted - 1;
-            unsafe { pg_sys::LWLockAcquire(&raw mut (*s.locks.add(p)).lock, mode) };
+            spin_lock(unsafe { &(*s.header).parts[p].locked });
             l.parts[l.n] = p as u8;
             l.n += 1;
         }
@@ -201,18 +215,36 @@ impl Locked {
     }
 }
 
+fn spin_lock(flag: &AtomicU32) {
+    let mut spins = 0u32;
+    loop {
+        if flag
+            .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return;
+        }
+        while flag.load(Ordering::Relaxed) != 0 {
+            spins += 1;
+            if spins < 200 {
+                std::hint::spin_loop();
+            } else {
+                // The holder may have been descheduled: give it the core.
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
 impl Drop for Locked {
     fn drop(&mut self) {
-        // SAFETY: the pointers were set at startup. During an elog unwind PostgreSQL releases
-        // every LWLock itself (and InterruptHoldoffCount is 0 by then): do not release twice.
-        unsafe {
-            if pg_sys::InterruptHoldoffCount == 0 {
-                return;
-            }
-            let s = &*(&raw const SHARED);
-            for i in (0..self.n).rev() {
-                pg_sys::LWLockRelease(&raw mut (*s.locks.add(self.parts[i] as usize)).lock);
-            }
+        for i in (0..self.n).rev() {
+            // SAFETY: header points at shared memory for the life of the process.
+            unsafe {
+                (*self.header).parts[self.parts[i] as usize]
+                    .locked
+                    .store(0, Ordering::Release)
+            };
         }
     }
 }
@@ -227,33 +259,64 @@ unsafe fn table(s: &Shared, p: usize) -> Table<'static> {
         let spp = (*s.header).slots_per_part as usize;
         Table {
             slots: std::slice::from_raw_parts_mut(s.slots.add(p * spp), spp),
-            len: &mut (*s.header).part_len[p],
+            len: &mut (*s.header).parts[p].len,
         }
     }
 }
 
-/// One bucket an admission needs: its key and the rate it must have now.
+/// One bucket an admission needs: its key (with its hash and partition), the rate it must
+/// have now, and when its limit was created.
 #[derive(Clone, Copy, Debug)]
 pub struct Want {
     pub key: Key,
+    pub hash: u64,
+    pub partition: u32,
     pub rate: Rate,
+    pub created_at: Micros,
+}
+
+impl Want {
+    pub fn new(key: Key, rate: Rate, created_at: Micros) -> Want {
+        let hash = key.hash();
+        Want {
+            key,
+            hash,
+            partition: partition_of(hash) as u32,
+            rate,
+            created_at,
+        }
+    }
+}
+
+/// The state of a bucket seen for the first time. Shared memory is lost on restart, so a
+/// limit that existed before this shared memory was made starts empty at that moment: a
+/// restart never grants a burst on top of what was admitted just before it. A limit created
+/// since then has had no traffic yet and starts full at its creation.
+fn first_state(w: &Want, started_at: Micros) -> Bucket {
+    if w.created_at > started_at {
+        Bucket::full_at(w.rate, w.created_at)
+    } else {
+        Bucket::empty_at(w.rate, started_at)
+    }
 }
 
 /// Most limits one admission may touch.
 pub const MAX_WANTS: usize = 32;
 
 /// Admit `cost` at `now` across every wanted bucket, atomically. A bucket seen for the
-/// first time starts empty at `started_at`; a bucket whose rate changed is rebased at `now`
-/// without minting tokens.
-pub fn admit(wants: &[Want], cost: u64, now: Micros) -> Result<Outcome, ShmemError> {
+/// first time starts as [`first_state`] says; a bucket whose rate changed is rebased at
+/// `now` without minting tokens.
+/// `partitions` has a bit set for each want's partition.
+pub fn admit(
+    wants: &[Want],
+    partitions: u32,
+    cost: u64,
+    now: Micros,
+    headroom: bool,
+) -> Result<Outcome, ShmemError> {
     let s = shared()?;
     debug_assert!(wants.len() <= MAX_WANTS);
-    let mut hashes = [0u64; MAX_WANTS];
-    let mut mask = 0u32;
-    for (i, w) in wants.iter().enumerate() {
-        hashes[i] = w.key.hash();
-        mask |= 1 << partition_of(hashes[i]);
-    }
+    let mask = partitions;
     let started = unsafe { (*s.header).started_at };
     let max = unsafe { (*s.header).max_buckets } as i64;
     let live = unsafe { &(*s.header).live };
@@ -269,16 +332,15 @@ pub fn admit(wants: &[Want], cost: u64, now: Micros) -> Result<Outcome, ShmemErr
     };
     let keys = &wants[..];
     let keep = |k: &Key| keys.iter().any(|w| w.key == *k);
-    let _locks = Locked::acquire(s, mask, pg_sys::LWLockMode::LW_EXCLUSIVE);
+    let _locks = Locked::acquire(s, mask);
     // Pass 1: make sure every bucket exists (inserting may move others in its partition).
-    for (i, w) in wants.iter().enumerate() {
-        let mut t = unsafe { table(s, partition_of(hashes[i])) };
-        let rate = w.rate;
+    for w in wants {
+        let mut t = unsafe { table(s, w.partition as usize) };
         t.find_or_insert(
             w.key,
-            hashes[i],
+            w.hash,
             now,
-            || Bucket::empty_at(rate, started),
+            || first_state(w, started),
             &mut budget,
             keep,
         )
@@ -287,13 +349,18 @@ pub fn admit(wants: &[Want], cost: u64, now: Micros) -> Result<Outcome, ShmemErr
     // Pass 2: nothing moves any more; take pointers and bring each bucket to its rate.
     let mut refs = [BucketPtr(null_mut()); MAX_WANTS];
     for (i, w) in wants.iter().enumerate() {
-        let t = unsafe { table(s, partition_of(hashes[i])) };
-        let idx = t.find(w.key, hashes[i]).ok_or(ShmemError::Full)?;
+        let t = unsafe { table(s, w.partition as usize) };
+        let idx = t.find(w.key, w.hash).ok_or(ShmemError::Full)?;
         let b = &mut t.slots[idx].bucket;
         b.rebase(w.rate, now);
         refs[i] = BucketPtr(b);
     }
-    Ok(limiter::admit(&mut refs[..wants.len()], cost, now))
+    Ok(limiter::admit_opt(
+        &mut refs[..wants.len()],
+        cost,
+        now,
+        headroom,
+    ))
 }
 
 /// A bucket in shared memory, reached while its partition lock is held.
@@ -313,7 +380,7 @@ pub fn snapshot() -> Result<Vec<(Key, Bucket)>, ShmemError> {
     let s = shared()?;
     let mut out = Vec::new();
     for p in 0..PARTITIONS {
-        let _lock = Locked::acquire(s, 1 << p, pg_sys::LWLockMode::LW_SHARED);
+        let _lock = Locked::acquire(s, 1 << p);
         let t = unsafe { table(s, p) };
         out.extend(t.iter().map(|slot| (slot.key, slot.bucket)));
     }

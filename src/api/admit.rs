@@ -1,186 +1,229 @@
 //! `throttle_admit` and `try_admit`: atomic admission across every limit that applies.
+//!
+//! These two are the hot path (called once per row of a query), so they are plain V1 C
+//! functions reading their arguments straight from `fcinfo`, declared in SQL below, rather
+//! than `#[pg_extern]`s: pgrx's generic per-argument unboxing and memory-context switching
+//! cost more than the admission itself. Everything they do past argument reading is shared
+//! safe Rust.
 
-use crate::config::{self, SenderLimits};
+use crate::backend;
+use crate::config::{self, Plan};
 use crate::error::{self, Result};
 use crate::gucs;
 use crate::limiter::gcra::MAX_COST;
-use crate::limiter::table::Key;
 use crate::limiter::{Micros, Outcome};
-use crate::shmem::{self, Want, MAX_WANTS};
-use pgrx::pg_sys::panic::ErrorReport;
+use crate::shmem;
+use pgrx::pg_sys::panic::{ErrorReport, ErrorReportable};
 use pgrx::prelude::*;
-use pgrx::{composite_type, PgTupleDesc};
+use std::rc::Rc;
 
-/// Validated arguments and the answer for one call.
-struct Answer {
-    outcome: Outcome,
-    /// Index into `limits` of each want, to name a blocker.
-    wanted: [u16; MAX_WANTS],
-    checked: usize,
-    limits: std::rc::Rc<SenderLimits>,
+pgrx::extension_sql!(
+    r#"
+CREATE FUNCTION throttle.throttle_admit(
+    sender text, carrier text, ts timestamptz DEFAULT now(), cost integer DEFAULT 1,
+    channel text DEFAULT 'sms'
+) RETURNS throttle.admission
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'pg_throttle_admit';
+
+CREATE FUNCTION throttle.try_admit(
+    sender text, carrier text, ts timestamptz DEFAULT now(), cost integer DEFAULT 1,
+    channel text DEFAULT 'sms'
+) RETURNS boolean
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'pg_throttle_try_admit';
+"#,
+    name = "admit_functions",
+    requires = ["schema"],
+);
+
+/// The arguments of one call, checked.
+struct Call<'a> {
+    sender: &'a [u8],
+    carrier: &'a [u8],
+    channel: &'a [u8],
+    now: Micros,
+    cost: u64,
 }
 
-fn checked_text<'a>(v: Option<&'a str>, what: &str) -> Result<&'a str> {
-    match v {
-        None => Err(error::null_value(what)),
-        Some("") => Err(error::invalid(
+/// Argument `i` of the call, or None for SQL NULL.
+#[inline]
+unsafe fn arg(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> Option<pg_sys::Datum> {
+    unsafe {
+        let args = (*fcinfo).args.as_slice((*fcinfo).nargs as usize);
+        args.get(i).filter(|a| !a.isnull).map(|a| a.value)
+    }
+}
+
+/// A text argument as bytes (detoasted only when it is compressed or out of line).
+#[inline]
+unsafe fn text_arg<'a>(fcinfo: pg_sys::FunctionCallInfo, i: usize, what: &str) -> Result<&'a [u8]> {
+    let d = unsafe { arg(fcinfo, i) }.ok_or_else(|| error::null_value(what))?;
+    let bytes = unsafe {
+        let mut p = d.cast_mut_ptr::<pg_sys::varlena>();
+        if pgrx::varlena::varatt_is_1b_e(p) || pgrx::varlena::varatt_is_4b_c(p) {
+            p = pg_sys::pg_detoast_datum_packed(p);
+        }
+        pgrx::varlena::varlena_to_byte_slice(p)
+    };
+    if bytes.is_empty() {
+        return Err(error::invalid(
             format!("{what} must not be empty"),
             format!("pass the {what} as registered in throttle.sender / throttle.rate_limit"),
-        )),
-        Some(s) => Ok(s),
-    }
-}
-
-fn checked_ts(ts: Option<TimestampWithTimeZone>) -> Result<Micros> {
-    let ts = ts.ok_or_else(|| error::null_value("ts"))?;
-    if ts.is_infinity() || ts.is_neg_infinity() {
-        return Err(error::invalid(
-            "ts must be finite",
-            "pass now() or a real point in time",
         ));
     }
-    let us: Micros = ts.into();
-    let max_future = gucs::max_future_us();
-    if max_future > 0 {
-        let start = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
-        if us > start.saturating_add(max_future) {
-            return Err(error::invalid(
-                "ts is too far in the future",
-                format!(
-                    "ts may be at most throttle.max_future ({} ms) after the transaction's start; pass now()",
-                    max_future / 1000
-                ),
-            ));
-        }
-    }
-    Ok(us)
+    Ok(bytes)
 }
 
-fn decide(
-    sender: Option<&str>,
-    carrier: Option<&str>,
-    ts: Option<TimestampWithTimeZone>,
-    cost: Option<i32>,
-    channel: Option<&str>,
-) -> Result<(Answer, Micros)> {
-    let sender = checked_text(sender, "sender")?;
-    let carrier = checked_text(carrier, "carrier")?;
-    let channel = checked_text(channel, "channel")?;
-    let now = checked_ts(ts)?;
-    let cost = cost.ok_or_else(|| error::null_value("cost"))?;
+unsafe fn read_call<'a>(fcinfo: pg_sys::FunctionCallInfo) -> Result<Call<'a>> {
+    unsafe {
+        let sender = text_arg(fcinfo, 0, "sender")?;
+        let carrier = text_arg(fcinfo, 1, "carrier")?;
+        let ts = arg(fcinfo, 2).ok_or_else(|| error::null_value("ts"))?;
+        let cost = arg(fcinfo, 3).ok_or_else(|| error::null_value("cost"))?;
+        let channel = text_arg(fcinfo, 4, "channel")?;
+        Ok(Call {
+            sender,
+            carrier,
+            channel,
+            now: checked_ts(ts.value() as i64)?,
+            cost: checked_cost(cost.value() as i32)?,
+        })
+    }
+}
+
+fn checked_cost(cost: i32) -> Result<u64> {
     if cost < 1 || cost as u64 > MAX_COST {
         return Err(error::invalid(
             format!("cost must be between 1 and {MAX_COST}, got {cost}"),
             "cost counts segments: 1 for a single-segment message",
         ));
     }
+    Ok(cost as u64)
+}
+
+fn checked_ts(us: Micros) -> Result<Micros> {
+    if us == Micros::MAX || us == Micros::MIN {
+        return Err(error::invalid(
+            "ts must be finite",
+            "pass now() or a real point in time",
+        ));
+    }
+    let max_future = gucs::max_future_us();
+    if max_future > 0 && us > backend::transaction_start().saturating_add(max_future) {
+        return Err(error::invalid(
+            "ts is too far in the future",
+            format!(
+                "ts may be at most throttle.max_future ({} ms) after the transaction's start; pass now()",
+                max_future / 1000
+            ),
+        ));
+    }
+    Ok(us)
+}
+
+/// Decide one call: the plan it used and the outcome.
+fn decide(call: &Call, headroom: bool) -> Result<(Rc<Plan>, Outcome)> {
     if !shmem::is_loaded() {
         return Err(error::not_preloaded());
     }
-    let limits = config::sender_limits(sender)?;
-    let mut wants = [Want {
-        key: Key::EMPTY,
-        rate: crate::limiter::Rate {
-            count: 1,
-            period_us: 1,
-            burst: 1,
-        },
-    }; MAX_WANTS];
-    let mut wanted = [0u16; MAX_WANTS];
-    let mut n = 0;
-    for (i, l) in limits.limits.iter().enumerate() {
-        if !l.applies(carrier, channel) {
-            continue;
-        }
-        if n == MAX_WANTS {
-            return Err(error::too_many(
-                format!("more than {MAX_WANTS} limits apply to sender \"{sender}\""),
-                "merge or remove limits in throttle.rate_limit",
-            ));
-        }
-        wants[n] = Want {
-            key: Key::new(l.id, 0),
-            rate: l.rate,
-        };
-        wanted[n] = i as u16;
-        n += 1;
-    }
-    let outcome = shmem::admit(&wants[..n], cost as u64, now).map_err(ErrorReport::from)?;
-    Ok((
-        Answer {
-            outcome,
-            wanted,
-            checked: n,
-            limits,
-        },
-        now,
-    ))
+    let plan = config::plan(call.sender, call.carrier, call.channel)?;
+    let outcome = shmem::admit(&plan.wants, plan.partitions, call.cost, call.now, headroom)
+        .map_err(ErrorReport::from)?;
+    Ok((plan, outcome))
 }
 
-/// May `sender` send `cost` segments to `carrier` on `channel` at `ts`? If every limit that
-/// applies has room, all of them are debited and the answer says so; otherwise none is, and
-/// the answer names the limit that blocks and the earliest time the same call would pass.
-#[pg_extern(volatile, parallel_unsafe)]
-fn throttle_admit(
-    sender: Option<&str>,
-    carrier: Option<&str>,
-    ts: default!(Option<TimestampWithTimeZone>, "now()"),
-    cost: default!(Option<i32>, 1),
-    channel: default!(Option<&str>, "'sms'"),
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_pg_throttle_try_admit() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// `throttle.try_admit(sender, carrier, ts, cost, channel) → boolean`: true when admitted
+/// (and every applicable limit debited), false when throttled.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn pg_throttle_try_admit(
     fcinfo: pg_sys::FunctionCallInfo,
-) -> Result<composite_type!('static, "admission")> {
-    let (a, _) = decide(sender, carrier, ts, cost, channel)?;
-    let desc = admission_desc(fcinfo)?;
-    let checked = Some((a.checked as i32).into());
-    let datums: [Option<pg_sys::Datum>; 6] = match a.outcome {
-        Outcome::Admitted { headroom } => [
-            Some(true.into()),
-            None,
-            None,
-            None,
-            headroom.map(|h| (h as i64).into()),
-            checked,
-        ],
+) -> pg_sys::Datum {
+    let r: Result<bool> = unsafe { read_call(fcinfo) }
+        .and_then(|call| decide(&call, false))
+        .map(|(_, o)| matches!(o, Outcome::Admitted { .. }));
+    pg_sys::Datum::from(r.unwrap_or_report())
+}
+
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_pg_throttle_admit() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// `throttle.throttle_admit(sender, carrier, ts, cost, channel) → throttle.admission`: may
+/// `sender` send `cost` segments to `carrier` on `channel` at `ts`? If every applicable limit
+/// has room, all are debited; otherwise none is, and the answer names the limit that blocks
+/// and the earliest time the same call would pass.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn pg_throttle_admit(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    let r = unsafe { read_call(fcinfo) }
+        .and_then(|call| decide(&call, true))
+        .and_then(|(plan, outcome)| unsafe { admission_datum(fcinfo, &plan, outcome) });
+    r.unwrap_or_report()
+}
+
+/// Form a `throttle.admission` row.
+unsafe fn admission_datum(
+    fcinfo: pg_sys::FunctionCallInfo,
+    plan: &Plan,
+    outcome: Outcome,
+) -> Result<pg_sys::Datum> {
+    let desc = unsafe { admission_desc(fcinfo)? };
+    let mut values = [pg_sys::Datum::from(0usize); 6];
+    let mut nulls = [true; 6];
+    let mut set = |i: usize, d: pg_sys::Datum| {
+        values[i] = d;
+        nulls[i] = false;
+    };
+    set(5, pg_sys::Datum::from(plan.wants.len() as i32));
+    match outcome {
+        Outcome::Admitted { headroom } => {
+            set(0, pg_sys::Datum::from(true));
+            if let Some(h) = headroom {
+                set(4, pg_sys::Datum::from(h as i64));
+            }
+        }
         Outcome::Refused {
             blocker,
             retry_at,
             headroom,
         } => {
-            let limit = &a.limits.limits[a.wanted[blocker] as usize];
-            [
-                Some(false.into()),
-                retry_at.map(|t| t.into()),
-                Some(limit.id.into()),
-                limit.label.as_ref().into_datum(),
-                Some((headroom as i64).into()),
-                checked,
-            ]
+            let limit = &plan.limits[blocker];
+            set(0, pg_sys::Datum::from(false));
+            if let Some(t) = retry_at {
+                set(1, pg_sys::Datum::from(t));
+            }
+            set(2, pg_sys::Datum::from(limit.id));
+            set(
+                3,
+                pg_sys::Datum::from(pgrx::varlena::rust_str_to_text_p(&limit.label).into_pg()),
+            );
+            set(4, pg_sys::Datum::from(headroom as i64));
         }
-    };
-    // SAFETY: `desc` describes throttle.admission, whose columns the datums above match.
-    unsafe {
-        PgHeapTuple::from_datums(PgTupleDesc::from_pg_unchecked(desc), datums)
-            .map_err(|e| error::internal(format!("admission row: {e}")))
     }
-}
-
-/// The boolean form of `throttle_admit`, for `WHERE` clauses: true when admitted (and
-/// debited), false when throttled.
-#[pg_extern(volatile, parallel_unsafe)]
-fn try_admit(
-    sender: Option<&str>,
-    carrier: Option<&str>,
-    ts: default!(Option<TimestampWithTimeZone>, "now()"),
-    cost: default!(Option<i32>, 1),
-    channel: default!(Option<&str>, "'sms'"),
-) -> Result<bool> {
-    let (a, _) = decide(sender, carrier, ts, cost, channel)?;
-    Ok(matches!(a.outcome, Outcome::Admitted { .. }))
+    unsafe {
+        let tuple = pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+        // No field is toasted, so the tuple header is the composite datum.
+        Ok(pg_sys::Datum::from((*tuple).t_data))
+    }
 }
 
 /// The blessed descriptor of the function's result type, cached for the life of the call site
 /// in `flinfo->fn_extra` (the usual C idiom: one catalog look-up per query, not per row).
-fn admission_desc(fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::TupleDesc> {
+unsafe fn admission_desc(fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::TupleDesc> {
     unsafe {
         let flinfo = (*fcinfo).flinfo;
         if !(*flinfo).fn_extra.is_null() {

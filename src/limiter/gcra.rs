@@ -154,7 +154,11 @@ impl Bucket {
     pub fn available(&self, now: Micros) -> u64 {
         let debt = (self.tat - self.rate.scaled(now)).max(0);
         let room = (self.rate.capacity() - debt).max(0);
-        (room / self.rate.token()) as u64
+        // 128-bit division is slow; the numbers nearly always fit in 64 bits.
+        match u64::try_from(room) {
+            Ok(r) => r / self.rate.period_us,
+            Err(_) => (room / self.rate.token()) as u64,
+        }
     }
 
     /// True when the bucket is full at `now`: forgetting it loses nothing.

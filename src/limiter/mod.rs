@@ -13,7 +13,7 @@ pub type Micros = i64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Every limit had room and was debited. `headroom` is the fewest whole tokens any of
-    /// them has left afterwards (`None` when no limit applies).
+    /// them has left afterwards (`None` when no limit applies, or when not asked for).
     Admitted { headroom: Option<u64> },
     /// Some limit had no room and nothing was debited. `blocker` is the index of the limit
     /// that holds the call longest; `retry_at` the earliest time the same call would pass
@@ -29,6 +29,18 @@ pub enum Outcome {
 /// Admit `cost` at `now` against every bucket at once: all are debited or none is.
 /// The buckets may be owned or borrowed (`&mut Bucket` into shared memory).
 pub fn admit<B: AsMut<Bucket>>(buckets: &mut [B], cost: u64, now: Micros) -> Outcome {
+    admit_opt(buckets, cost, now, true)
+}
+
+/// [`admit`], computing the headroom of an admission only if `headroom` (it costs a
+/// division per bucket).
+pub fn admit_opt<B: AsMut<Bucket>>(
+    buckets: &mut [B],
+    cost: u64,
+    now: Micros,
+    headroom: bool,
+) -> Outcome {
+    let want_headroom = headroom;
     let n = buckets.len();
     // Decide first, debit after: no bucket is touched unless all have room.
     let mut worst: Option<(usize, Option<Micros>)> = None;
@@ -63,8 +75,10 @@ pub fn admit<B: AsMut<Bucket>>(buckets: &mut [B], cost: u64, now: Micros) -> Out
                 let b = buckets[i].as_mut();
                 let taken = b.take(cost, now);
                 debug_assert!(taken, "checked bucket refused");
-                let left = b.available(now);
-                headroom = Some(headroom.map_or(left, |h| h.min(left)));
+                if want_headroom {
+                    let left = b.available(now);
+                    headroom = Some(headroom.map_or(left, |h| h.min(left)));
+                }
             }
             Outcome::Admitted { headroom }
         }

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every test: the pure core's unit and property tests and the #[pg_test]s (cargo pgrx
+# test), then the client-side tests against real servers (tests/). Installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+source scripts/common.sh
+
+work=${PG_THROTTLE_TEST_DIR:-/var/tmp/pg_throttle_test}
+pg_owned_dir "$work"
+export PG_THROTTLE_TEST_DIR="$work"
+
+echo "==> unit, property and #[pg_test] tests"
+runas=()
+if is_root; then runas=(--runas "$RUNAS"); fi
+# A run that was cut short may have left its server behind: stop it by its data directory.
+if [ -f "$work/pgrx-data/postmaster.pid" ]; then
+    as_pg "$PG_BIN/pg_ctl" -D "$work/pgrx-data" -m immediate stop >/dev/null 2>&1 || true
+fi
+rm -rf "$work/pgrx-data"
+cargo pgrx test "pg$PG_MAJOR" "${runas[@]}" --pgdata "$work/pgrx-data"
+
+echo "==> installing the release build into $($PG_CONFIG --pkglibdir)"
+sudo_flag=()
+if ! is_root && [ ! -w "$($PG_CONFIG --pkglibdir)" ]; then sudo_flag=(--sudo); fi
+cargo pgrx install --release -c "$PG_CONFIG" "${sudo_flag[@]}" >/dev/null
+
+echo "==> client-side tests against real servers"
+cargo test -p pg_throttle_tests -- --test-threads 2
