@@ -1,19 +1,24 @@
 //! Each backend's cache of the limits that apply to a sender, read from the configuration
 //! tables on first use and dropped whenever any backend commits a change to them (the
-//! shared configuration generation moves). For each (carrier, channel) a sender is used
-//! with, the cache keeps a ready [`Plan`]: the buckets to check, with their hashes and
-//! partitions computed. The hot path reads one atomic, hashes the sender once and compares
-//! a few bytes.
+//! shared configuration generation moves).
+//!
+//! For each (sender, carrier, channel) it keeps a [`PlanEntry`]: the buckets to check (key,
+//! hash, partition and rate, ready for shared memory) and the indices of their limits in an
+//! arena of [`LimitInfo`]s (read only to name a blocker). The plans live inline in an
+//! open-addressing table, so a hit costs one probe into one entry: once a query's scan has
+//! flushed the caches, dependent cache misses are what an admission costs, and this keeps
+//! them to a minimum.
 
 use crate::backend::BackendLocal;
 use crate::error::{self, Result};
 use crate::limiter::table::Key;
 use crate::limiter::Rate;
-use crate::shmem;
-use crate::shmem::{Want, MAX_WANTS};
+use crate::shmem::{self, Want, MAX_WANTS};
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
+use std::hash::Hasher;
 use std::rc::Rc;
 
 /// One limit row as it applies to a sender.
@@ -47,30 +52,176 @@ pub struct SenderLimits {
     pub limits: Vec<Limit>,
 }
 
-/// The buckets one (sender, carrier, channel) admission touches.
-#[derive(Debug)]
-pub struct Plan {
-    pub wants: Vec<Want>,
-    /// Bit per shared-memory partition the wants live in.
-    pub partitions: u32,
-    /// For each want, its limit (for naming a blocker).
-    pub limits: Vec<Rc<Limit>>,
+/// A limit in the arena: its bucket as shared memory wants it, and the row (for naming it).
+pub struct LimitInfo {
+    pub want: Want,
+    pub limit: Rc<Limit>,
 }
 
-struct SenderEntry {
-    limits: Rc<SenderLimits>,
-    /// Plans by (carrier, channel); a sender is used with a handful of them.
-    plans: Vec<(Box<[u8]>, Box<[u8]>, Rc<Plan>)>,
+/// What an admission needs from a plan: its buckets, their partitions, and their limits.
+pub struct PlanView<'a> {
+    pub wants: &'a [Want],
+    /// Bit per shared-memory partition the wants live in.
+    pub partitions: u32,
+    idx: &'a [u32],
+    arena: &'a [LimitInfo],
+}
+
+impl PlanView<'_> {
+    /// The limit of want `i`.
+    pub fn limit(&self, i: usize) -> &Limit {
+        &self.arena[self.idx[i] as usize].limit
+    }
+}
+
+/// `sender \0 carrier \0 channel`: text never holds a NUL byte, so this is unambiguous.
+type PlanKey = SmallVec<[u8; 24]>;
+
+/// One cached plan, `hash` and `key` first so a probe's first line decides, then the
+/// buckets themselves (one or two inline: no further pointer to chase).
+#[repr(C)]
+struct PlanEntry {
+    hash: u64,
+    key: PlanKey,
+    partitions: u32,
+    wants: SmallVec<[Want; 2]>,
+    limits: SmallVec<[u32; 2]>,
+}
+
+impl PlanEntry {
+    #[inline]
+    fn is(&self, sender: &[u8], carrier: &[u8], channel: &[u8]) -> bool {
+        let k = &self.key[..];
+        k.len() == sender.len() + carrier.len() + channel.len() + 2
+            && same(&k[..sender.len()], sender)
+            && same(
+                &k[sender.len() + 1..sender.len() + 1 + carrier.len()],
+                carrier,
+            )
+            && same(&k[sender.len() + 2 + carrier.len()..], channel)
+    }
+}
+
+/// Equality of two short byte strings of the same length, eight bytes at a time (a call to
+/// `memcmp` costs more than the comparison for keys this short).
+#[inline(always)]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        if u64::from_ne_bytes(x.try_into().unwrap_or([0; 8]))
+            != u64::from_ne_bytes(y.try_into().unwrap_or([1; 8]))
+        {
+            return false;
+        }
+    }
+    ca.remainder()
+        .iter()
+        .zip(cb.remainder())
+        .all(|(x, y)| x == y)
+}
+
+/// The hash of a plan key, computed from its parts without building it.
+#[inline]
+fn plan_hash(sender: &[u8], carrier: &[u8], channel: &[u8]) -> u64 {
+    let mut h = rustc_hash::FxHasher::default();
+    h.write(sender);
+    h.write_u8(0);
+    h.write(carrier);
+    h.write_u8(0);
+    h.write(channel);
+    // Fx leaves the low bits weak: mix before they pick a slot.
+    let z = h.finish();
+    let z = (z ^ (z >> 32)).wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    z ^ (z >> 32)
+}
+
+/// The plans, densely, behind an open-addressing index (linear probing, at most half
+/// full) of 8-byte slots: the upper half of the plan's hash and its position. The index
+/// stays small enough to live in cache, so a hit costs one miss, on the plan itself.
+struct PlanTable {
+    index: Vec<u64>,
+    entries: Vec<PlanEntry>,
+}
+
+impl PlanTable {
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn clear(&mut self) {
+        self.index = Vec::new();
+        self.entries = Vec::new();
+    }
+
+    #[inline]
+    fn find(&self, hash: u64, sender: &[u8], carrier: &[u8], channel: &[u8]) -> Option<&PlanEntry> {
+        if self.index.is_empty() {
+            return None;
+        }
+        let mask = self.index.len() - 1;
+        let tag = hash >> 32;
+        let mut i = hash as usize & mask;
+        loop {
+            let v = self.index[i];
+            if v == 0 {
+                return None;
+            }
+            if v >> 32 == tag {
+                let e = &self.entries[(v as u32 - 1) as usize];
+                if e.hash == hash && e.is(sender, carrier, channel) {
+                    return Some(e);
+                }
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn insert(&mut self, e: PlanEntry) {
+        if (self.entries.len() + 1) * 2 > self.index.len() {
+            let cap = (self.index.len() * 2).max(64);
+            self.index = vec![0; cap];
+            for pos in 0..self.entries.len() {
+                self.place(self.entries[pos].hash, pos);
+            }
+        }
+        self.entries.push(e);
+        let pos = self.entries.len() - 1;
+        self.place(self.entries[pos].hash, pos);
+    }
+
+    fn place(&mut self, hash: u64, pos: usize) {
+        let mask = self.index.len() - 1;
+        let mut i = hash as usize & mask;
+        while self.index[i] != 0 {
+            i = (i + 1) & mask;
+        }
+        self.index[i] = (hash >> 32) << 32 | (pos as u64 + 1);
+    }
 }
 
 struct Cache {
     generation: u64,
-    senders: FxHashMap<Box<[u8]>, SenderEntry>,
+    plans: PlanTable,
+    /// Every limit any cached plan uses, once.
+    arena: Vec<LimitInfo>,
+    arena_pos: FxHashMap<i64, u32>,
+    /// Limits read per sender, to build plans for new (carrier, channel)s without SPI.
+    senders: FxHashMap<Box<[u8]>, Rc<SenderLimits>>,
     stmt: Option<OwnedPreparedStatement>,
 }
 
-/// Most (carrier, channel) plans kept per sender before they are rebuilt.
-const MAX_PLANS_PER_SENDER: usize = 64;
+impl Cache {
+    fn clear(&mut self) {
+        self.plans.clear();
+        self.arena.clear();
+        self.arena_pos.clear();
+        self.senders.clear();
+    }
+}
 
 static CACHE: BackendLocal<Option<Cache>> = BackendLocal::new(None);
 
@@ -79,14 +230,169 @@ fn with_cache<R>(f: impl FnOnce(&mut Cache) -> R) -> R {
     CACHE.with(|c| {
         f(c.get_or_insert_with(|| Cache {
             generation: 0,
+            plans: PlanTable {
+                index: Vec::new(),
+                entries: Vec::new(),
+            },
+            arena: Vec::new(),
+            arena_pos: FxHashMap::default(),
             senders: FxHashMap::default(),
             stmt: None,
         }))
     })
 }
 
-/// Senders cached per backend before the cache is emptied and refilled on demand.
-const MAX_CACHED_SENDERS: usize = 1_000_000;
+/// Plans cached per backend before the cache is emptied and refilled on demand.
+const MAX_CACHED_PLANS: usize = 4_000_000;
+
+/// Run `f` on the plan for admitting `sender` to `carrier` on `channel`, from the cache or
+/// the tables. Unknown sender: 42704; more than [`MAX_WANTS`] applicable limits: 54000.
+/// `f` must not run SPI.
+pub fn with_plan<R>(
+    sender: &[u8],
+    carrier: &[u8],
+    channel: &[u8],
+    f: impl FnOnce(&PlanView) -> R,
+) -> Result<R> {
+    let hash = plan_hash(sender, carrier, channel);
+    let generation = shmem::config_generation();
+    let mut f = Some(f);
+    // Fast path: the plan is cached. Else build it from the sender's cached limits.
+    let cached = with_cache(|c| {
+        if c.generation != generation || c.plans.len() >= MAX_CACHED_PLANS {
+            c.clear();
+            c.generation = generation;
+        }
+        if c.plans.find(hash, sender, carrier, channel).is_none() {
+            let limits = c.senders.get(sender)?.clone();
+            if let Err(e) = add_plan(c, hash, &limits, sender, carrier, channel) {
+                return Some(Err(e));
+            }
+        }
+        let e = c.plans.find(hash, sender, carrier, channel)?;
+        let view = PlanView {
+            wants: &e.wants,
+            partitions: e.partitions,
+            idx: &e.limits,
+            arena: &c.arena,
+        };
+        Some(Ok((f.take().expect("f is used once"))(&view)))
+    });
+    if let Some(r) = cached {
+        return r;
+    }
+    // Slow path: read the sender's limits (SPI, outside the cache).
+    let loaded = Rc::new(load(sender)?);
+    let cacheable = !uses_transaction_snapshot();
+    with_cache(|c| {
+        // Cache only what was read under the generation checked above; a reader in a
+        // REPEATABLE READ transaction may see an older snapshot, so it does not cache.
+        if c.generation == generation && cacheable {
+            c.senders.insert(sender.into(), loaded.clone());
+            add_plan(c, hash, &loaded, sender, carrier, channel)?;
+            let e = c
+                .plans
+                .find(hash, sender, carrier, channel)
+                .ok_or_else(|| error::internal("plan vanished"))?;
+            let view = PlanView {
+                wants: &e.wants,
+                partitions: e.partitions,
+                idx: &e.limits,
+                arena: &c.arena,
+            };
+            return Ok((f.take().expect("f is used once"))(&view));
+        }
+        // Not cacheable: a private arena for this one call.
+        let mut arena = Vec::new();
+        let mut pos = FxHashMap::default();
+        let (idx, partitions) =
+            plan_limits(&mut arena, &mut pos, &loaded, sender, carrier, channel)?;
+        let wants: Vec<Want> = idx.iter().map(|&i| arena[i as usize].want).collect();
+        let view = PlanView {
+            wants: &wants,
+            partitions,
+            idx: &idx,
+            arena: &arena,
+        };
+        Ok((f.take().expect("f is used once"))(&view))
+    })
+}
+
+fn add_plan(
+    c: &mut Cache,
+    hash: u64,
+    limits: &SenderLimits,
+    sender: &[u8],
+    carrier: &[u8],
+    channel: &[u8],
+) -> Result<()> {
+    let (idx, partitions) = plan_limits(
+        &mut c.arena,
+        &mut c.arena_pos,
+        limits,
+        sender,
+        carrier,
+        channel,
+    )?;
+    let mut key = PlanKey::new();
+    key.extend_from_slice(sender);
+    key.push(0);
+    key.extend_from_slice(carrier);
+    key.push(0);
+    key.extend_from_slice(channel);
+    let wants = idx.iter().map(|&i| c.arena[i as usize].want).collect();
+    c.plans.insert(PlanEntry {
+        hash,
+        key,
+        partitions,
+        wants,
+        limits: idx.into_iter().collect(),
+    });
+    Ok(())
+}
+
+/// The arena indices of the limits that apply to (carrier, channel), adding them to the
+/// arena as needed, and the partitions they live in.
+fn plan_limits(
+    arena: &mut Vec<LimitInfo>,
+    pos: &mut FxHashMap<i64, u32>,
+    limits: &SenderLimits,
+    sender: &[u8],
+    carrier: &[u8],
+    channel: &[u8],
+) -> Result<(SmallVec<[u32; 4]>, u32)> {
+    let mut idx = SmallVec::new();
+    let mut partitions = 0u32;
+    for l in limits.limits.iter().filter(|l| l.applies(carrier, channel)) {
+        if idx.len() == MAX_WANTS {
+            return Err(error::too_many(
+                format!(
+                    "more than {MAX_WANTS} limits apply to sender \"{}\"",
+                    String::from_utf8_lossy(sender)
+                ),
+                "merge or remove limits in throttle.rate_limit",
+            ));
+        }
+        let i = *pos.entry(l.id).or_insert_with(|| {
+            arena.push(LimitInfo {
+                want: Want::new(Key::new(l.id, 0), l.rate, l.created_at),
+                limit: Rc::new(l.clone()),
+            });
+            (arena.len() - 1) as u32
+        });
+        partitions |= 1 << arena[i as usize].want.partition;
+        idx.push(i);
+    }
+    Ok((idx, partitions))
+}
+
+/// Forget everything this backend has cached (its own transaction changed the tables).
+pub fn invalidate_local() {
+    with_cache(|c| {
+        c.clear();
+        c.generation = 0;
+    });
+}
 
 const LOAD_SQL: &str = "
     SELECT l.limit_id, l.carrier, l.channel, l.rate,
@@ -109,92 +415,6 @@ const LOAD_SQL: &str = "
       ) l ON l.sender_type IS NULL OR l.sender_type IS NOT DISTINCT FROM s.sender_type
      WHERE s.sender = $1
      ORDER BY l.limit_id";
-
-/// The plan for admitting `sender` to `carrier` on `channel`, from the cache or the tables.
-/// Unknown sender: 42704; more than [`MAX_WANTS`] applicable limits: 54000.
-pub fn plan(sender: &[u8], carrier: &[u8], channel: &[u8]) -> Result<Rc<Plan>> {
-    let generation = shmem::config_generation();
-    let found = with_cache(|c| {
-        if c.generation != generation || c.senders.len() >= MAX_CACHED_SENDERS {
-            c.senders.clear();
-            c.generation = generation;
-        }
-        let entry = c.senders.get_mut(sender)?;
-        if let Some((_, _, p)) = entry
-            .plans
-            .iter()
-            .find(|(ca, ch, _)| &ca[..] == carrier && &ch[..] == channel)
-        {
-            return Some(Ok(p.clone()));
-        }
-        if entry.plans.len() >= MAX_PLANS_PER_SENDER {
-            entry.plans.clear();
-        }
-        let p = build_plan(&entry.limits, sender, carrier, channel).map(Rc::new);
-        if let Ok(p) = &p {
-            entry
-                .plans
-                .push((carrier.into(), channel.into(), p.clone()));
-        }
-        Some(p)
-    });
-    if let Some(p) = found {
-        return p;
-    }
-    let loaded = Rc::new(load(sender)?);
-    let p = Rc::new(build_plan(&loaded, sender, carrier, channel)?);
-    with_cache(|c| {
-        // Cache only what was read under the generation checked above; a reader in a
-        // REPEATABLE READ transaction may see an older snapshot, so it does not cache.
-        if c.generation == generation && !uses_transaction_snapshot() {
-            c.senders.insert(
-                sender.into(),
-                SenderEntry {
-                    limits: loaded,
-                    plans: vec![(carrier.into(), channel.into(), p.clone())],
-                },
-            );
-        }
-    });
-    Ok(p)
-}
-
-fn build_plan(
-    limits: &SenderLimits,
-    sender: &[u8],
-    carrier: &[u8],
-    channel: &[u8],
-) -> Result<Plan> {
-    let mut plan = Plan {
-        wants: Vec::new(),
-        partitions: 0,
-        limits: Vec::new(),
-    };
-    for l in limits.limits.iter().filter(|l| l.applies(carrier, channel)) {
-        if plan.wants.len() == MAX_WANTS {
-            return Err(error::too_many(
-                format!(
-                    "more than {MAX_WANTS} limits apply to sender \"{}\"",
-                    String::from_utf8_lossy(sender)
-                ),
-                "merge or remove limits in throttle.rate_limit",
-            ));
-        }
-        let w = Want::new(Key::new(l.id, 0), l.rate, l.created_at);
-        plan.partitions |= 1 << w.partition;
-        plan.wants.push(w);
-        plan.limits.push(Rc::new(l.clone()));
-    }
-    Ok(plan)
-}
-
-/// Forget everything this backend has cached (its own transaction changed the tables).
-pub fn invalidate_local() {
-    with_cache(|c| {
-        c.senders.clear();
-        c.generation = 0;
-    });
-}
 
 fn uses_transaction_snapshot() -> bool {
     unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 }

@@ -7,7 +7,7 @@
 //! safe Rust.
 
 use crate::backend;
-use crate::config::{self, Plan};
+use crate::config::{self, PlanView};
 use crate::error::{self, Result};
 use crate::gucs;
 use crate::limiter::gcra::MAX_COST;
@@ -15,7 +15,6 @@ use crate::limiter::{Micros, Outcome};
 use crate::shmem;
 use pgrx::pg_sys::panic::{ErrorReport, ErrorReportable};
 use pgrx::prelude::*;
-use std::rc::Rc;
 
 pgrx::extension_sql!(
     r#"
@@ -122,15 +121,20 @@ fn checked_ts(us: Micros) -> Result<Micros> {
     Ok(us)
 }
 
-/// Decide one call: the plan it used and the outcome.
-fn decide(call: &Call, headroom: bool) -> Result<(Rc<Plan>, Outcome)> {
+/// Decide one call; `then` sees the plan used and the outcome.
+fn decide<R>(
+    call: &Call,
+    headroom: bool,
+    then: impl FnOnce(&PlanView, Outcome) -> Result<R>,
+) -> Result<R> {
     if !shmem::is_loaded() {
         return Err(error::not_preloaded());
     }
-    let plan = config::plan(call.sender, call.carrier, call.channel)?;
-    let outcome = shmem::admit(&plan.wants, plan.partitions, call.cost, call.now, headroom)
-        .map_err(ErrorReport::from)?;
-    Ok((plan, outcome))
+    config::with_plan(call.sender, call.carrier, call.channel, |plan| {
+        let outcome = shmem::admit(&plan.wants, plan.partitions, call.cost, call.now, headroom)
+            .map_err(ErrorReport::from)?;
+        then(plan, outcome)
+    })?
 }
 
 #[unsafe(no_mangle)]
@@ -147,9 +151,11 @@ pub extern "C" fn pg_finfo_pg_throttle_try_admit() -> &'static pg_sys::Pg_finfo_
 pub unsafe extern "C-unwind" fn pg_throttle_try_admit(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    let r: Result<bool> = unsafe { read_call(fcinfo) }
-        .and_then(|call| decide(&call, false))
-        .map(|(_, o)| matches!(o, Outcome::Admitted { .. }));
+    let r: Result<bool> = unsafe { read_call(fcinfo) }.and_then(|call| {
+        decide(&call, false, |_, o| {
+            Ok(matches!(o, Outcome::Admitted { .. }))
+        })
+    });
     pg_sys::Datum::from(r.unwrap_or_report())
 }
 
@@ -169,16 +175,18 @@ pub extern "C" fn pg_finfo_pg_throttle_admit() -> &'static pg_sys::Pg_finfo_reco
 pub unsafe extern "C-unwind" fn pg_throttle_admit(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    let r = unsafe { read_call(fcinfo) }
-        .and_then(|call| decide(&call, true))
-        .and_then(|(plan, outcome)| unsafe { admission_datum(fcinfo, &plan, outcome) });
+    let r = unsafe { read_call(fcinfo) }.and_then(|call| {
+        decide(&call, true, |plan, outcome| unsafe {
+            admission_datum(fcinfo, plan, outcome)
+        })
+    });
     r.unwrap_or_report()
 }
 
 /// Form a `throttle.admission` row.
 unsafe fn admission_datum(
     fcinfo: pg_sys::FunctionCallInfo,
-    plan: &Plan,
+    plan: &PlanView,
     outcome: Outcome,
 ) -> Result<pg_sys::Datum> {
     let desc = unsafe { admission_desc(fcinfo)? };
@@ -201,7 +209,7 @@ unsafe fn admission_datum(
             retry_at,
             headroom,
         } => {
-            let limit = &plan.limits[blocker];
+            let limit = plan.limit(blocker);
             set(0, pg_sys::Datum::from(false));
             if let Some(t) = retry_at {
                 set(1, pg_sys::Datum::from(t));
