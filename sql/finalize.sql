@@ -35,11 +35,22 @@ COMMENT ON FUNCTION throttle.bucket_state(timestamptz) IS 'Every live bucket in 
 COMMENT ON FUNCTION throttle.shmem_usage() IS 'Live buckets against throttle.max_buckets';
 COMMENT ON FUNCTION throttle.note_config_change() IS 'Internal: called by the configuration tables'' triggers';
 COMMENT ON VIEW throttle.limit_state IS 'Every rate limit with its tokens available now';
+COMMENT ON TABLE throttle.pending IS 'Messages waiting for their limits: INSERT here (or call throttle.enqueue) in the same transaction as your own writes';
+COMMENT ON TABLE throttle.ready IS 'Messages released by the worker, to be sent: consume with throttle.take() or DELETE ... FOR UPDATE SKIP LOCKED; LISTEN throttle_ready';
+COMMENT ON TABLE throttle.dead IS 'Messages that will never be released (expired, cost over a burst), with the reason';
+COMMENT ON FUNCTION throttle.enqueue(text, text, text, jsonb, text, integer, smallint, timestamptz, timestamptz) IS 'Enqueue a message; returns its id';
+COMMENT ON FUNCTION throttle.take(integer) IS 'Take up to n released messages, oldest first';
+COMMENT ON FUNCTION throttle.worker_state() IS 'The release worker: last tick, released, lag';
 
 -- Grants: applications admit and read; changing limits is for the owner (or roles the owner
 -- grants INSERT/UPDATE/DELETE on the configuration tables).
 GRANT USAGE ON SCHEMA throttle TO PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA throttle FROM PUBLIC;
 GRANT SELECT ON throttle.sender, throttle.rate_limit, throttle.limit_state TO PUBLIC;
+-- Applications enqueue and consume.
+GRANT SELECT, INSERT ON throttle.pending TO PUBLIC;
+GRANT USAGE ON SEQUENCE throttle.pending_id_seq TO PUBLIC;
+GRANT SELECT, UPDATE, DELETE ON throttle.ready TO PUBLIC;
+GRANT SELECT ON throttle.dead TO PUBLIC;
 REVOKE ALL ON FUNCTION throttle.note_config_change() FROM PUBLIC;
 REVOKE ALL ON FUNCTION throttle.config_changed() FROM PUBLIC;

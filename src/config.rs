@@ -254,6 +254,21 @@ pub fn with_plan<R>(
     channel: &[u8],
     f: impl FnOnce(&PlanView) -> R,
 ) -> Result<R> {
+    with_known_plan(sender, carrier, channel, f)?.ok_or_else(|| {
+        error::undefined(
+            format!("unknown sender \"{}\"", String::from_utf8_lossy(sender)),
+            "register it first: INSERT INTO throttle.sender (sender, ...) VALUES (...)",
+        )
+    })
+}
+
+/// [`with_plan`], answering `None` for an unknown sender instead of an error.
+pub fn with_known_plan<R>(
+    sender: &[u8],
+    carrier: &[u8],
+    channel: &[u8],
+    f: impl FnOnce(&PlanView) -> R,
+) -> Result<Option<R>> {
     let hash = plan_hash(sender, carrier, channel);
     let generation = shmem::config_generation();
     let mut f = Some(f);
@@ -279,10 +294,13 @@ pub fn with_plan<R>(
         Some(Ok((f.take().expect("f is used once"))(&view)))
     });
     if let Some(r) = cached {
-        return r;
+        return r.map(Some);
     }
     // Slow path: read the sender's limits (SPI, outside the cache).
-    let loaded = Rc::new(load(sender)?);
+    let Some(loaded) = load(sender)? else {
+        return Ok(None);
+    };
+    let loaded = Rc::new(loaded);
     let cacheable = !uses_transaction_snapshot();
     with_cache(|c| {
         // Cache only what was read under the generation checked above; a reader in a
@@ -300,7 +318,7 @@ pub fn with_plan<R>(
                 idx: &e.limits,
                 arena: &c.arena,
             };
-            return Ok((f.take().expect("f is used once"))(&view));
+            return Ok(Some((f.take().expect("f is used once"))(&view)));
         }
         // Not cacheable: a private arena for this one call.
         let mut arena = Vec::new();
@@ -314,7 +332,7 @@ pub fn with_plan<R>(
             idx: &idx,
             arena: &arena,
         };
-        Ok((f.take().expect("f is used once"))(&view))
+        Ok(Some((f.take().expect("f is used once"))(&view)))
     })
 }
 
@@ -420,7 +438,8 @@ fn uses_transaction_snapshot() -> bool {
     unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 }
 }
 
-fn load(sender: &[u8]) -> Result<SenderLimits> {
+/// The limits of `sender` from the tables; None if the sender is not registered.
+fn load(sender: &[u8]) -> Result<Option<SenderLimits>> {
     let sender = String::from_utf8_lossy(sender);
     let sender: &str = &sender;
     type Row = (
@@ -469,12 +488,7 @@ fn load(sender: &[u8]) -> Result<SenderLimits> {
         result.map(|v| if v.is_empty() { None } else { Some(v) })
     })
     .map_err(error::internal)?;
-    let rows = rows.ok_or_else(|| {
-        error::undefined(
-            format!("unknown sender \"{sender}\""),
-            "register it first: INSERT INTO throttle.sender (sender, ...) VALUES (...)",
-        )
-    })?;
+    let Some(rows) = rows else { return Ok(None) };
     let mut limits = Vec::with_capacity(rows.len());
     for (id, carrier, channel, count, period_us, burst, label, created_at) in
         rows.into_iter().flatten()
@@ -491,5 +505,14 @@ fn load(sender: &[u8]) -> Result<SenderLimits> {
             created_at,
         });
     }
-    Ok(SenderLimits { limits })
+    Ok(Some(SenderLimits { limits }))
+}
+
+/// The bucket a limit this backend has cached wants (for the worker's per-limit room).
+pub fn cached_want(limit_id: i64) -> Option<Want> {
+    with_cache(|c| {
+        c.arena_pos
+            .get(&limit_id)
+            .map(|&i| c.arena[i as usize].want)
+    })
 }

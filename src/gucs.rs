@@ -1,8 +1,14 @@
 //! Every `throttle.*` setting: private statics, `init()`, typed accessors.
 
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::CString;
 
 static MAX_BUCKETS: GucSetting<i32> = GucSetting::<i32>::new(100_000);
+static DATABASE_NAME: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+static WORKER_ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+static RELEASE_BATCH: GucSetting<i32> = GucSetting::<i32>::new(1_000);
+static QUEUE_BATCH: GucSetting<i32> = GucSetting::<i32>::new(100);
 static MAX_FUTURE_MS: GucSetting<i32> = GucSetting::<i32>::new(3_600_000);
 
 /// Define the settings. Postmaster-context settings can only be defined while the postmaster
@@ -23,6 +29,42 @@ fn define_postmaster() {
         1_024,
         50_000_000,
         GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"throttle.database_name",
+        c"The database whose throttle.pending the release worker serves.",
+        c"The worker starts with the server and waits for CREATE EXTENSION pg_throttle in this database.",
+        &DATABASE_NAME,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"throttle.worker_enabled",
+        c"Whether the release worker moves rows from throttle.pending to throttle.ready.",
+        c"Off: the worker stays connected but releases nothing (admissions by throttle_admit go on).",
+        &WORKER_ENABLED,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"throttle.release_batch",
+        c"Most rows the release worker moves in one transaction.",
+        c"Larger batches release faster under a backlog; smaller ones answer SIGTERM and new work sooner.",
+        &RELEASE_BATCH,
+        1,
+        100_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"throttle.queue_batch",
+        c"Most rows the release worker takes from one queue in one transaction.",
+        c"Queues that share a limit take turns; this bounds one turn.",
+        &QUEUE_BATCH,
+        1,
+        100_000,
+        GucContext::Sighup,
         GucFlags::default(),
     );
 }
@@ -51,4 +93,24 @@ pub fn max_buckets() -> usize {
 pub fn max_future_us() -> i64 {
     // SAFETY: PostgreSQL writes this int only from this backend's one thread.
     (unsafe { *MAX_FUTURE_MS.as_ptr() }) as i64 * 1_000
+}
+
+/// The database the worker serves (read once, at worker start).
+pub fn database_name() -> String {
+    DATABASE_NAME
+        .get()
+        .and_then(|c| c.into_string().ok())
+        .unwrap_or_else(|| "postgres".into())
+}
+
+pub fn worker_enabled() -> bool {
+    WORKER_ENABLED.get()
+}
+
+pub fn release_batch() -> usize {
+    RELEASE_BATCH.get().max(1) as usize
+}
+
+pub fn queue_batch() -> u64 {
+    QUEUE_BATCH.get().max(1) as u64
 }

@@ -9,11 +9,18 @@ mod backend;
 mod config;
 mod error;
 mod gucs;
+mod queue;
 mod shmem;
+mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
 
 pgrx::extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+pgrx::extension_sql_file!(
+    "../sql/queue.sql",
+    name = "queue_tables",
+    requires = ["schema"]
+);
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
@@ -24,6 +31,7 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init(preloading);
     if preloading {
         shmem::init();
+        worker::register();
     }
 }
 

@@ -19,7 +19,7 @@ use crate::limiter::{self, Bucket, Micros, Outcome, Rate};
 use pgrx::pg_sys;
 use std::ffi::CStr;
 use std::ptr::null_mut;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 pub const PARTITIONS: usize = 32;
 const SEGMENT: &CStr = c"pg_throttle buckets";
@@ -38,6 +38,31 @@ struct Header {
     live: AtomicI64,
     /// Each partition's lock and live count.
     parts: [PartLock; PARTITIONS],
+    /// The release worker's latch (null while no worker runs) and its figures.
+    worker: WorkerShared,
+    /// The ring of enqueued ids: a spinlock, then head and tail counters under it.
+    ring: RingHead,
+}
+
+#[repr(C, align(64))]
+struct WorkerShared {
+    latch: AtomicPtr<pg_sys::Latch>,
+    pid: AtomicI32,
+    last_tick_at: AtomicI64,
+    ticks: AtomicU64,
+    released: AtomicU64,
+    dead: AtomicU64,
+    queues: AtomicU64,
+    /// Release lag of the last tick: how late the oldest released row was, µs.
+    lag_us: AtomicI64,
+}
+
+#[repr(C, align(64))]
+struct RingHead {
+    locked: AtomicU32,
+    overflowed: bool,
+    head: u64,
+    tail: u64,
 }
 
 /// A partition's spinlock and its live count (guarded by the lock), on its own cache line.
@@ -50,6 +75,7 @@ struct PartLock {
 struct Shared {
     header: *mut Header,
     slots: *mut Slot,
+    ring: *mut i64,
 }
 
 // Postmaster-set pointers, inherited by every backend through fork; only touched from the
@@ -57,6 +83,7 @@ struct Shared {
 static mut SHARED: Shared = Shared {
     header: null_mut(),
     slots: null_mut(),
+    ring: null_mut(),
 };
 static mut PREV_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
 static mut PREV_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
@@ -69,9 +96,20 @@ fn slots_per_part(max_buckets: usize) -> usize {
         .next_power_of_two()
 }
 
-fn segment_size(max_buckets: usize) -> usize {
+/// Enqueued row ids waiting for the worker to look at (see [`ring_push`]).
+pub const RING_CAP: usize = 1 << 18;
+
+fn slots_offset() -> usize {
     size_of::<Header>().next_multiple_of(64)
-        + PARTITIONS * slots_per_part(max_buckets) * size_of::<Slot>()
+}
+
+fn ring_offset(max_buckets: usize) -> usize {
+    slots_offset() + PARTITIONS * slots_per_part(max_buckets) * size_of::<Slot>()
+}
+
+fn segment_size(max_buckets: usize) -> usize {
+    // 64 bytes of slack to align the header to a cache line ourselves.
+    64 + ring_offset(max_buckets) + RING_CAP * size_of::<i64>()
 }
 
 /// Install the hooks that reserve and set up shared memory. Called from `_PG_init` while
@@ -110,9 +148,8 @@ unsafe extern "C-unwind" fn startup_hook() {
         let raw = pg_sys::ShmemInitStruct(SEGMENT.as_ptr(), size, &mut found).cast::<u8>();
         let base = raw.add(raw.align_offset(64));
         let header = base.cast::<Header>();
-        let slots = base
-            .add(size_of::<Header>().next_multiple_of(64))
-            .cast::<Slot>();
+        let slots = base.add(slots_offset()).cast::<Slot>();
+        let ring = base.add(ring_offset(max)).cast::<i64>();
         if !found {
             let spp = slots_per_part(max);
             header.write(Header {
@@ -126,6 +163,22 @@ unsafe extern "C-unwind" fn startup_hook() {
                     locked: AtomicU32::new(0),
                     len: 0,
                 }),
+                worker: WorkerShared {
+                    latch: AtomicPtr::new(null_mut()),
+                    pid: AtomicI32::new(0),
+                    last_tick_at: AtomicI64::new(0),
+                    ticks: AtomicU64::new(0),
+                    released: AtomicU64::new(0),
+                    dead: AtomicU64::new(0),
+                    queues: AtomicU64::new(0),
+                    lag_us: AtomicI64::new(0),
+                },
+                ring: RingHead {
+                    locked: AtomicU32::new(0),
+                    overflowed: false,
+                    head: 0,
+                    tail: 0,
+                },
             });
             let empty = Slot {
                 key: Key::EMPTY,
@@ -142,7 +195,11 @@ unsafe extern "C-unwind" fn startup_hook() {
                 slots.add(i).write(empty);
             }
         }
-        SHARED = Shared { header, slots };
+        SHARED = Shared {
+            header,
+            slots,
+            ring,
+        };
         pg_sys::LWLockRelease(init_lock);
     }
 }
@@ -418,4 +475,136 @@ pub fn usage() -> Result<(i64, i64), ShmemError> {
             (*s.header).max_buckets as i64,
         ))
     }
+}
+
+/// Hand ids of newly committed pending rows to the worker and wake it. When the ring is full
+/// the worker is told to rediscover every queue from the table instead: nothing is lost.
+pub fn ring_push(ids: &[i64]) {
+    let Ok(s) = shared() else { return };
+    unsafe {
+        let r = &raw mut (*s.header).ring;
+        spin_lock(&(*r).locked);
+        for &id in ids {
+            if (*r).tail - (*r).head >= RING_CAP as u64 {
+                (*r).overflowed = true;
+                break;
+            }
+            *s.ring.add(((*r).tail % RING_CAP as u64) as usize) = id;
+            (*r).tail += 1;
+        }
+        (*r).locked.store(0, Ordering::Release);
+    }
+    wake_worker();
+}
+
+/// Take every id in the ring; returns true if ids were lost to a full ring since the last
+/// drain (the caller must rediscover queues from the table).
+pub fn ring_drain(out: &mut Vec<i64>) -> bool {
+    let Ok(s) = shared() else { return false };
+    unsafe {
+        let r = &raw mut (*s.header).ring;
+        spin_lock(&(*r).locked);
+        while (*r).head < (*r).tail {
+            out.push(*s.ring.add(((*r).head % RING_CAP as u64) as usize));
+            (*r).head += 1;
+        }
+        let lost = std::mem::replace(&mut (*r).overflowed, false);
+        (*r).locked.store(0, Ordering::Release);
+        lost
+    }
+}
+
+/// Set the worker's latch, if a worker runs.
+pub fn wake_worker() {
+    let Ok(s) = shared() else { return };
+    let latch = unsafe { (*s.header).worker.latch.load(Ordering::Acquire) };
+    if !latch.is_null() {
+        unsafe { pg_sys::SetLatch(latch) };
+    }
+}
+
+/// Called by the worker: publish (or, with null, withdraw) its latch and pid.
+pub fn register_worker(latch: *mut pg_sys::Latch, pid: i32) {
+    if let Ok(s) = shared() {
+        unsafe {
+            (*s.header).worker.pid.store(pid, Ordering::Release);
+            (*s.header).worker.latch.store(latch, Ordering::Release);
+        }
+    }
+}
+
+/// The worker's figures after a tick.
+pub fn note_tick(at: Micros, released: u64, dead: u64, queues: u64, lag_us: i64) {
+    if let Ok(s) = shared() {
+        let w = unsafe { &(*s.header).worker };
+        w.last_tick_at.store(at, Ordering::Release);
+        w.ticks.fetch_add(1, Ordering::AcqRel);
+        w.released.fetch_add(released, Ordering::AcqRel);
+        w.dead.fetch_add(dead, Ordering::AcqRel);
+        w.queues.store(queues, Ordering::Release);
+        if released > 0 {
+            w.lag_us.store(lag_us, Ordering::Release);
+        }
+    }
+}
+
+/// The worker's figures: pid (0: none), last tick, ticks, released, dead-lettered, queues
+/// known, lag of the last release.
+pub struct WorkerFigures {
+    pub pid: i32,
+    pub last_tick_at: Micros,
+    pub ticks: u64,
+    pub released: u64,
+    pub dead: u64,
+    pub queues: u64,
+    pub lag_us: i64,
+    pub ring_len: u64,
+}
+
+pub fn worker_figures() -> Result<WorkerFigures, ShmemError> {
+    let s = shared()?;
+    unsafe {
+        let w = &(*s.header).worker;
+        let r = &raw mut (*s.header).ring;
+        spin_lock(&(*r).locked);
+        let ring_len = (*r).tail - (*r).head;
+        (*r).locked.store(0, Ordering::Release);
+        Ok(WorkerFigures {
+            pid: w.pid.load(Ordering::Acquire),
+            last_tick_at: w.last_tick_at.load(Ordering::Acquire),
+            ticks: w.ticks.load(Ordering::Acquire),
+            released: w.released.load(Ordering::Acquire),
+            dead: w.dead.load(Ordering::Acquire),
+            queues: w.queues.load(Ordering::Acquire),
+            lag_us: w.lag_us.load(Ordering::Acquire),
+            ring_len,
+        })
+    }
+}
+
+/// Whole tokens each wanted bucket has at `now` (as `admit` would see them, creating none),
+/// and for the tightest one its limit id and when it will have one more token. Used by
+/// the worker to fetch no more rows than it can release.
+pub fn room(wants: &[Want], now: Micros) -> Result<(u64, i64, Micros), ShmemError> {
+    let s = shared()?;
+    let started = unsafe { (*s.header).started_at };
+    let mut best: (u64, i64, Micros) = (u64::MAX, 0, now);
+    for w in wants {
+        let _lock = Locked::acquire(s, 1 << w.partition);
+        let t = unsafe { table(s, w.partition as usize) };
+        let mut b = match t.find(w.key, w.hash) {
+            Some(i) => t.slots[i].bucket,
+            None => first_state(w, started),
+        };
+        b.rebase(w.rate, now);
+        let k = b.available(now);
+        if k < best.0 {
+            let next = match b.check(k + 1, now) {
+                crate::limiter::Check::Wait { at } => at,
+                _ => now + (w.rate.period_us / w.rate.count).max(1) as Micros,
+            };
+            best = (k, w.key.limit_id, next);
+        }
+    }
+    Ok(best)
 }

@@ -90,3 +90,38 @@ fn shmem_usage() -> Result<
     }
     Ok(TableIterator::once((live, max, to_ts(started))))
 }
+
+/// The release worker: its pid (NULL when none runs), last tick, ticks, rows released and
+/// dead-lettered since the server started, queues it knows, the lag of its last release
+/// (how long after its due time the oldest row of the batch left pending), and enqueued ids
+/// not yet looked at.
+#[pg_extern(volatile, parallel_safe)]
+fn worker_state() -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(pid, Option<i32>),
+            name!(last_tick_at, Option<TimestampWithTimeZone>),
+            name!(ticks, i64),
+            name!(released, i64),
+            name!(dead, i64),
+            name!(queues, i64),
+            name!(last_lag_ms, f64),
+            name!(unseen_enqueues, i64),
+        ),
+    >,
+> {
+    let f = shmem::worker_figures().map_err(pgrx::pg_sys::panic::ErrorReport::from)?;
+    Ok(TableIterator::once((
+        (f.pid != 0).then_some(f.pid),
+        (f.last_tick_at != 0)
+            .then(|| to_ts(f.last_tick_at))
+            .flatten(),
+        f.ticks as i64,
+        f.released as i64,
+        f.dead as i64,
+        f.queues as i64,
+        f.lag_us as f64 / 1000.0,
+        f.ring_len as i64,
+    )))
+}
