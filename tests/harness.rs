@@ -58,41 +58,7 @@ impl Server {
 
     /// A new cluster; `preload` chooses whether pg_throttle is in shared_preload_libraries.
     pub fn start_with(name: &str, preload: bool, extra_conf: &[&str]) -> Server {
-        let base = std::env::var_os("PG_THROTTLE_TEST_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| std::env::temp_dir().join("pg_throttle_tests"));
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let datadir = base.join(format!("{name}-{}-{n}", std::process::id()));
-        let runas = if is_root() {
-            Some(std::env::var("PG_THROTTLE_RUNAS").unwrap_or_else(|_| "postgres".into()))
-        } else {
-            None
-        };
-        std::fs::create_dir_all(&base).expect("create test dir");
-        let _ = std::fs::remove_dir_all(&datadir);
-        std::fs::create_dir_all(&datadir).expect("create data dir");
-        let mut s = Server {
-            datadir,
-            port: free_port(),
-            bindir: pg_bindir(),
-            runas,
-            running: false,
-        };
-        if let Some(user) = &s.runas {
-            let st = Command::new("chown")
-                .arg(format!("{user}:"))
-                .arg(&base)
-                .arg(&s.datadir)
-                .status()
-                .expect("chown");
-            assert!(st.success(), "chown the data directory to {user}");
-            let st = Command::new("chmod")
-                .arg("0700")
-                .arg(&s.datadir)
-                .status()
-                .expect("chmod");
-            assert!(st.success());
-        }
+        let mut s = Self::empty(name);
         let out = s.run(
             "initdb",
             &[
@@ -113,9 +79,7 @@ impl Server {
             String::from_utf8_lossy(&out.stderr)
         );
         let mut conf = vec![
-            format!("port = {}", s.port),
             "listen_addresses = '127.0.0.1'".to_string(),
-            format!("unix_socket_directories = '{}'", s.datadir.display()),
             "fsync = off".to_string(),
             "max_connections = 50".to_string(),
             "log_min_messages = warning".to_string(),
@@ -125,6 +89,7 @@ impl Server {
         }
         conf.extend(extra_conf.iter().map(|c| c.to_string()));
         s.append_conf(&conf.join("\n"));
+        s.append_conf(&s.own_conf());
         s.pg_ctl_start();
         if preload {
             let mut c = s.connect();
@@ -132,6 +97,87 @@ impl Server {
                 .expect("CREATE EXTENSION pg_throttle");
         }
         s
+    }
+
+    /// A streaming-replication standby of this server (pg_basebackup), started.
+    pub fn standby(&self, name: &str) -> Server {
+        let mut s = Self::empty(name);
+        let host = self.datadir.to_str().expect("utf8").to_string();
+        let port = self.port.to_string();
+        let out = s.run(
+            "pg_basebackup",
+            &[
+                "-D",
+                s.datadir.to_str().expect("utf8"),
+                "-R",
+                "-X",
+                "stream",
+                "-h",
+                &host,
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let _ = std::fs::remove_file(s.datadir.join("postmaster.pid"));
+        s.append_conf(&s.own_conf());
+        s.pg_ctl_start();
+        s
+    }
+
+    /// A fresh data directory and port, owned by the server's user; nothing in it yet.
+    fn empty(name: &str) -> Server {
+        let base = std::env::var_os("PG_THROTTLE_TEST_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| std::env::temp_dir().join("pg_throttle_tests"));
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let datadir = base.join(format!("{name}-{}-{n}", std::process::id()));
+        let runas = if is_root() {
+            Some(std::env::var("PG_THROTTLE_RUNAS").unwrap_or_else(|_| "postgres".into()))
+        } else {
+            None
+        };
+        std::fs::create_dir_all(&base).expect("create test dir");
+        let _ = std::fs::remove_dir_all(&datadir);
+        std::fs::create_dir_all(&datadir).expect("create data dir");
+        let s = Server {
+            datadir,
+            port: free_port(),
+            bindir: pg_bindir(),
+            runas,
+            running: false,
+        };
+        if let Some(user) = &s.runas {
+            let st = Command::new("chown")
+                .arg(format!("{user}:"))
+                .arg(&base)
+                .arg(&s.datadir)
+                .status()
+                .expect("chown");
+            assert!(st.success(), "chown the data directory to {user}");
+        }
+        let st = Command::new("chmod")
+            .arg("0700")
+            .arg(&s.datadir)
+            .status()
+            .expect("chmod");
+        assert!(st.success());
+        s
+    }
+
+    /// The lines that make this cluster its own: port and socket directory.
+    fn own_conf(&self) -> String {
+        format!(
+            "port = {}\nunix_socket_directories = '{}'",
+            self.port,
+            self.datadir.display()
+        )
     }
 
     fn run(&self, bin: &str, args: &[&str]) -> Output {
@@ -251,4 +297,73 @@ pub fn sqlstate(e: &postgres::Error) -> String {
     e.code()
         .map(|c| c.code().to_string())
         .unwrap_or_else(|| format!("no sqlstate: {e}"))
+}
+
+/// Check that release (or admission) times respect a limit of `rate` per `per_us` with a
+/// burst of `burst`: every window [a, b] holds at most `burst + rate × (b - a) / per_us`
+/// events. Checked in O(n log n) as conformance to the equivalent virtual-scheduling rule
+/// (GCRA) over the sorted times, in exact integers; returns the first offending time.
+pub fn window_violation(times: &[i64], rate: i128, per_us: i128, burst: i128) -> Option<i64> {
+    let mut t = times.to_vec();
+    t.sort_unstable();
+    // In time scaled by `rate`, one event costs `per_us`; an event at s conforms iff the
+    // theoretical arrival time is at most (burst - 1) × per_us ahead of s.
+    let mut tat: i128 = i128::MIN;
+    for &x in &t {
+        let s = x as i128 * rate;
+        if tat != i128::MIN && tat - s > (burst - 1) * per_us {
+            return Some(x);
+        }
+        tat = tat.max(s) + per_us;
+    }
+    None
+}
+
+/// Panic with `what` if `times` break the limit (see [`window_violation`]).
+pub fn assert_window_bound(what: &str, times: &[i64], rate: i128, per_us: i128, burst: i128) {
+    if let Some(at) = window_violation(times, rate, per_us, burst) {
+        panic!("{what}: the limit {rate}/{per_us} µs burst {burst} is broken at {at} µs");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::window_violation;
+
+    /// The fast check agrees with the definition (all pairs) on small cases.
+    #[test]
+    fn window_check_matches_all_pairs() {
+        let mut seed = 7u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..2000 {
+            let (rate, per, burst) = (
+                1 + (next() % 5) as i128,
+                1000 + (next() % 3000) as i128,
+                1 + (next() % 4) as i128,
+            );
+            let n = 1 + (next() % 12) as usize;
+            let times: Vec<i64> = (0..n).map(|_| (next() % 5000) as i64).collect();
+            let mut t = times.clone();
+            t.sort();
+            let mut ok = true;
+            for i in 0..t.len() {
+                for j in i..t.len() {
+                    let k = (j - i + 1) as i128;
+                    if k * per > burst * per + rate * (t[j] - t[i]) as i128 {
+                        ok = false;
+                    }
+                }
+            }
+            assert_eq!(
+                window_violation(&times, rate, per, burst).is_none(),
+                ok,
+                "{times:?} {rate}/{per} burst {burst}"
+            );
+        }
+    }
 }

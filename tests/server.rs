@@ -1,35 +1,8 @@
 //! Client-side tests against a real server with pg_throttle preloaded: concurrency,
 //! restarts and crashes, SQLSTATEs, shared-memory capacity, configuration changes.
 
-use pg_throttle_tests::{sqlstate, Client, Server};
+use pg_throttle_tests::{assert_window_bound, sqlstate, Client, Server};
 use std::time::{Duration, Instant};
-
-/// A rate as the tables hold it: `rate` per `per_us`, `burst`.
-#[derive(Clone, Copy)]
-struct Lim {
-    rate: i128,
-    per_us: i128,
-    burst: i128,
-}
-
-/// Every window between two admissions holds at most burst + rate × width.
-fn assert_window_bound(what: &str, lim: Lim, times: &[i64]) {
-    let mut t = times.to_vec();
-    t.sort();
-    for i in 0..t.len() {
-        for j in i..t.len() {
-            let n = (j - i + 1) as i128;
-            let w = (t[j] - t[i]) as i128;
-            assert!(
-                n * lim.per_us <= lim.burst * lim.per_us + lim.rate * w,
-                "{what}: {n} admitted within {w} µs breaks {}/{} µs burst {}",
-                lim.rate,
-                lim.per_us,
-                lim.burst
-            );
-        }
-    }
-}
 
 /// Admit once; returns (admitted, the transaction time it was judged at, in µs).
 fn admit(c: &mut Client, sender: &str, carrier: &str) -> (bool, i64) {
@@ -89,23 +62,10 @@ fn eight_clients_never_over_admit() {
             .map(|(_, t)| *t)
             .collect::<Vec<_>>()
     };
-    let each = Lim {
-        rate: 20,
-        per_us: 1_000_000,
-        burst: 5,
-    };
-    assert_window_bound("cc-1", each, &times("cc-1"));
-    assert_window_bound("cc-2", each, &times("cc-2"));
+    assert_window_bound("cc-1", &times("cc-1"), 20, 1_000_000, 5);
+    assert_window_bound("cc-2", &times("cc-2"), 20, 1_000_000, 5);
     let camp: Vec<i64> = all.iter().map(|(_, t)| *t).collect();
-    assert_window_bound(
-        "cc-camp",
-        Lim {
-            rate: 30,
-            per_us: 1_000_000,
-            burst: 10,
-        },
-        &camp,
-    );
+    assert_window_bound("cc-camp", &camp, 30, 1_000_000, 10);
     // The clients asked far more often than allowed, and the limit was used, not starved.
     assert!(
         calls > 10 * camp.len() as u64,
@@ -128,11 +88,6 @@ fn restarts_and_crashes_grant_no_fresh_burst() {
          INSERT INTO throttle.rate_limit (scope, scope_id, rate, per, burst) VALUES ('sender', 'rs-line', 20, '1 second', 20);",
     )
     .expect("configure");
-    let lim = Lim {
-        rate: 20,
-        per_us: 1_000_000,
-        burst: 20,
-    };
     let mut times = vec![];
     for mode in ["fast", "immediate"] {
         let mut c = server.connect();
@@ -151,7 +106,13 @@ fn restarts_and_crashes_grant_no_fresh_burst() {
                 times.push(ts);
             }
         }
-        assert_window_bound(&format!("across a {mode} restart"), lim, &times);
+        assert_window_bound(
+            &format!("across a {mode} restart"),
+            &times,
+            20,
+            1_000_000,
+            20,
+        );
     }
     assert!(times.len() >= 20, "the first burst was admitted");
     // A killed backend makes the postmaster reinitialise shared memory: the same holds.
@@ -183,7 +144,7 @@ fn restarts_and_crashes_grant_no_fresh_burst() {
             times.push(ts);
         }
     }
-    assert_window_bound("across a killed backend", lim, &times);
+    assert_window_bound("across a killed backend", &times, 20, 1_000_000, 20);
 }
 
 #[test]

@@ -1,0 +1,293 @@
+//! The release worker against real servers: rate, latency, order, crash safety, standby.
+
+use pg_throttle_tests::{assert_window_bound as assert_bound, Client, Server};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// Poll `sql` (one bigint) until `done` holds or the deadline passes; returns the last value.
+fn wait_for(c: &mut Client, sql: &str, deadline: Duration, done: impl Fn(i64) -> bool) -> i64 {
+    let end = Instant::now() + deadline;
+    loop {
+        let v: i64 = c.query_one(sql, &[]).map(|r| r.get(0)).unwrap_or(-1);
+        if done(v) || Instant::now() > end {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Released times (µs since epoch) per sender, from throttle.ready.
+fn released(c: &mut Client) -> HashMap<String, Vec<i64>> {
+    let mut out: HashMap<String, Vec<i64>> = HashMap::new();
+    for r in c
+        .query(
+            "SELECT sender, (extract(epoch FROM released_at) * 1000000)::int8 FROM throttle.ready",
+            &[],
+        )
+        .expect("ready")
+    {
+        out.entry(r.get(0)).or_default().push(r.get(1));
+    }
+    out
+}
+
+#[test]
+fn releases_at_the_rate_and_at_once_when_there_is_room() {
+    let server = Server::start("release-rate", &[]);
+    let mut c = server.connect();
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender) VALUES ('rl-line'), ('rl-free');
+         INSERT INTO throttle.rate_limit (scope, scope_id, rate, per, burst) VALUES ('sender', 'rl-line', 4, '1 second', 1);",
+    )
+    .expect("configure");
+    // A sender with room: released within milliseconds of the commit, by the latch.
+    let t0 = Instant::now();
+    c.batch_execute("INSERT INTO throttle.pending (sender, carrier) VALUES ('rl-free', 'att')")
+        .expect("enqueue");
+    let n = wait_for(
+        &mut c,
+        "SELECT count(*) FROM throttle.ready WHERE sender = 'rl-free'",
+        Duration::from_secs(5),
+        |n| n == 1,
+    );
+    assert_eq!(n, 1);
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "took {:?}",
+        t0.elapsed()
+    );
+    // Eight messages on a 4/s line: one every 250 ms, never sooner.
+    c.batch_execute("SELECT throttle.enqueue('rl-line', 'att') FROM generate_series(1, 8)")
+        .expect("enqueue");
+    let n = wait_for(
+        &mut c,
+        "SELECT count(*) FROM throttle.ready WHERE sender = 'rl-line'",
+        Duration::from_secs(10),
+        |n| n == 8,
+    );
+    assert_eq!(n, 8);
+    let times = released(&mut c).remove("rl-line").expect("released");
+    assert_bound("rl-line", &times, 4, 1_000_000, 1);
+    let mut t = times.clone();
+    t.sort();
+    for w in t.windows(2) {
+        let gap = w[1] - w[0];
+        assert!(
+            (250_000..=270_000).contains(&gap),
+            "gap {gap} µs: slower than needed"
+        );
+    }
+    let pending: i64 = c
+        .query_one("SELECT count(*) FROM throttle.pending", &[])
+        .expect("pending")
+        .get(0);
+    assert_eq!(pending, 0);
+}
+
+#[test]
+fn priority_goes_first_and_take_consumes() {
+    let server = Server::start("release-order", &[]);
+    let mut c = server.connect();
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender) VALUES ('po-line');
+         INSERT INTO throttle.rate_limit (scope, scope_id, rate, per, burst) VALUES ('sender', 'po-line', 5, '1 second', 1);
+         INSERT INTO throttle.pending (sender, carrier, payload) SELECT 'po-line', 'att', jsonb_build_object('n', g) FROM generate_series(1, 10) g;",
+    )
+    .expect("configure");
+    std::thread::sleep(Duration::from_millis(450));
+    c.batch_execute("SELECT throttle.enqueue('po-line', 'att', '+12125550100', '{\"otp\": true}', priority => 10::int2)")
+        .expect("otp");
+    let n = wait_for(
+        &mut c,
+        "SELECT count(*) FROM throttle.ready",
+        Duration::from_secs(10),
+        |n| n == 11,
+    );
+    assert_eq!(n, 11);
+    // The OTP passed the blast rows queued before it: it was not last.
+    let rank: i64 = c
+        .query_one(
+            "SELECT r FROM (SELECT payload, rank() OVER (ORDER BY released_at, id) r FROM throttle.ready) x
+              WHERE payload ? 'otp'",
+            &[],
+        )
+        .expect("rank")
+        .get(0);
+    assert!(rank <= 5, "the OTP went out as number {rank} of 11");
+    // FIFO among the blast rows.
+    let blast: Vec<i32> = c
+        .query("SELECT (payload->>'n')::int FROM throttle.ready WHERE payload ? 'n' ORDER BY released_at, id", &[])
+        .expect("blast")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(blast, (1..=10).collect::<Vec<_>>());
+    let taken: i64 = c
+        .query_one("SELECT count(*) FROM throttle.take(4)", &[])
+        .expect("take")
+        .get(0);
+    assert_eq!(taken, 4);
+    let left: i64 = c
+        .query_one("SELECT count(*) FROM throttle.ready", &[])
+        .expect("left")
+        .get(0);
+    assert_eq!(left, 7);
+}
+
+#[test]
+fn nothing_lost_or_doubled_across_crashes_and_no_limit_exceeded() {
+    let mut server = Server::start("release-crash", &["throttle.release_batch = 500"]);
+    let mut c = server.connect();
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender, campaign) SELECT 'cr-' || g, 'cr-camp' FROM generate_series(1, 50) g;
+         INSERT INTO throttle.rate_limit (scope, scope_id, rate, per, burst)
+              SELECT 'sender', 'cr-' || g, 400, '1 second', 50 FROM generate_series(1, 50) g;
+         INSERT INTO throttle.rate_limit (scope, scope_id, rate, per, burst) VALUES ('campaign', 'cr-camp', 10000, '1 second', 2000);
+         INSERT INTO throttle.pending (sender, carrier) SELECT 'cr-' || (1 + g % 50), 'att' FROM generate_series(1, 60000) g;",
+    )
+    .expect("configure");
+    let enqueued: HashSet<i64> = c
+        .query("SELECT id FROM throttle.pending", &[])
+        .expect("ids")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(enqueued.len(), 60_000);
+    // In the middle of the release: an immediate stop (a crash), then a restart.
+    wait_for(
+        &mut c,
+        "SELECT count(*) FROM throttle.ready",
+        Duration::from_secs(10),
+        |n| n >= 5_000,
+    );
+    drop(c);
+    server.restart("immediate");
+    let mut c = server.connect();
+    // Then kill the worker itself (SIGKILL: the postmaster resets shared memory).
+    wait_for(
+        &mut c,
+        "SELECT count(*) FROM throttle.ready",
+        Duration::from_secs(10),
+        |n| n >= 25_000,
+    );
+    let pid: i32 = c
+        .query_one(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_throttle'",
+            &[],
+        )
+        .expect("worker runs")
+        .get(0);
+    let st = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    drop(c);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut c = server.connect();
+    let t = Instant::now();
+    let done = wait_for(
+        &mut c,
+        "SELECT count(*) FROM throttle.ready",
+        Duration::from_secs(60),
+        |n| n == 60_000,
+    );
+    eprintln!("released the rest in {:?}", t.elapsed());
+    assert_eq!(done, 60_000, "everything is released in the end");
+    // Every id exactly once, in exactly one place.
+    let ready: Vec<i64> = c
+        .query("SELECT id FROM throttle.ready", &[])
+        .expect("ready")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let set: HashSet<i64> = ready.iter().copied().collect();
+    assert_eq!(set.len(), ready.len(), "no duplicates");
+    assert_eq!(set, enqueued, "nothing lost");
+    let elsewhere: i64 = c
+        .query_one(
+            "SELECT (SELECT count(*) FROM throttle.pending) + (SELECT count(*) FROM throttle.dead)",
+            &[],
+        )
+        .expect("elsewhere")
+        .get(0);
+    assert_eq!(elsewhere, 0);
+    // No window broke a limit, across the crash, the restart and the killed worker.
+    let by_sender = released(&mut c);
+    let mut all = vec![];
+    for (s, t) in &by_sender {
+        assert_bound(s, t, 400, 1_000_000, 50);
+        all.extend_from_slice(t);
+    }
+    assert_bound("cr-camp", &all, 10_000, 1_000_000, 2_000);
+}
+
+#[test]
+fn waits_for_the_extension_obeys_its_switch_and_sleeps_on_a_standby() {
+    let server = Server::start_with("release-life", true, &[]);
+    let mut c = server.connect();
+    // Start with the extension absent: the worker waits.
+    c.batch_execute("DROP EXTENSION pg_throttle").expect("drop");
+    std::thread::sleep(Duration::from_millis(300));
+    let workers: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_throttle'",
+            &[],
+        )
+        .expect("activity")
+        .get(0);
+    assert_eq!(workers, 1, "the worker waits for CREATE EXTENSION");
+    c.batch_execute(
+        "CREATE EXTENSION pg_throttle;
+         INSERT INTO throttle.sender (sender) VALUES ('lf-line');
+         INSERT INTO throttle.pending (sender, carrier) VALUES ('lf-line', 'att');",
+    )
+    .expect("create");
+    let n = wait_for(
+        &mut c,
+        "SELECT count(*) FROM throttle.ready",
+        Duration::from_secs(15),
+        |n| n == 1,
+    );
+    assert_eq!(n, 1, "released once the extension exists");
+    // Switched off: nothing moves. Switched on: it does.
+    c.batch_execute("ALTER SYSTEM SET throttle.worker_enabled = off")
+        .expect("off");
+    c.batch_execute("SELECT pg_reload_conf()").expect("reload");
+    std::thread::sleep(Duration::from_millis(300));
+    c.batch_execute("INSERT INTO throttle.pending (sender, carrier) VALUES ('lf-line', 'att')")
+        .expect("enqueue");
+    std::thread::sleep(Duration::from_millis(500));
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM throttle.ready", &[])
+        .expect("ready")
+        .get(0);
+    assert_eq!(n, 1, "nothing released while off");
+    c.batch_execute("ALTER SYSTEM SET throttle.worker_enabled = on")
+        .expect("on");
+    c.batch_execute("SELECT pg_reload_conf()").expect("reload");
+    let n = wait_for(
+        &mut c,
+        "SELECT count(*) FROM throttle.ready",
+        Duration::from_secs(5),
+        |n| n == 2,
+    );
+    assert_eq!(n, 2);
+    // A standby made from this server runs no release worker.
+    let standby = server.standby("release-standby");
+    let mut s = standby.connect();
+    let in_recovery: bool = s
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .expect("recovery")
+        .get(0);
+    assert!(in_recovery);
+    std::thread::sleep(Duration::from_millis(500));
+    let workers: i64 = s
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_throttle'",
+            &[],
+        )
+        .expect("activity")
+        .get(0);
+    assert_eq!(workers, 0, "no worker on a standby");
+}
