@@ -167,18 +167,24 @@ impl Bucket {
     }
 
     /// Re-express the bucket in a new rate at `now` without minting tokens: the tokens
-    /// available afterwards are `min(available before, new burst)`, rounded down.
+    /// available afterwards are `min(available before, new burst)`, rounded down, and a bucket
+    /// that owes more than its whole burst at `now` (a call with an older timestamp) stays
+    /// empty until the moment the old rate would have given it its first token back.
     pub fn rebase(&mut self, new: Rate, now: Micros) {
         if new == self.rate {
             return;
         }
         let old = self.rate;
-        let debt_old = (self.tat - old.scaled(now)).max(0);
-        // Exact tokens available before, as a fraction over old.period_us.
+        // Re-express at a moment when the old debt fits in the old capacity: `now`, or the
+        // end of an empty stretch that lies past it.
+        let empty_until = div_ceil(self.tat - old.capacity(), old.count as i128);
+        let at = (now as i128).max(empty_until);
+        let debt_old = (self.tat - at * old.count as i128).max(0);
+        // Exact tokens available then, as a fraction over old.period_us.
         let room_old = (old.capacity() - debt_old).max(0);
-        // Tokens available after, in new units (one token = new.period_us), rounded down.
+        // Tokens available then in new units (one token = new.period_us), rounded down.
         let room_new = (room_old * new.token() / old.token()).min(new.capacity());
-        self.tat = new.scaled(now) + (new.capacity() - room_new);
+        self.tat = at * new.count as i128 + (new.capacity() - room_new);
         self.rate = new;
     }
 
@@ -410,6 +416,25 @@ mod tests {
             let before = b.available(t);
             b.rebase(b2, t);
             prop_assert!(b.available(t) <= before.min(b2.burst));
+        }
+
+        /// A rate change seen through a call with an older timestamp gives no tokens back:
+        /// up to the moment the old rate would have given the first token back, the new bucket
+        /// has no more than the old one; from then on it refills at the new rate.
+        #[test]
+        fn rebase_at_an_older_time_keeps_the_debt(a in arb_rate(), b2 in arb_rate(), back in 1i64..600_000_000, t in 0i64..100_000_000) {
+            let mut b = Bucket::full_at(a, 0);
+            while b.take(1, t) {}
+            let old = b;
+            b.rebase(b2, t - back);
+            let cap = a.burst as i128 * a.period_us as i128;
+            let empty_until = div_ceil(old.tat - cap, a.count as i128) as i64;
+            let at = (t - back).max(empty_until);
+            for probe in [t - back, t.min(at), at] {
+                prop_assert!(b.available(probe) <= old.available(probe), "at {}", probe);
+            }
+            // The reviewer's case: emptied at t, seen at t - back: nothing is free at t.
+            prop_assert!(b.available(t.min(at)) <= old.available(t.min(at)));
         }
 
         #[test]
