@@ -21,7 +21,9 @@ SELECT l.limit_id, l.name, l.scope, l.scope_id, l.carrier, l.channel, l.sender_t
        b.full_at,
        b.limit_id IS NOT NULL AS in_memory
   FROM throttle.rate_limit l
-  LEFT JOIN throttle.bucket_state() b ON b.limit_id = l.limit_id AND b.sub_key = 0;
+  LEFT JOIN throttle.bucket_state() b
+         ON b.limit_id = l.limit_id AND b.sub_key = 0
+        AND b.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database());
 
 COMMENT ON SCHEMA throttle IS 'pg_throttle: message throttling by rate limits kept in tables';
 COMMENT ON TABLE throttle.sender IS 'Senders (numbers, short codes, WhatsApp numbers, iMessage lines) and the campaign, brand and account they belong to';
@@ -50,7 +52,8 @@ GRANT SELECT ON throttle.sender, throttle.rate_limit, throttle.limit_state TO PU
 -- Applications enqueue and consume.
 GRANT SELECT, INSERT ON throttle.pending TO PUBLIC;
 GRANT USAGE ON SEQUENCE throttle.pending_id_seq TO PUBLIC;
-GRANT SELECT, UPDATE, DELETE ON throttle.ready TO PUBLIC;
+GRANT SELECT, DELETE ON throttle.ready TO PUBLIC;
 GRANT SELECT ON throttle.dead TO PUBLIC;
 REVOKE ALL ON FUNCTION throttle.note_config_change() FROM PUBLIC;
 REVOKE ALL ON FUNCTION throttle.config_changed() FROM PUBLIC;
+REVOKE ALL ON FUNCTION throttle.pending_changed() FROM PUBLIC;

@@ -243,7 +243,7 @@ fn with_cache<R>(f: impl FnOnce(&mut Cache) -> R) -> R {
 }
 
 /// Plans cached per backend before the cache is emptied and refilled on demand.
-const MAX_CACHED_PLANS: usize = 4_000_000;
+const MAX_CACHED_PLANS: usize = 500_000;
 
 /// Run `f` on the plan for admitting `sender` to `carrier` on `channel`, from the cache or
 /// the tables. Unknown sender: 42704; more than [`MAX_WANTS`] applicable limits: 54000.
@@ -393,7 +393,7 @@ fn plan_limits(
         }
         let i = *pos.entry(l.id).or_insert_with(|| {
             arena.push(LimitInfo {
-                want: Want::new(Key::new(l.id, 0), l.rate, l.created_at),
+                want: Want::new(Key::new(l.id, database_key()), l.rate, l.created_at),
                 limit: Rc::new(l.clone()),
             });
             (arena.len() - 1) as u32
@@ -412,24 +412,26 @@ pub fn invalidate_local() {
     });
 }
 
+/// Every operator here has an exact match in pg_catalog for its argument types, so no
+/// operator a user creates in a schema on the search path can be chosen instead.
 const LOAD_SQL: &str = "
     SELECT l.limit_id, l.carrier, l.channel, l.rate,
-           (extract(epoch FROM l.per) * 1000000)::bigint, l.burst,
+           (extract(epoch FROM l.per) * 1000000::numeric)::bigint, l.burst,
            coalesce(l.name, l.scope::text || ' ' || l.scope_id
                     || coalesce(' carrier ' || l.carrier, '')
                     || coalesce(' channel ' || l.channel, '')
                     || coalesce(' sender_type ' || l.sender_type, '')
-                    || ' ' || l.rate || '/' || l.per::text),
+                    || ' ' || l.rate::text || '/' || l.per::text),
            l.created_at
       FROM throttle.sender s
       LEFT JOIN LATERAL (
-            SELECT * FROM throttle.rate_limit r WHERE r.scope = 'sender' AND r.scope_id = s.sender
+            SELECT * FROM throttle.rate_limit r WHERE r.scope = 'sender'::throttle.scope AND r.scope_id = s.sender
             UNION ALL
-            SELECT * FROM throttle.rate_limit r WHERE r.scope = 'campaign' AND r.scope_id = s.campaign
+            SELECT * FROM throttle.rate_limit r WHERE r.scope = 'campaign'::throttle.scope AND r.scope_id = s.campaign
             UNION ALL
-            SELECT * FROM throttle.rate_limit r WHERE r.scope = 'brand' AND r.scope_id = s.brand
+            SELECT * FROM throttle.rate_limit r WHERE r.scope = 'brand'::throttle.scope AND r.scope_id = s.brand
             UNION ALL
-            SELECT * FROM throttle.rate_limit r WHERE r.scope = 'account' AND r.scope_id = s.account
+            SELECT * FROM throttle.rate_limit r WHERE r.scope = 'account'::throttle.scope AND r.scope_id = s.account
       ) l ON l.sender_type IS NULL OR l.sender_type IS NOT DISTINCT FROM s.sender_type
      WHERE s.sender = $1
      ORDER BY l.limit_id";
@@ -452,6 +454,11 @@ fn load(sender: &[u8]) -> Result<Option<SenderLimits>> {
         String,
         i64,
     );
+    // Read the configuration as committed now, not as the calling statement's snapshot saw
+    // it: a long query that misses the cache after a change must not cache the old limits
+    // under the new generation. (A transaction that already wrote under REPEATABLE READ
+    // still reads its own snapshot: such reads are not cached, see `with_known_plan`.)
+    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot()) };
     let rows: Option<Vec<Option<Row>>> = Spi::connect(|client| {
         let stmt = with_cache(|c| c.stmt.take());
         let stmt = match stmt {
@@ -488,6 +495,7 @@ fn load(sender: &[u8]) -> Result<Option<SenderLimits>> {
         result.map(|v| if v.is_empty() { None } else { Some(v) })
     })
     .map_err(error::internal)?;
+    unsafe { pg_sys::PopActiveSnapshot() };
     let Some(rows) = rows else { return Ok(None) };
     let mut limits = Vec::with_capacity(rows.len());
     for (id, carrier, channel, count, period_us, burst, label, created_at) in
@@ -515,4 +523,9 @@ pub fn cached_want(limit_id: i64) -> Option<Want> {
             .get(&limit_id)
             .map(|&i| c.arena[i as usize].want)
     })
+}
+
+/// Buckets are keyed by this database too: two databases with the extension never share one.
+fn database_key() -> u64 {
+    (unsafe { pg_sys::MyDatabaseId }.to_u32() as u64) << 32
 }

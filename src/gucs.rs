@@ -77,7 +77,9 @@ fn define_runtime() {
         &MAX_FUTURE_MS,
         0,
         i32::MAX,
-        GucContext::Userset,
+        // Shared limits are everyone's: only a superuser may widen how far ahead one
+        // caller may push them.
+        GucContext::Suset,
         GucFlags::UNIT_MS,
     );
 }

@@ -25,7 +25,9 @@ CREATE TRIGGER pending_changed AFTER INSERT OR UPDATE OF sender, carrier, channe
 #[derive(Default)]
 struct Noted {
     ids: Vec<i64>,
-    queues: FxHashSet<u64>,
+    /// (queue, subtransaction) already noted: a row of a queue noted in a subtransaction
+    /// that later rolls back is noted again when inserted in another one.
+    queues: FxHashSet<(u64, u32)>,
     registered: bool,
 }
 
@@ -56,6 +58,9 @@ pub unsafe extern "C-unwind" fn pg_throttle_pending_changed(
         if td.is_null() || (*td).type_ != pg_sys::NodeTag::T_TriggerData {
             pgrx::error!("throttle.pending_changed() must be called as a trigger");
         }
+        // Only as the row trigger on throttle.pending: (id bigint, sender, carrier, channel text).
+        let event = (*td).tg_event;
+        let row_level = event & pg_sys::TRIGGER_EVENT_ROW != 0;
         let tuple = if !(*td).tg_newtuple.is_null() {
             (*td).tg_newtuple
         } else {
@@ -63,10 +68,25 @@ pub unsafe extern "C-unwind" fn pg_throttle_pending_changed(
         };
         let desc = (*(*td).tg_relation).rd_att;
         let natts = (*desc).natts as usize;
+        let shape_ok = natts >= COLUMNS
+            && (0..COLUMNS).all(|i| {
+                let want = if i == 0 {
+                    pg_sys::INT8OID
+                } else {
+                    pg_sys::TEXTOID
+                };
+                let att = (*desc).attrs.as_slice(natts).get(i);
+                att.is_some_and(|a| a.atttypid == want && !a.attisdropped)
+            });
+        if !row_level || tuple.is_null() || !shape_ok {
+            pgrx::error!("throttle.pending_changed() is the row trigger of throttle.pending only");
+        }
         let mut values = vec![pg_sys::Datum::from(0usize); natts];
         let mut nulls = vec![true; natts];
         pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
-        if natts < COLUMNS || nulls[..COLUMNS].iter().any(|&n| n) {
+        if nulls[..COLUMNS].iter().any(|&n| n)
+            || !shmem::worker_serves(pg_sys::MyDatabaseId.to_u32())
+        {
             return pg_sys::Datum::from(0usize);
         }
         let id = values[0].value() as i64;
@@ -79,7 +99,7 @@ pub unsafe extern "C-unwind" fn pg_throttle_pending_changed(
             h.write(pgrx::varlena::varlena_to_byte_slice(p));
             h.write_u8(0);
         }
-        let queue = h.finish();
+        let queue = (h.finish(), pg_sys::GetCurrentSubTransactionId());
         let register = with_noted(|n| {
             if n.queues.insert(queue) {
                 n.ids.push(id);
@@ -94,6 +114,16 @@ pub unsafe extern "C-unwind" fn pg_throttle_pending_changed(
                     std::mem::take(&mut n.ids)
                 });
                 shmem::ring_push(&ids);
+            });
+            // A prepared transaction's rows become visible at COMMIT PREPARED, in another
+            // session, after any callback here: refuse rather than lose track of them.
+            register_xact_callback(PgXactCallbackEvent::PrePrepare, || {
+                pgrx::ereport!(
+                    ERROR,
+                    pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                    "cannot PREPARE a transaction that enqueued messages into throttle.pending",
+                    "Commit it directly; pg_throttle hands new messages to its worker at commit."
+                );
             });
             register_xact_callback(PgXactCallbackEvent::Abort, || {
                 with_noted(|n| {

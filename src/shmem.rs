@@ -55,6 +55,8 @@ struct WorkerShared {
     queues: AtomicU64,
     /// Release lag of the last tick: how late the oldest released row was, µs.
     lag_us: AtomicI64,
+    /// The database the worker serves (0: not known yet).
+    database: AtomicU32,
 }
 
 #[repr(C, align(64))]
@@ -172,6 +174,7 @@ unsafe extern "C-unwind" fn startup_hook() {
                     dead: AtomicU64::new(0),
                     queues: AtomicU64::new(0),
                     lag_us: AtomicI64::new(0),
+                    database: AtomicU32::new(0),
                 },
                 ring: RingHead {
                     locked: AtomicU32::new(0),
@@ -329,7 +332,8 @@ fn prefetch(s: &Shared, wants: &[Want]) {
     let _ = (s, wants);
 }
 
-/// A partition's table view. Caller holds the partition's lock.
+/// A partition's table view. Caller holds the partition's lock, and keeps no pointer into
+/// the partition from before this view across its use.
 unsafe fn table(s: &Shared, p: usize) -> Table<'static> {
     unsafe {
         let spp = (*s.header).slots_per_part as usize;
@@ -412,26 +416,36 @@ pub fn admit(
     let keys = &wants[..];
     let keep = |k: &Key| keys.iter().any(|w| w.key == *k);
     let _locks = Locked::acquire(s, mask);
+    // Forgetting a bucket is only lossless if it is full by the clock, not merely at a
+    // timestamp some caller passed from the future.
+    let evict_at = now.min(crate::backend::transaction_start());
     // Pass 1: make sure every bucket exists (inserting may move others in its partition).
     for w in wants {
         let mut t = unsafe { table(s, w.partition as usize) };
         t.find_or_insert(
             w.key,
             w.hash,
-            now,
+            evict_at,
             || first_state(w, started),
             &mut budget,
             keep,
         )
         .map_err(|Full| ShmemError::Full)?;
     }
-    // Pass 2: nothing moves any more; take pointers and bring each bucket to its rate.
-    let mut refs = [BucketPtr(null_mut()); MAX_WANTS];
+    // Pass 2: nothing moves any more. Find every slot first (each look-up borrows its
+    // partition briefly), then reach the buckets only through raw pointers from the base of
+    // shared memory, so no later borrow invalidates an earlier pointer.
+    let spp = unsafe { (*s.header).slots_per_part } as usize;
+    let mut at = [0usize; MAX_WANTS];
     for (i, w) in wants.iter().enumerate() {
         let t = unsafe { table(s, w.partition as usize) };
-        let idx = t.find(w.key, w.hash).ok_or(ShmemError::Full)?;
-        let b = &mut t.slots[idx].bucket;
-        b.rebase(w.rate, now);
+        at[i] = w.partition as usize * spp + t.find(w.key, w.hash).ok_or(ShmemError::Full)?;
+    }
+    let mut refs = [BucketPtr(null_mut()); MAX_WANTS];
+    for (i, w) in wants.iter().enumerate() {
+        // SAFETY: `at[i]` is a live slot of a partition whose lock we hold.
+        let b = unsafe { &raw mut (*s.slots.add(at[i])).bucket };
+        unsafe { (*b).rebase(w.rate, now) };
         refs[i] = BucketPtr(b);
     }
     Ok(limiter::admit_opt(
@@ -607,4 +621,22 @@ pub fn room(wants: &[Want], now: Micros) -> Result<(u64, i64, Micros), ShmemErro
         }
     }
     Ok(best)
+}
+
+/// Called by the worker once connected: the database whose enqueues it wants to hear of.
+pub fn set_worker_database(oid: u32) {
+    if let Ok(s) = shared() {
+        unsafe { (*s.header).worker.database.store(oid, Ordering::Release) };
+    }
+}
+
+/// Whether enqueues in database `oid` concern the worker (true while it is not known yet).
+pub fn worker_serves(oid: u32) -> bool {
+    match shared() {
+        Ok(s) => {
+            let db = unsafe { (*s.header).worker.database.load(Ordering::Acquire) };
+            db == 0 || db == oid
+        }
+        Err(_) => false,
+    }
 }

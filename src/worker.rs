@@ -51,6 +51,7 @@ const SQL_FETCH: &str = "
            SELECT id, cost, priority FROM throttle.pending p
             WHERE p.sender = q.s AND p.carrier = q.c AND p.channel = q.ch
               AND (p.not_before IS NULL OR p.not_before <= $5)
+              AND (p.expires_at IS NULL OR p.expires_at > $5)
             ORDER BY p.priority DESC, p.id
             LIMIT q.n) p
      ORDER BY q.i, p.priority DESC, p.id";
@@ -61,7 +62,7 @@ const SQL_MOVE: &str = "
                  SELECT id, sender, carrier, channel, recipient, cost, priority,
                         payload, not_before, expires_at, enqueued_at, $2 FROM moved
                  RETURNING greatest(enqueued_at, not_before) AS due)
-    SELECT count(*)::int8, (extract(epoch FROM $2 - min(due)) * 1000000)::int8 FROM ins";
+    SELECT count(*)::int8, (extract(epoch FROM $2 - min(due)) * 1000000::numeric)::int8 FROM ins";
 const SQL_DEAD: &str = "
     WITH gone AS (DELETE FROM throttle.pending p USING unnest($1::int8[], $2::text[]) AS d(id, reason)
                    WHERE p.id = d.id RETURNING p.*, d.reason),
@@ -156,10 +157,16 @@ struct Taken {
     partitions: u32,
 }
 
+/// How often the worker re-reads every queue from the table, as a safety net for rows no
+/// trigger told it about (for example rows written with session_replication_role =
+/// replica, which fires no triggers).
+const REDISCOVER_EVERY_US: Micros = 60_000_000;
+
 struct Worker {
     sched: Scheduler<QueueKey>,
     stmts: Option<Stmts>,
     rediscover: bool,
+    last_rediscovery: Micros,
     generation: u64,
     next_expiry: Option<Micros>,
     ids: Vec<i64>,
@@ -174,6 +181,7 @@ impl Worker {
             sched: Scheduler::new(),
             stmts: None,
             rediscover: true,
+            last_rediscovery: 0,
             generation: 0,
             next_expiry: None,
             ids: Vec::new(),
@@ -229,8 +237,9 @@ impl Worker {
         //    full ring.
         self.ids.clear();
         let lost = shmem::ring_drain(&mut self.ids);
-        if lost || self.rediscover {
+        if lost || self.rediscover || now - self.last_rediscovery > REDISCOVER_EVERY_US {
             self.rediscover = false;
+            self.last_rediscovery = now;
             for row in c.select(&st.discover_all, None, &[])? {
                 self.touch(row.get(1)?, row.get(2)?, row.get(3)?, now);
             }
@@ -503,6 +512,9 @@ impl Worker {
 #[pg_guard]
 unsafe extern "C-unwind" fn withdraw(_code: i32, _arg: pg_sys::Datum) {
     shmem::register_worker(std::ptr::null_mut(), 0);
+    // Exit status 1: the postmaster restarts the worker after a pg_terminate_backend (exit 0
+    // would unregister it for good); at shutdown nothing is restarted anyway.
+    unsafe { pg_sys::proc_exit(1) };
 }
 
 /// The worker's entry point.
@@ -513,6 +525,7 @@ pub extern "C-unwind" fn pg_throttle_worker_main(_arg: pg_sys::Datum) {
     let db = gucs::database_name();
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
     shmem::register_worker(unsafe { pg_sys::MyLatch }, unsafe { pg_sys::MyProcPid });
+    shmem::set_worker_database(unsafe { pg_sys::MyDatabaseId }.to_u32());
     // However the worker ends (an error exits the process), withdraw its latch.
     unsafe { pg_sys::before_shmem_exit(Some(withdraw), pg_sys::Datum::from(0usize)) };
     pgrx::log!("pg_throttle release worker started for database \"{db}\"");
@@ -530,4 +543,7 @@ pub extern "C-unwind" fn pg_throttle_worker_main(_arg: pg_sys::Datum) {
         }
     }
     shmem::register_worker(std::ptr::null_mut(), 0);
+    // Exit status 1: the postmaster restarts the worker after a pg_terminate_backend (exit 0
+    // would unregister it for good); at shutdown nothing is restarted anyway.
+    unsafe { pg_sys::proc_exit(1) };
 }

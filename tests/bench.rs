@@ -4,8 +4,8 @@
 //!
 //! The extension must be installed (scripts/bench.sh does it).
 
-use pg_throttle_tests::Server;
-use std::time::Instant;
+use pg_throttle_tests::{window_violation, Client, Server};
+use std::time::{Duration, Instant};
 
 struct Args {
     which: Vec<String>,
@@ -139,10 +139,363 @@ fn main() {
     for w in a.which.clone() {
         match w.as_str() {
             "admit" => bench_admit(&a),
+            "release" => bench_release(&a),
+            "throughput" => release_throughput(),
+            "accuracy" => release_accuracy(),
+            "latency" => release_latency(),
+            "scale" => release_scale(),
+            "enqueue" => enqueue_throughput(),
             other => {
-                eprintln!("unknown benchmark {other}: expected admit");
+                eprintln!("unknown benchmark {other}: expected admit, release (or one of throughput, accuracy, latency, scale, enqueue)");
                 std::process::exit(2);
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The release engine.
+
+fn bench_release(_a: &Args) {
+    release_throughput();
+    release_accuracy();
+    release_latency();
+    release_scale();
+    enqueue_throughput();
+}
+
+fn q1(c: &mut Client, sql: &str) -> i64 {
+    c.query_one(sql, &[])
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
+fn set_worker(c: &mut Client, on: bool) {
+    c.batch_execute(&format!("ALTER SYSTEM SET throttle.worker_enabled = {on}"))
+        .expect("worker switch");
+    c.batch_execute("SELECT pg_reload_conf()").expect("reload");
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+/// Released so far (from the worker's counter in shared memory: no table scan).
+fn released_so_far(c: &mut Client) -> i64 {
+    q1(c, "SELECT released FROM throttle.worker_state()")
+}
+
+/// Wait until the worker has released `target` rows in all; returns the seconds it took.
+fn drain(c: &mut Client, target: i64, limit: Duration) -> f64 {
+    let t = Instant::now();
+    while released_so_far(c) < target && t.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    t.elapsed().as_secs_f64()
+}
+
+/// CPU seconds (user + system) a process has used, from /proc.
+fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+const BENCH_CONF: [&str; 4] = [
+    "shared_buffers = '512MB'",
+    "jit = off",
+    "max_wal_size = '4GB'",
+    "synchronous_commit = off",
+];
+
+fn release_throughput() {
+    let rows: i64 = 200_000;
+    println!(
+        "== release throughput, limits wide open: {rows} rows over 100 senders, batches of 1,000"
+    );
+    let server = Server::start("bench-release", &BENCH_CONF);
+    let mut c = server.connect();
+    c.batch_execute(
+        "CREATE TABLE raw_pending (LIKE throttle.pending INCLUDING ALL);
+         CREATE TABLE raw_ready (LIKE throttle.ready INCLUDING ALL);
+         INSERT INTO throttle.sender (sender) SELECT 'tp-' || g FROM generate_series(1, 100) g;",
+    )
+    .expect("set up");
+    let fill_raw = format!(
+        "TRUNCATE raw_pending, raw_ready;
+         INSERT INTO raw_pending (sender, carrier) SELECT 'tp-' || (1 + g % 100), 'att' FROM generate_series(1, {rows}) g;"
+    );
+    // The raw SQL ceiling, in two good shapes: both keep the index plan.
+    let shapes = [
+        ("ceiling: DELETE id = ANY(ARRAY(SELECT … LIMIT 1000)) → INSERT", "
+            WITH m AS (DELETE FROM raw_pending WHERE id = ANY(ARRAY(
+                         SELECT id FROM raw_pending ORDER BY id LIMIT 1000)) RETURNING *)
+            INSERT INTO raw_ready SELECT m.id, m.sender, m.carrier, m.channel, m.recipient, m.cost, m.priority,
+                   m.payload, m.not_before, m.expires_at, m.enqueued_at, now() FROM m"),
+        ("ceiling: the same with a keyset cursor (id > last)", "
+            WITH m AS (DELETE FROM raw_pending WHERE id = ANY(ARRAY(
+                         SELECT id FROM raw_pending WHERE id > $1 ORDER BY id LIMIT 1000)) RETURNING *),
+                 i AS (INSERT INTO raw_ready SELECT m.id, m.sender, m.carrier, m.channel, m.recipient, m.cost, m.priority,
+                   m.payload, m.not_before, m.expires_at, m.enqueued_at, now() FROM m RETURNING id)
+            SELECT coalesce(max(id), -1) FROM i"),
+    ];
+    let mut ceiling: f64 = 0.0;
+    for (name, sql) in shapes {
+        let mut speeds = vec![];
+        for _ in 0..3 {
+            c.batch_execute(&fill_raw).expect("fill");
+            c.batch_execute("VACUUM ANALYZE raw_pending")
+                .expect("vacuum");
+            let t = Instant::now();
+            if sql.contains("$1") {
+                let stmt = c.prepare(sql).expect("prepare");
+                let mut last: i64 = 0;
+                loop {
+                    let next: i64 = c.query_one(&stmt, &[&last]).expect("move").get(0);
+                    if next < 0 {
+                        break;
+                    }
+                    last = next;
+                }
+            } else {
+                loop {
+                    let n = c.execute(sql, &[]).expect("move");
+                    if n == 0 {
+                        break;
+                    }
+                }
+            }
+            speeds.push(rows as f64 / t.elapsed().as_secs_f64());
+        }
+        let m = median(speeds);
+        ceiling = ceiling.max(m);
+        println!("  {name:<62} {m:>10.0} rows/s");
+    }
+    let mut speeds = vec![];
+    for _ in 0..3 {
+        set_worker(&mut c, false);
+        c.batch_execute(&format!(
+            "TRUNCATE throttle.ready;
+             INSERT INTO throttle.pending (sender, carrier) SELECT 'tp-' || (1 + g % 100), 'att' FROM generate_series(1, {rows}) g;"
+        ))
+        .expect("fill");
+        c.batch_execute("VACUUM ANALYZE throttle.pending")
+            .expect("vacuum");
+        let before = released_so_far(&mut c);
+        set_worker(&mut c, true);
+        let secs = drain(&mut c, before + rows, Duration::from_secs(120));
+        speeds.push(rows as f64 / secs);
+    }
+    let ours = median(speeds);
+    println!(
+        "  {:<62} {ours:>10.0} rows/s",
+        "pg_throttle worker (pending → ready, every row admitted)"
+    );
+    println!(
+        "  ratio to the best raw shape: {:.1} %",
+        100.0 * ours / ceiling
+    );
+}
+
+fn release_accuracy() {
+    println!("== accuracy: 1,000 senders at 1/s + campaign 4,500/min (burst 4,500) on AT&T, 60 s backlog");
+    let server = Server::start("bench-accuracy", &BENCH_CONF);
+    let mut c = server.connect();
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender, campaign) SELECT 'ac-' || g, 'ac-camp' FROM generate_series(1, 1000) g;
+         INSERT INTO throttle.rate_limit (scope, scope_id, rate, per, burst)
+              SELECT 'sender', 'ac-' || g, 1, '1 second', 1 FROM generate_series(1, 1000) g;
+         INSERT INTO throttle.rate_limit (scope, scope_id, carrier, rate, per, burst)
+              VALUES ('campaign', 'ac-camp', 'att', 4500, '1 minute', 4500);",
+    )
+    .expect("set up");
+    set_worker(&mut c, false);
+    c.batch_execute(
+        "INSERT INTO throttle.pending (sender, carrier) SELECT 'ac-' || (1 + g % 1000), 'att' FROM generate_series(1, 60000) g",
+    )
+    .expect("backlog");
+    c.batch_execute("VACUUM ANALYZE throttle.pending")
+        .expect("vacuum");
+    set_worker(&mut c, true);
+    std::thread::sleep(Duration::from_secs(62));
+    set_worker(&mut c, false);
+    let rows = c
+        .query(
+            "SELECT sender, (extract(epoch FROM released_at) * 1000000)::int8 FROM throttle.ready",
+            &[],
+        )
+        .expect("ready");
+    let mut all: Vec<i64> = rows.iter().map(|r| r.get::<_, i64>(1)).collect();
+    all.sort();
+    let t0 = all.first().copied().unwrap_or(0);
+    let in60: Vec<i64> = all
+        .iter()
+        .copied()
+        .filter(|&t| t < t0 + 60_000_000)
+        .collect();
+    let max = 4500.0 + 4500.0 * 60.0 / 60.0;
+    let mut by: std::collections::HashMap<String, Vec<i64>> = std::collections::HashMap::new();
+    for r in &rows {
+        by.entry(r.get(0)).or_default().push(r.get(1));
+    }
+    let violations = by
+        .values()
+        .filter(|t| window_violation(t, 1, 1_000_000, 1).is_some())
+        .count()
+        + usize::from(window_violation(&all, 4500, 60_000_000, 4500).is_some());
+    let shares: Vec<usize> = by
+        .values()
+        .map(|t| t.iter().filter(|&&x| x < t0 + 60_000_000).count())
+        .collect();
+    println!(
+        "  campaign: released {} in the first 60 s; theoretical maximum {max:.0}: {:.2} % of it",
+        in60.len(),
+        100.0 * in60.len() as f64 / max
+    );
+    println!(
+        "  per sender in those 60 s: min {} max {} (fair share {:.1}); senders' own maximum 61 each",
+        shares.iter().min().unwrap_or(&0),
+        shares.iter().max().unwrap_or(&0),
+        in60.len() as f64 / 1000.0
+    );
+    println!("  window violations found by the independent checker (1,001 keys): {violations}");
+}
+
+fn release_latency() {
+    println!("== latency from enqueue to ready, unthrottled: 2,000 single-row enqueues at ~500/s");
+    let server = Server::start("bench-latency", &BENCH_CONF);
+    let mut c = server.connect();
+    c.batch_execute("INSERT INTO throttle.sender (sender) VALUES ('lt-line')")
+        .expect("set up");
+    let stmt = c
+        .prepare("INSERT INTO throttle.pending (sender, carrier, payload) VALUES ('lt-line', 'att', jsonb_build_object('t', (extract(epoch FROM clock_timestamp()) * 1000000)::int8))")
+        .expect("prepare");
+    let start = Instant::now();
+    for i in 0..2000u32 {
+        c.execute(&stmt, &[]).expect("enqueue");
+        let due = start + Duration::from_micros(2000 * (i as u64 + 1));
+        if let Some(d) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // From the commit-side clock reading at insert to the release time (same server clock).
+    let row = c
+        .query_one(
+            "SELECT count(*),
+                    percentile_cont(0.5) WITHIN GROUP (ORDER BY l), percentile_cont(0.99) WITHIN GROUP (ORDER BY l), max(l)
+               FROM (SELECT (extract(epoch FROM released_at) * 1000000 - (payload->>'t')::int8) / 1000.0 AS l
+                       FROM throttle.ready) x",
+            &[],
+        )
+        .expect("latency");
+    let (n, p50, p99, mx): (i64, f64, f64, f64) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    println!("  {n} released: p50 {p50:.2} ms, p99 {p99:.2} ms, max {mx:.2} ms");
+}
+
+fn release_scale() {
+    println!("== scale: 1,000,000 pending over 100,000 senders, each limited to 1 per 10 s");
+    let server = Server::start(
+        "bench-scale",
+        &[
+            "shared_buffers = '512MB'",
+            "jit = off",
+            "max_wal_size = '4GB'",
+            "synchronous_commit = off",
+            "throttle.max_buckets = 200000",
+        ],
+    );
+    let mut c = server.connect();
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender) SELECT 'sc-' || g FROM generate_series(1, 100000) g;
+         INSERT INTO throttle.rate_limit (scope, scope_id, rate, per, burst)
+              SELECT 'sender', 'sc-' || g, 1, '10 seconds', 1 FROM generate_series(1, 100000) g;",
+    )
+    .expect("set up");
+    set_worker(&mut c, false);
+    let t = Instant::now();
+    c.batch_execute(
+        "INSERT INTO throttle.pending (sender, carrier) SELECT 'sc-' || (1 + g % 100000), 'att' FROM generate_series(1, 1000000) g",
+    )
+    .expect("fill");
+    c.batch_execute("VACUUM ANALYZE throttle.pending")
+        .expect("vacuum");
+    println!("  filled in {:.1} s", t.elapsed().as_secs_f64());
+    set_worker(&mut c, true);
+    let pid = q1(
+        &mut c,
+        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_throttle'",
+    ) as i32;
+    // The first seconds release every sender's burst (100,000); then 10,000/s is the most.
+    std::thread::sleep(Duration::from_secs(12));
+    let (r0, c0, t0) = (released_so_far(&mut c), cpu_seconds(pid), Instant::now());
+    std::thread::sleep(Duration::from_secs(15));
+    let (r1, c1, secs) = (
+        released_so_far(&mut c),
+        cpu_seconds(pid),
+        t0.elapsed().as_secs_f64(),
+    );
+    let pending = q1(&mut c, "SELECT count(*) FROM throttle.pending");
+    println!(
+        "  steady state over {secs:.1} s: {:.0} released/s (the limits allow 10,000/s), worker CPU {:.2} s per second, {pending} still pending",
+        (r1 - r0) as f64 / secs,
+        (c1 - c0) / secs
+    );
+}
+
+fn enqueue_throughput() {
+    println!("== enqueue throughput from 8 clients, synchronous commit on (fsync on), 5 s each");
+    let server = Server::start(
+        "bench-enqueue",
+        &[
+            "shared_buffers = '512MB'",
+            "jit = off",
+            "fsync = on",
+            "max_wal_size = '4GB'",
+        ],
+    );
+    let mut c = server.connect();
+    c.batch_execute(
+        "CREATE TABLE plain_pending (LIKE throttle.pending INCLUDING ALL);
+         INSERT INTO throttle.sender (sender) SELECT 'en-' || g FROM generate_series(1, 64) g;",
+    )
+    .expect("set up");
+    // Releases would compete for the two cores: measure enqueueing alone.
+    set_worker(&mut c, false);
+    let run = |table: &str, rows_per_insert: usize| -> f64 {
+        let values = (0..rows_per_insert)
+            .map(|i| format!("('en-{}', 'att')", 1 + i % 64))
+            .collect::<Vec<_>>()
+            .join(",");
+        let sql = format!("INSERT INTO {table} (sender, carrier) VALUES {values}");
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let conninfo = server.conninfo();
+                let sql = sql.clone();
+                std::thread::spawn(move || {
+                    let mut c = Client::connect(&conninfo, postgres::NoTls).expect("connect");
+                    let stmt = c.prepare(&sql).expect("prepare");
+                    let t = Instant::now();
+                    let mut n = 0u64;
+                    while t.elapsed() < Duration::from_secs(5) {
+                        c.execute(&stmt, &[]).expect("insert");
+                        n += rows_per_insert as u64;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let n: u64 = handles.into_iter().map(|h| h.join().expect("client")).sum();
+        n as f64 / 5.0
+    };
+    for rows in [1usize, 100] {
+        let plain = run("plain_pending", rows);
+        let ours = run("throttle.pending", rows);
+        let plain2 = run("plain_pending", rows);
+        let ours2 = run("throttle.pending", rows);
+        let (p, o) = ((plain + plain2) / 2.0, (ours + ours2) / 2.0);
+        println!(
+            "  {rows:>3}-row INSERTs: plain table {p:>9.0} rows/s, throttle.pending {o:>9.0} rows/s: {:.1} %",
+            100.0 * o / p
+        );
     }
 }

@@ -85,6 +85,32 @@ fn releases_at_the_rate_and_at_once_when_there_is_room() {
 }
 
 #[test]
+fn a_row_inserted_after_a_rolled_back_savepoint_is_released_at_once() {
+    let server = Server::start("release-savepoint", &[]);
+    let mut c = server.connect();
+    c.batch_execute("INSERT INTO throttle.sender (sender) VALUES ('sp-line')")
+        .expect("sender");
+    // Past the worker's first tick, which reads every queue from the table anyway.
+    std::thread::sleep(Duration::from_millis(1000));
+    c.batch_execute(
+        "BEGIN;
+         SAVEPOINT a;
+         INSERT INTO throttle.pending (sender, carrier, payload) VALUES ('sp-line', 'att', '{\"gone\": true}');
+         ROLLBACK TO SAVEPOINT a;
+         INSERT INTO throttle.pending (sender, carrier, payload) VALUES ('sp-line', 'att', '{\"kept\": true}');
+         COMMIT;",
+    )
+    .expect("enqueue");
+    let n = wait_for(
+        &mut c,
+        "SELECT count(*) FROM throttle.ready",
+        Duration::from_secs(3),
+        |n| n == 1,
+    );
+    assert_eq!(n, 1, "the committed row was handed to the worker");
+}
+
+#[test]
 fn priority_goes_first_and_take_consumes() {
     let server = Server::start("release-order", &[]);
     let mut c = server.connect();

@@ -201,6 +201,27 @@ fn bad_input_gets_a_real_sqlstate_and_changes_nothing() {
         .batch_execute("UPDATE throttle.rate_limit SET rate = 1000000")
         .expect_err("app may not change limits");
     assert_eq!(sqlstate(&e), "42501");
+    // The trigger function cannot be misused to crash the server.
+    c.batch_execute(
+        "CREATE TABLE not_pending (a int, b int, c int, d int);
+         CREATE TRIGGER misuse AFTER INSERT ON not_pending FOR EACH STATEMENT EXECUTE FUNCTION throttle.pending_changed();",
+    )
+    .expect("create trigger");
+    let e = c
+        .batch_execute("INSERT INTO not_pending VALUES (1, 2, 3, 4)")
+        .expect_err("misused trigger");
+    assert_eq!(sqlstate(&e), "XX000", "{e}");
+    c.batch_execute(
+        "DROP TRIGGER misuse ON not_pending;
+         CREATE TRIGGER misuse AFTER INSERT ON not_pending FOR EACH ROW EXECUTE FUNCTION throttle.pending_changed();",
+    )
+    .expect("row trigger");
+    let e = c
+        .batch_execute("INSERT INTO not_pending VALUES (1, 2, 3, 4)")
+        .expect_err("misused trigger");
+    assert_eq!(sqlstate(&e), "XX000", "{e}");
+    let alive: i32 = c.query_one("SELECT 1", &[]).expect("still up").get(0);
+    assert_eq!(alive, 1);
     // Without shared_preload_libraries the functions say so.
     let bare = Server::start_with("nopreload", false, &[]);
     let mut c = bare.connect();

@@ -27,6 +27,14 @@ fn note_config_change() {
         REGISTERED.set(false);
     };
     register_xact_callback(PgXactCallbackEvent::Commit, done);
+    register_xact_callback(PgXactCallbackEvent::PrePrepare, || {
+        pgrx::ereport!(
+            ERROR,
+            pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "cannot PREPARE a transaction that changed pg_throttle's limits or senders",
+            "Commit it directly, so that every session sees the change when it commits."
+        );
+    });
     register_xact_callback(PgXactCallbackEvent::Abort, done);
 }
 
@@ -34,8 +42,8 @@ fn to_ts(us: Micros) -> Option<TimestampWithTimeZone> {
     TimestampWithTimeZone::try_from(us).ok()
 }
 
-/// Every live bucket in shared memory: the limit it belongs to, its sub-key, whole tokens
-/// available at `at`, and when it will be full again.
+/// Every live bucket in shared memory: the limit it belongs to, the database of that limit,
+/// its sub-key, whole tokens available at `at`, and when it will be full again.
 #[pg_extern(volatile, parallel_safe)]
 fn bucket_state(
     at: default!(TimestampWithTimeZone, "now()"),
@@ -44,6 +52,7 @@ fn bucket_state(
         'static,
         (
             name!(limit_id, i64),
+            name!(database, pg_sys::Oid),
             name!(sub_key, i64),
             name!(available, i64),
             name!(full_at, Option<TimestampWithTimeZone>),
@@ -60,7 +69,8 @@ fn bucket_state(
         let full = full.clamp(Micros::MIN as i128, Micros::MAX as i128) as Micros;
         (
             k.limit_id,
-            k.sub as i64,
+            pg_sys::Oid::from((k.sub >> 32) as u32),
+            (k.sub & 0xFFFF_FFFF) as i64,
             b.available(now) as i64,
             to_ts(full.max(now)),
             b.rate.count as i64,
