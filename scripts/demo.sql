@@ -63,3 +63,42 @@ SELECT count(*) FILTER (WHERE throttle.try_admit('+12125550103', 'verizon', t.ts
 
 \echo '== Every limit right now'
 SELECT name, available, burst, in_memory FROM throttle.limit_state ORDER BY limit_id;
+
+\echo
+\echo '== The release queue: 30 messages enqueued at once for the three lines (1/s each) and 200'
+\echo '   for the short code (AT&T campaign 240 SMS/min, burst 240); the worker releases them'
+\echo '   exactly as fast as the limits allow'
+UPDATE throttle.rate_limit SET rate = 1, burst = 1 WHERE scope_id = '+12125550103';
+INSERT INTO throttle.pending (sender, carrier, channel, recipient, payload)
+SELECT s.sender, 'tmobile', 'imessage', '+1646555' || lpad(g::text, 4, '0'), jsonb_build_object('text', 'hello ' || g)
+  FROM unnest(ARRAY['+12125550101', '+12125550102', '+12125550103']) s(sender), generate_series(1, 10) g;
+INSERT INTO throttle.pending (sender, carrier, channel, cost, priority, recipient, payload)
+SELECT '55501', 'att', 'sms', 1, 0, '+1212555' || lpad(g::text, 4, '0'), jsonb_build_object('text', 'sale ' || g)
+  FROM generate_series(1, 200) g;
+SELECT throttle.enqueue('55501', 'att', '+12125559999', '{"otp": "123456"}', priority => 10::int2) AS otp_id;
+
+DO $$
+DECLARE
+    i int;
+    r record;
+BEGIN
+    FOR i IN 1..6 LOOP
+        PERFORM pg_sleep(1);
+        SELECT count(*) FILTER (WHERE sender LIKE '+1212%') AS lines,
+               count(*) FILTER (WHERE sender = '55501') AS short_code
+          INTO r FROM throttle.ready;
+        RAISE NOTICE 't+%s s: released % of 30 iMessages (3 lines x 1/s), % of 201 SMS (campaign limit)',
+            i, r.lines, r.short_code;
+    END LOOP;
+END $$;
+
+\echo '== Released per line and second: never more than the limit'
+SELECT sender, date_trunc('second', released_at) AS second, count(*)
+  FROM throttle.ready WHERE sender LIKE '+1212%'
+ GROUP BY 1, 2 ORDER BY 2, 1 LIMIT 12;
+\echo '== The OTP (priority 10) passed the sale messages queued before it'
+SELECT id, payload, released_at - enqueued_at AS waited FROM throttle.ready WHERE payload ? 'otp';
+\echo '== The worker'
+SELECT pid, ticks, released, queues, last_lag_ms FROM throttle.worker_state();
+\echo '== Consume: take 5 released messages (a sender process would send them)'
+SELECT id, sender, recipient, payload FROM throttle.take(5);

@@ -17,8 +17,9 @@ CREATE TABLE throttle.pending (
     enqueued_at timestamptz NOT NULL DEFAULT now()
 );
 -- One queue per (sender, carrier, channel), in release order: the worker reads the head of
--- each queue it releases from and nothing else.
-CREATE INDEX pending_queue_idx ON throttle.pending (sender, carrier, channel, priority DESC, id);
+-- each queue it releases from and nothing else, from this index alone where it can.
+CREATE INDEX pending_queue_idx ON throttle.pending (sender, carrier, channel, priority DESC, id)
+    INCLUDE (cost, not_before, expires_at);
 CREATE INDEX pending_expiry_idx ON throttle.pending (expires_at) WHERE expires_at IS NOT NULL;
 
 CREATE TABLE throttle.ready (
