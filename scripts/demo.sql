@@ -28,29 +28,35 @@ SELECT name, scope, scope_id, coalesce(carrier, '*') AS carrier, coalesce(channe
   FROM throttle.rate_limit ORDER BY limit_id;
 
 \echo '== One iMessage line, five messages in the same instant: one goes, four are told when'
-SELECT n, a.admitted, to_char(a.retry_at - t.ts, 'SS.MS "s later"') AS retry_in, a.blocked_by
-  FROM (SELECT clock_timestamp() AS ts) t,
-       generate_series(1, 5) n,
-       LATERAL throttle.throttle_admit('+12125550101', 'tmobile', t.ts, 1, 'imessage') a;
+-- (The call sits in the inner target list, so it runs once per message; OFFSET 0 keeps the
+-- planner from expanding (a).* into one call per column.)
+SELECT n, (a).admitted, to_char((a).retry_at - ts, 'SS.MS "s later"') AS retry_in, (a).blocked_by
+  FROM (SELECT n, ts, throttle.throttle_admit('+12125550101', 'tmobile', ts, 1, 'imessage') AS a
+          FROM (SELECT clock_timestamp() AS ts) t, generate_series(1, 5) n OFFSET 0) x;
 
-\echo '== The short code sends 3-segment SMS to AT&T: the campaign allows 240 segments a minute'
-SELECT count(*) FILTER (WHERE a.admitted) AS admitted,
-       count(*) FILTER (WHERE NOT a.admitted) AS refused,
-       min(a.blocked_by) AS blocked_by,
-       to_char(min(a.retry_at) - min(t.ts), 'SS.MS "s later"') AS next_room_in
-  FROM (SELECT clock_timestamp() AS ts) t,
-       generate_series(1, 100) n,
-       LATERAL throttle.throttle_admit('55501', 'att', t.ts, 3, 'sms') a;
+\echo '== The short code sends 100 three-segment SMS to AT&T in one instant: its own 100 segments/s lets 33 go'
+SELECT count(*) FILTER (WHERE (a).admitted) AS admitted,
+       count(*) FILTER (WHERE NOT (a).admitted) AS refused,
+       min((a).blocked_by) AS blocked_by
+  FROM (SELECT throttle.throttle_admit('55501', 'att', ts, 3, 'sms') AS a
+          FROM (SELECT clock_timestamp() AS ts) t, generate_series(1, 100) n OFFSET 0) x;
 
-\echo '== The same short code to T-Mobile is not held by the AT&T campaign limit (only by its own 100 MPS)'
-SELECT count(*) FILTER (WHERE throttle.try_admit('55501', 'tmobile', t.ts, 1, 'sms')) AS admitted_of_150
+\echo '== It keeps asking every 10 ms for 5 s: now the AT&T class-E campaign (240 segments/min) holds it'
+SELECT count(*) FILTER (WHERE (a).admitted) AS admitted,
+       count(*) FILTER (WHERE NOT (a).admitted) AS refused,
+       mode() WITHIN GROUP (ORDER BY (a).blocked_by) AS mostly_blocked_by
+  FROM (SELECT throttle.throttle_admit('55501', 'att', ts + n * interval '10 ms', 3, 'sms') AS a
+          FROM (SELECT clock_timestamp() AS ts) t, generate_series(1, 500) n OFFSET 0) x;
+
+\echo '== The same short code to T-Mobile, 6 s later: the AT&T campaign limit does not apply, its own 100/s does'
+SELECT count(*) FILTER (WHERE throttle.try_admit('55501', 'tmobile', t.ts + interval '6 s', 1, 'sms')) AS admitted_of_150
   FROM (SELECT clock_timestamp() AS ts) t, generate_series(1, 150);
 
-\echo '== Three lines sending for 3 seconds as fast as they ask: each gets 1 per second'
+\echo '== Three lines asking every 10 ms for 3 seconds (from 7 s on): each gets its burst of 1, then 1 per second'
 CREATE TEMP TABLE sent AS
 SELECT s.sender, g AS attempt, t.ts
   FROM generate_series(0, 299) g,
-       LATERAL (SELECT clock_timestamp() + (g * interval '10 ms') AS ts) t,
+       LATERAL (SELECT clock_timestamp() + interval '7 s' + (g * interval '10 ms') AS ts) t,
        unnest(ARRAY['+12125550101', '+12125550102', '+12125550103']) s(sender)
  WHERE throttle.try_admit(s.sender, 'verizon', t.ts, 1, 'imessage');
 SELECT sender, count(*) AS admitted_in_3s FROM sent GROUP BY sender ORDER BY sender;
@@ -59,24 +65,35 @@ SELECT sender, count(*) AS admitted_in_3s FROM sent GROUP BY sender ORDER BY sen
 UPDATE throttle.rate_limit SET rate = 5, burst = 5 WHERE scope_id = '+12125550103';
 SELECT count(*) FILTER (WHERE throttle.try_admit('+12125550103', 'verizon', t.ts + g * interval '10 ms', 1, 'imessage'))
        AS admitted_in_next_second
-  FROM (SELECT clock_timestamp() + interval '3 s' AS ts) t, generate_series(0, 99) g;
+  FROM (SELECT clock_timestamp() + interval '10 s' AS ts) t, generate_series(0, 99) g;
 
 \echo '== Every limit right now'
 SELECT name, available, burst, in_memory FROM throttle.limit_state ORDER BY limit_id;
 
 \echo
-\echo '== The release queue: 30 messages enqueued at once for the three lines (1/s each) and 200'
-\echo '   for the short code (AT&T campaign 240 SMS/min, burst 240); the worker releases them'
-\echo '   exactly as fast as the limits allow'
-UPDATE throttle.rate_limit SET rate = 1, burst = 1 WHERE scope_id = '+12125550103';
+\echo '== The release queue: three more iMessage lines (1/s each) get 10 messages each, and a second'
+\echo '   short code in another class-E campaign (240 SMS/min, burst 240) gets 300 sale SMS and then one'
+\echo '   OTP at priority 10; the worker releases them exactly as fast as the limits allow'
+INSERT INTO throttle.sender (sender, campaign, brand, account, sender_type) VALUES
+    ('+12125550111', NULL, NULL, 'acme-sendblue', 'imessage'),
+    ('+12125550112', NULL, NULL, 'acme-sendblue', 'imessage'),
+    ('+12125550113', NULL, NULL, 'acme-sendblue', 'imessage'),
+    ('55502', 'CAMP-E2', 'acme', 'acme-twilio-2', 'short_code');
+INSERT INTO throttle.rate_limit (name, scope, scope_id, carrier, channel, rate, per, burst) VALUES
+    ('sendblue line 0111: 1/s', 'sender', '+12125550111', NULL, NULL, 1, '1 second', 1),
+    ('sendblue line 0112: 1/s', 'sender', '+12125550112', NULL, NULL, 1, '1 second', 1),
+    ('sendblue line 0113: 1/s', 'sender', '+12125550113', NULL, NULL, 1, '1 second', 1),
+    ('twilio short code 55502: 100 MPS', 'sender', '55502', NULL, NULL, 100, '1 second', 100),
+    ('AT&T class E, CAMP-E2: 240 SMS/min', 'campaign', 'CAMP-E2', 'att', 'sms', 240, '1 minute', 240);
 INSERT INTO throttle.pending (sender, carrier, channel, recipient, payload)
 SELECT s.sender, 'tmobile', 'imessage', '+1646555' || lpad(g::text, 4, '0'), jsonb_build_object('text', 'hello ' || g)
-  FROM unnest(ARRAY['+12125550101', '+12125550102', '+12125550103']) s(sender), generate_series(1, 10) g;
-INSERT INTO throttle.pending (sender, carrier, channel, cost, priority, recipient, payload)
-SELECT '55501', 'att', 'sms', 1, 0, '+1212555' || lpad(g::text, 4, '0'), jsonb_build_object('text', 'sale ' || g)
-  FROM generate_series(1, 200) g;
-SELECT throttle.enqueue('55501', 'att', '+12125559999', '{"otp": "123456"}', priority => 10::int2) AS otp_id;
+  FROM unnest(ARRAY['+12125550111', '+12125550112', '+12125550113']) s(sender), generate_series(1, 10) g;
+INSERT INTO throttle.pending (sender, carrier, channel, recipient, payload)
+SELECT '55502', 'att', 'sms', '+1212555' || lpad(g::text, 4, '0'), jsonb_build_object('text', 'sale ' || g)
+  FROM generate_series(1, 300) g;
+SELECT throttle.enqueue('55502', 'att', '+12125559999', '{"otp": "123456"}', priority => 10::int2) AS otp_id;
 
+SET client_min_messages = notice;
 DO $$
 DECLARE
     i int;
@@ -84,20 +101,23 @@ DECLARE
 BEGIN
     FOR i IN 1..6 LOOP
         PERFORM pg_sleep(1);
-        SELECT count(*) FILTER (WHERE sender LIKE '+1212%') AS lines,
-               count(*) FILTER (WHERE sender = '55501') AS short_code
+        SELECT count(*) FILTER (WHERE sender LIKE '+121255501__') AS lines,
+               count(*) FILTER (WHERE sender = '55502') AS short_code
           INTO r FROM throttle.ready;
-        RAISE NOTICE 't+%s s: released % of 30 iMessages (3 lines x 1/s), % of 201 SMS (campaign limit)',
+        RAISE NOTICE 't+% s: released % of 30 iMessages (3 lines x 1/s), % of 301 SMS (burst 240, then 4/s)',
             i, r.lines, r.short_code;
     END LOOP;
 END $$;
+SET client_min_messages = warning;
 
 \echo '== Released per line and second: never more than the limit'
 SELECT sender, date_trunc('second', released_at) AS second, count(*)
-  FROM throttle.ready WHERE sender LIKE '+1212%'
- GROUP BY 1, 2 ORDER BY 2, 1 LIMIT 12;
-\echo '== The OTP (priority 10) passed the sale messages queued before it'
-SELECT id, payload, released_at - enqueued_at AS waited FROM throttle.ready WHERE payload ? 'otp';
+  FROM throttle.ready WHERE sender LIKE '+121255501__'
+ GROUP BY 1, 2 ORDER BY 2, 1 LIMIT 9;
+\echo '== The OTP (priority 10) passed the 300 sale messages queued before it'
+SELECT id, payload, released_at - enqueued_at AS waited,
+       (SELECT count(*) FROM throttle.ready r WHERE r.sender = '55502' AND r.released_at < x.released_at) AS released_before_it
+  FROM throttle.ready x WHERE payload ? 'otp';
 \echo '== The worker'
 SELECT pid, ticks, released, queues, last_lag_ms FROM throttle.worker_state();
 \echo '== Consume: take 5 released messages (a sender process would send them)'
