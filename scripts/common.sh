@@ -17,3 +17,16 @@ pg_owned_dir() {
     mkdir -p "$1"
     if is_root; then chown "$RUNAS:" "$1"; fi
 }
+# Build the release library and install it into the server's directories (stop any server
+# of yours that has the old one loaded first: the file is replaced in place).
+install_release() {
+    local sudo_flag=()
+    if ! is_root && [ ! -w "$($PG_CONFIG --pkglibdir)" ]; then sudo_flag=(--sudo); fi
+    cargo pgrx install --release -c "$PG_CONFIG" "${sudo_flag[@]}" >/dev/null
+}
+# A directory for test clusters, owned by the server's user, exported for the Rust tests.
+test_dir() {
+    PG_THROTTLE_TEST_DIR=${PG_THROTTLE_TEST_DIR:-/var/tmp/pg_throttle_test}
+    pg_owned_dir "$PG_THROTTLE_TEST_DIR"
+    export PG_THROTTLE_TEST_DIR
+}

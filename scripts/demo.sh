@@ -27,11 +27,9 @@ fi
 
 scripts/setup.sh
 echo "==> building and installing pg_throttle (release)"
-sudo_flag=()
-if ! is_root && [ ! -w "$($PG_CONFIG --pkglibdir)" ]; then sudo_flag=(--sudo); fi
 # A running demo server maps the old library: stop it before the file is replaced.
 stop_server
-cargo pgrx install --release -c "$PG_CONFIG" "${sudo_flag[@]}" >/dev/null
+install_release
 
 if [ ! -f "$data/PG_VERSION" ]; then
     echo "==> creating a cluster in $data"

@@ -6,9 +6,8 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 source scripts/common.sh
 
-work=${PG_THROTTLE_TEST_DIR:-/var/tmp/pg_throttle_test}
-pg_owned_dir "$work"
-export PG_THROTTLE_TEST_DIR="$work"
+test_dir
+work=$PG_THROTTLE_TEST_DIR
 
 echo "==> unit, property and #[pg_test] tests"
 runas=()
@@ -21,9 +20,7 @@ rm -rf "$work/pgrx-data"
 cargo pgrx test "pg$PG_MAJOR" "${runas[@]}" --pgdata "$work/pgrx-data"
 
 echo "==> installing the release build into $($PG_CONFIG --pkglibdir)"
-sudo_flag=()
-if ! is_root && [ ! -w "$($PG_CONFIG --pkglibdir)" ]; then sudo_flag=(--sudo); fi
-cargo pgrx install --release -c "$PG_CONFIG" "${sudo_flag[@]}" >/dev/null
+install_release
 
 echo "==> client-side tests against real servers"
 cargo test -p pg_throttle_tests -- --test-threads 2

@@ -90,3 +90,16 @@ impl From<crate::shmem::ShmemError> for ErrorReport {
         }
     }
 }
+
+/// Refuse `PREPARE TRANSACTION` for the current transaction (0A000): what it did is handed on
+/// at commit, and a prepared transaction commits later in another session.
+pub fn refuse_prepare(message: &'static str, hint: &'static str) {
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::PrePrepare, move || {
+        pgrx::ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            message,
+            hint
+        );
+    });
+}

@@ -117,14 +117,10 @@ pub unsafe extern "C-unwind" fn pg_throttle_pending_changed(
             });
             // A prepared transaction's rows become visible at COMMIT PREPARED, in another
             // session, after any callback here: refuse rather than lose track of them.
-            register_xact_callback(PgXactCallbackEvent::PrePrepare, || {
-                pgrx::ereport!(
-                    ERROR,
-                    pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                    "cannot PREPARE a transaction that enqueued messages into throttle.pending",
-                    "Commit it directly; pg_throttle hands new messages to its worker at commit."
-                );
-            });
+            crate::error::refuse_prepare(
+                "cannot PREPARE a transaction that enqueued messages into throttle.pending",
+                "Commit it directly; pg_throttle hands new messages to its worker at commit.",
+            );
             register_xact_callback(PgXactCallbackEvent::Abort, || {
                 with_noted(|n| {
                     n.queues.clear();

@@ -59,7 +59,7 @@ impl Server {
     /// A new cluster; `preload` chooses whether pg_throttle is in shared_preload_libraries.
     pub fn start_with(name: &str, preload: bool, extra_conf: &[&str]) -> Server {
         let mut s = Self::empty(name);
-        let out = s.run(
+        s.run_ok(
             "initdb",
             &[
                 "-D",
@@ -72,11 +72,6 @@ impl Server {
                 "--no-sync",
                 "--no-instructions",
             ],
-        );
-        assert!(
-            out.status.success(),
-            "initdb failed: {}",
-            String::from_utf8_lossy(&out.stderr)
         );
         let mut conf = vec![
             "listen_addresses = '127.0.0.1'".to_string(),
@@ -104,7 +99,7 @@ impl Server {
         let mut s = Self::empty(name);
         let host = self.datadir.to_str().expect("utf8").to_string();
         let port = self.port.to_string();
-        let out = s.run(
+        s.run_ok(
             "pg_basebackup",
             &[
                 "-D",
@@ -119,11 +114,6 @@ impl Server {
                 "-U",
                 "postgres",
             ],
-        );
-        assert!(
-            out.status.success(),
-            "pg_basebackup failed: {}",
-            String::from_utf8_lossy(&out.stderr)
         );
         let _ = std::fs::remove_file(s.datadir.join("postmaster.pid"));
         s.append_conf(&s.own_conf());
@@ -194,6 +184,16 @@ impl Server {
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("run {bin}: {e}"))
+    }
+
+    /// Run a PostgreSQL binary; panic with its stderr if it fails.
+    fn run_ok(&self, bin: &str, args: &[&str]) {
+        let out = self.run(bin, args);
+        assert!(
+            out.status.success(),
+            "{bin} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Append lines to postgresql.conf.

@@ -27,14 +27,10 @@ fn note_config_change() {
         REGISTERED.set(false);
     };
     register_xact_callback(PgXactCallbackEvent::Commit, done);
-    register_xact_callback(PgXactCallbackEvent::PrePrepare, || {
-        pgrx::ereport!(
-            ERROR,
-            pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            "cannot PREPARE a transaction that changed pg_throttle's limits or senders",
-            "Commit it directly, so that every session sees the change when it commits."
-        );
-    });
+    crate::error::refuse_prepare(
+        "cannot PREPARE a transaction that changed pg_throttle's limits or senders",
+        "Commit it directly, so that every session sees the change when it commits.",
+    );
     register_xact_callback(PgXactCallbackEvent::Abort, done);
 }
 
