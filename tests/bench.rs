@@ -11,19 +11,18 @@ struct Args {
     which: Vec<String>,
     rows: i64,
     runs: usize,
+    /// Extra postgresql.conf lines for the admission benchmark's server.
+    conf: Vec<String>,
 }
 
 fn args() -> Args {
-    let mut a = Args {
-        which: vec![],
-        rows: 1_000_000,
-        runs: 5,
-    };
+    let mut a = Args { which: vec![], rows: 1_000_000, runs: 5, conf: vec![] };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
         match x.as_str() {
             "--rows" => a.rows = it.next().and_then(|v| v.parse().ok()).expect("--rows N"),
             "--runs" => a.runs = it.next().and_then(|v| v.parse().ok()).expect("--runs N"),
+            "--conf" => a.conf.push(it.next().expect("--conf 'name = value'")),
             _ => a.which.push(x),
         }
     }
@@ -80,7 +79,9 @@ fn interleaved(
 }
 
 fn bench_admit(a: &Args) {
-    let server = Server::start("bench-admit", &["shared_buffers = '256MB'", "jit = off"]);
+    let mut conf = vec!["shared_buffers = '256MB'", "jit = off"];
+    conf.extend(a.conf.iter().map(String::as_str));
+    let server = Server::start("bench-admit", &conf);
     let mut c = server.connect();
     println!(
         "== throttle_admit from one backend: {} rows over 10,000 senders, median of {} runs",
