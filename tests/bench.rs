@@ -16,7 +16,12 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args { which: vec![], rows: 1_000_000, runs: 5, conf: vec![] };
+    let mut a = Args {
+        which: vec![],
+        rows: 1_000_000,
+        runs: 5,
+        conf: vec![],
+    };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
         match x.as_str() {
