@@ -10,7 +10,7 @@
 //! them to a minimum.
 
 use crate::backend::BackendLocal;
-use crate::error::{self, Result};
+use crate::error::{self, Fast as Result};
 use crate::limiter::table::Key;
 use crate::limiter::Rate;
 use crate::shmem::{self, Want, MAX_WANTS};
@@ -255,10 +255,10 @@ pub fn with_plan<R>(
     f: impl FnOnce(&PlanView) -> R,
 ) -> Result<R> {
     with_known_plan(sender, carrier, channel, f)?.ok_or_else(|| {
-        error::undefined(
+        Box::new(error::undefined(
             format!("unknown sender \"{}\"", String::from_utf8_lossy(sender)),
             "register it first: INSERT INTO throttle.sender (sender, ...) VALUES (...)",
-        )
+        ))
     })
 }
 
@@ -383,13 +383,13 @@ fn plan_limits(
     let mut partitions = 0u32;
     for l in limits.limits.iter().filter(|l| l.applies(carrier, channel)) {
         if idx.len() == MAX_WANTS {
-            return Err(error::too_many(
+            return Err(Box::new(error::too_many(
                 format!(
                     "more than {MAX_WANTS} limits apply to sender \"{}\"",
                     String::from_utf8_lossy(sender)
                 ),
                 "merge or remove limits in throttle.rate_limit",
-            ));
+            )));
         }
         let i = *pos.entry(l.id).or_insert_with(|| {
             arena.push(LimitInfo {

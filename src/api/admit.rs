@@ -8,12 +8,12 @@
 
 use crate::backend;
 use crate::config::{self, PlanView};
-use crate::error::{self, Result};
+use crate::error::{self, Fast as Result};
 use crate::gucs;
 use crate::limiter::gcra::MAX_COST;
 use crate::limiter::{Micros, Outcome};
 use crate::shmem;
-use pgrx::pg_sys::panic::{ErrorReport, ErrorReportable};
+use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
 pgrx::extension_sql!(
@@ -66,10 +66,10 @@ unsafe fn text_arg<'a>(fcinfo: pg_sys::FunctionCallInfo, i: usize, what: &str) -
         pgrx::varlena::varlena_to_byte_slice(p)
     };
     if bytes.is_empty() {
-        return Err(error::invalid(
+        return Err(Box::new(error::invalid(
             format!("{what} must not be empty"),
             format!("pass the {what} as registered in throttle.sender / throttle.rate_limit"),
-        ));
+        )));
     }
     Ok(bytes)
 }
@@ -93,30 +93,30 @@ unsafe fn read_call<'a>(fcinfo: pg_sys::FunctionCallInfo) -> Result<Call<'a>> {
 
 fn checked_cost(cost: i32) -> Result<u64> {
     if cost < 1 || cost as u64 > MAX_COST {
-        return Err(error::invalid(
+        return Err(Box::new(error::invalid(
             format!("cost must be between 1 and {MAX_COST}, got {cost}"),
             "cost counts segments: 1 for a single-segment message",
-        ));
+        )));
     }
     Ok(cost as u64)
 }
 
 fn checked_ts(us: Micros) -> Result<Micros> {
     if us == Micros::MAX || us == Micros::MIN {
-        return Err(error::invalid(
+        return Err(Box::new(error::invalid(
             "ts must be finite",
             "pass now() or a real point in time",
-        ));
+        )));
     }
     let max_future = gucs::max_future_us();
     if max_future > 0 && us > backend::transaction_start().saturating_add(max_future) {
-        return Err(error::invalid(
+        return Err(Box::new(error::invalid(
             "ts is too far in the future",
             format!(
                 "ts may be at most throttle.max_future ({} ms) after the transaction's start; pass now()",
                 max_future / 1000
             ),
-        ));
+        )));
     }
     Ok(us)
 }
@@ -128,7 +128,7 @@ fn decide<R>(
     then: impl FnOnce(&PlanView, Outcome) -> Result<R>,
 ) -> Result<R> {
     if !shmem::is_loaded() {
-        return Err(error::not_preloaded());
+        return Err(Box::new(error::not_preloaded()));
     }
     config::with_plan(call.sender, call.carrier, call.channel, |plan| {
         let outcome = shmem::admit(&plan.wants, plan.partitions, call.cost, call.now, headroom)
@@ -156,7 +156,7 @@ pub unsafe extern "C-unwind" fn pg_throttle_try_admit(
             Ok(matches!(o, Outcome::Admitted { .. }))
         })
     });
-    pg_sys::Datum::from(r.unwrap_or_report())
+    pg_sys::Datum::from(error::or_raise(r))
 }
 
 #[unsafe(no_mangle)]
@@ -180,7 +180,7 @@ pub unsafe extern "C-unwind" fn pg_throttle_admit(
             admission_datum(fcinfo, plan, outcome)
         })
     });
-    r.unwrap_or_report()
+    error::or_raise(r)
 }
 
 /// Form a `throttle.admission` row.
@@ -241,9 +241,9 @@ unsafe fn admission_desc(fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::Tup
         let mut desc: pg_sys::TupleDesc = std::ptr::null_mut();
         let kind = pg_sys::get_call_result_type(fcinfo, &mut typoid, &mut desc);
         if kind != pg_sys::TypeFuncClass::TYPEFUNC_COMPOSITE || desc.is_null() {
-            return Err(error::internal(
+            return Err(Box::new(error::internal(
                 "throttle_admit must return a composite type",
-            ));
+            )));
         }
         let old = pg_sys::MemoryContextSwitchTo((*flinfo).fn_mcxt);
         let copy = pg_sys::BlessTupleDesc(pg_sys::CreateTupleDescCopy(desc));
