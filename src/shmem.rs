@@ -396,23 +396,15 @@ pub fn admit(
 ) -> Result<Outcome, ShmemError> {
     let s = shared()?;
     debug_assert!(wants.len() <= MAX_WANTS);
+    if let [w] = wants {
+        return Ok(admit_one(s, w, cost, now, headroom)?);
+    }
     // The lock words and the buckets' home slots are independent cache lines: ask for all of
     // them at once instead of missing on each in turn.
     prefetch(s, wants);
     let mask = partitions;
     let started = unsafe { (*s.header).started_at };
-    let max = unsafe { (*s.header).max_buckets } as i64;
-    let live = unsafe { &(*s.header).live };
-    let mut budget = |d: i64| {
-        if d > 0 && live.fetch_add(d, Ordering::AcqRel) + d > max {
-            live.fetch_sub(d, Ordering::AcqRel);
-            return false;
-        }
-        if d < 0 {
-            live.fetch_add(d, Ordering::AcqRel);
-        }
-        true
-    };
+    let mut budget = budget(s);
     let keys = &wants[..];
     let keep = |k: &Key| keys.iter().any(|w| w.key == *k);
     let _locks = Locked::acquire(s, mask);
@@ -454,6 +446,55 @@ pub fn admit(
         now,
         headroom,
     ))
+}
+
+/// The global cap on live buckets, as [`Table::find_or_insert`] asks it: +n to add (false
+/// when that would pass `throttle.max_buckets`), -n after dropping.
+fn budget(s: &Shared) -> impl FnMut(i64) -> bool + '_ {
+    let max = unsafe { (*s.header).max_buckets } as i64;
+    let live = unsafe { &(*s.header).live };
+    move |d: i64| {
+        if d > 0 && live.fetch_add(d, Ordering::AcqRel) + d > max {
+            live.fetch_sub(d, Ordering::AcqRel);
+            return false;
+        }
+        if d < 0 {
+            live.fetch_add(d, Ordering::AcqRel);
+        }
+        true
+    }
+}
+
+/// [`admit`] for the common case of a single bucket: one lock, one probe, one borrow.
+fn admit_one(
+    s: &Shared,
+    w: &Want,
+    cost: u64,
+    now: Micros,
+    headroom: bool,
+) -> Result<Outcome, ShmemError> {
+    let _lock = Locked::acquire(s, 1 << w.partition);
+    let mut t = unsafe { table(s, w.partition as usize) };
+    let idx = match t.find(w.key, w.hash) {
+        Some(i) => i,
+        None => {
+            let started = unsafe { (*s.header).started_at };
+            let mut budget = budget(s);
+            let evict_at = now.min(crate::backend::transaction_start());
+            t.find_or_insert(
+                w.key,
+                w.hash,
+                evict_at,
+                || first_state(w, started),
+                &mut budget,
+                |_| false,
+            )
+            .map_err(|Full| ShmemError::Full)?
+        }
+    };
+    let b = &mut t.slots[idx].bucket;
+    b.rebase(w.rate, now);
+    Ok(limiter::admit_opt(&mut [b], cost, now, headroom))
 }
 
 /// A bucket in shared memory, reached while its partition lock is held.
