@@ -494,6 +494,11 @@ fn admit_one(
     };
     let b = &mut t.slots[idx].bucket;
     b.rebase(w.rate, now);
+    // One check: take it if there is room, else say why not.
+    if b.take(cost, now) {
+        let headroom = headroom.then(|| b.available(now));
+        return Ok(Outcome::Admitted { headroom });
+    }
     Ok(limiter::admit_opt(&mut [b], cost, now, headroom))
 }
 
