@@ -72,9 +72,12 @@ fn releases_at_the_rate_and_at_once_when_there_is_room() {
     t.sort();
     for w in t.windows(2) {
         let gap = w[1] - w[0];
+        // Never sooner than the rate allows; not much later either. (The lateness's p99 is
+        // measured by the benchmark; this catches a worker that sleeps through its due time
+        // without failing on a busy machine's scheduling delays.)
         assert!(
-            (250_000..=270_000).contains(&gap),
-            "gap {gap} µs: slower than needed"
+            (250_000..=350_000).contains(&gap),
+            "gap {gap} µs: outside 250–350 ms"
         );
     }
     let pending: i64 = c

@@ -1,6 +1,7 @@
 //! The pure core: rate math and admission decisions. No pgrx, no clock: every function takes
 //! the time as an argument (integer microseconds, any fixed epoch).
 
+pub mod calendar;
 pub mod gcra;
 pub mod schedule;
 pub mod table;
