@@ -223,4 +223,24 @@ mod tests {
     fn monthly_period_is_refused() {
         run("INSERT INTO throttle.rate_limit (scope, scope_id, rate, per) VALUES ('sender', 'x', 1, '1 month')");
     }
+
+    #[pg_test]
+    fn area_codes_map_to_real_zones() {
+        assert_eq!(
+            one::<String>("SELECT array_to_string(zones, ',') FROM throttle.area_code_zone WHERE area_code = '212'").as_deref(),
+            Some("America/New_York")
+        );
+        assert_eq!(
+            one::<String>("SELECT array_to_string(zones, ',') FROM throttle.area_code_zone WHERE area_code = '808'").as_deref(),
+            Some("Pacific/Honolulu")
+        );
+        // Every zone is one PostgreSQL knows, and the table covers the NANP.
+        let unknown = one::<i64>(
+            "SELECT count(*) FROM throttle.area_code_zone, unnest(zones) z
+              WHERE z NOT IN (SELECT name FROM pg_timezone_names)",
+        );
+        assert_eq!(unknown, Some(0));
+        let n = one::<i64>("SELECT count(*) FROM throttle.area_code_zone").unwrap_or(0);
+        assert!(n > 300, "only {n} area codes");
+    }
 }

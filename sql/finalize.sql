@@ -42,6 +42,7 @@ COMMENT ON TABLE throttle.ready IS 'Messages released by the worker, to be sent:
 COMMENT ON TABLE throttle.dead IS 'Messages that will never be released (expired, cost over a burst), with the reason';
 COMMENT ON FUNCTION throttle.enqueue(text, text, text, jsonb, text, integer, smallint, timestamptz, timestamptz) IS 'Enqueue a message; returns its id';
 COMMENT ON FUNCTION throttle.take(integer) IS 'Take up to n released messages, oldest first';
+COMMENT ON TABLE throttle.area_code_zone IS 'North American area code to IANA time zones, generated from libphonenumber (scripts/gen_area_code_zones.py)';
 COMMENT ON FUNCTION throttle.worker_state() IS 'The release worker: last tick, released, lag';
 
 -- Grants: applications admit and read; changing limits is for the owner (or roles the owner
@@ -54,6 +55,7 @@ GRANT SELECT, INSERT ON throttle.pending TO PUBLIC;
 GRANT USAGE ON SEQUENCE throttle.pending_id_seq TO PUBLIC;
 GRANT SELECT, DELETE ON throttle.ready TO PUBLIC;
 GRANT SELECT ON throttle.dead TO PUBLIC;
+GRANT SELECT ON throttle.area_code_zone TO PUBLIC;
 REVOKE ALL ON FUNCTION throttle.note_config_change() FROM PUBLIC;
 REVOKE ALL ON FUNCTION throttle.config_changed() FROM PUBLIC;
 REVOKE ALL ON FUNCTION throttle.pending_changed() FROM PUBLIC;

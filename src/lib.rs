@@ -21,6 +21,11 @@ pgrx::extension_sql_file!(
     name = "queue_tables",
     requires = ["schema"]
 );
+pgrx::extension_sql_file!(
+    "../sql/area_code_zone.sql",
+    name = "area_code_zone",
+    requires = ["schema"]
+);
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
