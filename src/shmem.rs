@@ -403,26 +403,13 @@ pub fn admit(
     // them at once instead of missing on each in turn.
     prefetch(s, wants);
     let mask = partitions;
-    let started = unsafe { (*s.header).started_at };
-    let mut budget = budget(s);
     let keys = &wants[..];
     let keep = |k: &Key| keys.iter().any(|w| w.key == *k);
     let _locks = Locked::acquire(s, mask);
-    // Forgetting a bucket is only lossless if it is full by the clock, not merely at a
-    // timestamp some caller passed from the future.
-    let evict_at = now.min(crate::backend::transaction_start());
     // Pass 1: make sure every bucket exists (inserting may move others in its partition).
     for w in wants {
         let mut t = unsafe { table(s, w.partition as usize) };
-        t.find_or_insert(
-            w.key,
-            w.hash,
-            evict_at,
-            || first_state(w, started),
-            &mut budget,
-            keep,
-        )
-        .map_err(|Full| ShmemError::Full)?;
+        ensure(s, &mut t, w, now, keep)?;
     }
     // Pass 2: nothing moves any more. Find every slot first (each look-up borrows its
     // partition briefly), then reach the buckets only through raw pointers from the base of
@@ -465,6 +452,33 @@ fn budget(s: &Shared) -> impl FnMut(i64) -> bool + '_ {
     }
 }
 
+/// The slot of `w`'s bucket in its partition `t` (whose lock the caller holds), made as
+/// [`first_state`] says if absent. To make room, buckets full by the clock may be forgotten
+/// (full at a timestamp some caller passed from the future is not enough), never those
+/// `keep` names.
+fn ensure(
+    s: &Shared,
+    t: &mut Table<'_>,
+    w: &Want,
+    now: Micros,
+    keep: impl Fn(&Key) -> bool,
+) -> Result<usize, ShmemError> {
+    if let Some(i) = t.find(w.key, w.hash) {
+        return Ok(i);
+    }
+    let started = unsafe { (*s.header).started_at };
+    let evict_at = now.min(crate::backend::transaction_start());
+    t.find_or_insert(
+        w.key,
+        w.hash,
+        evict_at,
+        || first_state(w, started),
+        &mut budget(s),
+        keep,
+    )
+    .map_err(|Full| ShmemError::Full)
+}
+
 /// [`admit`] for the common case of a single bucket: one lock, one probe, one borrow.
 fn admit_one(
     s: &Shared,
@@ -475,23 +489,7 @@ fn admit_one(
 ) -> Result<Outcome, ShmemError> {
     let _lock = Locked::acquire(s, 1 << w.partition);
     let mut t = unsafe { table(s, w.partition as usize) };
-    let idx = match t.find(w.key, w.hash) {
-        Some(i) => i,
-        None => {
-            let started = unsafe { (*s.header).started_at };
-            let mut budget = budget(s);
-            let evict_at = now.min(crate::backend::transaction_start());
-            t.find_or_insert(
-                w.key,
-                w.hash,
-                evict_at,
-                || first_state(w, started),
-                &mut budget,
-                |_| false,
-            )
-            .map_err(|Full| ShmemError::Full)?
-        }
-    };
+    let idx = ensure(s, &mut t, w, now, |_| false)?;
     let b = &mut t.slots[idx].bucket;
     b.rebase(w.rate, now);
     // One check: take it if there is room, else say why not.
