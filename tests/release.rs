@@ -91,10 +91,20 @@ fn releases_at_the_rate_and_at_once_when_there_is_room() {
 fn a_row_inserted_after_a_rolled_back_savepoint_is_released_at_once() {
     let server = Server::start("release-savepoint", &[]);
     let mut c = server.connect();
-    c.batch_execute("INSERT INTO throttle.sender (sender) VALUES ('sp-line')")
-        .expect("sender");
-    // Past the worker's first tick, which reads every queue from the table anyway.
-    std::thread::sleep(Duration::from_millis(1000));
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender) VALUES ('sp-line');
+         INSERT INTO throttle.pending (sender, carrier) VALUES ('sp-line', 'att');",
+    )
+    .expect("warm-up");
+    // Once this is out the worker is past its first tick (which reads every queue from the
+    // table) and learns of new rows only from what commits hand it.
+    let n = wait_for(
+        &mut c,
+        "SELECT count(*) FROM throttle.ready",
+        Duration::from_secs(10),
+        |n| n == 1,
+    );
+    assert_eq!(n, 1);
     c.batch_execute(
         "BEGIN;
          SAVEPOINT a;
@@ -108,9 +118,9 @@ fn a_row_inserted_after_a_rolled_back_savepoint_is_released_at_once() {
         &mut c,
         "SELECT count(*) FROM throttle.ready",
         Duration::from_secs(3),
-        |n| n == 1,
+        |n| n == 2,
     );
-    assert_eq!(n, 1, "the committed row was handed to the worker");
+    assert_eq!(n, 2, "the committed row was handed to the worker");
 }
 
 #[test]
