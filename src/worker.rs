@@ -245,10 +245,9 @@ impl Worker {
             }
         } else if !self.ids.is_empty() {
             let ids: Vec<i64> = std::mem::take(&mut self.ids);
-            for row in c.select(&st.discover_ids, None, &[ids.clone().into()])? {
+            for row in c.select(&st.discover_ids, None, &[ids.into()])? {
                 self.touch(row.get(1)?, row.get(2)?, row.get(3)?, now);
             }
-            self.ids = ids;
         }
 
         // 2. Expired messages leave for throttle.dead.
@@ -275,6 +274,12 @@ impl Worker {
         let mut taken: Vec<Taken> = Vec::new();
         let mut left = budget as u64;
         'queues: for (q, woken_by) in due {
+            // The tick's rows are spoken for: look at this queue next tick, without reading
+            // its plan or its buckets now.
+            if left == 0 {
+                self.sched.done(q, Done::More);
+                continue;
+            }
             let key = self.sched.key(q).clone();
             let plan = config::with_known_plan(
                 key.sender.as_bytes(),
@@ -316,10 +321,6 @@ impl Worker {
                         until: next,
                     },
                 );
-                continue;
-            }
-            if left == 0 {
-                self.sched.done(q, Done::More);
                 continue;
             }
             let n = tokens.min(per_queue).min(left);

@@ -380,7 +380,6 @@ mod tests {
     use crate::limiter::{admit, Bucket, Outcome, Rate};
     use std::collections::BTreeMap;
 
-    const MS: Micros = 1_000;
     const SEC: Micros = 1_000_000;
 
     fn rate(count: u64, period_us: u64, burst: u64) -> Rate {
@@ -462,11 +461,7 @@ mod tests {
                 }
                 let (tokens, blocker) = self.room(key, now);
                 if tokens == 0 {
-                    let b = self.buckets[&blocker];
-                    let until = match b.check(1, now) {
-                        crate::limiter::Check::Wait { at } => at,
-                        _ => now,
-                    };
+                    let until = room_of(&self.buckets[&blocker], now).1;
                     self.sched.done(
                         q,
                         Done::Blocked {
@@ -547,6 +542,15 @@ mod tests {
             }
         }
 
+        /// Release times of queue `key`.
+        fn times(&self, key: u32) -> Vec<Micros> {
+            self.released
+                .iter()
+                .filter(|r| r.1 == key)
+                .map(|r| r.0)
+                .collect()
+        }
+
         fn count(&self, key: u32) -> usize {
             self.released.iter().filter(|(_, k, _)| *k == key).count()
         }
@@ -606,13 +610,7 @@ mod tests {
         let times: Vec<Micros> = s.released.iter().map(|r| r.0).collect();
         assert_bound(&times, rate(4500, 60 * SEC as u64, 4500));
         for q in 0..1000u32 {
-            let t: Vec<Micros> = s
-                .released
-                .iter()
-                .filter(|r| r.1 == q)
-                .map(|r| r.0)
-                .collect();
-            assert_bound(&t, rate(1, SEC as u64, 1));
+            assert_bound(&s.times(q), rate(1, SEC as u64, 1));
         }
         // Fair: every line got a share within a few messages of the others.
         let counts: Vec<usize> = (0..1000).map(|q| s.count(q)).collect();
@@ -737,14 +735,7 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), enq);
         for q in 0..50u32 {
-            let times: Vec<Micros> = s
-                .released
-                .iter()
-                .filter(|r| r.1 == q)
-                .map(|r| r.0)
-                .collect();
-            assert_bound(&times, rate(1, 6 * SEC as u64, 1));
+            assert_bound(&s.times(q), rate(1, 6 * SEC as u64, 1));
         }
-        let _ = MS;
     }
 }
