@@ -1,7 +1,7 @@
 //! Calendar windows: caps per hour, day or month that reset at a wall-clock time in an IANA
 //! zone (T-Mobile's brand cap at midnight America/Los_Angeles, Sendblue's line limits at
 //! 03:00 America/New_York), and release at a local wall-clock time in a recipient's zone
-//! (08:00 the next day). Integer PostgreSQL microseconds in and out; chrono only inside.
+//! (08:00 once the cap has reset). Integer PostgreSQL microseconds in and out; chrono only inside.
 //!
 //! Daylight saving is resolved explicitly: a wall-clock time that does not exist (clocks jump
 //! forward over it) resolves to the instant the clocks jump, and one that exists twice
@@ -125,17 +125,51 @@ impl Calendar {
     }
 }
 
-/// The first instant, on the local day after `t`'s local day in `tz`, whose local time is
-/// `at` ("08:00 the next day in the recipient's zone").
-pub fn next_day_at(t: Micros, tz: Tz, at: NaiveTime) -> Micros {
-    let day = to_utc(t).with_timezone(&tz).date_naive() + Duration::days(1);
-    resolve_local(tz, day.and_time(at))
+/// The first instant at or after `t` whose local time in `tz` is `at` ("08:00 in the
+/// recipient's zone, once the cap has reset"). On a day where `at` does not exist the jump
+/// instant counts; where it exists twice, the first.
+pub fn next_local_at(t: Micros, tz: Tz, at: NaiveTime) -> Micros {
+    let day = to_utc(t).with_timezone(&tz).date_naive();
+    (-1..=2)
+        .map(|k| resolve_local(tz, (day + Duration::days(k)).and_time(at)))
+        .find(|&r| r >= t)
+        .unwrap_or(t)
 }
 
-/// [`next_day_at`] over several zones (an area code that spans zones): the latest of them,
+/// [`next_local_at`] over several zones (an area code that spans zones): the latest of them,
 /// so that it is never before `at` in any of them.
-pub fn next_day_at_all(t: Micros, zones: &[Tz], at: NaiveTime) -> Option<Micros> {
-    zones.iter().map(|&tz| next_day_at(t, tz, at)).max()
+pub fn next_local_at_all(t: Micros, zones: &[Tz], at: NaiveTime) -> Option<Micros> {
+    zones.iter().map(|&tz| next_local_at(t, tz, at)).max()
+}
+
+/// The North American area code of a recipient written as E.164 (`+12125550100`) or as
+/// ten or eleven digits with any punctuation; `None` if it is not a NANP number.
+pub fn nanp_area_code(recipient: &str) -> Option<[u8; 3]> {
+    let mut digits = [0u8; 11];
+    let mut n = 0;
+    for b in recipient.bytes() {
+        match b {
+            b'0'..=b'9' => {
+                if n == digits.len() {
+                    return None;
+                }
+                digits[n] = b;
+                n += 1;
+            }
+            b'+' | b' ' | b'-' | b'.' | b'(' | b')' => {}
+            _ => return None,
+        }
+    }
+    let national = match n {
+        11 if digits[0] == b'1' => &digits[1..11],
+        10 => &digits[..10],
+        _ => return None,
+    };
+    // NPA and exchange both start with 2-9.
+    if national[0] < b'2' || national[3] < b'2' {
+        return None;
+    }
+    Some([national[0], national[1], national[2]])
 }
 
 #[cfg(test)]
@@ -247,18 +281,49 @@ mod tests {
     }
 
     #[test]
-    fn eight_am_next_day_in_the_recipients_zone() {
-        // Over the cap at 23:59 Pacific on Nov 22 (07:59 UTC Nov 23).
-        let t = pg("2026-11-23T07:59:00Z");
-        // A 212 number (New York): it is already Nov 23 02:59 there: 08:00 on Nov 24 EST.
-        assert_eq!(next_day_at(t, NY, hm(8, 0)), pg("2026-11-24T13:00:00Z"));
-        // An 808 number (Honolulu): still Nov 22 21:59 there: 08:00 on Nov 23 HST.
-        assert_eq!(next_day_at(t, HNL, hm(8, 0)), pg("2026-11-23T18:00:00Z"));
+    fn eight_am_after_the_reset_in_the_recipients_zone() {
+        // Over T-Mobile's cap at 23:59 Pacific on Nov 22: the cap resets at midnight Pacific
+        // (08:00 UTC Nov 23), and the message goes at the next 08:00 in its own zone.
+        let reset = pg("2026-11-23T08:00:00Z");
+        // A 212 number (New York): 08:00 EST on Nov 23.
+        assert_eq!(
+            next_local_at(reset, NY, hm(8, 0)),
+            pg("2026-11-23T13:00:00Z")
+        );
+        // An 808 number (Honolulu): 08:00 HST on Nov 23.
+        assert_eq!(
+            next_local_at(reset, HNL, hm(8, 0)),
+            pg("2026-11-23T18:00:00Z")
+        );
+        // Exactly 08:00 counts as at-or-after.
+        let eight = pg("2026-11-23T13:00:00Z");
+        assert_eq!(next_local_at(eight, NY, hm(8, 0)), eight);
         // An area code in two zones: never before 08:00 in either.
         assert_eq!(
-            next_day_at_all(t, &[NY, HNL], hm(8, 0)),
-            Some(pg("2026-11-24T13:00:00Z"))
+            next_local_at_all(reset, &[NY, HNL], hm(8, 0)),
+            Some(pg("2026-11-23T18:00:00Z"))
         );
+        // 02:30 on the spring-forward day does not exist in Los Angeles: the jump instant.
+        assert_eq!(
+            next_local_at(pg("2026-03-08T09:00:00Z"), LA, hm(2, 30)),
+            pg("2026-03-08T10:00:00Z")
+        );
+        // 01:30 on the fall-back day happens twice: the first.
+        assert_eq!(
+            next_local_at(pg("2026-11-01T07:00:00Z"), LA, hm(1, 30)),
+            pg("2026-11-01T08:30:00Z")
+        );
+    }
+
+    #[test]
+    fn area_codes_of_north_american_numbers() {
+        assert_eq!(nanp_area_code("+12125550100"), Some(*b"212"));
+        assert_eq!(nanp_area_code("(808) 555-0100"), Some(*b"808"));
+        assert_eq!(nanp_area_code("1-415-555-0100"), Some(*b"415"));
+        assert_eq!(nanp_area_code("+442071234567"), None); // UK
+        assert_eq!(nanp_area_code("+11125550100"), None); // NPA cannot start with 1
+        assert_eq!(nanp_area_code("2125550100x9"), None);
+        assert_eq!(nanp_area_code(""), None);
     }
 
     proptest! {

@@ -2,6 +2,7 @@
 //! the time as an argument (integer microseconds, any fixed epoch).
 
 pub mod calendar;
+pub mod cap;
 pub mod gcra;
 pub mod schedule;
 pub mod table;
