@@ -21,6 +21,7 @@ CREATE TABLE throttle.sender (
     brand       text CHECK (brand <> ''),
     account     text CHECK (account <> ''),
     sender_type text CHECK (sender_type ~ '^[a-z0-9_]+$'),  -- short_code, toll_free, long_code, whatsapp, imessage, ...
+    expiry_error_code text CHECK (expiry_error_code <> ''),  -- for its expired messages (default: throttle.expiry_error_code)
     created_at  timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX sender_campaign_idx ON throttle.sender (campaign);

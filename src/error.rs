@@ -87,6 +87,18 @@ pub fn not_preloaded() -> ErrorReport {
     )
 }
 
+/// 55000: the release worker is needed and not there.
+pub fn no_worker(msg: &str) -> ErrorReport {
+    report(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        msg.into(),
+        Some(
+            "check throttle.worker_state(): the worker must run (throttle.worker_enabled = on) in the database named by throttle.database_name"
+                .into(),
+        ),
+    )
+}
+
 /// XX000 for a broken invariant reached through SPI (never user input).
 pub fn internal(msg: impl std::fmt::Display) -> ErrorReport {
     report(

@@ -9,6 +9,8 @@ static DATABASE_NAME: GucSetting<Option<CString>> =
 static WORKER_ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 static RELEASE_BATCH: GucSetting<i32> = GucSetting::<i32>::new(1_000);
 static QUEUE_BATCH: GucSetting<i32> = GucSetting::<i32>::new(100);
+static EXPIRY_ERROR_CODE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"30036"));
 static MAX_FUTURE_MS: GucSetting<i32> = GucSetting::<i32>::new(3_600_000);
 
 /// Define the settings. Postmaster-context settings can only be defined while the postmaster
@@ -18,6 +20,7 @@ pub fn init(preloading: bool) {
         define_postmaster();
     }
     define_runtime();
+    define_expiry_code();
 }
 
 fn define_postmaster() {
@@ -69,6 +72,17 @@ fn define_postmaster() {
     );
 }
 
+fn define_expiry_code() {
+    GucRegistry::define_string_guc(
+        c"throttle.expiry_error_code",
+        c"Error code given to messages that expire before release.",
+        c"Stored in throttle.dead.error_code, unless the sender has its own expiry_error_code. Twilio uses 30036, Infobip EC 1158.",
+        &EXPIRY_ERROR_CODE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+}
+
 fn define_runtime() {
     GucRegistry::define_int_guc(
         c"throttle.max_future",
@@ -115,4 +129,9 @@ pub fn release_batch() -> usize {
 
 pub fn queue_batch() -> u64 {
     QUEUE_BATCH.get().max(1) as u64
+}
+
+/// The error code of expired messages (senders may override it).
+pub fn expiry_error_code() -> Option<String> {
+    EXPIRY_ERROR_CODE.get().and_then(|c| c.into_string().ok())
 }

@@ -6,10 +6,12 @@ pub mod limiter;
 
 mod api;
 mod backend;
+mod caps;
 mod config;
 mod error;
 mod gucs;
 mod queue;
+mod queue_cap;
 mod shmem;
 mod worker;
 
@@ -26,6 +28,7 @@ pgrx::extension_sql_file!(
     name = "area_code_zone",
     requires = ["schema"]
 );
+pgrx::extension_sql_file!("../sql/caps.sql", name = "caps", requires = ["schema"]);
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

@@ -17,6 +17,7 @@ thread_local! {
 #[pg_extern(volatile, parallel_unsafe)]
 fn note_config_change() {
     config::invalidate_local();
+    crate::caps::invalidate_local();
     if REGISTERED.get() {
         return;
     }
@@ -24,6 +25,7 @@ fn note_config_change() {
     let done = || {
         shmem::bump_config_generation();
         config::invalidate_local();
+        crate::caps::invalidate_local();
         REGISTERED.set(false);
     };
     register_xact_callback(PgXactCallbackEvent::Commit, done);
@@ -130,4 +132,48 @@ fn worker_state() -> Result<
         f.lag_us as f64 / 1000.0,
         f.ring_len as i64,
     )))
+}
+
+/// Calendar-cap capacity leased to shared memory for `throttle_admit` and not yet spent.
+#[pg_extern(volatile, parallel_safe)]
+fn cap_leases() -> TableIterator<
+    'static,
+    (
+        name!(cap_id, i64),
+        name!(database, pg_sys::Oid),
+        name!(window_start, Option<TimestampWithTimeZone>),
+        name!(window_end, Option<TimestampWithTimeZone>),
+        name!(unspent, i64),
+        name!(exhausted, bool),
+    ),
+> {
+    TableIterator::new(shmem::leases().into_iter().map(|l| {
+        (
+            l.cap_id,
+            pg_sys::Oid::from(l.db),
+            to_ts(l.window_start),
+            to_ts(l.window_end),
+            l.left,
+            l.full,
+        )
+    }))
+}
+
+/// Messages counted as waiting under each queue cap (in the worker's database).
+#[pg_extern(volatile, parallel_safe)]
+fn queue_cap_counts() -> TableIterator<
+    'static,
+    (
+        name!(queue_cap_id, i64),
+        name!(database, pg_sys::Oid),
+        name!(max_waiting, i64),
+        name!(waiting, i64),
+    ),
+> {
+    let (db, counts) = shmem::queue_counts();
+    TableIterator::new(
+        counts
+            .into_iter()
+            .map(move |q| (q.id, pg_sys::Oid::from(db), q.limit, q.waiting)),
+    )
 }
