@@ -12,6 +12,15 @@ CREATE TRIGGER sender_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON th
     FOR EACH STATEMENT EXECUTE FUNCTION throttle.config_changed();
 CREATE TRIGGER rate_limit_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON throttle.rate_limit
     FOR EACH STATEMENT EXECUTE FUNCTION throttle.config_changed();
+CREATE TRIGGER cap_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON throttle.cap
+    FOR EACH STATEMENT EXECUTE FUNCTION throttle.config_changed();
+CREATE TRIGGER cap_exemption_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON throttle.cap_exemption
+    FOR EACH STATEMENT EXECUTE FUNCTION throttle.config_changed();
+CREATE TRIGGER queue_cap_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON throttle.queue_cap
+    FOR EACH STATEMENT EXECUTE FUNCTION throttle.config_changed();
+-- A TRUNCATE of pending fires no row trigger: have the worker count the queue caps again.
+CREATE TRIGGER pending_truncated AFTER TRUNCATE ON throttle.pending
+    FOR EACH STATEMENT EXECUTE FUNCTION throttle.config_changed();
 
 -- Monitoring: every rate limit with its bucket's state now.
 CREATE VIEW throttle.limit_state AS
@@ -24,6 +33,38 @@ SELECT l.limit_id, l.name, l.scope, l.scope_id, l.carrier, l.channel, l.sender_t
   LEFT JOIN throttle.bucket_state() b
          ON b.limit_id = l.limit_id AND b.sub_key = 0
         AND b.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database());
+
+-- Monitoring: every calendar cap with its current window's usage.
+CREATE VIEW throttle.cap_state AS
+SELECT c.cap_id, c.name, c.scope, c.scope_id, c.carrier, c.channel, c.period, c.time_zone,
+       c.cap, c.overage_pct,
+       (c.cap * (100 + c.overage_pct) / 100) AS allowed,
+       w.window_start, w.window_end,
+       coalesce(u.used, 0) AS used,
+       coalesce(u.leased, 0) AS leased,
+       coalesce(l.unspent, 0) AS leased_unspent,
+       round(100.0 * (coalesce(u.used, 0) + coalesce(u.leased, 0) - coalesce(l.unspent, 0)) / c.cap, 1) AS percent,
+       (SELECT max(p) FROM unnest(c.warn_at) p
+         WHERE 100 * (coalesce(u.used, 0) + coalesce(u.leased, 0)) >= p * c.cap) AS warned_at,
+       c.at_cap
+  FROM throttle.cap c
+ CROSS JOIN LATERAL throttle.cap_window(c.period::text, c.reset_at, c.time_zone, now()) w
+  LEFT JOIN throttle.cap_usage u ON u.cap_id = c.cap_id AND u.window_start = w.window_start
+  LEFT JOIN throttle.cap_leases() l
+         ON l.cap_id = c.cap_id AND l.window_start = w.window_start
+        AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database());
+
+-- Monitoring: every queue cap with the messages waiting under it.
+CREATE VIEW throttle.queue_cap_state AS
+SELECT q.queue_cap_id, q.name, q.scope, q.scope_id, q.carrier, q.channel, q.validity,
+       coalesce(n.max_waiting, q.max_waiting) AS max_waiting,
+       n.waiting,
+       round(100.0 * n.waiting / nullif(coalesce(n.max_waiting, q.max_waiting), 0), 1) AS percent,
+       n.queue_cap_id IS NOT NULL AS counted
+  FROM throttle.queue_cap q
+  LEFT JOIN throttle.queue_cap_counts() n
+         ON n.queue_cap_id = q.queue_cap_id
+        AND n.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database());
 
 COMMENT ON SCHEMA throttle IS 'pg_throttle: message throttling by rate limits kept in tables';
 COMMENT ON TABLE throttle.sender IS 'Senders (numbers, short codes, WhatsApp numbers, iMessage lines) and the campaign, brand and account they belong to';
@@ -43,6 +84,21 @@ COMMENT ON TABLE throttle.dead IS 'Messages that will never be released (expired
 COMMENT ON FUNCTION throttle.enqueue(text, text, text, jsonb, text, integer, smallint, timestamptz, timestamptz) IS 'Enqueue a message; returns its id';
 COMMENT ON FUNCTION throttle.take(integer) IS 'Take up to n released messages, oldest first';
 COMMENT ON TABLE throttle.area_code_zone IS 'North American area code to IANA time zones, generated from libphonenumber (scripts/gen_area_code_zones.py)';
+COMMENT ON TABLE throttle.cap IS 'Calendar caps: at most cap per hour, day or month for a sender or a group, resetting at reset_at in time_zone; at_cap says what happens to messages over it';
+COMMENT ON TABLE throttle.cap_exemption IS 'Campaigns a calendar cap does not apply to';
+COMMENT ON TABLE throttle.cap_usage IS 'Usage of each calendar cap per window: used (counted with the release) and leased (to throttle_admit)';
+COMMENT ON TABLE throttle.queue_cap IS 'Queue caps: at most max_waiting messages pending for a scope (or rate x validity); an enqueue over it fails with SQLSTATE PT429';
+COMMENT ON VIEW throttle.cap_state IS 'Every calendar cap with its current window and usage';
+COMMENT ON VIEW throttle.queue_cap_state IS 'Every queue cap with the messages waiting under it';
+COMMENT ON FUNCTION throttle.cap_leases() IS 'Calendar-cap capacity leased to shared memory and not yet spent';
+COMMENT ON FUNCTION throttle.queue_cap_counts() IS 'Messages counted under each queue cap, in shared memory';
+COMMENT ON FUNCTION throttle.cap_window(text, time, text, timestamptz) IS 'The window of a calendar (hour, day or month resetting at a local time in a zone) that contains a time';
+COMMENT ON FUNCTION throttle.next_local_time(text[], timestamptz, time) IS 'The first instant at or after a time when the local time is at in every given zone';
+COMMENT ON FUNCTION throttle.area_code(text) IS 'North American area code of a phone number, or NULL';
+COMMENT ON FUNCTION throttle.is_time_zone(text) IS 'Whether pg_throttle knows this IANA time zone';
+COMMENT ON FUNCTION throttle.queue_enter(text, text, text) IS 'Internal: counts an enqueued message under its queue caps';
+COMMENT ON FUNCTION throttle.queue_caps_on() IS 'Internal: whether any queue cap is configured';
+COMMENT ON FUNCTION throttle.pending_enter() IS 'Internal: the enqueue trigger that enforces queue caps (SQLSTATE PT429)';
 COMMENT ON FUNCTION throttle.worker_state() IS 'The release worker: last tick, released, lag';
 
 -- Grants: applications admit and read; changing limits is for the owner (or roles the owner
@@ -50,6 +106,8 @@ COMMENT ON FUNCTION throttle.worker_state() IS 'The release worker: last tick, r
 GRANT USAGE ON SCHEMA throttle TO PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA throttle FROM PUBLIC;
 GRANT SELECT ON throttle.sender, throttle.rate_limit, throttle.limit_state TO PUBLIC;
+GRANT SELECT ON throttle.cap, throttle.cap_exemption, throttle.cap_usage, throttle.queue_cap,
+                throttle.cap_state, throttle.queue_cap_state TO PUBLIC;
 -- Applications enqueue and consume.
 GRANT SELECT, INSERT ON throttle.pending TO PUBLIC;
 GRANT USAGE ON SEQUENCE throttle.pending_id_seq TO PUBLIC;

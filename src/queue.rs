@@ -4,7 +4,7 @@
 //! noted (the worker fetches the rest by queue).
 
 use crate::backend::BackendLocal;
-use crate::shmem;
+use crate::{queue_cap, shmem};
 use pgrx::prelude::*;
 use pgrx::{register_xact_callback, PgXactCallbackEvent};
 use rustc_hash::FxHashSet;
@@ -17,6 +17,12 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'pg_throttle_pending_changed';
 
 CREATE TRIGGER pending_changed AFTER INSERT OR UPDATE OF sender, carrier, channel, priority, not_before
     ON throttle.pending FOR EACH ROW EXECUTE FUNCTION throttle.pending_changed();
+
+-- Messages deleted by hand free their place under queue caps (the worker uncounts what it
+-- moves itself).
+CREATE TRIGGER pending_deleted AFTER DELETE ON throttle.pending FOR EACH ROW
+    WHEN (pg_catalog.current_setting('pg_throttle.worker', true) IS DISTINCT FROM 'on')
+    EXECUTE FUNCTION throttle.pending_changed();
 "#,
     name = "pending_trigger",
     requires = ["queue_tables"],
@@ -89,6 +95,30 @@ pub unsafe extern "C-unwind" fn pg_throttle_pending_changed(
         {
             return pg_sys::Datum::from(0usize);
         }
+        // Queue caps: count what enters, uncount what leaves.
+        let op = event & pg_sys::TRIGGER_EVENT_OPMASK;
+        let key = queue_key(&values);
+        if op == pg_sys::TRIGGER_EVENT_DELETE {
+            if let Err(e) = queue_cap::leave(&key[0], &key[1], &key[2]) {
+                e.report(pgrx::PgLogLevel::ERROR);
+            }
+            return pg_sys::Datum::from(0usize);
+        }
+        let old_key = if op == pg_sys::TRIGGER_EVENT_UPDATE {
+            let old = (*td).tg_trigtuple;
+            let mut ov = vec![pg_sys::Datum::from(0usize); natts];
+            let mut on = vec![true; natts];
+            pg_sys::heap_deform_tuple(old, desc, ov.as_mut_ptr(), on.as_mut_ptr());
+            (!on[..COLUMNS].iter().any(|&n| n)).then(|| queue_key(&ov))
+        } else {
+            None
+        };
+        // (Entering is counted by the pending_enter trigger, which raises PT429 when full.)
+        if let Some(old) = old_key.filter(|o| *o != key) {
+            if let Err(e) = queue_cap::leave(&old[0], &old[1], &old[2]) {
+                e.report(pgrx::PgLogLevel::ERROR);
+            }
+        }
         let id = values[0].value() as i64;
         let mut h = rustc_hash::FxHasher::default();
         for d in &values[1..COLUMNS] {
@@ -132,4 +162,15 @@ pub unsafe extern "C-unwind" fn pg_throttle_pending_changed(
         // AFTER trigger: the return value is ignored.
         pg_sys::Datum::from(0usize)
     }
+}
+
+/// (sender, carrier, channel) of a deformed pending row (columns 2 to 4, not null).
+unsafe fn queue_key(values: &[pg_sys::Datum]) -> [String; 3] {
+    std::array::from_fn(|i| unsafe {
+        let mut p = values[i + 1].cast_mut_ptr::<pg_sys::varlena>();
+        if pgrx::varlena::varatt_is_1b_e(p) || pgrx::varlena::varatt_is_4b_c(p) {
+            p = pg_sys::pg_detoast_datum_packed(p);
+        }
+        String::from_utf8_lossy(pgrx::varlena::varlena_to_byte_slice(p)).into_owned()
+    })
 }

@@ -78,6 +78,7 @@ struct Shared {
     header: *mut Header,
     slots: *mut Slot,
     ring: *mut i64,
+    caps: *mut CapsShared,
 }
 
 // Postmaster-set pointers, inherited by every backend through fork; only touched from the
@@ -86,6 +87,7 @@ static mut SHARED: Shared = Shared {
     header: null_mut(),
     slots: null_mut(),
     ring: null_mut(),
+    caps: null_mut(),
 };
 static mut PREV_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
 static mut PREV_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
@@ -109,9 +111,13 @@ fn ring_offset(max_buckets: usize) -> usize {
     slots_offset() + PARTITIONS * slots_per_part(max_buckets) * size_of::<Slot>()
 }
 
+fn caps_offset(max_buckets: usize) -> usize {
+    (ring_offset(max_buckets) + RING_CAP * size_of::<i64>()).next_multiple_of(64)
+}
+
 fn segment_size(max_buckets: usize) -> usize {
     // 64 bytes of slack to align the header to a cache line ourselves.
-    64 + ring_offset(max_buckets) + RING_CAP * size_of::<i64>()
+    64 + caps_offset(max_buckets) + size_of::<CapsShared>()
 }
 
 /// Install the hooks that reserve and set up shared memory. Called from `_PG_init` while
@@ -152,6 +158,7 @@ unsafe extern "C-unwind" fn startup_hook() {
         let header = base.cast::<Header>();
         let slots = base.add(slots_offset()).cast::<Slot>();
         let ring = base.add(ring_offset(max)).cast::<i64>();
+        let caps = base.add(caps_offset(max)).cast::<CapsShared>();
         if !found {
             let spp = slots_per_part(max);
             header.write(Header {
@@ -197,11 +204,14 @@ unsafe extern "C-unwind" fn startup_hook() {
             for i in 0..PARTITIONS * spp {
                 slots.add(i).write(empty);
             }
+            // All zeroes is the empty state: no leases, no queue counts.
+            std::ptr::write_bytes(caps, 0, 1);
         }
         SHARED = Shared {
             header,
             slots,
             ring,
+            caps,
         };
         pg_sys::LWLockRelease(init_lock);
     }
@@ -667,6 +677,14 @@ pub fn room(wants: &[Want], now: Micros) -> Result<(u64, i64, Micros), ShmemErro
     Ok(best)
 }
 
+/// The worker's pid (0: none runs).
+pub fn worker_pid() -> i32 {
+    match shared() {
+        Ok(s) => unsafe { (*s.header).worker.pid.load(Ordering::Acquire) },
+        Err(_) => 0,
+    }
+}
+
 /// Called by the worker once connected: the database whose enqueues it wants to hear of.
 pub fn set_worker_database(oid: u32) {
     if let Ok(s) = shared() {
@@ -683,4 +701,270 @@ pub fn worker_serves(oid: u32) -> bool {
         }
         Err(_) => false,
     }
+}
+
+// ---- Calendar-cap leases and queue-cap counts --------------------------------------------
+
+/// Leases and queue counts: a few thousand small entries under one spinlock (each critical
+/// section is a linear pass over at most this many, with no PostgreSQL call).
+pub const MAX_LEASES: usize = 1024;
+pub const MAX_QUEUE_CAPS: usize = 1024;
+
+/// Capacity of one calendar cap's window, leased from `throttle.cap_usage` by the worker for
+/// `throttle_admit`. `cap_id` 0 is a free entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Lease {
+    pub db: u32,
+    pub cap_id: i64,
+    pub window_start: Micros,
+    pub window_end: Micros,
+    /// Leased and not yet spent.
+    pub left: i64,
+    /// > 0: a backend asks the worker for this much more, for the window of `want_at`.
+    pub want: i64,
+    pub want_at: Micros,
+    /// The table had nothing more to lease in this window.
+    pub full: bool,
+}
+
+/// Messages waiting under one queue cap (counted at enqueue, uncounted when they leave).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueCount {
+    pub id: i64,
+    pub limit: i64,
+    pub waiting: i64,
+}
+
+#[repr(C)]
+struct CapsShared {
+    lock: AtomicU32,
+    leases: [Lease; MAX_LEASES],
+    /// The database whose queue caps are counted (0: not counted yet).
+    queue_db: u32,
+    queue_len: u32,
+    queue: [QueueCount; MAX_QUEUE_CAPS],
+}
+
+/// Runs `f` with the caps area locked.
+fn with_caps<R>(f: impl FnOnce(&mut CapsShared) -> R) -> Result<R, ShmemError> {
+    let s = shared()?;
+    unsafe {
+        let c = &mut *s.caps;
+        spin_lock(&c.lock);
+        let r = f(c);
+        c.lock.store(0, Ordering::Release);
+        Ok(r)
+    }
+}
+
+/// One cap an admission needs: its id, the window of the admission's time, and the cost.
+#[derive(Clone, Copy, Debug)]
+pub struct CapWant {
+    pub cap_id: i64,
+    pub window_start: Micros,
+    pub window_end: Micros,
+    pub at: Micros,
+    pub chunk: i64,
+}
+
+/// What the leases say about an admission.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseAnswer {
+    /// Every cap had leased room; all were debited.
+    Taken,
+    /// Cap `i` has nothing left in its window until `until`.
+    Full { i: usize, until: Micros },
+    /// Some cap needs more leased: the worker was asked.
+    Asked,
+}
+
+/// Debit `cost` from the lease of every cap in `wants`, all or none.
+pub fn lease_take(db: u32, wants: &[CapWant], cost: i64) -> Result<LeaseAnswer, ShmemError> {
+    let r = with_caps(|c| {
+        let mut found = [usize::MAX; 16];
+        let mut asked = false;
+        for (i, w) in wants.iter().enumerate() {
+            let slot = c
+                .leases
+                .iter()
+                .position(|l| l.db == db && l.cap_id == w.cap_id);
+            let slot = match slot {
+                Some(k) => k,
+                None => {
+                    // A free entry, or one whose window is over.
+                    let Some(k) = c
+                        .leases
+                        .iter()
+                        .position(|l| l.cap_id == 0 || (l.want == 0 && l.window_end <= w.at))
+                    else {
+                        return Err(ShmemError::Full);
+                    };
+                    c.leases[k] = Lease {
+                        db,
+                        cap_id: w.cap_id,
+                        window_start: w.window_start,
+                        window_end: w.window_end,
+                        left: 0,
+                        want: 0,
+                        want_at: w.at,
+                        full: false,
+                    };
+                    k
+                }
+            };
+            let l = &mut c.leases[slot];
+            if l.window_start < w.window_start {
+                // A new window: what was left of the old one is gone (never spent twice).
+                *l = Lease {
+                    window_start: w.window_start,
+                    window_end: w.window_end,
+                    left: 0,
+                    full: false,
+                    ..*l
+                };
+            }
+            // (A time in an older window is judged in the newer one: capacity of a window
+            // that is over is never used.)
+            if l.left >= cost {
+                if i < found.len() {
+                    found[i] = slot;
+                }
+                continue;
+            }
+            if l.full {
+                return Ok(LeaseAnswer::Full {
+                    i,
+                    until: l.window_end,
+                });
+            }
+            l.want = l.want.max(w.chunk);
+            l.want_at = w.at.max(l.window_start);
+            asked = true;
+        }
+        if asked || wants.len() > found.len() {
+            return Ok(LeaseAnswer::Asked);
+        }
+        for &k in &found[..wants.len()] {
+            c.leases[k].left -= cost;
+        }
+        Ok(LeaseAnswer::Taken)
+    })?;
+    if r == Ok(LeaseAnswer::Asked) {
+        wake_worker();
+    }
+    r
+}
+
+/// Give back `cost` taken by [`lease_take`] (the rate limits then refused the admission).
+pub fn lease_refund(db: u32, wants: &[CapWant], cost: i64) {
+    let _ =
+        with_caps(|c| {
+            for w in wants {
+                if let Some(l) = c.leases.iter_mut().find(|l| {
+                    l.db == db && l.cap_id == w.cap_id && l.window_start == w.window_start
+                }) {
+                    l.left += cost;
+                }
+            }
+        });
+}
+
+/// For the worker: every lease asked for in database `db` (cap, how much, for when).
+pub fn lease_requests(db: u32) -> Vec<(i64, i64, Micros)> {
+    with_caps(|c| {
+        c.leases
+            .iter()
+            .filter(|l| l.db == db && l.cap_id != 0 && l.want > 0)
+            .map(|l| (l.cap_id, l.want, l.want_at))
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// For the worker, after the transaction that counted it in `throttle.cap_usage` committed:
+/// `n` more for the window `[start, end)` of `cap_id`; `full` when the table has no more.
+pub fn lease_grant(db: u32, cap_id: i64, start: Micros, end: Micros, n: i64, full: bool) {
+    let _ = with_caps(|c| {
+        if let Some(l) = c
+            .leases
+            .iter_mut()
+            .find(|l| l.db == db && l.cap_id == cap_id)
+        {
+            if l.window_start < start {
+                l.window_start = start;
+                l.window_end = end;
+                l.left = 0;
+                l.full = false;
+            }
+            if l.window_start == start {
+                l.left += n;
+                l.full = full;
+            }
+            l.want = 0;
+        }
+    });
+}
+
+/// Every live lease (for monitoring).
+pub fn leases() -> Vec<Lease> {
+    with_caps(|c| c.leases.iter().filter(|l| l.cap_id != 0).copied().collect()).unwrap_or_default()
+}
+
+/// Why an enqueue cannot be counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueRefusal {
+    /// The queue cap is full.
+    Full(QueueCount),
+    /// The worker has not counted this queue cap yet.
+    NotCounted(i64),
+}
+
+/// For the worker, holding a lock that no enqueue runs under: the counts of every queue cap.
+pub fn queue_counts_set(db: u32, counts: &[QueueCount]) {
+    let _ = with_caps(|c| {
+        let n = counts.len().min(MAX_QUEUE_CAPS);
+        c.queue[..n].copy_from_slice(&counts[..n]);
+        c.queue_len = n as u32;
+        c.queue_db = db;
+    });
+}
+
+/// Count `n` more waiting under every cap in `ids`, all or none.
+pub fn queue_reserve(db: u32, ids: &[i64], n: i64) -> Result<Result<(), QueueRefusal>, ShmemError> {
+    with_caps(|c| {
+        let len = c.queue_len as usize;
+        if c.queue_db != db {
+            return Err(QueueRefusal::NotCounted(ids.first().copied().unwrap_or(0)));
+        }
+        for &id in ids {
+            match c.queue[..len].iter().find(|q| q.id == id) {
+                None => return Err(QueueRefusal::NotCounted(id)),
+                Some(q) if q.waiting + n > q.limit => return Err(QueueRefusal::Full(*q)),
+                Some(_) => {}
+            }
+        }
+        for q in c.queue[..len].iter_mut().filter(|q| ids.contains(&q.id)) {
+            q.waiting += n;
+        }
+        Ok(())
+    })
+}
+
+/// Count `n` fewer waiting under the cap `id` (messages left, or their enqueue rolled back).
+pub fn queue_unreserve(db: u32, id: i64, n: i64) {
+    let _ = with_caps(|c| {
+        let len = c.queue_len as usize;
+        if c.queue_db == db {
+            if let Some(q) = c.queue[..len].iter_mut().find(|q| q.id == id) {
+                q.waiting = (q.waiting - n).max(0);
+            }
+        }
+    });
+}
+
+/// The queue counts (for monitoring): (database, counts).
+pub fn queue_counts() -> (u32, Vec<QueueCount>) {
+    with_caps(|c| (c.queue_db, c.queue[..c.queue_len as usize].to_vec())).unwrap_or((0, Vec::new()))
 }

@@ -9,6 +9,8 @@
 //! latch: never a fixed poll. Buckets are debited before the commit: a crash in between
 //! wastes tokens, never overspends them, and the rows stay in pending.
 
+use crate::caps::{self, Action, CapDef};
+use crate::limiter::cap::{CapFull, Ledger};
 use crate::limiter::schedule::{self, Done, Row, Scheduler, Verdict};
 use crate::limiter::{Micros, Outcome};
 use crate::{config, gucs, shmem};
@@ -19,6 +21,8 @@ use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use pgrx::{PgBuiltInOids, PgOid};
+use rustc_hash::FxHashMap;
+use std::rc::Rc;
 use std::time::Duration;
 
 /// Register the worker (from `_PG_init`, while preloading).
@@ -64,21 +68,44 @@ const SQL_MOVE: &str = "
                  RETURNING greatest(enqueued_at, not_before) AS due)
     SELECT count(*)::int8, (extract(epoch FROM $2 - min(due)) * 1000000::numeric)::int8 FROM ins";
 const SQL_DEAD: &str = "
-    WITH gone AS (DELETE FROM throttle.pending p USING unnest($1::int8[], $2::text[]) AS d(id, reason)
-                   WHERE p.id = d.id RETURNING p.*, d.reason),
+    WITH gone AS (DELETE FROM throttle.pending p
+                   USING unnest($1::int8[], $2::text[], $4::text[]) AS d(id, reason, code)
+                   WHERE p.id = d.id RETURNING p.*, d.reason, d.code),
          ins AS (INSERT INTO throttle.dead (id, sender, carrier, channel, recipient, cost, priority, payload,
                                             not_before, expires_at, enqueued_at, died_at, reason, error_code)
                  SELECT id, sender, carrier, channel, recipient, cost, priority, payload,
-                        not_before, expires_at, enqueued_at, $3, reason, NULL FROM gone RETURNING 1)
+                        not_before, expires_at, enqueued_at, $3, reason, code FROM gone RETURNING 1)
     SELECT count(*)::int8 FROM ins";
 const SQL_EXPIRE: &str = "
     WITH gone AS (DELETE FROM throttle.pending WHERE expires_at <= $1 RETURNING *),
          ins AS (INSERT INTO throttle.dead (id, sender, carrier, channel, recipient, cost, priority, payload,
                                             not_before, expires_at, enqueued_at, died_at, reason, error_code)
-                 SELECT id, sender, carrier, channel, recipient, cost, priority, payload,
-                        not_before, expires_at, enqueued_at, $1, 'expired before release', NULL FROM gone
-                 RETURNING 1)
-    SELECT count(*)::int8 FROM ins";
+                 SELECT g.id, g.sender, g.carrier, g.channel, g.recipient, g.cost, g.priority, g.payload,
+                        g.not_before, g.expires_at, g.enqueued_at, $1, 'expired before release',
+                        coalesce((SELECT s.expiry_error_code FROM throttle.sender s WHERE s.sender = g.sender), $2)
+                   FROM gone g
+                 RETURNING sender, carrier, channel)
+    SELECT sender, carrier, channel, count(*)::int8 FROM ins GROUP BY 1, 2, 3";
+const SQL_USAGE: &str =
+    "SELECT used, leased FROM throttle.cap_usage WHERE cap_id = $1 AND window_start = $2";
+const SQL_USAGE_ADD: &str = "
+    INSERT INTO throttle.cap_usage AS u (cap_id, window_start, window_end, used, leased, updated_at)
+    SELECT d.*, $6 FROM unnest($1::int8[], $2::timestamptz[], $3::timestamptz[], $4::int8[], $5::int8[]) AS d
+    ON CONFLICT (cap_id, window_start) DO UPDATE
+       SET used = u.used + excluded.used, leased = u.leased + excluded.leased,
+           updated_at = excluded.updated_at";
+const SQL_DEFER_LOCAL: &str = "
+    WITH d AS (
+        UPDATE throttle.pending p
+           SET not_before = coalesce(throttle.next_local_time(
+                   coalesce((SELECT a.zones FROM throttle.area_code_zone a
+                              WHERE a.area_code = throttle.area_code(p.recipient)), ARRAY[$5]),
+                   $6, $7), $6)
+         WHERE p.sender = $1 AND p.carrier = $2 AND p.channel = $3
+           AND (p.not_before IS NULL OR p.not_before < $6)
+           AND (p.expires_at IS NULL OR p.expires_at > $4)
+        RETURNING 1)
+    SELECT count(*)::int8 FROM d";
 const SQL_NEXT_EXPIRY: &str =
     "SELECT min(expires_at) FROM throttle.pending WHERE expires_at IS NOT NULL";
 const SQL_NEXT_DUE: &str = "
@@ -98,6 +125,9 @@ struct Stmts {
     expire: OwnedPreparedStatement,
     next_expiry: OwnedPreparedStatement,
     next_due: OwnedPreparedStatement,
+    usage: OwnedPreparedStatement,
+    usage_add: OwnedPreparedStatement,
+    defer_local: OwnedPreparedStatement,
 }
 
 fn oid(o: PgBuiltInOids) -> PgOid {
@@ -129,10 +159,47 @@ impl Stmts {
             dead: c
                 .prepare_mut(
                     SQL_DEAD,
-                    &[oid(INT8ARRAYOID), oid(TEXTARRAYOID), oid(TIMESTAMPTZOID)],
+                    &[
+                        oid(INT8ARRAYOID),
+                        oid(TEXTARRAYOID),
+                        oid(TIMESTAMPTZOID),
+                        oid(TEXTARRAYOID),
+                    ],
                 )?
                 .keep(),
-            expire: c.prepare_mut(SQL_EXPIRE, &[oid(TIMESTAMPTZOID)])?.keep(),
+            expire: c
+                .prepare_mut(SQL_EXPIRE, &[oid(TIMESTAMPTZOID), oid(TEXTOID)])?
+                .keep(),
+            usage: c
+                .prepare(SQL_USAGE, &[oid(INT8OID), oid(TIMESTAMPTZOID)])?
+                .keep(),
+            usage_add: c
+                .prepare_mut(
+                    SQL_USAGE_ADD,
+                    &[
+                        oid(INT8ARRAYOID),
+                        oid(TIMESTAMPTZARRAYOID),
+                        oid(TIMESTAMPTZARRAYOID),
+                        oid(INT8ARRAYOID),
+                        oid(INT8ARRAYOID),
+                        oid(TIMESTAMPTZOID),
+                    ],
+                )?
+                .keep(),
+            defer_local: c
+                .prepare_mut(
+                    SQL_DEFER_LOCAL,
+                    &[
+                        oid(TEXTOID),
+                        oid(TEXTOID),
+                        oid(TEXTOID),
+                        oid(TIMESTAMPTZOID),
+                        oid(TEXTOID),
+                        oid(TIMESTAMPTZOID),
+                        oid(TIMEOID),
+                    ],
+                )?
+                .keep(),
             next_expiry: c.prepare(SQL_NEXT_EXPIRY, &[])?.keep(),
             next_due: c
                 .prepare(
@@ -149,12 +216,82 @@ fn ts(us: Micros) -> TimestampWithTimeZone {
         .unwrap_or_else(|_| TimestampWithTimeZone::try_from(0i64).expect("epoch"))
 }
 
-/// One queue taken this tick: which, how many rows it may release, and its buckets.
+/// One queue taken this tick: which, how many rows it may release, its buckets and its
+/// calendar caps (each with the start of its current window).
 struct Taken {
     q: schedule::QueueId,
     n: u64,
     wants: Vec<shmem::Want>,
     partitions: u32,
+    caps: Vec<(Rc<CapDef>, Micros)>,
+    /// Over this cap, whose action is to refuse: every row taken is dead-lettered.
+    refuse: Option<i64>,
+}
+
+/// One cap's usage in one window as this tick sees it: read from `throttle.cap_usage`, plus
+/// what this tick adds (written back before the commit).
+struct TickLedger {
+    def: Rc<CapDef>,
+    ledger: Ledger,
+    read_spent: u64,
+    used: u64,
+    leased: u64,
+}
+
+type Ledgers = FxHashMap<(i64, Micros), TickLedger>;
+
+/// What the worker does once a tick's transaction has committed.
+#[derive(Default)]
+struct AfterCommit {
+    /// Leases counted in the table: (cap, window start, window end, how much, table full).
+    grants: Vec<(i64, Micros, Micros, i64, bool)>,
+    /// Messages that left pending, per queue cap.
+    left_queue: Vec<(i64, i64)>,
+}
+
+/// Read (once per tick) the usage of `def`'s window that contains `at`.
+fn load_ledger<'a>(
+    c: &SpiClient<'_>,
+    st: &Stmts,
+    ledgers: &'a mut Ledgers,
+    def: &Rc<CapDef>,
+    at: Micros,
+) -> pgrx::spi::Result<&'a mut TickLedger> {
+    let fresh = Ledger::new(&def.cal, at);
+    let key = (def.id, fresh.window_start);
+    if !ledgers.contains_key(&key) {
+        let row = c
+            .select(
+                &st.usage,
+                Some(1),
+                &[def.id.into(), ts(fresh.window_start).into()],
+            )?
+            .first();
+        let (used, leased) = if row.is_empty() {
+            (0, 0)
+        } else {
+            (
+                row.get::<i64>(1)?.unwrap_or(0).max(0) as u64,
+                row.get::<i64>(2)?.unwrap_or(0).max(0) as u64,
+            )
+        };
+        let ledger = Ledger {
+            used,
+            leased,
+            ..fresh
+        };
+        ledgers.insert(
+            key,
+            TickLedger {
+                def: def.clone(),
+                ledger,
+                read_spent: ledger.spent(),
+                used: 0,
+                leased: 0,
+            },
+        );
+    }
+    Ok(ledgers.get_mut(&key).expect("just inserted"))
 }
 
 /// How often the worker re-reads every queue from the table, as a safety net for rows no
@@ -170,6 +307,12 @@ struct Worker {
     generation: u64,
     next_expiry: Option<Micros>,
     ids: Vec<i64>,
+    /// This worker's database.
+    db: u32,
+    /// The configuration generation whose queue caps were counted (0: none yet).
+    queue_counted: u64,
+    recount_tries: u32,
+    after: AfterCommit,
 }
 
 /// What a tick asks of the loop: how long to sleep (None: until the latch is set).
@@ -185,6 +328,10 @@ impl Worker {
             generation: 0,
             next_expiry: None,
             ids: Vec::new(),
+            db: 0,
+            queue_counted: 0,
+            recount_tries: 0,
+            after: AfterCommit::default(),
         }
     }
 
@@ -195,7 +342,18 @@ impl Worker {
         if unsafe { pg_sys::RecoveryInProgress() } {
             return Some(Duration::from_secs(5));
         }
-        BackgroundWorker::transaction(std::panic::AssertUnwindSafe(|| self.tick_in_transaction()))
+        let sleep = BackgroundWorker::transaction(std::panic::AssertUnwindSafe(|| {
+            self.tick_in_transaction()
+        }));
+        // Committed (an error ends the process): hand out what the table now counts.
+        let after = std::mem::take(&mut self.after);
+        for (id, start, end, n, full) in after.grants {
+            shmem::lease_grant(self.db, id, start, end, n, full);
+        }
+        for (id, n) in after.left_queue {
+            shmem::queue_unreserve(self.db, id, n);
+        }
+        sleep
     }
 
     fn tick_in_transaction(&mut self) -> Sleep {
@@ -212,6 +370,10 @@ impl Worker {
                 // must stay index plans when it holds a million rows.
                 c.update("SET enable_seqscan = off", None, &[])
                     .expect("set enable_seqscan");
+                // Rows the worker deletes are uncounted from queue caps by the worker itself,
+                // not by the delete trigger (see queue_cap.rs).
+                c.update("SET pg_throttle.worker = on", None, &[])
+                    .expect("set pg_throttle.worker");
                 self.stmts = Some(Stmts::prepare(c).expect("prepare the worker's statements"));
             }
             self.run(c).expect("release tick")
@@ -232,6 +394,43 @@ impl Worker {
             self.generation = generation;
             self.sched.unpark_all(now);
         }
+        let any_caps = caps::any_caps().unwrap_or(false);
+        let any_queue_caps = caps::any_queue_caps().unwrap_or(false);
+        let mut ledgers: Ledgers = FxHashMap::default();
+        let mut soon: Option<Micros> = None;
+
+        // 0. Leases asked for by throttle_admit, and queue caps to count.
+        for (id, want, at) in shmem::lease_requests(self.db) {
+            match caps::cap(id).ok().flatten() {
+                Some(def) => {
+                    let tl = load_ledger(c, st, &mut ledgers, &def, at.max(now))?;
+                    let n = tl
+                        .ledger
+                        .lease(&def.cal, &def.rule, want.max(0) as u64, at.max(now));
+                    tl.leased += n;
+                    let full = tl.ledger.left(&def.rule) == 0;
+                    self.after.grants.push((
+                        id,
+                        tl.ledger.window_start,
+                        tl.ledger.window_end,
+                        n as i64,
+                        full,
+                    ));
+                }
+                // Gone: the asking backend reads the configuration again.
+                None => self.after.grants.push((id, i64::MIN, i64::MIN, 0, false)),
+            }
+        }
+        if self.queue_counted != generation {
+            if !any_queue_caps {
+                shmem::queue_counts_set(self.db, &[]);
+                self.queue_counted = generation;
+            } else if self.count_queues(c)? {
+                self.queue_counted = generation;
+            } else {
+                soon = Some(now + 20_000);
+            }
+        }
 
         // 1. New work: ids committed since the last tick, or everything after a restart or a
         //    full ring.
@@ -250,17 +449,29 @@ impl Worker {
             }
         }
 
-        // 2. Expired messages leave for throttle.dead.
+        // 2. Expired messages leave for throttle.dead, with their error code.
         let mut dead = 0u64;
         if self.next_expiry.is_some_and(|t| t <= now) {
-            let n: Option<i64> = c
-                .update(&st.expire, None, &[ts(now).into()])?
-                .first()
-                .get(1)?;
-            dead += n.unwrap_or(0) as u64;
+            let code = gucs::expiry_error_code();
+            let mut gone: Vec<(String, String, String, i64)> = Vec::new();
+            for row in c.update(&st.expire, None, &[ts(now).into(), code.into()])? {
+                let n: i64 = row.get(4)?.unwrap_or(0);
+                dead += n.max(0) as u64;
+                if any_queue_caps {
+                    gone.push((
+                        row.get(1)?.unwrap_or_default(),
+                        row.get(2)?.unwrap_or_default(),
+                        row.get(3)?.unwrap_or_default(),
+                        n,
+                    ));
+                }
+            }
+            for (s, ca, ch, n) in gone {
+                self.left_queue(&s, &ca, &ch, n);
+            }
         }
 
-        // 3. Due queues, each with as many rows as its buckets have tokens.
+        // 3. Due queues, each with as many rows as its buckets and caps have room for.
         let budget = gucs::release_batch();
         let per_queue = gucs::queue_batch();
         let due = self
@@ -272,6 +483,7 @@ impl Worker {
                 None => (1, now),
             });
         let mut taken: Vec<Taken> = Vec::new();
+        let mut deferred: Vec<schedule::QueueId> = Vec::new();
         let mut left = budget as u64;
         'queues: for (q, woken_by) in due {
             // The tick's rows are spoken for: look at this queue next tick, without reading
@@ -312,8 +524,72 @@ impl Worker {
                     }
                 }
             }
+            // Calendar caps: the room left in each one's window.
+            let mut cap_room = u64::MAX;
+            let mut caps_of: Vec<(Rc<CapDef>, Micros)> = Vec::new();
+            let mut refuse = None;
+            if any_caps {
+                let defs = match caps::caps_for(&key.sender, &key.carrier, &key.channel) {
+                    Ok(Some(d)) => d,
+                    Ok(None) => {
+                        self.sched.done(q, Done::Parked);
+                        continue;
+                    }
+                    Err(e) => {
+                        pgrx::warning!(
+                            "pg_throttle: caps of queue {key:?} cannot be read: {}",
+                            e.message()
+                        );
+                        self.sched.done(q, Done::Parked);
+                        continue;
+                    }
+                };
+                for def in defs.iter() {
+                    let tl = load_ledger(c, st, &mut ledgers, def, now)?;
+                    let room = tl.ledger.left(&def.rule);
+                    caps_of.push((def.clone(), tl.ledger.window_start));
+                    if room == 0 && refuse.is_none() {
+                        let until = tl.ledger.window_end;
+                        match def.action {
+                            Action::Defer => {
+                                self.sched.done(
+                                    q,
+                                    Done::Blocked {
+                                        limit: -def.id,
+                                        until,
+                                    },
+                                );
+                                continue 'queues;
+                            }
+                            Action::DeferLocal => {
+                                let at = def.local_time;
+                                let local = pgrx::datum::Time::new(
+                                    chrono::Timelike::hour(&at) as u8,
+                                    chrono::Timelike::minute(&at) as u8,
+                                    chrono::Timelike::second(&at) as f64,
+                                )
+                                .unwrap_or(pgrx::datum::Time::ALLBALLS);
+                                let args: [DatumWithOid; 7] = [
+                                    key.sender.clone().into(),
+                                    key.carrier.clone().into(),
+                                    key.channel.clone().into(),
+                                    ts(now).into(),
+                                    def.time_zone.name().into(),
+                                    ts(until).into(),
+                                    local.into(),
+                                ];
+                                c.update(&st.defer_local, None, &args)?;
+                                deferred.push(q);
+                                continue 'queues;
+                            }
+                            Action::Refuse => refuse = Some(def.id),
+                        }
+                    }
+                    cap_room = cap_room.min(room);
+                }
+            }
             let (tokens, blocker, next) = shmem::room(&wants, now).unwrap_or((0, 0, now));
-            if tokens == 0 {
+            if tokens == 0 && refuse.is_none() {
                 self.sched.done(
                     q,
                     Done::Blocked {
@@ -323,13 +599,19 @@ impl Worker {
                 );
                 continue;
             }
-            let n = tokens.min(per_queue).min(left);
+            let n = if refuse.is_some() {
+                per_queue.min(left)
+            } else {
+                tokens.min(per_queue).min(left).min(cap_room)
+            };
             left -= n;
             taken.push(Taken {
                 q,
                 n,
                 wants,
                 partitions,
+                caps: caps_of,
+                refuse,
             });
         }
 
@@ -361,11 +643,30 @@ impl Worker {
             }
         }
 
-        // 5. Admit in priority, round-robin order, through the shared buckets.
+        // 5. Admit in priority, round-robin order, through the calendar caps and the shared
+        //    buckets.
         let order = schedule::interleave(&batches);
         let released = schedule::release(&batches, &order, |b, row| {
             let t = &taken[b];
-            match shmem::admit(&t.wants, t.partitions, row.cost, now, false) {
+            if let Some(id) = t.refuse {
+                return Verdict::Never { limit: -id };
+            }
+            for (def, start) in &t.caps {
+                let Some(tl) = ledgers.get_mut(&(def.id, *start)) else {
+                    continue;
+                };
+                match tl.ledger.check(&def.cal, &def.rule, row.cost, now) {
+                    Ok(()) => {}
+                    Err(CapFull::Until { until }) if def.action != Action::Refuse => {
+                        return Verdict::Blocked {
+                            limit: -def.id,
+                            until,
+                        }
+                    }
+                    Err(_) => return Verdict::Never { limit: -def.id },
+                }
+            }
+            let verdict = match shmem::admit(&t.wants, t.partitions, row.cost, now, false) {
                 Ok(Outcome::Admitted { .. }) => Verdict::Admitted,
                 Ok(Outcome::Refused {
                     blocker,
@@ -387,17 +688,30 @@ impl Worker {
                     limit: 0,
                     until: now + 100_000,
                 },
+            };
+            if verdict == Verdict::Admitted {
+                for (def, start) in &t.caps {
+                    if let Some(tl) = ledgers.get_mut(&(def.id, *start)) {
+                        tl.ledger.used += row.cost;
+                        tl.used += row.cost;
+                    }
+                }
             }
+            verdict
         });
 
         // 6. Move what was admitted; dead-letter what never can be. One statement each.
         let mut moved = 0u64;
         let mut lag = 0i64;
+        let mut gone_per_batch: Vec<i64> = vec![0; taken.len()];
         if !released.admitted.is_empty() {
             let ids: Vec<i64> = released
                 .admitted
                 .iter()
-                .map(|&(b, r)| batches[b][r].id)
+                .map(|&(b, r)| {
+                    gone_per_batch[b] += 1;
+                    batches[b][r].id
+                })
                 .collect();
             let row = c
                 .update(&st.mv, None, &[ids.into(), ts(now).into()])?
@@ -413,45 +727,72 @@ impl Worker {
             }
         }
         if !released.never.is_empty() {
-            let ids: Vec<i64> = released
-                .never
-                .iter()
-                .map(|&(b, r, _)| batches[b][r].id)
-                .collect();
-            let reasons: Vec<String> = released
-                .never
-                .iter()
-                .map(|&(b, r, l)| {
-                    format!("cost {} exceeds the burst of limit {l}", batches[b][r].cost)
-                })
-                .collect();
+            let mut ids = Vec::new();
+            let mut reasons = Vec::new();
+            let mut codes: Vec<Option<String>> = Vec::new();
+            for &(b, r, l) in &released.never {
+                let row = &batches[b][r];
+                gone_per_batch[b] += 1;
+                ids.push(row.id);
+                let cap = (l < 0)
+                    .then(|| taken[b].caps.iter().find(|(d, _)| d.id == -l))
+                    .flatten();
+                match cap {
+                    Some((def, _)) if row.cost > def.rule.allowed() => {
+                        reasons.push(format!(
+                            "cost {} exceeds all that {} allows in a window",
+                            row.cost, def.label
+                        ));
+                        codes.push(def.error_code.clone());
+                    }
+                    Some((def, _)) => {
+                        reasons.push(format!("over {} (at_cap = refuse)", def.label));
+                        codes.push(def.error_code.clone());
+                    }
+                    None => {
+                        reasons.push(format!("cost {} exceeds the burst of limit {l}", row.cost));
+                        codes.push(None);
+                    }
+                }
+            }
             let n: Option<i64> = c
                 .update(
                     &st.dead,
                     None,
-                    &[ids.into(), reasons.into(), ts(now).into()],
+                    &[ids.into(), reasons.into(), ts(now).into(), codes.into()],
                 )?
                 .first()
                 .get(1)?;
             dead += n.unwrap_or(0) as u64;
         }
+        if any_queue_caps {
+            for (b, t) in taken.iter().enumerate() {
+                if gone_per_batch[b] > 0 {
+                    let k = self.sched.key(t.q).clone();
+                    self.left_queue(&k.sender, &k.carrier, &k.channel, gone_per_batch[b]);
+                }
+            }
+        }
+
+        // 6b. Count what the caps gave, in this same transaction, and announce thresholds.
+        self.write_usage(c, st, &ledgers, now)?;
 
         // 7. Reschedule every queue taken: blocked ones wait on their limit; those that gave
         //    fewer rows than asked are drained or deferred (asked in one statement).
-        let mut short: Vec<usize> = Vec::new();
+        let mut short: Vec<schedule::QueueId> = deferred;
         for (b, t) in taken.iter().enumerate() {
             if let Some((limit, until)) = released.blocked[b] {
                 self.sched.done(t.q, Done::Blocked { limit, until });
             } else if (batches[b].len() as u64) < t.n {
-                short.push(b);
+                short.push(t.q);
             } else {
                 self.sched.done(t.q, Done::More);
             }
         }
         if !short.is_empty() {
             let (mut s, mut ca, mut ch) = (vec![], vec![], vec![]);
-            for &b in &short {
-                let k = self.sched.key(taken[b].q);
+            for &q in &short {
+                let k = self.sched.key(q);
                 s.push(k.sender.clone());
                 ca.push(k.carrier.clone());
                 ch.push(k.channel.clone());
@@ -465,13 +806,13 @@ impl Worker {
                     *slot = at.map(i64::from);
                 }
             }
-            for (j, &b) in short.iter().enumerate() {
+            for (j, &q) in short.iter().enumerate() {
                 let done = match next[j] {
                     None => Done::Drained,
                     Some(t) if t <= now => Done::More,
                     Some(t) => Done::Deferred { until: t },
                 };
-                self.sched.done(taken[b].q, done);
+                self.sched.done(q, done);
             }
         }
 
@@ -480,14 +821,139 @@ impl Worker {
             c.select(&st.next_expiry, None, &[])?.first().get(1)?;
         self.next_expiry = e.map(i64::from);
         shmem::note_tick(now, moved, dead, self.sched.len() as u64, lag);
-        let wake = match (self.sched.next_wake(), self.next_expiry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let wake = [self.sched.next_wake(), self.next_expiry, soon]
+            .into_iter()
+            .flatten()
+            .min();
         Ok(wake.map(|at| {
             let now = unsafe { pg_sys::GetCurrentTimestamp() };
             Duration::from_micros(at.saturating_sub(now).clamp(0, 3_600_000_000) as u64)
         }))
+    }
+
+    /// Count `n` messages of a queue as gone from the queue caps that count it, at commit.
+    fn left_queue(&mut self, sender: &str, carrier: &str, channel: &str, n: i64) {
+        if let Ok(qcaps) = caps::queue_caps_for(sender, carrier, channel) {
+            for qc in qcaps {
+                self.after.left_queue.push((qc.id, n));
+            }
+        }
+    }
+
+    /// Write what this tick added to each cap's usage (one statement), and NOTIFY
+    /// `throttle_cap` once for every warning threshold crossed.
+    fn write_usage(
+        &mut self,
+        c: &mut SpiClient<'_>,
+        st: &Stmts,
+        ledgers: &Ledgers,
+        now: Micros,
+    ) -> pgrx::spi::Result<()> {
+        let dirty: Vec<&TickLedger> = ledgers
+            .values()
+            .filter(|t| t.used > 0 || t.leased > 0)
+            .collect();
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = dirty.iter().map(|t| t.def.id).collect();
+        let starts: Vec<TimestampWithTimeZone> =
+            dirty.iter().map(|t| ts(t.ledger.window_start)).collect();
+        let ends: Vec<TimestampWithTimeZone> =
+            dirty.iter().map(|t| ts(t.ledger.window_end)).collect();
+        let used: Vec<i64> = dirty.iter().map(|t| t.used as i64).collect();
+        let leased: Vec<i64> = dirty.iter().map(|t| t.leased as i64).collect();
+        let args: [DatumWithOid; 6] = [
+            ids.into(),
+            starts.into(),
+            ends.into(),
+            used.into(),
+            leased.into(),
+            ts(now).into(),
+        ];
+        c.update(&st.usage_add, None, &args)?;
+        for t in dirty {
+            let after = t.read_spent + t.used + t.leased;
+            for pct in t.def.rule.crossed(t.read_spent, after) {
+                let args: [DatumWithOid; 6] = [
+                    t.def.id.into(),
+                    t.def.label.clone().into(),
+                    (pct as i32).into(),
+                    (after as i64).into(),
+                    (t.def.rule.cap as i64).into(),
+                    ts(t.ledger.window_start).into(),
+                ];
+                c.update(
+                    "SELECT pg_notify('throttle_cap', json_build_object(
+                         'cap_id', $1, 'cap', $2, 'percent', $3, 'spent', $4, 'limit', $5,
+                         'window_start', $6)::text)",
+                    None,
+                    &args,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Count the messages waiting under every queue cap, holding a lock on throttle.pending
+    /// that waits for every enqueue in progress and holds new ones until this transaction
+    /// ends. Returns false if the lock was not free this time (tried again next tick; after
+    /// many tries the worker waits for it).
+    fn count_queues(&mut self, c: &mut SpiClient<'_>) -> pgrx::spi::Result<bool> {
+        let relid: Option<pg_sys::Oid> = c
+            .select("SELECT 'throttle.pending'::regclass::oid", None, &[])?
+            .first()
+            .get(1)?;
+        let Some(relid) = relid else {
+            return Ok(false);
+        };
+        let share = pg_sys::ShareLock as pg_sys::LOCKMODE;
+        if !unsafe { pg_sys::ConditionalLockRelationOid(relid, share) } {
+            self.recount_tries += 1;
+            if self.recount_tries < 50 {
+                return Ok(false);
+            }
+            unsafe { pg_sys::LockRelationOid(relid, share) };
+        }
+        self.recount_tries = 0;
+        let Ok(all) = caps::all_queue_caps() else {
+            return Ok(false);
+        };
+        let mut counts: Vec<shmem::QueueCount> = all
+            .iter()
+            .map(|q| shmem::QueueCount {
+                id: q.id,
+                limit: q.max_waiting.unwrap_or(i64::MAX),
+                waiting: 0,
+            })
+            .collect();
+        let rows = c.select(
+            "SELECT p.sender, p.carrier, p.channel, s.campaign, s.brand, s.account, s.sender_type,
+                    count(*)::int8
+               FROM throttle.pending p LEFT JOIN throttle.sender s ON s.sender = p.sender
+              GROUP BY 1, 2, 3, 4, 5, 6, 7",
+            None,
+            &[],
+        )?;
+        for row in rows {
+            let g = caps::Groups {
+                sender: row.get::<String>(1)?.unwrap_or_default().into(),
+                campaign: row.get::<String>(4)?.map(Into::into),
+                brand: row.get::<String>(5)?.map(Into::into),
+                account: row.get::<String>(6)?.map(Into::into),
+                sender_type: row.get::<String>(7)?.map(Into::into),
+            };
+            let carrier: String = row.get(2)?.unwrap_or_default();
+            let channel: String = row.get(3)?.unwrap_or_default();
+            let n: i64 = row.get(8)?.unwrap_or(0);
+            for qc in caps::queue_caps_matching(&g, &carrier, &channel) {
+                if let Some(cnt) = counts.iter_mut().find(|x| x.id == qc.id) {
+                    cnt.waiting += n;
+                }
+            }
+        }
+        shmem::queue_counts_set(self.db, &counts);
+        Ok(true)
     }
 
     fn touch(
@@ -531,6 +997,7 @@ pub extern "C-unwind" fn pg_throttle_worker_main(_arg: pg_sys::Datum) {
     unsafe { pg_sys::before_shmem_exit(Some(withdraw), pg_sys::Datum::from(0usize)) };
     pgrx::log!("pg_throttle release worker started for database \"{db}\"");
     let mut w = Worker::new();
+    w.db = unsafe { pg_sys::MyDatabaseId }.to_u32();
     loop {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };

@@ -7,9 +7,11 @@
 //! safe Rust.
 
 use crate::backend;
-use crate::config::{self, PlanView};
+use crate::caps;
+use crate::config;
 use crate::error::{self, Fast as Result};
 use crate::gucs;
+use crate::limiter::cap::{lease_chunk, Ledger};
 use crate::limiter::gcra::MAX_COST;
 use crate::limiter::{Micros, Outcome};
 use crate::shmem;
@@ -121,20 +123,158 @@ fn checked_ts(us: Micros) -> Result<Micros> {
     Ok(us)
 }
 
-/// Decide one call; `then` sees the plan used and the outcome.
+/// Decide one call; `then` sees how many limits and caps applied, the outcome, and (when
+/// refused) the id and name of what blocked it (a calendar cap's id is negated).
 fn decide<R>(
     call: &Call,
     headroom: bool,
-    then: impl FnOnce(&PlanView, Outcome) -> Result<R>,
+    then: impl FnOnce(usize, Outcome, Option<(i64, &str)>) -> Result<R>,
 ) -> Result<R> {
     if !shmem::is_loaded() {
         return Err(Box::new(error::not_preloaded()));
     }
+    if caps::any_caps().map_err(Box::new)? {
+        return decide_with_caps(call, headroom, then);
+    }
     config::with_plan(call.sender, call.carrier, call.channel, |plan| {
         let outcome = shmem::admit(&plan.wants, plan.partitions, call.cost, call.now, headroom)
             .map_err(ErrorReport::from)?;
-        then(plan, outcome)
+        let blocker = match outcome {
+            Outcome::Refused { blocker, .. } => {
+                let l = plan.limit(blocker);
+                Some((l.id, &*l.label))
+            }
+            Outcome::Admitted { .. } => None,
+        };
+        then(plan.wants.len(), outcome, blocker)
     })?
+}
+
+/// How long `throttle_admit` waits for the worker to lease capacity of a calendar cap.
+const LEASE_WAIT_MS: u32 = 2_000;
+
+/// [`decide`] for a sender that calendar caps may apply to: the caps' leased capacity in
+/// shared memory is debited together with the rate limits (all or nothing); when a lease runs
+/// out the worker is asked for the next chunk, which it counts in `throttle.cap_usage`
+/// before handing it over.
+fn decide_with_caps<R>(
+    call: &Call,
+    headroom: bool,
+    then: impl FnOnce(usize, Outcome, Option<(i64, &str)>) -> Result<R>,
+) -> Result<R> {
+    let sender = String::from_utf8_lossy(call.sender);
+    let carrier = String::from_utf8_lossy(call.carrier);
+    let channel = String::from_utf8_lossy(call.channel);
+    let mut waited = 0u32;
+    loop {
+        let defs = match caps::caps_for(&sender, &carrier, &channel).map_err(Box::new)? {
+            Some(d) if !d.is_empty() => d,
+            // Unknown sender (with_plan says so), or no cap applies.
+            _ => {
+                return config::with_plan(call.sender, call.carrier, call.channel, |plan| {
+                    let outcome =
+                        shmem::admit(&plan.wants, plan.partitions, call.cost, call.now, headroom)
+                            .map_err(ErrorReport::from)?;
+                    let blocker = match outcome {
+                        Outcome::Refused { blocker, .. } => {
+                            let l = plan.limit(blocker);
+                            Some((l.id, &*l.label))
+                        }
+                        Outcome::Admitted { .. } => None,
+                    };
+                    then(plan.wants.len(), outcome, blocker)
+                })?;
+            }
+        };
+        let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
+        if !shmem::worker_serves(db) || shmem::worker_pid() == 0 {
+            return Err(Box::new(error::no_worker(
+                "calendar caps need the release worker running in this database",
+            )));
+        }
+        let limits = |plan_len: usize| plan_len + defs.len();
+        // A cost more than a whole window allows never passes.
+        if let Some(d) = defs.iter().find(|d| call.cost > d.rule.allowed()) {
+            let n = config::with_plan(call.sender, call.carrier, call.channel, |p| p.wants.len())?;
+            let refused = Outcome::Refused {
+                blocker: 0,
+                retry_at: None,
+                headroom: 0,
+            };
+            return then(limits(n), refused, Some((-d.id, &d.label)));
+        }
+        let wants: Vec<shmem::CapWant> = defs
+            .iter()
+            .map(|d| {
+                let l = Ledger::new(&d.cal, call.now);
+                shmem::CapWant {
+                    cap_id: d.id,
+                    window_start: l.window_start,
+                    window_end: l.window_end,
+                    at: call.now,
+                    chunk: lease_chunk(&d.rule, call.cost) as i64,
+                }
+            })
+            .collect();
+        let cost = call.cost as i64;
+        match shmem::lease_take(db, &wants, cost).map_err(ErrorReport::from)? {
+            shmem::LeaseAnswer::Taken => {
+                return config::with_plan(call.sender, call.carrier, call.channel, |plan| {
+                    let outcome = match shmem::admit(
+                        &plan.wants,
+                        plan.partitions,
+                        call.cost,
+                        call.now,
+                        headroom,
+                    ) {
+                        Ok(o) => o,
+                        Err(e) => {
+                            shmem::lease_refund(db, &wants, cost);
+                            return Err(Box::new(ErrorReport::from(e)));
+                        }
+                    };
+                    let blocker = match outcome {
+                        Outcome::Refused { blocker, .. } => {
+                            shmem::lease_refund(db, &wants, cost);
+                            let l = plan.limit(blocker);
+                            Some((l.id, &*l.label))
+                        }
+                        Outcome::Admitted { .. } => None,
+                    };
+                    then(limits(plan.wants.len()), outcome, blocker)
+                })?;
+            }
+            shmem::LeaseAnswer::Full { i, until } => {
+                let n =
+                    config::with_plan(call.sender, call.carrier, call.channel, |p| p.wants.len())?;
+                let refused = Outcome::Refused {
+                    blocker: 0,
+                    retry_at: Some(until),
+                    headroom: 0,
+                };
+                return then(limits(n), refused, Some((-defs[i].id, &defs[i].label)));
+            }
+            shmem::LeaseAnswer::Asked => {
+                if waited >= LEASE_WAIT_MS {
+                    return Err(Box::new(error::no_worker(
+                        "the release worker did not lease capacity of a calendar cap in time",
+                    )));
+                }
+                unsafe {
+                    pg_sys::WaitLatch(
+                        pg_sys::MyLatch,
+                        (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH)
+                            as i32,
+                        1,
+                        pg_sys::PG_WAIT_EXTENSION,
+                    );
+                    pg_sys::ResetLatch(pg_sys::MyLatch);
+                }
+                pgrx::check_for_interrupts!();
+                waited += 1;
+            }
+        }
+    }
 }
 
 #[unsafe(no_mangle)]
@@ -152,7 +292,7 @@ pub unsafe extern "C-unwind" fn pg_throttle_try_admit(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
     let r: Result<bool> = unsafe { read_call(fcinfo) }.and_then(|call| {
-        decide(&call, false, |_, o| {
+        decide(&call, false, |_, o, _| {
             Ok(matches!(o, Outcome::Admitted { .. }))
         })
     });
@@ -176,8 +316,8 @@ pub unsafe extern "C-unwind" fn pg_throttle_admit(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
     let r = unsafe { read_call(fcinfo) }.and_then(|call| {
-        decide(&call, true, |plan, outcome| unsafe {
-            admission_datum(fcinfo, plan, outcome)
+        decide(&call, true, |limits, outcome, blocker| unsafe {
+            admission_datum(fcinfo, limits, outcome, blocker)
         })
     });
     error::or_raise(r)
@@ -186,8 +326,9 @@ pub unsafe extern "C-unwind" fn pg_throttle_admit(
 /// Form a `throttle.admission` row.
 unsafe fn admission_datum(
     fcinfo: pg_sys::FunctionCallInfo,
-    plan: &PlanView,
+    limits: usize,
     outcome: Outcome,
+    blocked: Option<(i64, &str)>,
 ) -> Result<pg_sys::Datum> {
     let desc = unsafe { admission_desc(fcinfo)? };
     let mut values = [pg_sys::Datum::from(0usize); 6];
@@ -196,7 +337,7 @@ unsafe fn admission_datum(
         values[i] = d;
         nulls[i] = false;
     };
-    set(5, pg_sys::Datum::from(plan.wants.len() as i32));
+    set(5, pg_sys::Datum::from(limits as i32));
     match outcome {
         Outcome::Admitted { headroom } => {
             set(0, pg_sys::Datum::from(true));
@@ -205,20 +346,19 @@ unsafe fn admission_datum(
             }
         }
         Outcome::Refused {
-            blocker,
-            retry_at,
-            headroom,
+            retry_at, headroom, ..
         } => {
-            let limit = plan.limit(blocker);
             set(0, pg_sys::Datum::from(false));
             if let Some(t) = retry_at {
                 set(1, pg_sys::Datum::from(t));
             }
-            set(2, pg_sys::Datum::from(limit.id));
-            set(
-                3,
-                pg_sys::Datum::from(pgrx::varlena::rust_str_to_text_p(&limit.label).into_pg()),
-            );
+            if let Some((id, label)) = blocked {
+                set(2, pg_sys::Datum::from(id));
+                set(
+                    3,
+                    pg_sys::Datum::from(pgrx::varlena::rust_str_to_text_p(label).into_pg()),
+                );
+            }
             set(4, pg_sys::Datum::from(headroom as i64));
         }
     }

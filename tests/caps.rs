@@ -1,0 +1,541 @@
+//! Calendar caps, local-time release, queue caps and expiry against real servers.
+
+use pg_throttle_tests::{sqlstate, Client, Server};
+use postgres::fallible_iterator::FallibleIterator;
+use std::time::{Duration, Instant};
+
+/// Poll `sql` (one bigint) until `done` holds or the deadline passes; returns the last value.
+fn wait_for(c: &mut Client, sql: &str, deadline: Duration, done: impl Fn(i64) -> bool) -> i64 {
+    let end = Instant::now() + deadline;
+    loop {
+        let v: i64 = c.query_one(sql, &[]).map(|r| r.get(0)).unwrap_or(-1);
+        if done(v) || Instant::now() > end {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn count(c: &mut Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).expect(sql).get(0)
+}
+
+/// A daily cap whose reset, in Los Angeles, is a few seconds from now: the "23:59 Pacific"
+/// of the issue, without waiting for midnight. Messages over the cap wait for the reset and
+/// go right after it; usage is in the table and survives an immediate shutdown.
+#[test]
+fn a_cap_hit_just_before_the_reset_releases_after_it_and_usage_survives_a_crash() {
+    let mut server = Server::start("caps-reset", &[]);
+    let mut c = server.connect();
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender, brand) VALUES ('cr-1', 'acme');
+         INSERT INTO throttle.cap (name, scope, scope_id, cap, period, reset_at, time_zone)
+         SELECT 'acme daily', 'brand', 'acme', 5, 'day',
+                (date_trunc('second', now() AT TIME ZONE 'America/Los_Angeles') + interval '4 seconds')::time,
+                'America/Los_Angeles';",
+    )
+    .expect("configure");
+    let reset: i64 = count(
+        &mut c,
+        "SELECT (extract(epoch FROM window_end) * 1000000)::int8 FROM throttle.cap_state",
+    );
+    let now_us: i64 = count(&mut c, "SELECT (extract(epoch FROM now()) * 1000000)::int8");
+    assert!(
+        (3_000_000..=4_100_000).contains(&(reset - now_us)),
+        "reset {} µs away",
+        reset - now_us
+    );
+    c.batch_execute("SELECT throttle.enqueue('cr-1', 'tmobile') FROM generate_series(1, 8)")
+        .expect("enqueue");
+    let n = wait_for(
+        &mut c,
+        "SELECT count(*) FROM throttle.ready",
+        Duration::from_secs(2),
+        |n| n == 5,
+    );
+    assert_eq!(n, 5);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM throttle.ready"),
+        5,
+        "over the cap"
+    );
+    assert_eq!(count(&mut c, "SELECT used FROM throttle.cap_state"), 5);
+
+    // A crash: usage is in the table, counted with the release.
+    drop(c);
+    server.restart("immediate");
+    let mut c = server.connect();
+    let used: i64 = count(
+        &mut c,
+        "SELECT coalesce(sum(used), 0)::int8 FROM throttle.cap_usage",
+    );
+    assert_eq!(used, 5, "usage survives an immediate shutdown");
+
+    let n = wait_for(
+        &mut c,
+        "SELECT count(*) FROM throttle.ready",
+        Duration::from_secs(10),
+        |n| n == 8,
+    );
+    assert_eq!(n, 8, "the rest goes after the reset");
+    let early: i64 = count(
+        &mut c,
+        &format!(
+            "SELECT count(*) FROM throttle.ready WHERE released_at < to_timestamp({reset} / 1000000.0)"
+        ),
+    );
+    assert_eq!(early, 5, "only the cap's 5 went before the reset");
+    // The new window counted the other 3.
+    let windows: Vec<(i64, i64)> = c
+        .query(
+            "SELECT (extract(epoch FROM window_start) * 1000000)::int8, used FROM throttle.cap_usage ORDER BY 1",
+            &[],
+        )
+        .expect("usage")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(windows.len(), 2);
+    assert_eq!(windows[1], (reset, 3));
+}
+
+/// Over-cap messages with at_cap = defer_local go at 08:00 in the recipient's zone (from the
+/// area code) once the cap has reset; a number with no North American area code at 08:00
+/// in the cap's own zone.
+#[test]
+fn over_the_cap_to_212_goes_at_eight_in_new_york_and_to_808_at_eight_in_honolulu() {
+    let server = Server::start("caps-local", &[]);
+    let mut c = server.connect();
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender, brand) VALUES ('cl-1', 'tmo-brand');
+         INSERT INTO throttle.cap (scope, scope_id, carrier, cap, period, time_zone, at_cap, local_time)
+         VALUES ('brand', 'tmo-brand', 'tmobile', 2, 'day', 'America/Los_Angeles', 'defer_local', '08:00');
+         SELECT throttle.enqueue('cl-1', 'tmobile', '+13105550100') FROM generate_series(1, 2);",
+    )
+    .expect("configure");
+    let n = wait_for(
+        &mut c,
+        "SELECT count(*) FROM throttle.ready",
+        Duration::from_secs(3),
+        |n| n == 2,
+    );
+    assert_eq!(n, 2);
+    c.batch_execute(
+        "SELECT throttle.enqueue('cl-1', 'tmobile', r)
+           FROM unnest(ARRAY['+1 (212) 555-0100', '+18085550100', '+442071234567']) r;",
+    )
+    .expect("enqueue");
+    let n = wait_for(
+        &mut c,
+        "SELECT count(*) FROM throttle.pending WHERE not_before IS NOT NULL",
+        Duration::from_secs(3),
+        |n| n == 3,
+    );
+    assert_eq!(n, 3, "all three deferred");
+    // The expected instants, computed by PostgreSQL itself: the first 08:00 local at or
+    // after midnight Pacific.
+    let rows = c
+        .query(
+            "WITH reset AS (SELECT window_end AS r FROM throttle.cap_state),
+                  want AS (
+                    SELECT z.recipient,
+                           CASE WHEN ((r AT TIME ZONE z.zone)::date + time '08:00') AT TIME ZONE z.zone >= r
+                                THEN ((r AT TIME ZONE z.zone)::date + time '08:00') AT TIME ZONE z.zone
+                                ELSE ((r AT TIME ZONE z.zone)::date + 1 + time '08:00') AT TIME ZONE z.zone END AS at
+                      FROM reset, (VALUES ('+1 (212) 555-0100', 'America/New_York'),
+                                          ('+18085550100', 'Pacific/Honolulu'),
+                                          ('+442071234567', 'America/Los_Angeles')) z(recipient, zone))
+             SELECT w.recipient, p.not_before = w.at, p.not_before::text, w.at::text
+               FROM want w JOIN throttle.pending p USING (recipient) ORDER BY 1",
+            &[],
+        )
+        .expect("compare");
+    assert_eq!(rows.len(), 3);
+    for r in rows {
+        let (who, same, got, want): (String, bool, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        assert!(same, "{who}: not_before {got}, want {want}");
+    }
+    // Nothing else goes before then.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(count(&mut c, "SELECT count(*) FROM throttle.ready"), 2);
+}
+
+/// Refuse dead-letters with the cap's error code; exempt campaigns pass; thresholds are
+/// announced once each with NOTIFY; expired messages carry their error code.
+#[test]
+fn refusal_exemption_warnings_and_expiry_codes() {
+    let server = Server::start("caps-misc", &[]);
+    let mut c = server.connect();
+    let mut listener = server.connect();
+    listener
+        .batch_execute("LISTEN throttle_cap")
+        .expect("listen");
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender, campaign, brand, expiry_error_code) VALUES
+             ('cm-sale', 'sale', 'b1', NULL), ('cm-vote', 'political', 'b1', NULL),
+             ('cm-slow', NULL, NULL, '1158'), ('cm-slow2', NULL, NULL, NULL);
+         INSERT INTO throttle.cap (name, scope, scope_id, cap, at_cap, error_code, warn_at)
+         VALUES ('b1 daily', 'brand', 'b1', 4, 'refuse', '542', '{50,100}');
+         INSERT INTO throttle.cap_exemption (cap_id, campaign)
+         SELECT cap_id, 'political' FROM throttle.cap WHERE name = 'b1 daily';
+         INSERT INTO throttle.rate_limit (scope, scope_id, rate, per, burst) VALUES
+             ('sender', 'cm-slow', 1, '1 hour', 1), ('sender', 'cm-slow2', 1, '1 hour', 1);",
+    )
+    .expect("configure");
+    c.batch_execute(
+        "SELECT throttle.enqueue('cm-sale', 'tmobile') FROM generate_series(1, 6);
+         SELECT throttle.enqueue('cm-vote', 'tmobile') FROM generate_series(1, 6);",
+    )
+    .expect("enqueue");
+    let n = wait_for(
+        &mut c,
+        "SELECT (SELECT count(*) FROM throttle.ready) + (SELECT count(*) FROM throttle.dead)",
+        Duration::from_secs(3),
+        |n| n == 12,
+    );
+    assert_eq!(n, 12);
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM throttle.ready WHERE sender = 'cm-sale'"
+        ),
+        4
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM throttle.ready WHERE sender = 'cm-vote'"
+        ),
+        6,
+        "the political campaign is exempt"
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM throttle.dead WHERE sender = 'cm-sale' AND error_code = '542'
+                AND reason LIKE '%b1 daily%'"
+        ),
+        2
+    );
+    assert_eq!(count(&mut c, "SELECT used FROM throttle.cap_state"), 4);
+    // 50 % and 100 %, once each.
+    std::thread::sleep(Duration::from_millis(200));
+    listener.batch_execute("SELECT 1").expect("poll");
+    let mut seen: Vec<i64> = Vec::new();
+    let mut notes = listener.notifications();
+    let mut it = notes.timeout_iter(Duration::from_millis(500));
+    while let Ok(Some(n)) = it.next() {
+        let v: serde_like::Note = serde_like::parse(n.payload());
+        assert_eq!(v.cap, "b1 daily");
+        seen.push(v.percent);
+    }
+    seen.sort();
+    assert_eq!(seen, vec![50, 100]);
+
+    // Expiry: the sender's own code, else throttle.expiry_error_code (30036).
+    c.batch_execute(
+        "SELECT throttle.enqueue('cm-slow', 'att') FROM generate_series(1, 2);
+         SELECT throttle.enqueue('cm-slow2', 'att') FROM generate_series(1, 2);
+         UPDATE throttle.pending SET expires_at = now() + interval '300 ms';",
+    )
+    .expect("enqueue");
+    let n = wait_for(
+        &mut c,
+        "SELECT count(*) FROM throttle.dead WHERE reason = 'expired before release'",
+        Duration::from_secs(3),
+        |n| n == 2,
+    );
+    assert_eq!(n, 2, "one of each sender was released, the other expired");
+    let codes: Vec<(String, String)> = c
+        .query(
+            "SELECT sender, error_code FROM throttle.dead WHERE reason = 'expired before release' ORDER BY 1",
+            &[],
+        )
+        .expect("codes")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            ("cm-slow".to_string(), "1158".to_string()),
+            ("cm-slow2".to_string(), "30036".to_string())
+        ]
+    );
+}
+
+/// A tiny parser for the NOTIFY payload (the tests crate has no JSON dependency).
+mod serde_like {
+    pub struct Note {
+        pub cap: String,
+        pub percent: i64,
+    }
+
+    fn field<'a>(s: &'a str, name: &str) -> &'a str {
+        let key = format!("\"{name}\" : ");
+        let at = s.find(&key).map(|i| i + key.len()).unwrap_or_else(|| {
+            let key = format!("\"{name}\":");
+            s.find(&key).map(|i| i + key.len()).expect("field")
+        });
+        let rest = s[at..].trim_start();
+        let end = rest.find([',', '}']).unwrap_or(rest.len());
+        rest[..end].trim()
+    }
+
+    pub fn parse(s: &str) -> Note {
+        Note {
+            cap: field(s, "cap").trim_matches('"').to_string(),
+            percent: field(s, "percent").parse().expect("percent"),
+        }
+    }
+}
+
+/// Queue caps: an enqueue over the cap fails with PT429 and changes nothing; a rollback, a
+/// release and a delete give places back; eight clients at once never overfill it; a cap
+/// derived from rate × validity.
+#[test]
+fn queue_caps_refuse_with_their_own_sqlstate_and_never_overfill() {
+    let server = Server::start("caps-queue", &[]);
+    let mut c = server.connect();
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender, account) VALUES ('qc-line', NULL), ('qc-a', 'acct'), ('qc-b', 'acct');
+         INSERT INTO throttle.rate_limit (scope, scope_id, rate, per, burst) VALUES
+             ('sender', 'qc-line', 1, '1 hour', 1),
+             ('account', 'acct', 2, '1 hour', 1);
+         INSERT INTO throttle.queue_cap (name, scope, scope_id, max_waiting, error_code)
+             VALUES ('line queue', 'sender', 'qc-line', 3, '21611');
+         -- 2 per hour for 10 hours: 20.
+         INSERT INTO throttle.queue_cap (name, scope, scope_id, validity)
+             VALUES ('account queue', 'account', 'acct', '10 hours');",
+    )
+    .expect("configure");
+    // The worker counts the caps; until then an enqueue says so (55000).
+    let n = wait_for(
+        &mut c,
+        "SELECT count(*) FROM throttle.queue_cap_state WHERE counted",
+        Duration::from_secs(5),
+        |n| n == 2,
+    );
+    assert_eq!(n, 2);
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT max_waiting FROM throttle.queue_cap_state WHERE name = 'account queue'"
+        ),
+        20
+    );
+    // One goes at once (burst 1); then three wait: the cap of 3 is reached. (A message is
+    // counted when it is enqueued: four in one statement would not fit.)
+    c.batch_execute("SELECT throttle.enqueue('qc-line', 'att')")
+        .expect("enqueue");
+    wait_for(
+        &mut c,
+        "SELECT count(*) FROM throttle.ready",
+        Duration::from_secs(3),
+        |n| n == 1,
+    );
+    let e = c
+        .batch_execute("SELECT throttle.enqueue('qc-line', 'att') FROM generate_series(1, 4)")
+        .expect_err("four do not fit in three places");
+    assert_eq!(sqlstate(&e), "PT429", "{e}");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM throttle.pending"), 0);
+    c.batch_execute("SELECT throttle.enqueue('qc-line', 'att') FROM generate_series(1, 3)")
+        .expect("three fit");
+    let e = c
+        .batch_execute("SELECT throttle.enqueue('qc-line', 'att')")
+        .expect_err("over the cap");
+    assert_eq!(sqlstate(&e), "PT429", "{e}");
+    let db = e.as_db_error().expect("db error");
+    assert!(db.message().contains("line queue"), "{}", db.message());
+    let detail = db.detail().unwrap_or_default();
+    assert!(
+        detail.contains("max_waiting: 3") && detail.contains("21611"),
+        "{detail}"
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM throttle.pending"),
+        3,
+        "nothing changed"
+    );
+    // A statement that would go over fails whole.
+    let e = c
+        .batch_execute("INSERT INTO throttle.pending (sender, carrier) VALUES ('qc-b', 'att'), ('qc-line', 'att')")
+        .expect_err("over");
+    assert_eq!(sqlstate(&e), "PT429");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM throttle.pending"), 3);
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT waiting FROM throttle.queue_cap_state WHERE name = 'account queue'"
+        ),
+        0,
+        "the failed statement's row gave its place back"
+    );
+    // A delete frees a place at commit; a rolled-back delete does not.
+    c.batch_execute(
+        "BEGIN; DELETE FROM throttle.pending WHERE id = (SELECT min(id) FROM throttle.pending); ROLLBACK;",
+    )
+    .expect("rolled back");
+    assert!(c
+        .batch_execute("SELECT throttle.enqueue('qc-line', 'att')")
+        .is_err());
+    c.batch_execute(
+        "DELETE FROM throttle.pending WHERE id = (SELECT min(id) FROM throttle.pending)",
+    )
+    .expect("delete");
+    c.batch_execute("SELECT throttle.enqueue('qc-line', 'att')")
+        .expect("a place was freed");
+    // A savepoint rolled back gives its places back.
+    c.batch_execute(
+        "BEGIN; SAVEPOINT s; SELECT throttle.enqueue('qc-a', 'att') FROM generate_series(1, 5);
+         ROLLBACK TO SAVEPOINT s; COMMIT;",
+    )
+    .expect("savepoint");
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT waiting FROM throttle.queue_cap_state WHERE name = 'account queue'"
+        ),
+        0
+    );
+
+    // Eight clients race for the account's 20 places (one is released at once: 21 fit).
+    let mut threads = Vec::new();
+    for i in 0..8 {
+        let info = server.conninfo();
+        threads.push(std::thread::spawn(move || {
+            let mut c = Client::connect(&info, postgres::NoTls).expect("connect");
+            let mut ok = 0;
+            for _ in 0..10 {
+                let sender = if i % 2 == 0 { "qc-a" } else { "qc-b" };
+                match c.execute("SELECT throttle.enqueue($1, 'att')", &[&sender]) {
+                    Ok(_) => ok += 1,
+                    Err(e) => assert_eq!(sqlstate(&e), "PT429", "{e}"),
+                }
+            }
+            ok
+        }));
+    }
+    let ok: i64 = threads.into_iter().map(|t| t.join().expect("thread")).sum();
+    let waiting = count(
+        &mut c,
+        "SELECT count(*) FROM throttle.pending WHERE sender IN ('qc-a', 'qc-b')",
+    );
+    assert!(waiting <= 20, "{waiting} waiting over a cap of 20");
+    assert!((20..=21).contains(&ok), "{ok} enqueued");
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT waiting FROM throttle.queue_cap_state WHERE name = 'account queue'"
+        ),
+        waiting,
+        "the count matches the table"
+    );
+}
+
+/// throttle_admit honours calendar caps through leases: never more than the cap, even from
+/// several clients at once, and the refusal names the cap and its reset.
+#[test]
+fn throttle_admit_honours_calendar_caps_through_leases() {
+    let server = Server::start("caps-admit", &[]);
+    let mut c = server.connect();
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender, account) SELECT 'ca-' || i, 'ca-acct' FROM generate_series(1, 50) i;
+         INSERT INTO throttle.cap (name, scope, scope_id, cap, period, time_zone)
+         VALUES ('ca hourly', 'account', 'ca-acct', 700, 'hour', 'America/New_York');",
+    )
+    .expect("configure");
+    let mut threads = Vec::new();
+    for t in 0..4 {
+        let info = server.conninfo();
+        threads.push(std::thread::spawn(move || {
+            let mut c = Client::connect(&info, postgres::NoTls).expect("connect");
+            let r = c
+                .query_one(
+                    "SELECT count(*) FILTER (WHERE throttle.try_admit('ca-' || (i % 50 + 1), 'att'))
+                       FROM generate_series($1::int, $1::int + 299) i",
+                    &[&(t * 300)],
+                )
+                .expect("admit");
+            r.get::<_, i64>(0)
+        }));
+    }
+    let admitted: i64 = threads.into_iter().map(|t| t.join().expect("thread")).sum();
+    assert_eq!(admitted, 700, "exactly the cap, from 1,200 attempts");
+    let row = c
+        .query_one(
+            "SELECT admitted, blocked_limit, blocked_by,
+                    retry_at = (SELECT window_end FROM throttle.cap_state)
+               FROM throttle.throttle_admit('ca-1', 'att')",
+            &[],
+        )
+        .expect("refused");
+    let (ok, limit, by, at_reset): (bool, i64, String, bool) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert!(!ok);
+    let cap_id = count(&mut c, "SELECT cap_id FROM throttle.cap");
+    assert_eq!(limit, -cap_id);
+    assert_eq!(by, "ca hourly");
+    assert!(at_reset, "retry at the reset");
+    let (used, leased): (i64, i64) = {
+        let r = c
+            .query_one("SELECT used, leased FROM throttle.cap_usage", &[])
+            .expect("usage");
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(used + leased, 700, "leases are counted in the table");
+    // A cost more than the whole window allows is never admitted.
+    let never: Option<String> = c
+        .query_one(
+            "SELECT retry_at::text FROM throttle.throttle_admit('ca-1', 'att', now(), 701)",
+            &[],
+        )
+        .expect("never")
+        .get(0);
+    assert_eq!(never, None);
+}
+
+/// Configuration mistakes are refused with 22023 and a hint, changing nothing.
+#[test]
+fn bad_caps_are_refused() {
+    let server = Server::start("caps-bad", &[]);
+    let mut c = server.connect();
+    for (sql, code) in [
+        (
+            "INSERT INTO throttle.cap (scope, scope_id, cap, time_zone) VALUES ('brand', 'b', 10, 'Mars/Olympus')",
+            "22023",
+        ),
+        (
+            "INSERT INTO throttle.cap (scope, scope_id, cap) VALUES ('brand', 'b', 0)",
+            "22023",
+        ),
+        (
+            "INSERT INTO throttle.cap (scope, scope_id, cap, warn_at) VALUES ('brand', 'b', 10, '{0}')",
+            "22023",
+        ),
+        (
+            "INSERT INTO throttle.cap (scope, scope_id, cap, overage_pct) VALUES ('brand', 'b', 10, -5)",
+            "22023",
+        ),
+        (
+            "INSERT INTO throttle.queue_cap (scope, scope_id) VALUES ('sender', 's')",
+            "23514",
+        ),
+        ("SELECT throttle.next_local_time('{Nowhere/Land}', now(), '08:00')", "22023"),
+        ("SELECT * FROM throttle.cap_window('week', '00:00', 'UTC', now())", "22023"),
+        ("SELECT * FROM throttle.cap_window('day', '00:00', 'UTC', 'infinity')", "22023"),
+    ] {
+        let e = c.batch_execute(sql).expect_err(sql);
+        assert_eq!(sqlstate(&e), code, "{sql}: {e}");
+    }
+    assert_eq!(count(&mut c, "SELECT count(*) FROM throttle.cap"), 0);
+    assert_eq!(
+        c.query_one("SELECT throttle.area_code('+1 212 555 0100')", &[])
+            .expect("area code")
+            .get::<_, Option<String>>(0)
+            .as_deref(),
+        Some("212")
+    );
+}
