@@ -100,6 +100,9 @@ struct Defs {
 }
 
 static DEFS: BackendLocal<Option<Defs>> = BackendLocal::new(None);
+/// (generation, whether any calendar cap exists): the one check `throttle_admit` makes per
+/// call when no cap is configured.
+static ANY_CAPS: BackendLocal<(u64, bool)> = BackendLocal::new((0, false));
 
 const CAPS_SQL: &str = "
     SELECT c.cap_id, c.scope::text, c.scope_id, c.carrier, c.channel, c.sender_type, c.cap,
@@ -221,12 +224,21 @@ fn fresh() -> Result<()> {
 /// Forget everything (this backend's own transaction changed the tables).
 pub fn invalidate_local() {
     DEFS.with(|d| *d = None);
+    ANY_CAPS.with(|a| *a = (0, false));
 }
 
 /// Whether any calendar cap is configured (cheap after the first call per generation).
+#[inline]
 pub fn any_caps() -> Result<bool> {
+    let generation = shmem::config_generation();
+    let (known, any) = ANY_CAPS.with(|a| *a);
+    if known == generation && known != 0 {
+        return Ok(any);
+    }
     fresh()?;
-    Ok(DEFS.with(|d| d.as_ref().is_some_and(|d| !d.caps.is_empty())))
+    let any = DEFS.with(|d| d.as_ref().is_some_and(|d| !d.caps.is_empty()));
+    ANY_CAPS.with(|a| *a = (generation, any));
+    Ok(any)
 }
 
 /// Whether any queue cap is configured.
