@@ -63,6 +63,8 @@ pub struct PlanView<'a> {
     pub wants: &'a [Want],
     /// Bit per shared-memory partition the wants live in.
     pub partitions: u32,
+    /// Calendar caps are configured (they may apply: see `caps::caps_for`).
+    pub caps: bool,
     idx: &'a [u32],
     arena: &'a [LimitInfo],
 }
@@ -84,6 +86,7 @@ struct PlanEntry {
     hash: u64,
     key: PlanKey,
     partitions: u32,
+    caps: bool,
     wants: SmallVec<[Want; 2]>,
     limits: SmallVec<[u32; 2]>,
 }
@@ -212,10 +215,13 @@ struct Cache {
     /// Limits read per sender, to build plans for new (carrier, channel)s without SPI.
     senders: FxHashMap<Box<[u8]>, Rc<SenderLimits>>,
     stmt: Option<OwnedPreparedStatement>,
+    /// Whether any calendar cap exists in this generation (None: not asked yet).
+    any_caps: Option<bool>,
 }
 
 impl Cache {
     fn clear(&mut self) {
+        self.any_caps = None;
         self.plans.clear();
         self.arena.clear();
         self.arena_pos.clear();
@@ -238,6 +244,7 @@ fn with_cache<R>(f: impl FnOnce(&mut Cache) -> R) -> R {
             arena_pos: FxHashMap::default(),
             senders: FxHashMap::default(),
             stmt: None,
+            any_caps: None,
         }))
     })
 }
@@ -279,6 +286,7 @@ pub fn with_known_plan<R>(
             c.generation = generation;
         }
         if c.plans.find(hash, sender, carrier, channel).is_none() {
+            c.any_caps?;
             let limits = c.senders.get(sender)?.clone();
             if let Err(e) = add_plan(c, hash, &limits, sender, carrier, channel) {
                 return Some(Err(e));
@@ -288,6 +296,7 @@ pub fn with_known_plan<R>(
         let view = PlanView {
             wants: &e.wants,
             partitions: e.partitions,
+            caps: e.caps,
             idx: &e.limits,
             arena: &c.arena,
         };
@@ -296,7 +305,28 @@ pub fn with_known_plan<R>(
     if let Some(r) = cached {
         return r.map(Some);
     }
-    // Slow path: read the sender's limits (SPI, outside the cache).
+    // Slow path: whether caps exist, and the sender's limits (SPI, outside the cache).
+    let any_caps = crate::caps::any_caps().map_err(Box::new)?;
+    if with_cache(|c| c.generation == generation && c.any_caps.is_none()) {
+        with_cache(|c| c.any_caps = Some(any_caps));
+        if let Some(r) = with_cache(|c| {
+            let limits = c.senders.get(sender)?.clone();
+            if let Err(e) = add_plan(c, hash, &limits, sender, carrier, channel) {
+                return Some(Err(e));
+            }
+            let e = c.plans.find(hash, sender, carrier, channel)?;
+            let view = PlanView {
+                wants: &e.wants,
+                partitions: e.partitions,
+                caps: e.caps,
+                idx: &e.limits,
+                arena: &c.arena,
+            };
+            Some(Ok((f.take().expect("f is used once"))(&view)))
+        }) {
+            return r.map(Some);
+        }
+    }
     let Some(loaded) = load(sender)? else {
         return Ok(None);
     };
@@ -306,6 +336,7 @@ pub fn with_known_plan<R>(
         // Cache only what was read under the generation checked above; a reader in a
         // REPEATABLE READ transaction may see an older snapshot, so it does not cache.
         if c.generation == generation && cacheable {
+            c.any_caps.get_or_insert(any_caps);
             c.senders.insert(sender.into(), loaded.clone());
             add_plan(c, hash, &loaded, sender, carrier, channel)?;
             let e = c
@@ -315,6 +346,7 @@ pub fn with_known_plan<R>(
             let view = PlanView {
                 wants: &e.wants,
                 partitions: e.partitions,
+                caps: e.caps,
                 idx: &e.limits,
                 arena: &c.arena,
             };
@@ -329,6 +361,7 @@ pub fn with_known_plan<R>(
         let view = PlanView {
             wants: &wants,
             partitions,
+            caps: any_caps,
             idx: &idx,
             arena: &arena,
         };
@@ -363,6 +396,7 @@ fn add_plan(
         hash,
         key,
         partitions,
+        caps: c.any_caps.unwrap_or(true),
         wants,
         limits: idx.into_iter().collect(),
     });

@@ -133,21 +133,30 @@ fn decide<R>(
     if !shmem::is_loaded() {
         return Err(Box::new(error::not_preloaded()));
     }
-    if caps::any_caps().map_err(Box::new)? {
-        return decide_with_caps(call, headroom, then);
+    let mut then = Some(then);
+    let fast = config::with_plan(call.sender, call.carrier, call.channel, |plan| {
+        if plan.caps {
+            return None; // calendar caps may apply: the lease path below
+        }
+        let then = then.take()?;
+        Some((|| {
+            let outcome = shmem::admit(&plan.wants, plan.partitions, call.cost, call.now, headroom)
+                .map_err(ErrorReport::from)?;
+            let blocker = match outcome {
+                Outcome::Refused { blocker, .. } => {
+                    let l = plan.limit(blocker);
+                    Some((l.id, &*l.label))
+                }
+                Outcome::Admitted { .. } => None,
+            };
+            then(plan.wants.len(), outcome, blocker)
+        })())
+    })?;
+    match (fast, then.take()) {
+        (Some(r), _) => r,
+        (None, Some(then)) => decide_with_caps(call, headroom, then),
+        (None, None) => Err(Box::new(error::internal("admission decided twice"))),
     }
-    config::with_plan(call.sender, call.carrier, call.channel, |plan| {
-        let outcome = shmem::admit(&plan.wants, plan.partitions, call.cost, call.now, headroom)
-            .map_err(ErrorReport::from)?;
-        let blocker = match outcome {
-            Outcome::Refused { blocker, .. } => {
-                let l = plan.limit(blocker);
-                Some((l.id, &*l.label))
-            }
-            Outcome::Admitted { .. } => None,
-        };
-        then(plan.wants.len(), outcome, blocker)
-    })?
 }
 
 /// How long `throttle_admit` waits for the worker to lease capacity of a calendar cap.
