@@ -243,4 +243,57 @@ mod tests {
         let n = one::<i64>("SELECT count(*) FROM throttle.area_code_zone").unwrap_or(0);
         assert!(n > 300, "only {n} area codes");
     }
+
+    #[pg_test]
+    fn cap_windows_follow_daylight_saving() {
+        // Midnight-to-midnight in Los Angeles: 23 hours on the spring-forward day, 25 on the
+        // fall-back day, 24 otherwise.
+        for (day, hours) in [
+            ("2026-03-08 12:00", 23),
+            ("2026-11-01 12:00", 25),
+            ("2026-11-22 12:00", 24),
+        ] {
+            let h = one::<i64>(&format!(
+                "SELECT (extract(epoch FROM window_end - window_start) / 3600)::int8
+                   FROM throttle.cap_window('day', '00:00', 'America/Los_Angeles',
+                                            timestamptz '{day} America/Los_Angeles')"
+            ));
+            assert_eq!(h, Some(hours), "{day}");
+        }
+        // A cap hit at 23:59 Pacific resets at the next midnight Pacific.
+        let end = one::<bool>(
+            "SELECT window_end = timestamptz '2026-11-23 00:00 America/Los_Angeles'
+               FROM throttle.cap_window('day', '00:00', 'America/Los_Angeles',
+                                        timestamptz '2026-11-22 23:59 America/Los_Angeles')",
+        );
+        assert_eq!(end, Some(true));
+    }
+
+    #[pg_test]
+    fn next_local_time_from_the_area_code() {
+        let ok = one::<bool>(
+            "SELECT throttle.next_local_time(z.zones, timestamptz '2026-11-23 00:00 America/Los_Angeles', '08:00')
+                    = timestamptz '2026-11-23 08:00 America/New_York'
+               FROM throttle.area_code_zone z WHERE z.area_code = throttle.area_code('+1 212 555 0100')",
+        );
+        assert_eq!(ok, Some(true));
+        let ok = one::<bool>(
+            "SELECT throttle.next_local_time(z.zones, timestamptz '2026-11-23 00:00 America/Los_Angeles', '08:00')
+                    = timestamptz '2026-11-23 08:00 Pacific/Honolulu'
+               FROM throttle.area_code_zone z WHERE z.area_code = throttle.area_code('808-555-0100')",
+        );
+        assert_eq!(ok, Some(true));
+        assert_eq!(
+            one::<String>("SELECT throttle.area_code('+442071234567')"),
+            None
+        );
+    }
+
+    #[pg_test(error = "calendar caps need the release worker running in this database")]
+    fn caps_without_the_worker_here_are_an_error_not_a_free_pass() {
+        // The test database is not the one the worker serves (throttle.database_name).
+        run("INSERT INTO throttle.sender (sender, brand) VALUES ('tc-line', 'tc-brand')");
+        run("INSERT INTO throttle.cap (scope, scope_id, cap) VALUES ('brand', 'tc-brand', 10)");
+        admitted("tc-line", "tmobile", 0, 1, "sms");
+    }
 }

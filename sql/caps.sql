@@ -90,12 +90,32 @@ BEGIN
                   HINT = 'for example ''{75,90,100}''; ''{}'' for no warnings';
     END IF;
     NEW.warn_at := ARRAY(SELECT DISTINCT p FROM unnest(NEW.warn_at) p ORDER BY p);
+    IF TG_OP = 'UPDATE' AND (NEW.period, NEW.reset_at, NEW.time_zone) IS DISTINCT FROM (OLD.period, OLD.reset_at, OLD.time_zone) THEN
+        RAISE EXCEPTION 'cannot change the calendar (period, reset_at, time_zone) of cap %', OLD.cap_id
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'usage is kept per window: a new calendar would start with none. Create a new cap (and delete this one when its window ends).';
+    END IF;
     RETURN NEW;
 END
 $$;
 
 CREATE TRIGGER cap_check BEFORE INSERT OR UPDATE ON throttle.cap
     FOR EACH ROW EXECUTE FUNCTION throttle.check_cap();
+
+-- Queue caps are counted in shared memory, which holds 1,024.
+CREATE FUNCTION throttle.check_queue_cap() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF (SELECT count(*) FROM throttle.queue_cap) > 1024 THEN
+        RAISE EXCEPTION 'at most 1024 queue caps'
+            USING ERRCODE = 'program_limit_exceeded',
+                  HINT = 'cap a group (campaign, brand, account) instead of each sender';
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER queue_cap_check AFTER INSERT ON throttle.queue_cap
+    FOR EACH STATEMENT EXECUTE FUNCTION throttle.check_queue_cap();
 
 SELECT pg_catalog.pg_extension_config_dump('throttle.cap', '');
 SELECT pg_catalog.pg_extension_config_dump('throttle.cap_cap_id_seq', '');

@@ -406,11 +406,17 @@ fn area_code(recipient: &str) -> Option<String> {
 /// or later (the latest over the zones): "08:00 in the recipient's zone".
 #[pg_extern(immutable, strict, parallel_safe)]
 fn next_local_time(
-    zones: Vec<String>,
+    zones: Vec<Option<String>>,
     after: TimestampWithTimeZone,
     at: Time,
 ) -> Result<Option<TimestampWithTimeZone>> {
-    let tzs: Vec<Tz> = zones.iter().map(|z| zone(z)).collect::<Result<_>>()?;
+    let tzs: Vec<Tz> = zones
+        .iter()
+        .map(|z| match z {
+            Some(z) => zone(z),
+            None => Err(error::null_value("a zone")),
+        })
+        .collect::<Result<_>>()?;
     let (h, m, s) = (at.hour() as u32, at.minute() as u32, at.second() as u32);
     let t = NaiveTime::from_hms_opt(h, m, s.min(59)).unwrap_or(NaiveTime::MIN);
     let after = finite(after)?;

@@ -139,70 +139,83 @@ fn plan_hash(sender: &[u8], carrier: &[u8], channel: &[u8]) -> u64 {
     // Fx leaves the low bits weak: mix before they pick a slot.
     let z = h.finish();
     let z = (z ^ (z >> 32)).wrapping_mul(0xD6E8_FEB8_6659_FD93);
-    z ^ (z >> 32)
+    // Never 0: a zero hash marks an empty slot.
+    (z ^ (z >> 32)) | 1 << 63
 }
 
-/// The plans, densely, behind an open-addressing index (linear probing, at most half
-/// full) of 8-byte slots: the upper half of the plan's hash and its position. The index
-/// stays small enough to live in cache, so a hit costs one miss, on the plan itself.
+/// The plans, inline in an open-addressing table (linear probing, at most half full; a
+/// zero hash marks an empty slot). A hit costs one probe into one entry: once a query's scan
+/// has flushed the caches, each dependent miss is what an admission costs, and a separate
+/// index in front of the entries was one more.
 struct PlanTable {
-    index: Vec<u64>,
-    entries: Vec<PlanEntry>,
+    slots: Vec<PlanEntry>,
+    len: usize,
+}
+
+impl PlanEntry {
+    fn empty() -> PlanEntry {
+        PlanEntry {
+            hash: 0,
+            key: PlanKey::new(),
+            partitions: 0,
+            caps: false,
+            wants: SmallVec::new(),
+            limits: SmallVec::new(),
+        }
+    }
 }
 
 impl PlanTable {
     fn len(&self) -> usize {
-        self.entries.len()
+        self.len
     }
 
     fn clear(&mut self) {
-        self.index = Vec::new();
-        self.entries = Vec::new();
+        self.slots = Vec::new();
+        self.len = 0;
     }
 
     #[inline]
     fn find(&self, hash: u64, sender: &[u8], carrier: &[u8], channel: &[u8]) -> Option<&PlanEntry> {
-        if self.index.is_empty() {
+        if self.slots.is_empty() {
             return None;
         }
-        let mask = self.index.len() - 1;
-        let tag = hash >> 32;
+        let mask = self.slots.len() - 1;
         let mut i = hash as usize & mask;
         loop {
-            let v = self.index[i];
-            if v == 0 {
-                return None;
+            let e = &self.slots[i];
+            if e.hash == hash && e.is(sender, carrier, channel) {
+                return Some(e);
             }
-            if v >> 32 == tag {
-                let e = &self.entries[(v as u32 - 1) as usize];
-                if e.hash == hash && e.is(sender, carrier, channel) {
-                    return Some(e);
-                }
+            if e.hash == 0 {
+                return None;
             }
             i = (i + 1) & mask;
         }
     }
 
     fn insert(&mut self, e: PlanEntry) {
-        if (self.entries.len() + 1) * 2 > self.index.len() {
-            let cap = (self.index.len() * 2).max(64);
-            self.index = vec![0; cap];
-            for pos in 0..self.entries.len() {
-                self.place(self.entries[pos].hash, pos);
+        if (self.len + 1) * 2 > self.slots.len() {
+            let cap = (self.slots.len() * 2).max(64);
+            let old = std::mem::replace(
+                &mut self.slots,
+                (0..cap).map(|_| PlanEntry::empty()).collect(),
+            );
+            for e in old.into_iter().filter(|e| e.hash != 0) {
+                self.place(e);
             }
         }
-        self.entries.push(e);
-        let pos = self.entries.len() - 1;
-        self.place(self.entries[pos].hash, pos);
+        self.place(e);
+        self.len += 1;
     }
 
-    fn place(&mut self, hash: u64, pos: usize) {
-        let mask = self.index.len() - 1;
-        let mut i = hash as usize & mask;
-        while self.index[i] != 0 {
+    fn place(&mut self, e: PlanEntry) {
+        let mask = self.slots.len() - 1;
+        let mut i = e.hash as usize & mask;
+        while self.slots[i].hash != 0 {
             i = (i + 1) & mask;
         }
-        self.index[i] = (hash >> 32) << 32 | (pos as u64 + 1);
+        self.slots[i] = e;
     }
 }
 
@@ -237,8 +250,8 @@ fn with_cache<R>(f: impl FnOnce(&mut Cache) -> R) -> R {
         f(c.get_or_insert_with(|| Cache {
             generation: 0,
             plans: PlanTable {
-                index: Vec::new(),
-                entries: Vec::new(),
+                slots: Vec::new(),
+                len: 0,
             },
             arena: Vec::new(),
             arena_pos: FxHashMap::default(),
@@ -266,6 +279,33 @@ pub fn with_plan<R>(
             format!("unknown sender \"{}\"", String::from_utf8_lossy(sender)),
             "register it first: INSERT INTO throttle.sender (sender, ...) VALUES (...)",
         ))
+    })
+}
+
+/// Run `f` on the plan if it is cached for the current generation; `None` otherwise (the
+/// caller then takes [`with_plan`]). No SPI, no error: the admission fast path.
+#[inline]
+pub fn with_cached_plan<R>(
+    sender: &[u8],
+    carrier: &[u8],
+    channel: &[u8],
+    f: impl FnOnce(&PlanView) -> R,
+) -> Option<R> {
+    let hash = plan_hash(sender, carrier, channel);
+    let generation = shmem::config_generation();
+    with_cache(|c| {
+        if c.generation != generation {
+            return None;
+        }
+        let e = c.plans.find(hash, sender, carrier, channel)?;
+        let view = PlanView {
+            wants: &e.wants,
+            partitions: e.partitions,
+            caps: e.caps,
+            idx: &e.limits,
+            arena: &c.arena,
+        };
+        Some(f(&view))
     })
 }
 

@@ -497,6 +497,9 @@ fn admit_one(
     now: Micros,
     headroom: bool,
 ) -> Result<Outcome, ShmemError> {
+    // Start loading the bucket's home slot before the lock: the lock's atomic operation
+    // would otherwise hold the load back until it completes.
+    prefetch(s, std::slice::from_ref(w));
     let _lock = Locked::acquire(s, 1 << w.partition);
     let mut t = unsafe { table(s, w.partition as usize) };
     let idx = ensure(s, &mut t, w, now, |_| false)?;
@@ -780,81 +783,85 @@ pub enum LeaseAnswer {
     Asked,
 }
 
-/// Debit `cost` from the lease of every cap in `wants`, all or none.
+/// The lease entry of (`db`, `cap_id`, `window_start`), made if missing: a free entry, else
+/// one holding nothing (a window that is over, or spent), else the one holding least (its
+/// unspent lease is wasted, never spent twice).
+fn lease_slot(c: &mut CapsShared, db: u32, w: &CapWant) -> usize {
+    if let Some(k) = c
+        .leases
+        .iter()
+        .position(|l| l.db == db && l.cap_id == w.cap_id && l.window_start == w.window_start)
+    {
+        return k;
+    }
+    let k = c
+        .leases
+        .iter()
+        .position(|l| l.cap_id == 0)
+        .or_else(|| {
+            c.leases
+                .iter()
+                .position(|l| l.want == 0 && (l.window_end <= w.at || l.left == 0))
+        })
+        .unwrap_or_else(|| {
+            (0..MAX_LEASES)
+                .min_by_key(|&k| (c.leases[k].want > 0, c.leases[k].left))
+                .unwrap_or(0)
+        });
+    c.leases[k] = Lease {
+        db,
+        cap_id: w.cap_id,
+        window_start: w.window_start,
+        window_end: w.window_end,
+        left: 0,
+        want: 0,
+        want_at: w.at,
+        full: false,
+    };
+    k
+}
+
+/// Most calendar caps one admission may need.
+pub const MAX_CAP_WANTS: usize = 16;
+
+/// Debit `cost` from the lease of every cap in `wants` (each in the window of the admission's
+/// time, and only that window), all or none.
 pub fn lease_take(db: u32, wants: &[CapWant], cost: i64) -> Result<LeaseAnswer, ShmemError> {
+    if wants.len() > MAX_CAP_WANTS {
+        return Err(ShmemError::Full);
+    }
     let r = with_caps(|c| {
-        let mut found = [usize::MAX; 16];
+        let mut found = [usize::MAX; MAX_CAP_WANTS];
         let mut asked = false;
         for (i, w) in wants.iter().enumerate() {
-            let slot = c
-                .leases
-                .iter()
-                .position(|l| l.db == db && l.cap_id == w.cap_id);
-            let slot = match slot {
-                Some(k) => k,
-                None => {
-                    // A free entry, or one whose window is over.
-                    let Some(k) = c
-                        .leases
-                        .iter()
-                        .position(|l| l.cap_id == 0 || (l.want == 0 && l.window_end <= w.at))
-                    else {
-                        return Err(ShmemError::Full);
-                    };
-                    c.leases[k] = Lease {
-                        db,
-                        cap_id: w.cap_id,
-                        window_start: w.window_start,
-                        window_end: w.window_end,
-                        left: 0,
-                        want: 0,
-                        want_at: w.at,
-                        full: false,
-                    };
-                    k
-                }
-            };
-            let l = &mut c.leases[slot];
-            if l.window_start < w.window_start {
-                // A new window: what was left of the old one is gone (never spent twice).
-                *l = Lease {
-                    window_start: w.window_start,
-                    window_end: w.window_end,
-                    left: 0,
-                    full: false,
-                    ..*l
-                };
-            }
-            // (A time in an older window is judged in the newer one: capacity of a window
-            // that is over is never used.)
+            let k = lease_slot(c, db, w);
+            found[i] = k;
+            let l = &mut c.leases[k];
             if l.left >= cost {
-                if i < found.len() {
-                    found[i] = slot;
-                }
                 continue;
             }
             if l.full {
-                return Ok(LeaseAnswer::Full {
+                return LeaseAnswer::Full {
                     i,
                     until: l.window_end,
-                });
+                };
             }
             l.want = l.want.max(w.chunk);
-            l.want_at = w.at.max(l.window_start);
+            l.want_at = w.at;
             asked = true;
         }
-        if asked || wants.len() > found.len() {
-            return Ok(LeaseAnswer::Asked);
+        if asked {
+            return LeaseAnswer::Asked;
         }
         for &k in &found[..wants.len()] {
             c.leases[k].left -= cost;
         }
-        Ok(LeaseAnswer::Taken)
+        LeaseAnswer::Taken
     })?;
-    if r == Ok(LeaseAnswer::Asked) {
+    if r == LeaseAnswer::Asked {
         wake_worker();
     }
-    r
+    Ok(r)
 }
 
 /// Give back `cost` taken by [`lease_take`] (the rate limits then refused the admission).
@@ -871,37 +878,31 @@ pub fn lease_refund(db: u32, wants: &[CapWant], cost: i64) {
         });
 }
 
-/// For the worker: every lease asked for in database `db` (cap, how much, for when).
-pub fn lease_requests(db: u32) -> Vec<(i64, i64, Micros)> {
+/// For the worker: every lease asked for in database `db` (cap, window start, how much, a
+/// time in that window).
+pub fn lease_requests(db: u32) -> Vec<(i64, Micros, i64, Micros)> {
     with_caps(|c| {
         c.leases
             .iter()
             .filter(|l| l.db == db && l.cap_id != 0 && l.want > 0)
-            .map(|l| (l.cap_id, l.want, l.want_at))
+            .map(|l| (l.cap_id, l.window_start, l.want, l.want_at))
             .collect()
     })
     .unwrap_or_default()
 }
 
 /// For the worker, after the transaction that counted it in `throttle.cap_usage` committed:
-/// `n` more for the window `[start, end)` of `cap_id`; `full` when the table has no more.
-pub fn lease_grant(db: u32, cap_id: i64, start: Micros, end: Micros, n: i64, full: bool) {
+/// `n` more for the window of `cap_id` that starts at `start`; `full` when the table has no
+/// more for it.
+pub fn lease_grant(db: u32, cap_id: i64, start: Micros, n: i64, full: bool) {
     let _ = with_caps(|c| {
         if let Some(l) = c
             .leases
             .iter_mut()
-            .find(|l| l.db == db && l.cap_id == cap_id)
+            .find(|l| l.db == db && l.cap_id == cap_id && l.window_start == start)
         {
-            if l.window_start < start {
-                l.window_start = start;
-                l.window_end = end;
-                l.left = 0;
-                l.full = false;
-            }
-            if l.window_start == start {
-                l.left += n;
-                l.full = full;
-            }
+            l.left += n;
+            l.full = full;
             l.want = 0;
         }
     });

@@ -65,8 +65,10 @@ const SQL_MOVE: &str = "
                                              payload, not_before, expires_at, enqueued_at, released_at)
                  SELECT id, sender, carrier, channel, recipient, cost, priority,
                         payload, not_before, expires_at, enqueued_at, $2 FROM moved
-                 RETURNING greatest(enqueued_at, not_before) AS due)
-    SELECT count(*)::int8, (extract(epoch FROM $2 - min(due)) * 1000000::numeric)::int8 FROM ins";
+                 RETURNING sender, carrier, channel, greatest(enqueued_at, not_before) AS due)
+    SELECT sender, carrier, channel, count(*)::int8,
+           (extract(epoch FROM $2 - min(due)) * 1000000::numeric)::int8
+      FROM ins GROUP BY 1, 2, 3";
 const SQL_DEAD: &str = "
     WITH gone AS (DELETE FROM throttle.pending p
                    USING unnest($1::int8[], $2::text[], $4::text[]) AS d(id, reason, code)
@@ -74,8 +76,9 @@ const SQL_DEAD: &str = "
          ins AS (INSERT INTO throttle.dead (id, sender, carrier, channel, recipient, cost, priority, payload,
                                             not_before, expires_at, enqueued_at, died_at, reason, error_code)
                  SELECT id, sender, carrier, channel, recipient, cost, priority, payload,
-                        not_before, expires_at, enqueued_at, $3, reason, code FROM gone RETURNING 1)
-    SELECT count(*)::int8 FROM ins";
+                        not_before, expires_at, enqueued_at, $3, reason, code FROM gone
+                 RETURNING sender, carrier, channel)
+    SELECT sender, carrier, channel, count(*)::int8 FROM ins GROUP BY 1, 2, 3";
 const SQL_EXPIRE: &str = "
     WITH gone AS (DELETE FROM throttle.pending WHERE expires_at <= $1 RETURNING *),
          ins AS (INSERT INTO throttle.dead (id, sender, carrier, channel, recipient, cost, priority, payload,
@@ -243,10 +246,40 @@ type Ledgers = FxHashMap<(i64, Micros), TickLedger>;
 /// What the worker does once a tick's transaction has committed.
 #[derive(Default)]
 struct AfterCommit {
-    /// Leases counted in the table: (cap, window start, window end, how much, table full).
-    grants: Vec<(i64, Micros, Micros, i64, bool)>,
+    /// Leases counted in the table: (cap, window start, how much, table full).
+    grants: Vec<(i64, Micros, i64, bool)>,
     /// Messages that left pending, per queue cap.
     left_queue: Vec<(i64, i64)>,
+}
+
+/// Hold every due message of a queue over `def` until `def.local_time` in its recipient's
+/// zone, at or after the reset `until` (one statement).
+fn defer_local(
+    c: &mut SpiClient<'_>,
+    st: &Stmts,
+    key: &QueueKey,
+    def: &CapDef,
+    until: Micros,
+    now: Micros,
+) -> pgrx::spi::Result<()> {
+    let at = def.local_time;
+    let local = pgrx::datum::Time::new(
+        chrono::Timelike::hour(&at) as u8,
+        chrono::Timelike::minute(&at) as u8,
+        chrono::Timelike::second(&at) as f64,
+    )
+    .unwrap_or(pgrx::datum::Time::ALLBALLS);
+    let args: [DatumWithOid; 7] = [
+        key.sender.clone().into(),
+        key.carrier.clone().into(),
+        key.channel.clone().into(),
+        ts(now).into(),
+        def.time_zone.name().into(),
+        ts(until).into(),
+        local.into(),
+    ];
+    c.update(&st.defer_local, None, &args)?;
+    Ok(())
 }
 
 /// Read (once per tick) the usage of `def`'s window that contains `at`.
@@ -347,8 +380,8 @@ impl Worker {
         }));
         // Committed (an error ends the process): hand out what the table now counts.
         let after = std::mem::take(&mut self.after);
-        for (id, start, end, n, full) in after.grants {
-            shmem::lease_grant(self.db, id, start, end, n, full);
+        for (id, start, n, full) in after.grants {
+            shmem::lease_grant(self.db, id, start, n, full);
         }
         for (id, n) in after.left_queue {
             shmem::queue_unreserve(self.db, id, n);
@@ -394,31 +427,34 @@ impl Worker {
             self.generation = generation;
             self.sched.unpark_all(now);
         }
-        let any_caps = caps::any_caps().unwrap_or(false);
-        let any_queue_caps = caps::any_queue_caps().unwrap_or(false);
+        // Fail closed: if the caps cannot be read, release nothing this tick.
+        let (any_caps, any_queue_caps) = match (caps::any_caps(), caps::any_queue_caps()) {
+            (Ok(a), Ok(q)) => (a, q),
+            (Err(e), _) | (_, Err(e)) => {
+                pgrx::warning!("pg_throttle: caps cannot be read: {}", e.message());
+                return Ok(Some(Duration::from_secs(1)));
+            }
+        };
         let mut ledgers: Ledgers = FxHashMap::default();
         let mut soon: Option<Micros> = None;
 
         // 0. Leases asked for by throttle_admit, and queue caps to count.
-        for (id, want, at) in shmem::lease_requests(self.db) {
+        for (id, start, want, at) in shmem::lease_requests(self.db) {
             match caps::cap(id).ok().flatten() {
                 Some(def) => {
-                    let tl = load_ledger(c, st, &mut ledgers, &def, at.max(now))?;
-                    let n = tl
-                        .ledger
-                        .lease(&def.cal, &def.rule, want.max(0) as u64, at.max(now));
+                    let tl = load_ledger(c, st, &mut ledgers, &def, at)?;
+                    if tl.ledger.window_start != start || tl.ledger.window_end <= now {
+                        // That window is over (or the cap's calendar changed): nothing more.
+                        self.after.grants.push((id, start, 0, true));
+                        continue;
+                    }
+                    let n = tl.ledger.lease(&def.cal, &def.rule, want.max(0) as u64, at);
                     tl.leased += n;
                     let full = tl.ledger.left(&def.rule) == 0;
-                    self.after.grants.push((
-                        id,
-                        tl.ledger.window_start,
-                        tl.ledger.window_end,
-                        n as i64,
-                        full,
-                    ));
+                    self.after.grants.push((id, start, n as i64, full));
                 }
                 // Gone: the asking backend reads the configuration again.
-                None => self.after.grants.push((id, i64::MIN, i64::MIN, 0, false)),
+                None => self.after.grants.push((id, start, 0, false)),
             }
         }
         if self.queue_counted != generation {
@@ -562,23 +598,7 @@ impl Worker {
                                 continue 'queues;
                             }
                             Action::DeferLocal => {
-                                let at = def.local_time;
-                                let local = pgrx::datum::Time::new(
-                                    chrono::Timelike::hour(&at) as u8,
-                                    chrono::Timelike::minute(&at) as u8,
-                                    chrono::Timelike::second(&at) as f64,
-                                )
-                                .unwrap_or(pgrx::datum::Time::ALLBALLS);
-                                let args: [DatumWithOid; 7] = [
-                                    key.sender.clone().into(),
-                                    key.carrier.clone().into(),
-                                    key.channel.clone().into(),
-                                    ts(now).into(),
-                                    def.time_zone.name().into(),
-                                    ts(until).into(),
-                                    local.into(),
-                                ];
-                                c.update(&st.defer_local, None, &args)?;
+                                defer_local(c, st, &key, def, until, now)?;
                                 deferred.push(q);
                                 continue 'queues;
                             }
@@ -646,6 +666,8 @@ impl Worker {
         // 5. Admit in priority, round-robin order, through the calendar caps and the shared
         //    buckets.
         let order = schedule::interleave(&batches);
+        // Queues that filled a defer_local cap during this release: (batch, cap, reset).
+        let mut local_hits: Vec<(usize, Rc<CapDef>, Micros)> = Vec::new();
         let released = schedule::release(&batches, &order, |b, row| {
             let t = &taken[b];
             if let Some(id) = t.refuse {
@@ -658,10 +680,15 @@ impl Worker {
                 match tl.ledger.check(&def.cal, &def.rule, row.cost, now) {
                     Ok(()) => {}
                     Err(CapFull::Until { until }) if def.action != Action::Refuse => {
+                        if def.action == Action::DeferLocal
+                            && local_hits.last().is_none_or(|h| h.0 != b)
+                        {
+                            local_hits.push((b, def.clone(), until));
+                        }
                         return Verdict::Blocked {
                             limit: -def.id,
                             until,
-                        }
+                        };
                     }
                     Err(_) => return Verdict::Never { limit: -def.id },
                 }
@@ -703,21 +730,28 @@ impl Worker {
         // 6. Move what was admitted; dead-letter what never can be. One statement each.
         let mut moved = 0u64;
         let mut lag = 0i64;
-        let mut gone_per_batch: Vec<i64> = vec![0; taken.len()];
+        // Messages that left, per queue (as the statements report them: a row deleted
+        // meanwhile by someone else is not counted twice).
+        let mut gone: Vec<(String, String, String, i64)> = Vec::new();
         if !released.admitted.is_empty() {
             let ids: Vec<i64> = released
                 .admitted
                 .iter()
-                .map(|&(b, r)| {
-                    gone_per_batch[b] += 1;
-                    batches[b][r].id
-                })
+                .map(|&(b, r)| batches[b][r].id)
                 .collect();
-            let row = c
-                .update(&st.mv, None, &[ids.into(), ts(now).into()])?
-                .first();
-            moved = row.get::<i64>(1)?.unwrap_or(0) as u64;
-            lag = row.get::<i64>(2)?.unwrap_or(0);
+            for row in c.update(&st.mv, None, &[ids.into(), ts(now).into()])? {
+                let n: i64 = row.get(4)?.unwrap_or(0);
+                moved += n.max(0) as u64;
+                lag = lag.max(row.get::<i64>(5)?.unwrap_or(0));
+                if any_queue_caps {
+                    gone.push((
+                        row.get(1)?.unwrap_or_default(),
+                        row.get(2)?.unwrap_or_default(),
+                        row.get(3)?.unwrap_or_default(),
+                        n,
+                    ));
+                }
+            }
             if moved > 0 {
                 c.update(
                     "SELECT pg_notify('throttle_ready', $1)",
@@ -732,7 +766,6 @@ impl Worker {
             let mut codes: Vec<Option<String>> = Vec::new();
             for &(b, r, l) in &released.never {
                 let row = &batches[b][r];
-                gone_per_batch[b] += 1;
                 ids.push(row.id);
                 let cap = (l < 0)
                     .then(|| taken[b].caps.iter().find(|(d, _)| d.id == -l))
@@ -755,33 +788,44 @@ impl Worker {
                     }
                 }
             }
-            let n: Option<i64> = c
-                .update(
-                    &st.dead,
-                    None,
-                    &[ids.into(), reasons.into(), ts(now).into(), codes.into()],
-                )?
-                .first()
-                .get(1)?;
-            dead += n.unwrap_or(0) as u64;
-        }
-        if any_queue_caps {
-            for (b, t) in taken.iter().enumerate() {
-                if gone_per_batch[b] > 0 {
-                    let k = self.sched.key(t.q).clone();
-                    self.left_queue(&k.sender, &k.carrier, &k.channel, gone_per_batch[b]);
+            for row in c.update(
+                &st.dead,
+                None,
+                &[ids.into(), reasons.into(), ts(now).into(), codes.into()],
+            )? {
+                let n: i64 = row.get(4)?.unwrap_or(0);
+                dead += n.max(0) as u64;
+                if any_queue_caps {
+                    gone.push((
+                        row.get(1)?.unwrap_or_default(),
+                        row.get(2)?.unwrap_or_default(),
+                        row.get(3)?.unwrap_or_default(),
+                        n,
+                    ));
                 }
             }
+        }
+        for (s, ca, ch, n) in gone {
+            self.left_queue(&s, &ca, &ch, n);
         }
 
         // 6b. Count what the caps gave, in this same transaction, and announce thresholds.
         self.write_usage(c, st, &ledgers, now)?;
+        // 6c. What a defer_local cap stopped waits for the local time, from now on.
+        let mut local_batches: Vec<usize> = Vec::new();
+        for (b, def, until) in &local_hits {
+            let key = self.sched.key(taken[*b].q).clone();
+            defer_local(c, st, &key, def, *until, now)?;
+            local_batches.push(*b);
+        }
 
         // 7. Reschedule every queue taken: blocked ones wait on their limit; those that gave
         //    fewer rows than asked are drained or deferred (asked in one statement).
         let mut short: Vec<schedule::QueueId> = deferred;
         for (b, t) in taken.iter().enumerate() {
-            if let Some((limit, until)) = released.blocked[b] {
+            if local_batches.contains(&b) {
+                short.push(t.q);
+            } else if let Some((limit, until)) = released.blocked[b] {
                 self.sched.done(t.q, Done::Blocked { limit, until });
             } else if (batches[b].len() as u64) < t.n {
                 short.push(t.q);
@@ -907,13 +951,18 @@ impl Worker {
         let Some(relid) = relid else {
             return Ok(false);
         };
+        // Never wait for the lock: an enqueuing transaction left open would hold the worker,
+        // and behind the worker's request every new enqueue. Until the count succeeds (it is
+        // tried every few milliseconds), enqueues use the counts they had.
         let share = pg_sys::ShareLock as pg_sys::LOCKMODE;
         if !unsafe { pg_sys::ConditionalLockRelationOid(relid, share) } {
             self.recount_tries += 1;
-            if self.recount_tries < 50 {
-                return Ok(false);
+            if self.recount_tries % 500 == 0 {
+                pgrx::log!(
+                    "pg_throttle: queue caps not counted yet: throttle.pending is never free of enqueuing transactions"
+                );
             }
-            unsafe { pg_sys::LockRelationOid(relid, share) };
+            return Ok(false);
         }
         self.recount_tries = 0;
         let Ok(all) = caps::all_queue_caps() else {
@@ -927,6 +976,9 @@ impl Worker {
                 waiting: 0,
             })
             .collect();
+        // Count under a snapshot taken now that the lock is held (the transaction's own is
+        // older: enqueues that committed while the worker waited would be missed).
+        unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot()) };
         let rows = c.select(
             "SELECT p.sender, p.carrier, p.channel, s.campaign, s.brand, s.account, s.sender_type,
                     count(*)::int8
@@ -934,8 +986,9 @@ impl Worker {
               GROUP BY 1, 2, 3, 4, 5, 6, 7",
             None,
             &[],
-        )?;
-        for row in rows {
+        );
+        unsafe { pg_sys::PopActiveSnapshot() };
+        for row in rows? {
             let g = caps::Groups {
                 sender: row.get::<String>(1)?.unwrap_or_default().into(),
                 campaign: row.get::<String>(4)?.map(Into::into),

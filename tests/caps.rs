@@ -110,22 +110,23 @@ fn over_the_cap_to_212_goes_at_eight_in_new_york_and_to_808_at_eight_in_honolulu
     c.batch_execute(
         "INSERT INTO throttle.sender (sender, brand) VALUES ('cl-1', 'tmo-brand');
          INSERT INTO throttle.cap (scope, scope_id, carrier, cap, period, time_zone, at_cap, local_time)
-         VALUES ('brand', 'tmo-brand', 'tmobile', 2, 'day', 'America/Los_Angeles', 'defer_local', '08:00');
-         SELECT throttle.enqueue('cl-1', 'tmobile', '+13105550100') FROM generate_series(1, 2);",
+         VALUES ('brand', 'tmo-brand', 'tmobile', 3, 'day', 'America/Los_Angeles', 'defer_local', '08:00');",
     )
     .expect("configure");
+    // Two segments each, in one statement: the first fits the cap of 3, the second finds it
+    // full in the middle of the worker's batch, and the rest of the queue waits with it.
+    c.batch_execute(
+        "SELECT throttle.enqueue('cl-1', 'tmobile', r, cost => 2)
+           FROM unnest(ARRAY['+13105550100', '+1 (212) 555-0100', '+18085550100', '+442071234567']) r;",
+    )
+    .expect("enqueue");
     let n = wait_for(
         &mut c,
         "SELECT count(*) FROM throttle.ready",
         Duration::from_secs(3),
-        |n| n == 2,
+        |n| n == 1,
     );
-    assert_eq!(n, 2);
-    c.batch_execute(
-        "SELECT throttle.enqueue('cl-1', 'tmobile', r)
-           FROM unnest(ARRAY['+1 (212) 555-0100', '+18085550100', '+442071234567']) r;",
-    )
-    .expect("enqueue");
+    assert_eq!(n, 1);
     let n = wait_for(
         &mut c,
         "SELECT count(*) FROM throttle.pending WHERE not_before IS NOT NULL",
@@ -159,7 +160,8 @@ fn over_the_cap_to_212_goes_at_eight_in_new_york_and_to_808_at_eight_in_honolulu
     }
     // Nothing else goes before then.
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(count(&mut c, "SELECT count(*) FROM throttle.ready"), 2);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM throttle.ready"), 1);
+    assert_eq!(count(&mut c, "SELECT used FROM throttle.cap_state"), 2);
 }
 
 /// Refuse dead-letters with the cap's error code; exempt campaigns pass; thresholds are
@@ -486,6 +488,33 @@ fn throttle_admit_honours_calendar_caps_through_leases() {
         (r.get(0), r.get(1))
     };
     assert_eq!(used + leased, 700, "leases are counted in the table");
+    let (unspent, leased_now): (i64, i64) = {
+        let r = c
+            .query_one("SELECT leased_unspent, leased FROM throttle.cap_state", &[])
+            .expect("state");
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((unspent, leased_now), (0, 700), "every lease was spent");
+    // A time in the next window is judged there, and does not open this one.
+    c.batch_execute("SET throttle.max_future = '2h'")
+        .expect("set");
+    let next: bool = c
+        .query_one(
+            "SELECT admitted FROM throttle.throttle_admit('ca-1', 'att',
+                 (SELECT window_end FROM throttle.cap_state) + interval '1 minute')",
+            &[],
+        )
+        .expect("next window")
+        .get(0);
+    assert!(next, "the next window has room");
+    let now_ok: bool = c
+        .query_one(
+            "SELECT admitted FROM throttle.throttle_admit('ca-1', 'att')",
+            &[],
+        )
+        .expect("this window")
+        .get(0);
+    assert!(!now_ok, "this window is still full");
     // A cost more than the whole window allows is never admitted.
     let never: Option<String> = c
         .query_one(

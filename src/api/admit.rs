@@ -196,7 +196,16 @@ fn decide_with_caps<R>(
             }
         };
         let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
-        if !shmem::worker_serves(db) || shmem::worker_pid() == 0 {
+        if defs.len() > shmem::MAX_CAP_WANTS {
+            return Err(Box::new(error::too_many(
+                format!(
+                    "more than {} calendar caps apply to sender \"{sender}\"",
+                    shmem::MAX_CAP_WANTS
+                ),
+                "merge or remove caps in throttle.cap",
+            )));
+        }
+        if !gucs::worker_enabled() || !shmem::worker_serves(db) || shmem::worker_pid() == 0 {
             return Err(Box::new(error::no_worker(
                 "calendar caps need the release worker running in this database",
             )));
@@ -212,15 +221,18 @@ fn decide_with_caps<R>(
             };
             return then(limits(n), refused, Some((-d.id, &d.label)));
         }
+        // A cap counts in the window of the admission's time, but never in a window before
+        // the transaction's: an old timestamp cannot spend a window that is over.
+        let at = call.now.max(backend::transaction_start());
         let wants: Vec<shmem::CapWant> = defs
             .iter()
             .map(|d| {
-                let l = Ledger::new(&d.cal, call.now);
+                let l = Ledger::new(&d.cal, at);
                 shmem::CapWant {
                     cap_id: d.id,
                     window_start: l.window_start,
                     window_end: l.window_end,
-                    at: call.now,
+                    at,
                     chunk: lease_chunk(&d.rule, call.cost) as i64,
                 }
             })
@@ -293,6 +305,63 @@ pub extern "C" fn pg_finfo_pg_throttle_try_admit() -> &'static pg_sys::Pg_finfo_
     &V1
 }
 
+/// A plain (not compressed, not out-of-line) text argument's bytes, or None.
+#[inline(always)]
+unsafe fn plain_text<'a>(a: &pg_sys::NullableDatum) -> Option<&'a [u8]> {
+    if a.isnull {
+        return None;
+    }
+    unsafe {
+        let p = a.value.cast_mut_ptr::<pg_sys::varlena>();
+        if pgrx::varlena::varatt_is_1b_e(p) || pgrx::varlena::varatt_is_4b_c(p) {
+            return None;
+        }
+        let b = pgrx::varlena::varlena_to_byte_slice(p);
+        (!b.is_empty()).then_some(b)
+    }
+}
+
+/// `try_admit`'s common case as one function with a scalar answer (a `Result` travelling
+/// back through memory cost more than the admission's arithmetic): 0 refused, 1 admitted,
+/// 2 take the general path, which handles everything else (NULLs, bad values, detoasting,
+/// a plan not cached yet, calendar caps, shared-memory errors) with its proper error.
+#[inline(never)]
+unsafe fn try_admit_fast(fcinfo: pg_sys::FunctionCallInfo) -> u8 {
+    unsafe {
+        if (*fcinfo).nargs != 5 {
+            return 2;
+        }
+        let args = (*fcinfo).args.as_slice(5);
+        let (Some(sender), Some(carrier), Some(channel)) = (
+            plain_text(&args[0]),
+            plain_text(&args[1]),
+            plain_text(&args[4]),
+        ) else {
+            return 2;
+        };
+        if args[2].isnull || args[3].isnull {
+            return 2;
+        }
+        let (Ok(now), Ok(cost)) = (
+            checked_ts(args[2].value.value() as i64),
+            checked_cost(args[3].value.value() as i32),
+        ) else {
+            return 2;
+        };
+        config::with_cached_plan(sender, carrier, channel, |plan| {
+            if plan.caps {
+                return 2;
+            }
+            match shmem::admit(&plan.wants, plan.partitions, cost, now, false) {
+                Ok(Outcome::Admitted { .. }) => 1,
+                Ok(Outcome::Refused { .. }) => 0,
+                Err(_) => 2,
+            }
+        })
+        .unwrap_or(2)
+    }
+}
+
 /// `throttle.try_admit(sender, carrier, ts, cost, channel) → boolean`: true when admitted
 /// (and every applicable limit debited), false when throttled.
 #[pg_guard]
@@ -300,6 +369,11 @@ pub extern "C" fn pg_finfo_pg_throttle_try_admit() -> &'static pg_sys::Pg_finfo_
 pub unsafe extern "C-unwind" fn pg_throttle_try_admit(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
+    match unsafe { try_admit_fast(fcinfo) } {
+        0 => return pg_sys::Datum::from(false),
+        1 => return pg_sys::Datum::from(true),
+        _ => {}
+    }
     let r: Result<bool> = unsafe { read_call(fcinfo) }.and_then(|call| {
         decide(&call, false, |_, o, _| {
             Ok(matches!(o, Outcome::Admitted { .. }))

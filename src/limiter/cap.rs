@@ -130,10 +130,12 @@ impl Ledger {
 }
 
 /// How much `throttle_admit` leases at a time: a hundredth of what the window allows (at
-/// least the cost asked for, at most 10,000), so a busy cap costs one table write per
-/// hundred admissions while a crash wastes at most a hundredth of a window.
+/// least 10, or all of a smaller window; at most 10,000; at least the cost asked for), so a
+/// busy cap costs one table write per hundred admissions while a crash wastes at most a
+/// hundredth of a window (or 10).
 pub fn lease_chunk(rule: &CapRule, cost: u64) -> u64 {
-    (rule.allowed() / 100).clamp(1, 10_000).max(cost)
+    let allowed = rule.allowed();
+    (allowed / 100).clamp(allowed.min(10), 10_000).max(cost)
 }
 
 #[cfg(test)]
@@ -211,7 +213,8 @@ mod tests {
         let r = rule(100, 0);
         let t = pg("2026-11-22T12:00:00Z");
         let mut l = Ledger::new(&cal, t);
-        assert_eq!(lease_chunk(&r, 1), 1);
+        assert_eq!(lease_chunk(&r, 1), 10);
+        assert_eq!(lease_chunk(&rule(4, 0), 1), 4);
         assert_eq!(lease_chunk(&rule(200_000, 0), 1), 2000);
         assert_eq!(lease_chunk(&rule(200_000, 0), 5000), 5000);
         assert_eq!(l.lease(&cal, &r, 60, t), 60);
