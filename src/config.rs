@@ -230,6 +230,8 @@ struct Cache {
     stmt: Option<OwnedPreparedStatement>,
     /// Whether any calendar cap exists in this generation (None: not asked yet).
     any_caps: Option<bool>,
+    /// Per plan hash, where its first bucket was in shared memory (see `with_cached_plan`).
+    hints: Box<[u32]>,
 }
 
 impl Cache {
@@ -258,6 +260,7 @@ fn with_cache<R>(f: impl FnOnce(&mut Cache) -> R) -> R {
             senders: FxHashMap::default(),
             stmt: None,
             any_caps: None,
+            hints: Box::new([]),
         }))
     })
 }
@@ -289,7 +292,7 @@ pub fn with_cached_plan<R>(
     sender: &[u8],
     carrier: &[u8],
     channel: &[u8],
-    f: impl FnOnce(&PlanView) -> R,
+    f: impl FnOnce(&PlanView, &mut u32) -> R,
 ) -> Option<R> {
     let hash = plan_hash(sender, carrier, channel);
     let generation = shmem::config_generation();
@@ -297,6 +300,13 @@ pub fn with_cached_plan<R>(
         if c.generation != generation {
             return None;
         }
+        // Where this plan's bucket was last time: load it while the plan itself loads (the
+        // two would otherwise be two cache misses one after the other).
+        if c.hints.is_empty() {
+            c.hints = vec![0; HINTS].into_boxed_slice();
+        }
+        let h = &mut c.hints[(hash >> 32) as usize & (HINTS - 1)];
+        shmem::prefetch_hint(*h);
         let e = c.plans.find(hash, sender, carrier, channel)?;
         let view = PlanView {
             wants: &e.wants,
@@ -305,9 +315,12 @@ pub fn with_cached_plan<R>(
             idx: &e.limits,
             arena: &c.arena,
         };
-        Some(f(&view))
+        Some(f(&view, h))
     })
 }
+
+/// Slot hints kept per backend (4 bytes each: small enough to stay in cache).
+const HINTS: usize = 1 << 15;
 
 /// [`with_plan`], answering `None` for an unknown sender instead of an error.
 pub fn with_known_plan<R>(

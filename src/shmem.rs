@@ -404,10 +404,50 @@ pub fn admit(
     now: Micros,
     headroom: bool,
 ) -> Result<Outcome, ShmemError> {
+    admit_hinted(wants, partitions, cost, now, headroom, &mut 0)
+}
+
+/// The hint for slot `idx` of partition `p`: its position in the whole table, plus one.
+fn slot_hint(s: &Shared, p: usize, idx: usize) -> u32 {
+    let spp = unsafe { (*s.header).slots_per_part } as usize;
+    (p * spp + idx + 1).try_into().unwrap_or(0)
+}
+
+/// Start loading the slot a hint names (and its partition's lock), before the plan that
+/// says which bucket to admit against has even arrived: a hint is only ever a prefetch, so
+/// a stale one costs nothing but the wasted load.
+#[inline]
+pub fn prefetch_hint(hint: u32) {
+    #[cfg(target_arch = "x86_64")]
+    if hint != 0 {
+        let Ok(s) = shared() else { return };
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let spp = (*s.header).slots_per_part as usize;
+            let slot = hint as usize - 1;
+            if slot < PARTITIONS * spp {
+                _mm_prefetch::<_MM_HINT_T0>(s.slots.add(slot).cast());
+                _mm_prefetch::<_MM_HINT_T0>((&raw const (*s.header).parts[slot / spp]).cast());
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = hint;
+}
+
+/// [`admit`], also writing to `hint` where the first bucket lives now (for [`prefetch_hint`]).
+pub fn admit_hinted(
+    wants: &[Want],
+    partitions: u32,
+    cost: u64,
+    now: Micros,
+    headroom: bool,
+    hint: &mut u32,
+) -> Result<Outcome, ShmemError> {
     let s = shared()?;
     debug_assert!(wants.len() <= MAX_WANTS);
     if let [w] = wants {
-        return Ok(admit_one(s, w, cost, now, headroom)?);
+        return Ok(admit_one(s, w, cost, now, headroom, hint)?);
     }
     // The lock words and the buckets' home slots are independent cache lines: ask for all of
     // them at once instead of missing on each in turn.
@@ -430,6 +470,7 @@ pub fn admit(
         let t = unsafe { table(s, w.partition as usize) };
         at[i] = w.partition as usize * spp + t.find(w.key, w.hash).ok_or(ShmemError::Full)?;
     }
+    *hint = (at[0] + 1).try_into().unwrap_or(0);
     let mut refs = [BucketPtr(null_mut()); MAX_WANTS];
     for (i, w) in wants.iter().enumerate() {
         // SAFETY: `at[i]` is a live slot of a partition whose lock we hold.
@@ -496,6 +537,7 @@ fn admit_one(
     cost: u64,
     now: Micros,
     headroom: bool,
+    hint: &mut u32,
 ) -> Result<Outcome, ShmemError> {
     // Start loading the bucket's home slot before the lock: the lock's atomic operation
     // would otherwise hold the load back until it completes.
@@ -503,6 +545,7 @@ fn admit_one(
     let _lock = Locked::acquire(s, 1 << w.partition);
     let mut t = unsafe { table(s, w.partition as usize) };
     let idx = ensure(s, &mut t, w, now, |_| false)?;
+    *hint = slot_hint(s, w.partition as usize, idx);
     let b = &mut t.slots[idx].bucket;
     b.rebase(w.rate, now);
     // One check: take it if there is room, else say why not.

@@ -348,11 +348,11 @@ unsafe fn try_admit_fast(fcinfo: pg_sys::FunctionCallInfo) -> u8 {
         ) else {
             return 2;
         };
-        config::with_cached_plan(sender, carrier, channel, |plan| {
+        config::with_cached_plan(sender, carrier, channel, |plan, hint| {
             if plan.caps {
                 return 2;
             }
-            match shmem::admit(&plan.wants, plan.partitions, cost, now, false) {
+            match shmem::admit_hinted(&plan.wants, plan.partitions, cost, now, false, hint) {
                 Ok(Outcome::Admitted { .. }) => 1,
                 Ok(Outcome::Refused { .. }) => 0,
                 Err(_) => 2,
