@@ -27,12 +27,37 @@ CREATE VIEW throttle.limit_state AS
 SELECT l.limit_id, l.name, l.scope, l.scope_id, l.carrier, l.channel, l.sender_type,
        l.rate, l.per, l.burst,
        coalesce(b.available, l.burst) AS available,
+       CASE WHEN coalesce(b.available, l.burst) > 0 THEN now()
+            ELSE b.full_at - (l.burst - 1) * (l.per / l.rate) END AS next_room_at,
        b.full_at,
        b.limit_id IS NOT NULL AS in_memory
   FROM throttle.rate_limit l
   LEFT JOIN throttle.bucket_state() b
          ON b.limit_id = l.limit_id AND b.sub_key = 0
         AND b.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database());
+
+-- Monitoring: every queue (sender, carrier, channel) with what waits in it. Reads the queue
+-- index (cost grows with what is pending).
+CREATE VIEW throttle.queue_state AS
+SELECT p.sender, p.carrier, p.channel,
+       count(*) AS waiting,
+       sum(p.cost) AS segments,
+       count(*) FILTER (WHERE p.not_before > now()) AS held_until_later,
+       min(p.enqueued_at) AS oldest_enqueued_at,
+       now() - min(p.enqueued_at) AS oldest_wait
+  FROM throttle.pending p
+ GROUP BY p.sender, p.carrier, p.channel;
+
+-- Monitoring: the same per group a sender belongs to.
+CREATE VIEW throttle.group_queue_state AS
+SELECT g.scope, g.scope_id, sum(q.waiting)::bigint AS waiting, sum(q.segments)::bigint AS segments,
+       count(*) AS queues, min(q.oldest_enqueued_at) AS oldest_enqueued_at, max(q.oldest_wait) AS oldest_wait
+  FROM throttle.queue_state q
+  JOIN throttle.sender s ON s.sender = q.sender
+ CROSS JOIN LATERAL (VALUES ('sender'::throttle.scope, s.sender), ('campaign', s.campaign),
+                            ('brand', s.brand), ('account', s.account)) g(scope, scope_id)
+ WHERE g.scope_id IS NOT NULL
+ GROUP BY g.scope, g.scope_id;
 
 -- Monitoring: every calendar cap with its current window's usage.
 CREATE VIEW throttle.cap_state AS
@@ -88,6 +113,11 @@ COMMENT ON TABLE throttle.cap IS 'Calendar caps: at most cap per hour, day or mo
 COMMENT ON TABLE throttle.cap_exemption IS 'Campaigns a calendar cap does not apply to';
 COMMENT ON TABLE throttle.cap_usage IS 'Usage of each calendar cap per window: used (counted with the release) and leased (to throttle_admit)';
 COMMENT ON TABLE throttle.queue_cap IS 'Queue caps: at most max_waiting messages pending for a scope (or rate x validity); an enqueue over it fails with SQLSTATE PT429';
+COMMENT ON VIEW throttle.queue_state IS 'Every queue (sender, carrier, channel): messages waiting, segments, oldest wait';
+COMMENT ON VIEW throttle.group_queue_state IS 'Messages waiting per sender, campaign, brand and account';
+COMMENT ON FUNCTION throttle.explain(bigint) IS 'Why a message is still waiting: every constraint on it, when each lets it go, and the one that holds it';
+COMMENT ON FUNCTION throttle.explain_sender(text) IS 'Every queue of a sender: waiting, oldest, and when its head and last message would go';
+COMMENT ON FUNCTION throttle.plan_capacity(text, bigint, text[], double precision[], text, integer, interval) IS 'Capacity planning: time a volume needs under the configured limits and caps, and senders needed for a deadline';
 COMMENT ON VIEW throttle.cap_state IS 'Every calendar cap with its current window and usage';
 COMMENT ON VIEW throttle.queue_cap_state IS 'Every queue cap with the messages waiting under it';
 COMMENT ON FUNCTION throttle.cap_leases() IS 'Calendar-cap capacity leased to shared memory and not yet spent';
@@ -107,7 +137,8 @@ GRANT USAGE ON SCHEMA throttle TO PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA throttle FROM PUBLIC;
 GRANT SELECT ON throttle.sender, throttle.rate_limit, throttle.limit_state TO PUBLIC;
 GRANT SELECT ON throttle.cap, throttle.cap_exemption, throttle.cap_usage, throttle.queue_cap,
-                throttle.cap_state, throttle.queue_cap_state TO PUBLIC;
+                throttle.cap_state, throttle.queue_cap_state, throttle.queue_state,
+                throttle.group_queue_state TO PUBLIC;
 -- Applications enqueue and consume.
 GRANT SELECT, INSERT ON throttle.pending TO PUBLIC;
 GRANT USAGE ON SEQUENCE throttle.pending_id_seq TO PUBLIC;

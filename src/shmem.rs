@@ -57,6 +57,11 @@ struct WorkerShared {
     lag_us: AtomicI64,
     /// The database the worker serves (0: not known yet).
     database: AtomicU32,
+    /// Released per second over the last second or more (× 1000), and where that measure
+    /// started (time, released count).
+    per_s_milli: AtomicU64,
+    rate_t0: AtomicI64,
+    rate_n0: AtomicU64,
 }
 
 #[repr(C, align(64))]
@@ -182,6 +187,9 @@ unsafe extern "C-unwind" fn startup_hook() {
                     queues: AtomicU64::new(0),
                     lag_us: AtomicI64::new(0),
                     database: AtomicU32::new(0),
+                    per_s_milli: AtomicU64::new(0),
+                    rate_t0: AtomicI64::new(0),
+                    rate_n0: AtomicU64::new(0),
                 },
                 ring: RingHead {
                     locked: AtomicU32::new(0),
@@ -653,11 +661,22 @@ pub fn note_tick(at: Micros, released: u64, dead: u64, queues: u64, lag_us: i64)
         let w = unsafe { &(*s.header).worker };
         w.last_tick_at.store(at, Ordering::Release);
         w.ticks.fetch_add(1, Ordering::AcqRel);
-        w.released.fetch_add(released, Ordering::AcqRel);
+        let total = w.released.fetch_add(released, Ordering::AcqRel) + released;
         w.dead.fetch_add(dead, Ordering::AcqRel);
         w.queues.store(queues, Ordering::Release);
         if released > 0 {
             w.lag_us.store(lag_us, Ordering::Release);
+        }
+        // Only the worker writes these.
+        let t0 = w.rate_t0.load(Ordering::Acquire);
+        if at - t0 >= 1_000_000 {
+            let n0 = w.rate_n0.load(Ordering::Acquire);
+            if t0 != 0 {
+                let per_s = (total - n0) as u128 * 1_000_000_000 / (at - t0) as u128;
+                w.per_s_milli.store(per_s as u64, Ordering::Release);
+            }
+            w.rate_t0.store(at, Ordering::Release);
+            w.rate_n0.store(total, Ordering::Release);
         }
     }
 }
@@ -673,6 +692,7 @@ pub struct WorkerFigures {
     pub queues: u64,
     pub lag_us: i64,
     pub ring_len: u64,
+    pub per_s: f64,
 }
 
 pub fn worker_figures() -> Result<WorkerFigures, ShmemError> {
@@ -692,6 +712,7 @@ pub fn worker_figures() -> Result<WorkerFigures, ShmemError> {
             queues: w.queues.load(Ordering::Acquire),
             lag_us: w.lag_us.load(Ordering::Acquire),
             ring_len,
+            per_s: w.per_s_milli.load(Ordering::Acquire) as f64 / 1000.0,
         })
     }
 }
@@ -729,6 +750,23 @@ pub fn worker_pid() -> i32 {
         Ok(s) => unsafe { (*s.header).worker.pid.load(Ordering::Acquire) },
         Err(_) => 0,
     }
+}
+
+/// When the `n`-th of `n` more tokens of `w`'s bucket could be taken, one at a time as soon
+/// as each is there (see [`Bucket::eta`]), as the bucket stands now.
+pub fn eta(w: &Want, n: u64, now: Micros) -> Result<Micros, ShmemError> {
+    let s = shared()?;
+    let started = unsafe { (*s.header).started_at };
+    let mut b = {
+        let _lock = Locked::acquire(s, 1 << w.partition);
+        let t = unsafe { table(s, w.partition as usize) };
+        match t.find(w.key, w.hash) {
+            Some(i) => t.slots[i].bucket,
+            None => first_state(w, started),
+        }
+    };
+    b.rebase(w.rate, now);
+    Ok(b.eta(n, now))
 }
 
 /// Called by the worker once connected: the database whose enqueues it wants to hear of.

@@ -1,4 +1,5 @@
 //! The SQL surface: every `#[pg_extern]`.
 
 mod admit;
+mod explain;
 mod state;

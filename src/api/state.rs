@@ -116,6 +116,7 @@ fn worker_state() -> Result<
             name!(queues, i64),
             name!(last_lag_ms, f64),
             name!(unseen_enqueues, i64),
+            name!(released_per_s, f64),
         ),
     >,
 > {
@@ -131,6 +132,7 @@ fn worker_state() -> Result<
         f.queues as i64,
         f.lag_us as f64 / 1000.0,
         f.ring_len as i64,
+        f.per_s,
     )))
 }
 

@@ -188,6 +188,15 @@ impl Bucket {
         self.rate = new;
     }
 
+    /// When the last of `n` more tokens could be taken if they were taken one at a time, each
+    /// as soon as it is there, from `now` on: when the n-th message waiting on this bucket
+    /// alone would go.
+    pub fn eta(&self, n: u64, now: Micros) -> Micros {
+        let r = self.rate;
+        let last = self.tat.max(r.scaled(now)) + n as i128 * r.token();
+        to_micros(div_ceil(last - r.capacity(), r.count as i128)).max(now)
+    }
+
     /// May `cost` be taken at `now`?
     pub fn check(&self, cost: u64, now: Micros) -> Check {
         let r = self.rate;
@@ -222,6 +231,34 @@ impl Bucket {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn eta_of_the_nth_waiting_token() {
+        let r = Rate::new(1, 1_000_000, 1).expect("rate");
+        let b = Bucket::full_at(r, 0);
+        assert_eq!(b.eta(1, 0), 0);
+        assert_eq!(b.eta(2, 0), 1_000_000);
+        assert_eq!(b.eta(10, 0), 9_000_000);
+        // 4,500 a minute with a burst of 4,500: the first 4,500 at once, then one per 13.3 ms.
+        let r = Rate::new(4500, 60_000_000, 4500).expect("rate");
+        let b = Bucket::full_at(r, 0);
+        assert_eq!(b.eta(4500, 0), 0);
+        assert_eq!(b.eta(9000, 0), 60_000_000);
+        // An empty bucket: the first token after one interval.
+        let b = Bucket::empty_at(Rate::new(2, 1_000_000, 2).expect("rate"), 0);
+        assert_eq!(b.eta(1, 0), 500_000);
+        // Agrees with taking them one by one as soon as each passes.
+        let r = Rate::new(3, 1_000_000, 2).expect("rate");
+        let mut b = Bucket::full_at(r, 0);
+        let e = b.eta(7, 0);
+        let mut t = 0;
+        for _ in 0..7 {
+            while !b.take(1, t) {
+                t += 1;
+            }
+        }
+        assert_eq!(e, t);
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -1,0 +1,622 @@
+//! "Why is it waiting?" and "how long would this take?": both answered from the same limit
+//! model the worker uses (the buckets in shared memory, the caps' usage in their table).
+
+use crate::caps;
+use crate::config;
+use crate::error::{self, Result};
+use crate::limiter::cap::Ledger;
+use crate::limiter::Micros;
+use crate::shmem::{self, Want};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+
+fn ts(us: Micros) -> Option<TimestampWithTimeZone> {
+    TimestampWithTimeZone::try_from(us).ok()
+}
+
+type ExplainRow = (
+    String,
+    String,
+    Option<i64>,
+    Option<TimestampWithTimeZone>,
+    bool,
+    String,
+);
+
+/// One constraint on a message: (kind, name, limit id, when it lets the message go, detail).
+struct Constraint {
+    kind: &'static str,
+    name: String,
+    limit_id: Option<i64>,
+    ready_at: Option<Micros>,
+    detail: String,
+}
+
+/// A pending message as explain needs it.
+struct Pending {
+    id: i64,
+    sender: String,
+    carrier: String,
+    channel: String,
+    cost: i64,
+    priority: i16,
+    not_before: Option<Micros>,
+    enqueued_at: Micros,
+}
+
+fn pending(c: &SpiClient<'_>, id: i64) -> Result<Option<Pending>> {
+    let t = c
+        .select(
+            "SELECT sender, carrier, channel, cost, priority, not_before, enqueued_at
+               FROM throttle.pending WHERE id = $1",
+            Some(1),
+            &[id.into()],
+        )
+        .map_err(error::internal)?;
+    if t.is_empty() {
+        return Ok(None);
+    }
+    let r = t.first();
+    let get = |e: pgrx::spi::SpiError| error::internal(e);
+    Ok(Some(Pending {
+        id,
+        sender: r.get::<String>(1).map_err(get)?.unwrap_or_default(),
+        carrier: r.get::<String>(2).map_err(get)?.unwrap_or_default(),
+        channel: r.get::<String>(3).map_err(get)?.unwrap_or_default(),
+        cost: r.get::<i32>(4).map_err(get)?.unwrap_or(1) as i64,
+        priority: r.get::<i16>(5).map_err(get)?.unwrap_or(0),
+        not_before: r
+            .get::<TimestampWithTimeZone>(6)
+            .map_err(get)?
+            .map(Micros::from),
+        enqueued_at: r
+            .get::<TimestampWithTimeZone>(7)
+            .map_err(get)?
+            .map_or(0, Micros::from),
+    }))
+}
+
+/// Every constraint on `p` at `now`: its not-before, its place in its queue, each rate limit
+/// (when the bucket will have given the queue's messages ahead of it and it), each calendar
+/// cap (the window in which it fits), and the worker.
+fn constraints(c: &SpiClient<'_>, p: &Pending, now: Micros) -> Result<Vec<Constraint>> {
+    let mut out = Vec::new();
+    if let Some(nb) = p.not_before.filter(|&t| t > now) {
+        out.push(Constraint {
+            kind: "not_before",
+            name: "not_before".into(),
+            limit_id: None,
+            ready_at: Some(nb),
+            detail: "held until its not_before (set by the sender, or by a defer_local cap)".into(),
+        });
+    }
+    let t = c
+        .select(
+            "SELECT count(*)::int8, coalesce(sum(cost), 0)::int8 FROM throttle.pending
+              WHERE sender = $1 AND carrier = $2 AND channel = $3
+                AND (priority > $4 OR (priority = $4 AND id < $5))
+                AND (not_before IS NULL OR not_before <= now())
+                AND (expires_at IS NULL OR expires_at > now())",
+            None,
+            &[
+                p.sender.clone().into(),
+                p.carrier.clone().into(),
+                p.channel.clone().into(),
+                p.priority.into(),
+                p.id.into(),
+            ],
+        )
+        .map_err(error::internal)?;
+    let r = t.first();
+    let ahead: i64 = r.get(1).map_err(error::internal)?.unwrap_or(0);
+    let ahead_cost: i64 = r.get(2).map_err(error::internal)?.unwrap_or(0);
+    out.push(Constraint {
+        kind: "queue",
+        name: format!("{} → {} ({})", p.sender, p.carrier, p.channel),
+        limit_id: None,
+        ready_at: None,
+        detail: format!("{ahead} messages ({ahead_cost} segments) ahead of it in its queue"),
+    });
+    let need = (ahead_cost + p.cost).max(1) as u64;
+    let limits: Vec<(Want, i64, String)> = config::with_plan(
+        p.sender.as_bytes(),
+        p.carrier.as_bytes(),
+        p.channel.as_bytes(),
+        |plan| {
+            plan.wants
+                .iter()
+                .enumerate()
+                .map(|(i, w)| (*w, plan.limit(i).id, plan.limit(i).label.to_string()))
+                .collect()
+        },
+    )
+    .map_err(|e| *e)?;
+    for (w, id, label) in limits {
+        let at = shmem::eta(&w, need, now).map_err(pgrx::pg_sys::panic::ErrorReport::from)?;
+        out.push(Constraint {
+            kind: "rate_limit",
+            name: label,
+            limit_id: Some(id),
+            ready_at: Some(at),
+            detail: format!(
+                "{need} segments through a bucket of {} per {} µs (burst {}); queues sharing this limit take turns, so this is the earliest",
+                w.rate.count, w.rate.period_us, w.rate.burst
+            ),
+        });
+    }
+    for def in caps::caps_for(&p.sender, &p.carrier, &p.channel)?.unwrap_or_default() {
+        let mut l = Ledger::new(&def.cal, now);
+        let u = c
+            .select(
+                "SELECT used, leased FROM throttle.cap_usage WHERE cap_id = $1 AND window_start = $2",
+                Some(1),
+                &[def.id.into(), ts(l.window_start).into()],
+            )
+            .map_err(error::internal)?;
+        if !u.is_empty() {
+            let r = u.first();
+            l.used = r
+                .get::<i64>(1)
+                .map_err(error::internal)?
+                .unwrap_or(0)
+                .max(0) as u64;
+            l.leased = r
+                .get::<i64>(2)
+                .map_err(error::internal)?
+                .unwrap_or(0)
+                .max(0) as u64;
+        }
+        let allowed = def.rule.allowed().max(1);
+        let mut at = now;
+        let mut over = (l.spent() + need).saturating_sub(allowed);
+        let mut end = l.window_end;
+        // Each later window gives a whole allowance.
+        let mut windows = 0;
+        while over > 0 && windows < 400 {
+            at = end;
+            end = def.cal.window_end(end);
+            over = over.saturating_sub(allowed);
+            windows += 1;
+        }
+        out.push(Constraint {
+            kind: "cap",
+            name: def.label.clone(),
+            limit_id: Some(-def.id),
+            ready_at: Some(at),
+            detail: format!(
+                "{} of {allowed} spent in the window that ends {}; at_cap = {:?}",
+                l.spent(),
+                ts(l.window_end)
+                    .map(|t| t.to_iso_string())
+                    .unwrap_or_default(),
+                def.action
+            ),
+        });
+    }
+    let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    if shmem::worker_pid() == 0 || !shmem::worker_serves(db) {
+        out.push(Constraint {
+            kind: "worker",
+            name: "release worker".into(),
+            limit_id: None,
+            ready_at: None,
+            detail: "no release worker runs for this database: nothing is released (see throttle.worker_state())".into(),
+        });
+    }
+    Ok(out)
+}
+
+fn rows(cs: Vec<Constraint>, now: Micros) -> Vec<ExplainRow> {
+    let worst = cs.iter().filter_map(|c| c.ready_at).max().unwrap_or(now);
+    let no_worker = cs.iter().any(|c| c.kind == "worker");
+    let mut holder_named = false;
+    cs.into_iter()
+        .map(|c| {
+            let holds = if c.kind == "worker" {
+                true
+            } else {
+                !no_worker && !holder_named && worst > now && c.ready_at == Some(worst) && {
+                    holder_named = true;
+                    true
+                }
+            };
+            (
+                c.kind.to_string(),
+                c.name,
+                c.limit_id,
+                c.ready_at.and_then(ts),
+                holds,
+                c.detail,
+            )
+        })
+        .collect()
+}
+
+/// Why message `id` is still waiting: one row per constraint on it (its not_before, its place
+/// in its queue, each rate limit, each calendar cap, the worker), with when each lets it go;
+/// `holds` marks the one that holds it longest. A released or dead message says so.
+#[pg_extern(volatile, parallel_unsafe)]
+fn explain(
+    id: i64,
+) -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(kind, String),
+            name!(name, String),
+            name!(limit_id, Option<i64>),
+            name!(ready_at, Option<TimestampWithTimeZone>),
+            name!(holds, bool),
+            name!(detail, String),
+        ),
+    >,
+> {
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let out = Spi::connect(|c| -> Result<Vec<ExplainRow>> {
+        if let Some(p) = pending(c, id)? {
+            let mut v = rows(constraints(c, &p, now)?, now);
+            v.insert(
+                0,
+                (
+                    "waiting".into(),
+                    format!("message {id}"),
+                    None,
+                    ts(p.not_before.unwrap_or(p.enqueued_at).max(p.enqueued_at)),
+                    false,
+                    "pending since ready_at (its enqueue, or its not_before)".into(),
+                ),
+            );
+            return Ok(v);
+        }
+        let t = c
+            .select(
+                "SELECT 'released', released_at, 'released: take it from throttle.ready' FROM throttle.ready WHERE id = $1
+                 UNION ALL
+                 SELECT 'dead', died_at, 'dead: ' || reason || coalesce(' (error code ' || error_code || ')', '')
+                   FROM throttle.dead WHERE id = $1",
+                Some(1),
+                &[id.into()],
+            )
+            .map_err(error::internal)?;
+        if t.is_empty() {
+            return Err(error::undefined(
+                format!("no message {id} in throttle.pending, throttle.ready or throttle.dead"),
+                "pass the id returned by throttle.enqueue() (consumed messages are gone)",
+            ));
+        }
+        let r = t.first();
+        Ok(vec![(
+            r.get::<String>(1)
+                .map_err(error::internal)?
+                .unwrap_or_default(),
+            format!("message {id}"),
+            None,
+            r.get::<TimestampWithTimeZone>(2).map_err(error::internal)?,
+            false,
+            r.get::<String>(3)
+                .map_err(error::internal)?
+                .unwrap_or_default(),
+        )])
+    })?;
+    Ok(TableIterator::new(out))
+}
+
+/// Every queue of `sender`: how many wait and since when, and for its head and its last
+/// message, when each would go and what holds it.
+#[pg_extern(volatile, parallel_unsafe)]
+fn explain_sender(
+    sender: &str,
+) -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(carrier, String),
+            name!(channel, String),
+            name!(waiting, i64),
+            name!(oldest, Option<TimestampWithTimeZone>),
+            name!(head_id, i64),
+            name!(head_ready_at, Option<TimestampWithTimeZone>),
+            name!(last_id, i64),
+            name!(last_ready_at, Option<TimestampWithTimeZone>),
+            name!(held_by, Option<String>),
+        ),
+    >,
+> {
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let out = Spi::connect(|c| -> Result<Vec<_>> {
+        let t = c
+            .select(
+                "SELECT carrier, channel, count(*)::int8, min(enqueued_at),
+                        (array_agg(id ORDER BY priority DESC, id))[1],
+                        (array_agg(id ORDER BY priority DESC, id DESC))[1]
+                   FROM throttle.pending WHERE sender = $1 GROUP BY 1, 2 ORDER BY 1, 2",
+                None,
+                &[sender.into()],
+            )
+            .map_err(error::internal)?;
+        let mut queues = Vec::new();
+        for r in t {
+            queues.push((
+                r.get::<String>(1)
+                    .map_err(error::internal)?
+                    .unwrap_or_default(),
+                r.get::<String>(2)
+                    .map_err(error::internal)?
+                    .unwrap_or_default(),
+                r.get::<i64>(3).map_err(error::internal)?.unwrap_or(0),
+                r.get::<TimestampWithTimeZone>(4).map_err(error::internal)?,
+                r.get::<i64>(5).map_err(error::internal)?.unwrap_or(0),
+                r.get::<i64>(6).map_err(error::internal)?.unwrap_or(0),
+            ));
+        }
+        let mut out = Vec::new();
+        for (carrier, channel, n, oldest, head, last) in queues {
+            let ready = |id: i64| -> Result<(Option<Micros>, Option<String>)> {
+                let Some(p) = pending(c, id)? else {
+                    return Ok((None, None));
+                };
+                let rs = rows(constraints(c, &p, now)?, now);
+                let at = rs.iter().filter_map(|r| r.3.map(Micros::from)).max();
+                let by = rs
+                    .into_iter()
+                    .find(|r| r.4)
+                    .map(|r| format!("{}: {}", r.0, r.1));
+                Ok((at.map(|t| t.max(now)), by))
+            };
+            let (head_at, held) = ready(head)?;
+            let (last_at, _) = ready(last)?;
+            out.push((
+                carrier,
+                channel,
+                n,
+                oldest,
+                head,
+                head_at.and_then(ts),
+                last,
+                last_at.and_then(ts),
+                held,
+            ));
+        }
+        Ok(out)
+    })?;
+    Ok(TableIterator::new(out))
+}
+
+/// Capacity planning: how long `messages` from `sender` (split over `carriers` by `shares`,
+/// equal shares if NULL) would take under the configured limits and caps, starting from full
+/// buckets and empty windows, and, given a `deadline`, how many senders like it would be
+/// needed. One row per limit or cap that applies, and a last row `total`.
+#[pg_extern(volatile, parallel_unsafe)]
+fn plan_capacity(
+    sender: &str,
+    messages: i64,
+    carriers: default!(Vec<Option<String>>, "ARRAY['att', 'tmobile', 'verizon']"),
+    shares: default!(Option<Vec<Option<f64>>>, "NULL"),
+    channel: default!(&str, "'sms'"),
+    cost: default!(i32, 1),
+    deadline: default!(Option<Interval>, "NULL"),
+) -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(constraint, String),
+            name!(scope, String),
+            name!(volume, i64),
+            name!(time_needed, Option<Interval>),
+            name!(senders_needed, Option<i64>),
+            name!(note, String),
+        ),
+    >,
+> {
+    if messages < 0 || cost < 1 {
+        return Err(error::invalid(
+            "messages must be >= 0 and cost >= 1",
+            "pass how many messages, and their segments each",
+        ));
+    }
+    let carriers: Vec<String> = carriers
+        .into_iter()
+        .map(|c| {
+            c.filter(|c| !c.is_empty())
+                .ok_or_else(|| error::null_value("a carrier"))
+        })
+        .collect::<Result<_>>()?;
+    if carriers.is_empty() {
+        return Err(error::invalid("no carriers", "pass at least one carrier"));
+    }
+    let shares: Vec<f64> = match shares {
+        None => vec![1.0; carriers.len()],
+        Some(s) => s
+            .into_iter()
+            .map(|x| {
+                x.filter(|x| x.is_finite() && *x >= 0.0).ok_or_else(|| {
+                    error::invalid(
+                        "shares must be finite and >= 0",
+                        "for example ARRAY[0.4, 0.4, 0.2]",
+                    )
+                })
+            })
+            .collect::<Result<_>>()?,
+    };
+    if shares.len() != carriers.len() || shares.iter().sum::<f64>() <= 0.0 {
+        return Err(error::invalid(
+            "shares must match carriers, one each, and not all be 0",
+            "for example carriers => ARRAY['att', 'tmobile'], shares => ARRAY[0.5, 0.5]",
+        ));
+    }
+    let total_share: f64 = shares.iter().sum();
+    let deadline_us: Option<i64> = match deadline {
+        None => None,
+        Some(d) => {
+            let us = d.as_micros().min(i64::MAX as i128) as i64;
+            if us <= 0 {
+                return Err(error::invalid(
+                    "deadline must be positive",
+                    "for example '8 hours'",
+                ));
+            }
+            Some(us)
+        }
+    };
+    // Volume per constraint (in segments): a limit or cap sees the messages of every carrier
+    // it applies to.
+    struct Load {
+        name: String,
+        scope: String,
+        rate: Option<crate::limiter::Rate>,
+        cap: Option<std::rc::Rc<caps::CapDef>>,
+        volume: u64,
+    }
+    let mut loads: Vec<Load> = Vec::new();
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    for (carrier, share) in carriers.iter().zip(&shares) {
+        let n = ((messages as f64) * share / total_share).round() as u64 * cost as u64;
+        let wants: Vec<(Want, i64, String)> = config::with_plan(
+            sender.as_bytes(),
+            carrier.as_bytes(),
+            channel.as_bytes(),
+            |plan| {
+                plan.wants
+                    .iter()
+                    .enumerate()
+                    .map(|(i, w)| (*w, plan.limit(i).id, plan.limit(i).label.to_string()))
+                    .collect()
+            },
+        )
+        .map_err(|e| *e)?;
+        for (w, id, label) in wants {
+            let key = format!("limit {id}");
+            match loads.iter_mut().find(|l| l.scope.ends_with(&key)) {
+                Some(l) => l.volume += n,
+                None => loads.push(Load {
+                    name: label,
+                    scope: key,
+                    rate: Some(w.rate),
+                    cap: None,
+                    volume: n,
+                }),
+            }
+        }
+        for def in caps::caps_for(sender, carrier, channel)?.unwrap_or_default() {
+            let key = format!("cap {}", def.id);
+            match loads.iter_mut().find(|l| l.scope.ends_with(&key)) {
+                Some(l) => l.volume += n,
+                None => loads.push(Load {
+                    name: def.label.clone(),
+                    scope: key,
+                    rate: None,
+                    cap: Some(def.clone()),
+                    volume: n,
+                }),
+            }
+        }
+    }
+    // Which limits are the sender's own (more senders like it split their volume).
+    let scopes: Vec<(i64, String)> = Spi::connect(|c| {
+        let mut v = Vec::new();
+        for r in c.select(
+            "SELECT limit_id, scope::text FROM throttle.rate_limit
+             UNION ALL SELECT -cap_id, scope::text FROM throttle.cap",
+            None,
+            &[],
+        )? {
+            v.push((
+                r.get::<i64>(1)?.unwrap_or(0),
+                r.get::<String>(2)?.unwrap_or_default(),
+            ));
+        }
+        Ok::<_, pgrx::spi::SpiError>(v)
+    })
+    .map_err(error::internal)?;
+    let scope_of = |id: i64| {
+        scopes
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, s)| s.clone())
+            .unwrap_or_default()
+    };
+    let interval =
+        |us: i64| Interval::new(0, (us / 86_400_000_000) as i32, us % 86_400_000_000).ok();
+    let mut out = Vec::new();
+    let (mut worst, mut senders) = (0i64, 1i64);
+    let mut impossible: Option<String> = None;
+    for l in &loads {
+        let (id, time, per_sender_room) = if let Some(r) = l.rate {
+            let id: i64 = l.scope.trim_start_matches("limit ").parse().unwrap_or(0);
+            let t =
+                l.volume.saturating_sub(r.burst) as i128 * r.period_us as i128 / r.count as i128;
+            // What one sender's bucket passes within the deadline.
+            let room = deadline_us
+                .map(|d| r.burst as i128 + d as i128 * r.count as i128 / r.period_us as i128);
+            (id, t.min(i64::MAX as i128) as i64, room)
+        } else if let Some(def) = &l.cap {
+            let allowed = def.rule.allowed().max(1);
+            // Windows after the current one that the volume needs.
+            let start = Ledger::new(&def.cal, now);
+            let mut left = l.volume.saturating_sub(allowed);
+            let mut end = start.window_end;
+            let mut at = now;
+            let mut k = 0;
+            while left > 0 && k < 10_000 {
+                at = end;
+                end = def.cal.window_end(end);
+                left = left.saturating_sub(allowed);
+                k += 1;
+            }
+            let room = deadline_us.map(|d| {
+                let mut n = 1i128;
+                let mut e = start.window_end;
+                while e < now + d && n < 10_000 {
+                    e = def.cal.window_end(e);
+                    n += 1;
+                }
+                n * allowed as i128
+            });
+            (-def.id, at - now, room)
+        } else {
+            continue;
+        };
+        let scope = scope_of(id);
+        let mut needed = None;
+        let mut note = String::new();
+        if let Some(room) = per_sender_room {
+            if scope == "sender" {
+                let room = room.max(1);
+                let k = ((l.volume as i128 + room - 1) / room) as i64;
+                needed = Some(k.max(1));
+                senders = senders.max(k.max(1));
+                note = format!("{k} senders like this one finish within the deadline");
+            } else if l.volume as i128 > room {
+                note = format!("shared by the whole {scope}: more senders do not help; it alone misses the deadline");
+                impossible.get_or_insert(l.name.clone());
+            } else {
+                note = format!("shared by the whole {scope}; fits the deadline");
+            }
+        }
+        worst = worst.max(time);
+        out.push((
+            l.name.clone(),
+            scope,
+            l.volume as i64,
+            interval(time),
+            needed,
+            note,
+        ));
+    }
+    let note = match (&impossible, deadline_us) {
+        (Some(name), _) => {
+            format!("the deadline cannot be met: {name} is shared, and alone takes longer")
+        }
+        (None, Some(_)) => format!("{senders} senders meet the deadline"),
+        (None, None) => "time for this sender alone, from full buckets and unused windows".into(),
+    };
+    out.push((
+        "total".into(),
+        String::new(),
+        messages.saturating_mul(cost as i64),
+        interval(worst),
+        deadline_us.map(|_| senders),
+        note,
+    ));
+    Ok(TableIterator::new(out))
+}
