@@ -399,7 +399,7 @@ fn plan_capacity(
     TableIterator<
         'static,
         (
-            name!(constraint, String),
+            name!(limit_name, String),
             name!(scope, String),
             name!(volume, i64),
             name!(time_needed, Option<Interval>),
