@@ -1,4 +1,5 @@
--- The demo run by scripts/demo.sh: real provider limits, admitted and refused.
+-- The demo run by scripts/demo.sh: real provider profiles, a realistic burst released live,
+-- "why is it waiting", capacity planning, and per-second figures for the chart.
 \set QUIET on
 \pset footer off
 SET client_min_messages = warning;
@@ -6,119 +7,123 @@ DROP EXTENSION IF EXISTS pg_throttle CASCADE;
 CREATE EXTENSION pg_throttle;
 
 \echo
-\echo '== Senders: three Sendblue iMessage lines and a Twilio short code in an AT&T class-E campaign'
+\echo '== Senders: three Sendblue iMessage lines, and a Twilio short code in an AT&T class-E campaign of brand acme'
 INSERT INTO throttle.sender (sender, campaign, brand, account, sender_type) VALUES
     ('+12125550101', NULL, NULL, 'acme-sendblue', 'imessage'),
     ('+12125550102', NULL, NULL, 'acme-sendblue', 'imessage'),
     ('+12125550103', NULL, NULL, 'acme-sendblue', 'imessage'),
     ('55501', 'CAMP-E1', 'acme', 'acme-twilio', 'short_code');
 
-INSERT INTO throttle.rate_limit (name, scope, scope_id, rate, per, burst) VALUES
-    ('sendblue line 0101: 1/s', 'sender', '+12125550101', 1, '1 second', 1),
-    ('sendblue line 0102: 1/s', 'sender', '+12125550102', 1, '1 second', 1),
-    ('sendblue line 0103: 1/s', 'sender', '+12125550103', 1, '1 second', 1),
-    ('twilio short code 55501: 100 MPS', 'sender', '55501', 100, '1 second', 100);
-INSERT INTO throttle.rate_limit (name, scope, scope_id, carrier, channel, rate, per, burst) VALUES
-    ('AT&T class E, CAMP-E1: 240 SMS/min', 'campaign', 'CAMP-E1', 'att', 'sms', 240, '1 minute', 240),
-    ('AT&T class E, CAMP-E1: 150 MMS/min', 'campaign', 'CAMP-E1', 'att', 'mms', 150, '1 minute', 150);
-INSERT INTO throttle.rate_limit (name, scope, scope_id, sender_type, channel, rate, per) VALUES
-    ('twilio account: SMS short code 500 MPS', 'account', 'acme-twilio', 'short_code', 'sms', 500, '1 second');
-SELECT name, scope, scope_id, coalesce(carrier, '*') AS carrier, coalesce(channel, '*') AS channel,
-       rate, per, burst
+\echo '== Profiles: one call each, from the providers'' published rules shipped with the extension'
+SELECT p.kind, p.name, p.created
+  FROM unnest(ARRAY['+12125550101', '+12125550102', '+12125550103']) s(line),
+       throttle.apply_profile('sendblue_line', 'sender', s.line) p
+UNION ALL SELECT kind, name, created FROM throttle.apply_profile('twilio_short_code', 'sender', '55501')
+UNION ALL SELECT kind, name, created FROM throttle.apply_profile('att_10dlc', 'campaign', 'CAMP-E1', 'E')
+UNION ALL SELECT kind, name, created FROM throttle.apply_profile('tmobile_brand', 'brand', 'acme', 'low');
+\echo '   (applying a profile again changes nothing; its rows can be edited afterwards)'
+-- A demo-sized T-Mobile day: the brand's 2,000 would take 20 s at the short code's 100 MPS;
+-- 600 shows the cap and the over-cap deferral in a few seconds.
+UPDATE throttle.cap SET cap = 600 WHERE scope_id = 'acme';
+SELECT name, scope, scope_id, coalesce(carrier, '*') AS carrier, coalesce(channel, '*') AS channel, rate, per, burst
   FROM throttle.rate_limit ORDER BY limit_id;
-
-\echo '== One iMessage line, five messages in the same instant: one goes, four are told when'
--- (The call sits in the inner target list, so it runs once per message; OFFSET 0 keeps the
--- planner from expanding (a).* into one call per column.)
-SELECT n, (a).admitted, to_char((a).retry_at - ts, 'SS.MS "s later"') AS retry_in, (a).blocked_by
-  FROM (SELECT n, ts, throttle.throttle_admit('+12125550101', 'tmobile', ts, 1, 'imessage') AS a
-          FROM (SELECT clock_timestamp() AS ts) t, generate_series(1, 5) n OFFSET 0) x;
-
-\echo '== The short code sends 100 three-segment SMS to AT&T in one instant: its own 100 segments/s lets 33 go'
-SELECT count(*) FILTER (WHERE (a).admitted) AS admitted,
-       count(*) FILTER (WHERE NOT (a).admitted) AS refused,
-       min((a).blocked_by) AS blocked_by
-  FROM (SELECT throttle.throttle_admit('55501', 'att', ts, 3, 'sms') AS a
-          FROM (SELECT clock_timestamp() AS ts) t, generate_series(1, 100) n OFFSET 0) x;
-
-\echo '== It keeps asking every 10 ms for 5 s: now the AT&T class-E campaign (240 segments/min) holds it'
-SELECT count(*) FILTER (WHERE (a).admitted) AS admitted,
-       count(*) FILTER (WHERE NOT (a).admitted) AS refused,
-       mode() WITHIN GROUP (ORDER BY (a).blocked_by) AS mostly_blocked_by
-  FROM (SELECT throttle.throttle_admit('55501', 'att', ts + n * interval '10 ms', 3, 'sms') AS a
-          FROM (SELECT clock_timestamp() AS ts) t, generate_series(1, 500) n OFFSET 0) x;
-
-\echo '== The same short code to T-Mobile, 6 s later: the AT&T campaign limit does not apply, its own 100/s does'
-SELECT count(*) FILTER (WHERE throttle.try_admit('55501', 'tmobile', t.ts + interval '6 s', 1, 'sms')) AS admitted_of_150
-  FROM (SELECT clock_timestamp() AS ts) t, generate_series(1, 150);
-
-\echo '== Three lines asking every 10 ms for 3 seconds (from 7 s on): each gets its burst of 1, then 1 per second'
-CREATE TEMP TABLE sent AS
-SELECT s.sender, g AS attempt, t.ts
-  FROM generate_series(0, 299) g,
-       LATERAL (SELECT clock_timestamp() + interval '7 s' + (g * interval '10 ms') AS ts) t,
-       unnest(ARRAY['+12125550101', '+12125550102', '+12125550103']) s(sender)
- WHERE throttle.try_admit(s.sender, 'verizon', t.ts, 1, 'imessage');
-SELECT sender, count(*) AS admitted_in_3s FROM sent GROUP BY sender ORDER BY sender;
-
-\echo '== Limits are data: raise line 0103 to 5/s, no restart; the bucket keeps its state'
-UPDATE throttle.rate_limit SET rate = 5, burst = 5 WHERE scope_id = '+12125550103';
-SELECT count(*) FILTER (WHERE throttle.try_admit('+12125550103', 'verizon', t.ts + g * interval '10 ms', 1, 'imessage'))
-       AS admitted_in_next_second
-  FROM (SELECT clock_timestamp() + interval '10 s' AS ts) t, generate_series(0, 99) g;
-
-\echo '== Every limit right now'
-SELECT name, available, burst, in_memory FROM throttle.limit_state ORDER BY limit_id;
+SELECT name, cap, period, reset_at, time_zone, at_cap, local_time FROM throttle.cap;
+SELECT name, scope_id, max_waiting, error_code FROM throttle.queue_cap;
+-- The worker counts what waits under each queue cap before the first enqueue.
+DO $$
+BEGIN
+    FOR i IN 1..100 LOOP
+        EXIT WHEN NOT EXISTS (SELECT 1 FROM throttle.queue_cap_state WHERE NOT counted);
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+END $$;
 
 \echo
-\echo '== The release queue: three more iMessage lines (1/s each) get 10 messages each, and a second'
-\echo '   short code in another class-E campaign (240 SMS/min, burst 240) gets 300 sale SMS and then one'
-\echo '   OTP at priority 10; the worker releases them exactly as fast as the limits allow'
-INSERT INTO throttle.sender (sender, campaign, brand, account, sender_type) VALUES
-    ('+12125550111', NULL, NULL, 'acme-sendblue', 'imessage'),
-    ('+12125550112', NULL, NULL, 'acme-sendblue', 'imessage'),
-    ('+12125550113', NULL, NULL, 'acme-sendblue', 'imessage'),
-    ('55502', 'CAMP-E2', 'acme', 'acme-twilio-2', 'short_code');
-INSERT INTO throttle.rate_limit (name, scope, scope_id, carrier, channel, rate, per, burst) VALUES
-    ('sendblue line 0111: 1/s', 'sender', '+12125550111', NULL, NULL, 1, '1 second', 1),
-    ('sendblue line 0112: 1/s', 'sender', '+12125550112', NULL, NULL, 1, '1 second', 1),
-    ('sendblue line 0113: 1/s', 'sender', '+12125550113', NULL, NULL, 1, '1 second', 1),
-    ('twilio short code 55502: 100 MPS', 'sender', '55502', NULL, NULL, 100, '1 second', 100),
-    ('AT&T class E, CAMP-E2: 240 SMS/min', 'campaign', 'CAMP-E2', 'att', 'sms', 240, '1 minute', 240);
+\echo '== A burst: 15 iMessages on each line, 400 SMS to AT&T and 700 to T-Mobile from the short code'
+\echo '   (recipients in New York, Los Angeles, Chicago and Honolulu), and one OTP at priority 10'
 INSERT INTO throttle.pending (sender, carrier, channel, recipient, payload)
-SELECT s.sender, 'tmobile', 'imessage', '+1646555' || lpad(g::text, 4, '0'), jsonb_build_object('text', 'hello ' || g)
-  FROM unnest(ARRAY['+12125550111', '+12125550112', '+12125550113']) s(sender), generate_series(1, 10) g;
+SELECT s.sender, 'verizon', 'imessage', '+1646555' || lpad(g::text, 4, '0'), jsonb_build_object('text', 'hello ' || g)
+  FROM unnest(ARRAY['+12125550101', '+12125550102', '+12125550103']) s(sender), generate_series(1, 15) g;
 INSERT INTO throttle.pending (sender, carrier, channel, recipient, payload)
-SELECT '55502', 'att', 'sms', '+1212555' || lpad(g::text, 4, '0'), jsonb_build_object('text', 'sale ' || g)
-  FROM generate_series(1, 300) g;
-SELECT throttle.enqueue('55502', 'att', '+12125559999', '{"otp": "123456"}', priority => 10::int2) AS otp_id;
+SELECT '55501', 'att', 'sms', '+1312555' || lpad(g::text, 4, '0'), jsonb_build_object('text', 'sale ' || g)
+  FROM generate_series(1, 400) g;
+INSERT INTO throttle.pending (sender, carrier, channel, recipient, payload)
+SELECT '55501', 'tmobile', 'sms',
+       (ARRAY['+1212', '+1213', '+1312', '+1808'])[1 + g % 4] || '555' || lpad(g::text, 4, '0'),
+       jsonb_build_object('text', 'sale ' || g)
+  FROM generate_series(1, 700) g;
+SELECT throttle.enqueue('55501', 'att', '+12125559999', '{"otp": "123456"}', priority => 10::int2) AS otp_id \gset
+SELECT now() AS t0 \gset
 
+\echo '== Released live, per limit (released / still waiting)'
 SET client_min_messages = notice;
 DO $$
 DECLARE
     i int;
     r record;
 BEGIN
-    FOR i IN 1..6 LOOP
+    FOR i IN 1..12 LOOP
         PERFORM pg_sleep(1);
         SELECT count(*) FILTER (WHERE sender LIKE '+121255501__') AS lines,
-               count(*) FILTER (WHERE sender = '55502') AS short_code
+               count(*) FILTER (WHERE sender = '55501' AND carrier = 'att') AS att,
+               count(*) FILTER (WHERE sender = '55501' AND carrier = 'tmobile') AS tmo
           INTO r FROM throttle.ready;
-        RAISE NOTICE 't+% s: released % of 30 iMessages (3 lines x 1/s), % of 301 SMS (burst 240, then 4/s)',
-            i, r.lines, r.short_code;
+        RAISE NOTICE 't+%s  Sendblue lines 3 x 1/s: %/45   AT&T class E 240/min: %/401   T-Mobile brand cap 600/day: %/700',
+            lpad(i::text, 2), lpad(r.lines::text, 2), lpad(r.att::text, 3), lpad(r.tmo::text, 3);
     END LOOP;
 END $$;
 SET client_min_messages = warning;
 
-\echo '== Released per line and second: never more than the limit'
-SELECT sender, date_trunc('second', released_at) AS second, count(*)
-  FROM throttle.ready WHERE sender LIKE '+121255501__'
- GROUP BY 1, 2 ORDER BY 2, 1 LIMIT 9;
-\echo '== The OTP (priority 10) passed the 300 sale messages queued before it'
-SELECT id, payload, released_at - enqueued_at AS waited,
-       (SELECT count(*) FROM throttle.ready r WHERE r.sender = '55502' AND r.released_at < x.released_at) AS released_before_it
-  FROM throttle.ready x WHERE payload ? 'otp';
+\echo
+\echo '== Summary per limit: released, still waiting, and the busiest second'
+WITH per_second AS (
+    SELECT CASE WHEN sender LIKE '+121255501__' THEN 'Sendblue line ' || right(sender, 4) || ' (1/s)'
+                WHEN carrier = 'att' THEN 'AT&T class E, CAMP-E1 (240/min, burst 240)'
+                ELSE 'T-Mobile, brand acme (600/day; short code 100 MPS)' END AS series,
+           date_trunc('second', released_at) AS s, count(*) AS n
+      FROM throttle.ready GROUP BY 1, 2)
+SELECT series, sum(n) AS released, max(n) AS busiest_second FROM per_second GROUP BY 1 ORDER BY 1;
+SELECT sender, carrier, waiting, held_until_later FROM throttle.queue_state ORDER BY 1, 2;
+
+\echo '== The OTP went first, ahead of the 400 sale SMS queued before it'
+SELECT id, released_at - enqueued_at AS waited,
+       (SELECT count(*) FROM throttle.ready r WHERE r.carrier = 'att' AND r.released_at < x.released_at) AS released_before_it
+  FROM throttle.ready x WHERE id = :otp_id;
+
+\echo '== The T-Mobile cap: 600 released today; the rest waits for 08:00 local time after midnight Pacific'
+SELECT name, used, percent, window_end AS resets_at FROM throttle.cap_state;
+SELECT throttle.area_code(recipient) AS area_code, count(*) AS waiting,
+       min(not_before) AT TIME ZONE 'UTC' AS goes_at_utc
+  FROM throttle.pending WHERE carrier = 'tmobile' GROUP BY 1 ORDER BY 3;
+
+\echo '== Why is it waiting? The last AT&T message:'
+SELECT kind, name, ready_at, holds FROM throttle.explain(
+    (SELECT max(id) FROM throttle.pending WHERE carrier = 'att'));
+\echo '== And per queue of the short code:'
+SELECT carrier, waiting, head_ready_at, last_ready_at, held_by FROM throttle.explain_sender('55501');
+
+\echo '== Capacity planning: 10,000 messages a day from one Sendblue line, and lines for an 8-hour day'
+SELECT limit_name, volume, time_needed, senders_needed, note
+  FROM throttle.plan_capacity('+12125550101', 10000, ARRAY['verizon'], channel => 'imessage', deadline => '8 hours');
+
 \echo '== The worker'
-SELECT pid, ticks, released, queues, last_lag_ms FROM throttle.worker_state();
-\echo '== Consume: take 5 released messages (a sender process would send them)'
-SELECT id, sender, recipient, payload FROM throttle.take(5);
+SELECT pid, ticks, released, queues, last_lag_ms, released_per_s FROM throttle.worker_state();
+
+-- Per-second figures for the chart (scripts/demo.sh reads this table).
+CREATE TABLE public.demo_release AS
+WITH series(series, pred, lim) AS (VALUES
+    ('Sendblue line 0101 (1/s)', 'line0101', 1.0),
+    ('AT&T class E, campaign CAMP-E1 (240/min)', 'att', 4.0),
+    ('T-Mobile, brand acme: short code 100 MPS, 600/day cap', 'tmo', 100.0)),
+released AS (
+    SELECT floor(extract(epoch FROM released_at - :'t0'::timestamptz))::int AS second,
+           CASE WHEN sender = '+12125550101' THEN 'line0101'
+                WHEN sender = '55501' AND carrier = 'att' THEN 'att'
+                WHEN sender = '55501' AND carrier = 'tmobile' THEN 'tmo' END AS pred
+      FROM throttle.ready)
+SELECT g.second, s.series, count(r.pred) AS released, s.lim AS "limit"
+  FROM generate_series(0, 11) g(second)
+ CROSS JOIN series s
+  LEFT JOIN released r ON r.second = g.second AND r.pred = s.pred
+ GROUP BY g.second, s.series, s.lim
+ ORDER BY s.series, g.second;
