@@ -38,6 +38,7 @@ BEGIN
     END LOOP;
 END $$;
 
+SELECT now() AS t0 \gset
 \echo
 \echo '== A burst: 15 iMessages on each line, 400 SMS to AT&T and 700 to T-Mobile from the short code'
 \echo '   (recipients in New York, Los Angeles, Chicago and Honolulu), and one OTP at priority 10'
@@ -53,7 +54,6 @@ SELECT '55501', 'tmobile', 'sms',
        jsonb_build_object('text', 'sale ' || g)
   FROM generate_series(1, 700) g;
 SELECT throttle.enqueue('55501', 'att', '+12125559999', '{"otp": "123456"}', priority => 10::int2) AS otp_id \gset
-SELECT now() AS t0 \gset
 
 \echo '== Released live, per limit (released / still waiting)'
 SET client_min_messages = notice;
@@ -102,9 +102,12 @@ SELECT kind, name, ready_at, holds FROM throttle.explain(
 \echo '== And per queue of the short code:'
 SELECT carrier, waiting, head_ready_at, last_ready_at, held_by FROM throttle.explain_sender('55501');
 
-\echo '== Capacity planning: 10,000 messages a day from one Sendblue line, and lines for an 8-hour day'
+\echo '== Capacity planning: 100,000 iMessages from a Sendblue line, and how many lines for an 8-hour day'
 SELECT limit_name, volume, time_needed, senders_needed, note
-  FROM throttle.plan_capacity('+12125550101', 10000, ARRAY['verizon'], channel => 'imessage', deadline => '8 hours');
+  FROM throttle.plan_capacity('+12125550101', 100000, ARRAY['verizon'], channel => 'imessage', deadline => '8 hours');
+\echo '== And 20,000 SMS from the short code, half to AT&T, by the end of the hour'
+SELECT limit_name, volume, time_needed, senders_needed, note
+  FROM throttle.plan_capacity('55501', 20000, ARRAY['att', 'tmobile'], deadline => '1 hour');
 
 \echo '== The worker'
 SELECT pid, ticks, released, queues, last_lag_ms, released_per_s FROM throttle.worker_state();
@@ -122,7 +125,7 @@ released AS (
                 WHEN sender = '55501' AND carrier = 'tmobile' THEN 'tmo' END AS pred
       FROM throttle.ready)
 SELECT g.second, s.series, count(r.pred) AS released, s.lim AS "limit"
-  FROM generate_series(0, 11) g(second)
+  FROM generate_series(0, 12) g(second)
  CROSS JOIN series s
   LEFT JOIN released r ON r.second = g.second AND r.pred = s.pred
  GROUP BY g.second, s.series, s.lim

@@ -129,12 +129,21 @@ COMMENT ON FUNCTION throttle.is_time_zone(text) IS 'Whether pg_throttle knows th
 COMMENT ON FUNCTION throttle.queue_enter(text, text, text) IS 'Internal: counts an enqueued message under its queue caps';
 COMMENT ON FUNCTION throttle.queue_caps_on() IS 'Internal: whether any queue cap is configured';
 COMMENT ON FUNCTION throttle.pending_enter() IS 'Internal: the enqueue trigger that enforces queue caps (SQLSTATE PT429)';
+COMMENT ON FUNCTION throttle.check_rate_limit() IS 'Internal: validates throttle.rate_limit rows (22023 with a hint)';
+COMMENT ON FUNCTION throttle.check_cap() IS 'Internal: validates throttle.cap rows (22023 with a hint)';
+COMMENT ON FUNCTION throttle.check_queue_cap() IS 'Internal: bounds the number of queue caps (54000)';
+COMMENT ON FUNCTION throttle.pending_changed() IS 'Internal: hands new pending rows to the worker at commit; uncounts deleted ones from queue caps';
+COMMENT ON FUNCTION throttle.config_changed() IS 'Internal: tells every session to reread the configuration when the changing transaction ends';
+COMMENT ON TYPE throttle.scope IS 'What a limit or cap applies to: a sender, or every sender of a campaign, brand or account';
+COMMENT ON TYPE throttle.cap_period IS 'The window of a calendar cap: hour, day or month';
+COMMENT ON TYPE throttle.cap_action IS 'What the worker does with a message over a calendar cap: defer (to the reset), defer_local (to a local time in the recipient''s zone), refuse (dead-letter)';
 COMMENT ON FUNCTION throttle.worker_state() IS 'The release worker: last tick, released, lag';
 
 -- Grants: applications admit and read; changing limits is for the owner (or roles the owner
 -- grants INSERT/UPDATE/DELETE on the configuration tables).
 GRANT USAGE ON SCHEMA throttle TO PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA throttle FROM PUBLIC;
+GRANT SELECT ON throttle.profile_rule, throttle.profiles TO PUBLIC;
 GRANT SELECT ON throttle.sender, throttle.rate_limit, throttle.limit_state TO PUBLIC;
 GRANT SELECT ON throttle.cap, throttle.cap_exemption, throttle.cap_usage, throttle.queue_cap,
                 throttle.cap_state, throttle.queue_cap_state, throttle.queue_state,

@@ -29,6 +29,11 @@ pgrx::extension_sql_file!(
     requires = ["schema"]
 );
 pgrx::extension_sql_file!("../sql/caps.sql", name = "caps", requires = ["schema"]);
+pgrx::extension_sql_file!(
+    "../sql/profiles.sql",
+    name = "profiles",
+    requires = ["schema", "queue_tables", "caps"]
+);
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

@@ -243,6 +243,26 @@ fn monitoring_views_and_exporter_queries_run() {
         .map(|q| q.trim_end_matches('"'))
         .collect();
     assert_eq!(queries.len(), 5);
+    // Every function, table, view and type of the extension says what it is.
+    let undocumented: Vec<String> = c
+        .query(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p
+              WHERE p.pronamespace = 'throttle'::regnamespace AND obj_description(p.oid, 'pg_proc') IS NULL
+             UNION ALL
+             SELECT c.oid::regclass::text FROM pg_class c
+              WHERE c.relnamespace = 'throttle'::regnamespace AND c.relkind IN ('r', 'v')
+                AND obj_description(c.oid, 'pg_class') IS NULL
+             UNION ALL
+             SELECT t.oid::regtype::text FROM pg_type t
+              WHERE t.typnamespace = 'throttle'::regnamespace AND t.typtype IN ('e', 'c') AND t.typrelid = 0
+                AND obj_description(t.oid, 'pg_type') IS NULL",
+            &[],
+        )
+        .expect("comments")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(undocumented.is_empty(), "no COMMENT ON: {undocumented:?}");
     for q in queries {
         let rows = c.query(q, &[]).unwrap_or_else(|e| panic!("{q}: {e}"));
         assert!(

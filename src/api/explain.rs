@@ -585,7 +585,11 @@ fn plan_capacity(
                 let k = ((l.volume as i128 + room - 1) / room) as i64;
                 needed = Some(k.max(1));
                 senders = senders.max(k.max(1));
-                note = format!("{k} senders like this one finish within the deadline");
+                note = if k <= 1 {
+                    "this sender alone finishes within the deadline".to_string()
+                } else {
+                    format!("{k} senders like this one finish within the deadline")
+                };
             } else if l.volume as i128 > room {
                 note = format!("shared by the whole {scope}: more senders do not help; it alone misses the deadline");
                 impossible.get_or_insert(l.name.clone());
@@ -607,7 +611,8 @@ fn plan_capacity(
         (Some(name), _) => {
             format!("the deadline cannot be met: {name} is shared, and alone takes longer")
         }
-        (None, Some(_)) => format!("{senders} senders meet the deadline"),
+        (None, Some(_)) if senders <= 1 => "this sender alone meets the deadline".to_string(),
+        (None, Some(_)) => format!("{senders} senders like this one meet the deadline"),
         (None, None) => "time for this sender alone, from full buckets and unused windows".into(),
     };
     out.push((

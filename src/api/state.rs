@@ -24,6 +24,8 @@ fn note_config_change() {
     REGISTERED.set(true);
     let done = || {
         shmem::bump_config_generation();
+        // The worker recounts queue caps and rereads caps on a new generation: now.
+        shmem::wake_worker();
         config::invalidate_local();
         crate::caps::invalidate_local();
         REGISTERED.set(false);

@@ -1,0 +1,405 @@
+-- Provider profiles: the throughput rules of the providers and carriers in the product brief,
+-- shipped as data, and throttle.apply_profile() to turn one profile into rows of
+-- throttle.rate_limit, throttle.cap and throttle.queue_cap for a sender, campaign, brand or
+-- account. The created rows are ordinary rows: change or delete them like any other; applying
+-- the profile again creates only what is missing and never touches a row that exists.
+--
+-- Runs inside CREATE EXTENSION after schema.sql and caps.sql (types throttle.scope,
+-- throttle.cap_period, throttle.cap_action).
+
+-- One row per rule of each profile. `class` '' marks a rule every class of the profile gets;
+-- a profile with classes other than '' needs one (or has a default_class).
+CREATE TABLE throttle.profile_rule (
+    profile       text NOT NULL CHECK (profile ~ '^[a-z0-9_]+$'),
+    class         text NOT NULL DEFAULT '' CHECK (class ~ '^[A-Za-z0-9_]*$'),
+    rule          text NOT NULL CHECK (rule ~ '^[a-z0-9_]+$'),
+    kind          text NOT NULL CHECK (kind IN ('rate', 'cap', 'queue_cap')),
+    scope         throttle.scope NOT NULL,
+    carrier       text CHECK (carrier <> ''),
+    channel       text CHECK (channel ~ '^[a-z0-9_]+$'),
+    sender_type   text CHECK (sender_type ~ '^[a-z0-9_]+$'),
+    -- kind 'rate': throttle.rate_limit
+    rate          bigint CHECK (rate BETWEEN 1 AND 1000000000),
+    per           interval,
+    burst         bigint CHECK (burst BETWEEN 1 AND 1000000000),
+    -- kind 'cap': throttle.cap
+    cap           bigint CHECK (cap BETWEEN 1 AND 1000000000000),
+    period        throttle.cap_period,
+    reset_at      time,
+    time_zone     text,
+    at_cap        throttle.cap_action,
+    local_time    time,
+    overage_pct   integer CHECK (overage_pct BETWEEN 0 AND 1000),
+    -- kind 'queue_cap': throttle.queue_cap
+    max_waiting   bigint CHECK (max_waiting BETWEEN 1 AND 1000000000000),
+    validity      interval CHECK (validity > interval '0' AND validity <= interval '31 days'),
+    -- cap (at_cap 'refuse') and queue_cap: the provider's error code
+    error_code    text,
+    -- classes: display order, the class used when none is given, vetting scores it stands for
+    ord           integer NOT NULL DEFAULT 0,
+    default_class boolean NOT NULL DEFAULT false,
+    min_score     integer CHECK (min_score BETWEEN 0 AND 100),
+    max_score     integer CHECK (max_score BETWEEN 0 AND 100),
+    note          text NOT NULL,  -- the rule and its source
+    PRIMARY KEY (profile, class, rule),
+    CONSTRAINT profile_rule_columns CHECK (CASE kind
+        WHEN 'rate' THEN rate IS NOT NULL AND per IS NOT NULL AND burst IS NOT NULL
+                         AND num_nulls(cap, period, reset_at, time_zone, at_cap, local_time,
+                                       overage_pct, max_waiting, validity) = 9
+        WHEN 'cap' THEN num_nonnulls(cap, period, reset_at, time_zone, at_cap, local_time, overage_pct) = 7
+                        AND num_nulls(rate, per, burst, max_waiting, validity) = 5
+        WHEN 'queue_cap' THEN num_nonnulls(max_waiting, validity) >= 1
+                              AND num_nulls(rate, per, burst, cap, period, reset_at, time_zone,
+                                            at_cap, local_time, overage_pct, sender_type) = 11
+        END),
+    CONSTRAINT profile_rule_class_flags CHECK (
+        (class <> '' OR (NOT default_class AND min_score IS NULL))
+        AND (min_score IS NULL) = (max_score IS NULL) AND min_score <= max_score)
+);
+
+-- WhatsApp Cloud API through 360dialog, per number (seed 000).
+INSERT INTO throttle.profile_rule (profile, class, rule, kind, scope, rate, per, burst, ord, default_class, note)
+VALUES
+    ('whatsapp', 'standard', 'rate', 'rate', 'sender', 80, '1 second', 80, 1, true,
+     'WhatsApp Cloud API standard throughput: up to 80 messages per second per number, the default (360dialog "Higher Throughput", seed 000); Meta counts inbound and outbound'),
+    ('whatsapp', 'high', 'rate', 'rate', 'sender', 1000, '1 second', 1000, 2, false,
+     'WhatsApp Cloud API higher throughput: up to 1,000 messages per second per upgraded number (360dialog "Higher Throughput", seed 000); Meta counts inbound and outbound');
+
+-- Twilio short code, per number (seed 003).
+INSERT INTO throttle.profile_rule (profile, rule, kind, scope, rate, per, burst, note)
+VALUES
+    ('twilio_short_code', 'rate', 'rate', 'sender', 100, '1 second', 100,
+     'Twilio short code: 100 MPS, message segments per second (Twilio "Account Based Throughput Overview", seed 003); enqueue or admit with cost = segments');
+
+-- Twilio account-based throughput, per account by sender type and channel (seed 003).
+INSERT INTO throttle.profile_rule (profile, rule, kind, scope, sender_type, channel, rate, per, burst, note)
+VALUES
+    ('twilio_account', 'sms_short_code', 'rate', 'account', 'short_code', 'sms', 500, '1 second', 500,
+     'Twilio account-based throughput, SMS short codes: 500 MPS (segments) shared by every number of the account (seed 003 example)'),
+    ('twilio_account', 'sms_toll_free', 'rate', 'account', 'toll_free', 'sms', 100, '1 second', 100,
+     'Twilio account-based throughput, SMS toll-free: 100 MPS (segments) shared by every number of the account (seed 003 example)'),
+    ('twilio_account', 'mms_short_code', 'rate', 'account', 'short_code', 'mms', 100, '1 second', 100,
+     'Twilio account-based throughput, MMS short codes: 100 MPS (segments) shared by every number of the account (seed 003 example)'),
+    ('twilio_account', 'mms_toll_free', 'rate', 'account', 'toll_free', 'mms', 25, '1 second', 25,
+     'Twilio account-based throughput, MMS toll-free: 25 MPS (segments) shared by every number of the account (seed 003 example)');
+INSERT INTO throttle.profile_rule (profile, rule, kind, scope, validity, error_code, note)
+VALUES
+    ('twilio_account', 'queue', 'queue_cap', 'account', '4 hours', '30001',
+     'Twilio: messages persist in the account queue for at most 4 hours, so the queue holds MPS x 14,400 s; overflow is error 30001 (seed 003). One cap for the account: its size is the slowest of the account''s rates x 4 h');
+
+-- AT&T 10DLC, per campaign by message class, SMS and MMS per minute separately (seed 001).
+-- burst = the per-minute rate.
+INSERT INTO throttle.profile_rule (profile, class, rule, kind, scope, carrier, channel, rate, per, burst, ord, note)
+SELECT 'att_10dlc', c.class, ch.channel, 'rate', 'campaign', 'att', ch.channel, ch.rate, '1 minute', ch.rate, c.ord,
+       format('AT&T 10DLC message class %s (%s; %s): %s %s transactions per minute per campaign (Infobip "Throughput", seed 001)',
+              c.class, c.use_case, c.campaign_type, to_char(ch.rate, 'FM999,999,999'), upper(ch.channel))
+  FROM (VALUES
+        ('A',  1, 4500,  2400, 'STANDARD', 'Declared Use Case'),
+        ('B',  2, 4500,  2400, 'STANDARD', 'Mixed/Marketing'),
+        ('C',  3, 2400,  1200, 'STANDARD', 'Declared Use Case'),
+        ('D',  4, 2400,  1200, 'STANDARD', 'Mixed/Marketing'),
+        ('E',  5, 240,   150,  'STANDARD', 'Declared Use Case'),
+        ('F',  6, 240,   150,  'STANDARD', 'Mixed/Marketing'),
+        ('T',  7, 75,    50,   'Low-volume Mixed', 'Low Volume Mixed'),
+        ('G',  8, 60,    NULL, 'Group Messaging', 'Special'),
+        ('P',  9, 2400,  1200, 'Charity', 'Special: non-commercial'),
+        ('S', 10, 60000, 2400, 'Social Engagement', 'Special'),
+        ('K', 11, 3000,  2400, 'Election Campaigns', 'Special'),
+        ('X', 12, 4500,  2400, 'Emergency Services / Public Safety', 'Special'),
+        ('Z', 13, 6,     50,   'Large CSP Free Trial Offers', 'Special'),
+        ('Y', 14, 720,   50,   'Exemption by Carrier (trusted)', 'Special'),
+        ('W', 15, 15,    50,   'Exemption by Carrier (less trusted)', 'Special'),
+        ('N', 16, 60,    50,   'Agents, franchise, local branches, CSPs by vertical', 'Special'))
+       AS c(class, ord, sms, mms, use_case, campaign_type)
+ CROSS JOIN LATERAL (VALUES ('sms', c.sms::bigint), ('mms', c.mms::bigint)) AS ch(channel, rate)
+ WHERE ch.rate IS NOT NULL;  -- class G has no MMS throughput (n/a)
+
+-- T-Mobile 10DLC, per brand for all its campaigns: a daily cap by vetting score (seed 001).
+INSERT INTO throttle.profile_rule (profile, class, rule, kind, scope, carrier, cap, period, reset_at, time_zone,
+                                   at_cap, local_time, overage_pct, error_code, ord, min_score, max_score, note)
+SELECT 'tmobile_brand', t.class, 'daily', 'cap', 'brand', 'tmobile', t.cap, 'day', '00:00', 'America/Los_Angeles',
+       'defer_local', '08:00', 0, '542', t.ord, t.min_score, t.max_score,
+       format('T-Mobile 10DLC brand daily cap, vetting score %s-%s (%s): %s messages per day for all the brand''s campaigns, reset at midnight Pacific; over the cap Infobip sends at 08:00 the next day in the recipient''s zone instead of error 542 (seed 001). Political campaigns are exempt: add them to throttle.cap_exemption',
+              t.min_score, t.max_score, t.label, to_char(t.cap, 'FM999,999,999'))
+  FROM (VALUES
+        ('low',      1, 2000,   0,  24, 'Low'),
+        ('low_mid',  2, 10000,  25, 49, 'Low Mid'),
+        ('high_mid', 3, 40000,  50, 74, 'High Mid'),
+        ('high',     4, 200000, 75, 100, 'High; also Russell 3000 brands'))
+       AS t(class, ord, cap, min_score, max_score, label);
+
+-- Sendblue, per line (seeds 002 and 004).
+INSERT INTO throttle.profile_rule (profile, class, rule, kind, scope, rate, per, burst, max_waiting, error_code, ord, default_class, note)
+VALUES
+    ('sendblue_line', '', 'rate', 'rate', 'sender', 1, '1 second', 1, NULL, NULL, 0, false,
+     'Sendblue: 1 message per second per line, queued and sent one at a time (seeds 002, 004)'),
+    ('sendblue_line', 'standard', 'queue', 'queue_cap', 'sender', NULL, NULL, NULL, 1500, '429', 1, true,
+     'Sendblue: up to 1,500 queued messages, then HTTP 429 Too Many Requests (seed 004)'),
+    ('sendblue_line', 'expanded', 'queue', 'queue_cap', 'sender', NULL, NULL, NULL, 6000, '429', 2, false,
+     'Sendblue: up to 6,000 queued messages, then HTTP 429 Too Many Requests (seed 002)');
+
+-- Sendblue, per account (seed 004).
+INSERT INTO throttle.profile_rule (profile, rule, kind, scope, cap, period, reset_at, time_zone, at_cap, local_time, overage_pct, note)
+VALUES
+    ('sendblue_account', 'hourly', 'cap', 'account', 2000, 'hour', '00:00', 'America/New_York', 'defer', '08:00', 0,
+     'Sendblue: 2,000 messages per hour by default, per account; over it, wait for the next hour (seed 004)'),
+    ('sendblue_account', 'daily', 'cap', 'account', 4000, 'day', '03:00', 'America/New_York', 'defer', '08:00', 0,
+     'Sendblue: 4,000 messages per day by default, per account, reset daily at 3am Eastern (seed 004)');
+
+-- The shipped data is consistent: one scope per profile, one default class at most, classes
+-- distinct regardless of case, vetting scores that do not overlap.
+DO $$
+DECLARE
+    bad text;
+BEGIN
+    SELECT string_agg(DISTINCT profile, ', ') INTO bad FROM (
+        SELECT profile FROM throttle.profile_rule GROUP BY profile
+        HAVING count(DISTINCT scope) > 1
+            OR count(DISTINCT class) FILTER (WHERE default_class) > 1
+            OR count(DISTINCT class) <> count(DISTINCT lower(class))
+        UNION ALL
+        SELECT a.profile FROM throttle.profile_rule a JOIN throttle.profile_rule b
+            ON a.profile = b.profile AND a.class < b.class
+           AND a.min_score IS NOT NULL AND b.min_score IS NOT NULL
+           AND int4range(a.min_score, a.max_score, '[]') && int4range(b.min_score, b.max_score, '[]')
+        UNION ALL
+        SELECT profile FROM throttle.profile_rule GROUP BY profile, class
+        HAVING count(DISTINCT default_class) > 1 OR count(DISTINCT (min_score, max_score)) > 1) p;
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'inconsistent throttle.profile_rule data in profiles %', bad;
+    END IF;
+END
+$$;
+
+-- Apply a profile to one sender, campaign, brand or account.
+CREATE FUNCTION throttle.apply_profile(
+    profile text, scope throttle.scope, scope_id text, class text DEFAULT NULL
+) RETURNS TABLE (kind text, name text, id bigint, created boolean)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_profile  text := apply_profile.profile;
+    v_scope    throttle.scope := apply_profile.scope;
+    v_scope_id text := apply_profile.scope_id;
+    v_class    text := pg_catalog.btrim(apply_profile.class);
+    v_name     text;     -- the profile's canonical name
+    v_pscope   throttle.scope;
+    v_cls      text;     -- the class applied ('' for a profile without classes)
+    v_classes  text;     -- the profile's classes, for hints
+    v_scores   text;     -- the vetting scores they stand for, for hints
+    v_default  text;
+    v_other    text;     -- another class of the profile applied to this scope
+    v_taken    text;     -- its rows
+    v_id       bigint;
+    r          record;
+BEGIN
+    IF v_profile IS NULL OR v_scope IS NULL OR v_scope_id IS NULL THEN
+        RAISE EXCEPTION 'apply_profile: profile, scope and scope_id must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  HINT = 'for example throttle.apply_profile(''att_10dlc'', ''campaign'', ''C123'', ''E''); SELECT * FROM throttle.profiles lists the profiles';
+    END IF;
+    IF v_scope_id = '' THEN
+        RAISE EXCEPTION 'apply_profile: scope_id must not be empty'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'the sender, campaign, brand or account the limits are for, as in throttle.sender';
+    END IF;
+
+    SELECT p.profile, p.scope INTO v_name, v_pscope
+      FROM throttle.profile_rule p
+     WHERE p.profile = pg_catalog.lower(pg_catalog.btrim(v_profile))
+     LIMIT 1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown profile %', pg_catalog.quote_literal(v_profile)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'valid profiles: ' || (SELECT pg_catalog.string_agg(p.profile || ' (' || p.scope::text || ')', ', ' ORDER BY p.profile)
+                                                  FROM (SELECT DISTINCT p.profile, p.scope FROM throttle.profile_rule p) p)
+                         || '; SELECT * FROM throttle.profiles lists their rules';
+    END IF;
+    IF v_pscope <> v_scope THEN
+        RAISE EXCEPTION 'profile % applies to a %, not a %', v_name, v_pscope, v_scope
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = pg_catalog.format('valid scope for %s: %s, as in throttle.apply_profile(%L, %L, ...)',
+                                           v_name, v_pscope, v_name, v_pscope);
+    END IF;
+
+    -- The class: given (by name, any case, or by vetting score), or the default.
+    SELECT pg_catalog.string_agg(c.class, ', ' ORDER BY c.ord, c.class),
+           pg_catalog.string_agg(c.min_score || '-' || c.max_score || ' ' || c.class, ', ' ORDER BY c.min_score),
+           pg_catalog.min(c.class) FILTER (WHERE c.default_class)
+      INTO v_classes, v_scores, v_default
+      FROM (SELECT p.class, pg_catalog.min(p.ord) AS ord, pg_catalog.bool_or(p.default_class) AS default_class,
+                   pg_catalog.min(p.min_score) AS min_score, pg_catalog.max(p.max_score) AS max_score
+              FROM throttle.profile_rule p
+             WHERE p.profile = v_name AND p.class <> ''
+             GROUP BY p.class) c;
+    IF v_classes IS NULL THEN
+        IF coalesce(v_class, '') <> '' THEN
+            RAISE EXCEPTION 'profile % has no classes, got class %', v_name, pg_catalog.quote_literal(v_class)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = pg_catalog.format('valid classes for %s: none; leave class NULL', v_name);
+        END IF;
+        v_cls := '';
+    ELSIF coalesce(v_class, '') = '' THEN
+        v_cls := v_default;
+        IF v_cls IS NULL THEN
+            RAISE EXCEPTION 'profile % needs a class', v_name
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = pg_catalog.format('valid classes for %s: %s', v_name, v_classes)
+                             || coalesce('; or a vetting score (' || v_scores || ')', '');
+        END IF;
+    ELSE
+        SELECT p.class INTO v_cls
+          FROM throttle.profile_rule p
+         WHERE p.profile = v_name AND p.class <> '' AND pg_catalog.lower(p.class) = pg_catalog.lower(v_class)
+         LIMIT 1;
+        IF v_cls IS NULL AND v_class ~ '^[0-9]{1,3}$' THEN
+            SELECT p.class INTO v_cls
+              FROM throttle.profile_rule p
+             WHERE p.profile = v_name AND v_class::integer BETWEEN p.min_score AND p.max_score
+             LIMIT 1;
+        END IF;
+        IF v_cls IS NULL THEN
+            RAISE EXCEPTION 'unknown class % for profile %', pg_catalog.quote_literal(v_class), v_name
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = pg_catalog.format('valid classes for %s: %s', v_name, v_classes)
+                             || coalesce('; or a vetting score (' || v_scores || ')', '');
+        END IF;
+    END IF;
+
+    -- Before changing anything: another class of this profile must not be applied to the same
+    -- scope (its limits would stack with these), and a row with one of our names must be for
+    -- this scope. (Two transactions applying different classes to one scope at the same time
+    -- can both pass: the stricter limits then win. No lock is taken, so a transaction may apply
+    -- a profile to any number of scopes.)
+    SELECT pg_catalog.string_agg(DISTINCT x.class, ', '), pg_catalog.string_agg(x.row_name, ', ' ORDER BY x.row_name)
+      INTO v_other, v_taken
+      FROM (SELECT p.class, n.row_name
+              FROM throttle.profile_rule p
+             CROSS JOIN LATERAL (SELECT p.profile || '/' || CASE WHEN p.class = '' THEN '' ELSE p.class || '/' END
+                                        || v_scope::text || ':' || v_scope_id || '/' || p.rule AS row_name) n
+             WHERE p.profile = v_name AND p.class NOT IN ('', v_cls)
+               AND CASE p.kind
+                   WHEN 'rate' THEN EXISTS (SELECT 1 FROM throttle.rate_limit t WHERE t.name = n.row_name)
+                   WHEN 'cap' THEN EXISTS (SELECT 1 FROM throttle.cap t WHERE t.name = n.row_name)
+                   ELSE EXISTS (SELECT 1 FROM throttle.queue_cap t WHERE t.name = n.row_name) END) x;
+    IF v_taken IS NOT NULL THEN
+        RAISE EXCEPTION 'class % of profile % is already applied to % %', v_other, v_name, v_scope, v_scope_id
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('its rows: %s; applying class %s as well would stack both classes'' limits', v_taken, v_cls),
+                  HINT = 'delete the rows named in the detail from throttle.rate_limit, throttle.cap and throttle.queue_cap (a deleted cap forgets its usage), then apply the profile again';
+    END IF;
+    FOR r IN
+        SELECT p.kind, n.row_name
+          FROM throttle.profile_rule p
+         CROSS JOIN LATERAL (SELECT p.profile || '/' || CASE WHEN p.class = '' THEN '' ELSE p.class || '/' END
+                                    || v_scope::text || ':' || v_scope_id || '/' || p.rule AS row_name) n
+         WHERE p.profile = v_name AND p.class IN ('', v_cls)
+           AND CASE p.kind
+               WHEN 'rate' THEN EXISTS (SELECT 1 FROM throttle.rate_limit t WHERE t.name = n.row_name
+                                           AND (t.scope, t.scope_id) IS DISTINCT FROM (v_scope, v_scope_id))
+               WHEN 'cap' THEN EXISTS (SELECT 1 FROM throttle.cap t WHERE t.name = n.row_name
+                                          AND (t.scope, t.scope_id) IS DISTINCT FROM (v_scope, v_scope_id))
+               ELSE EXISTS (SELECT 1 FROM throttle.queue_cap t WHERE t.name = n.row_name
+                               AND (t.scope, t.scope_id) IS DISTINCT FROM (v_scope, v_scope_id)) END
+         LIMIT 1
+    LOOP
+        RAISE EXCEPTION 'the name % is taken in throttle.% by a row of another scope', r.row_name,
+                        CASE r.kind WHEN 'rate' THEN 'rate_limit' ELSE r.kind END
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'rename or delete that row, then apply the profile again';
+    END LOOP;
+
+    -- Create what is missing; keep what exists (an override survives).
+    FOR r IN
+        SELECT p.*, n.row_name,
+               pg_catalog.format('profile %s%s: %s', p.profile, CASE WHEN p.class = '' THEN '' ELSE ' class ' || p.class END,
+                                 p.note) AS row_note
+          FROM throttle.profile_rule p
+         CROSS JOIN LATERAL (SELECT p.profile || '/' || CASE WHEN p.class = '' THEN '' ELSE p.class || '/' END
+                                    || v_scope::text || ':' || v_scope_id || '/' || p.rule AS row_name) n
+         WHERE p.profile = v_name AND p.class IN ('', v_cls)
+         ORDER BY p.class <> '', CASE p.kind WHEN 'rate' THEN 1 WHEN 'cap' THEN 2 ELSE 3 END, p.rule
+    LOOP
+        v_id := NULL;
+        IF r.kind = 'rate' THEN
+            INSERT INTO throttle.rate_limit (name, scope, scope_id, carrier, channel, sender_type, rate, per, burst, note)
+            VALUES (r.row_name, v_scope, v_scope_id, r.carrier, r.channel, r.sender_type, r.rate, r.per, r.burst, r.row_note)
+            ON CONFLICT (name) DO NOTHING
+            RETURNING limit_id INTO v_id;
+            created := v_id IS NOT NULL;
+            IF NOT created THEN
+                SELECT t.limit_id INTO v_id FROM throttle.rate_limit t WHERE t.name = r.row_name;
+            END IF;
+        ELSIF r.kind = 'cap' THEN
+            INSERT INTO throttle.cap (name, scope, scope_id, carrier, channel, sender_type, cap, period, reset_at,
+                                      time_zone, overage_pct, at_cap, local_time, error_code, note)
+            VALUES (r.row_name, v_scope, v_scope_id, r.carrier, r.channel, r.sender_type, r.cap, r.period, r.reset_at,
+                    r.time_zone, r.overage_pct, r.at_cap, r.local_time, r.error_code, r.row_note)
+            ON CONFLICT (name) DO NOTHING
+            RETURNING cap_id INTO v_id;
+            created := v_id IS NOT NULL;
+            IF NOT created THEN
+                SELECT t.cap_id INTO v_id FROM throttle.cap t WHERE t.name = r.row_name;
+            END IF;
+        ELSE
+            INSERT INTO throttle.queue_cap (name, scope, scope_id, carrier, channel, max_waiting, validity, error_code, note)
+            VALUES (r.row_name, v_scope, v_scope_id, r.carrier, r.channel, r.max_waiting, r.validity, r.error_code, r.row_note)
+            ON CONFLICT (name) DO NOTHING
+            RETURNING queue_cap_id INTO v_id;
+            created := v_id IS NOT NULL;
+            IF NOT created THEN
+                SELECT t.queue_cap_id INTO v_id FROM throttle.queue_cap t WHERE t.name = r.row_name;
+            END IF;
+        END IF;
+        IF v_id IS NULL THEN
+            -- Deleted by another transaction after our insert found it (or not visible to a
+            -- repeatable-read snapshot): say so rather than return no id.
+            RAISE EXCEPTION 'the row % changed concurrently', r.row_name
+                USING ERRCODE = 'serialization_failure',
+                      HINT = 'apply the profile again';
+        END IF;
+        kind := r.kind;
+        name := r.row_name;
+        id := v_id;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION throttle.apply_profile(text, throttle.scope, text, text) FROM PUBLIC;
+
+-- Discovery: every rule of every profile in one line.
+CREATE VIEW throttle.profiles AS
+SELECT p.profile, p.class, p.scope, p.rule, p.kind,
+       CASE p.kind
+       WHEN 'rate' THEN pg_catalog.format('rate %s/%s, burst %s', p.rate,
+                            CASE p.per WHEN interval '1 second' THEN 's' WHEN interval '1 minute' THEN 'min'
+                                       WHEN interval '1 hour' THEN 'h' ELSE p.per::text END, p.burst)
+       WHEN 'cap' THEN pg_catalog.format('cap %s/%s, reset %s %s, at cap %s', p.cap, p.period,
+                            pg_catalog.to_char(p.reset_at, 'HH24:MI'), p.time_zone, p.at_cap)
+                       || CASE WHEN p.at_cap = 'defer_local' THEN ' ' || pg_catalog.to_char(p.local_time, 'HH24:MI') || ' recipient''s time' ELSE '' END
+                       || CASE WHEN p.overage_pct > 0 THEN pg_catalog.format(', overage %s %%', p.overage_pct) ELSE '' END
+       ELSE 'queue cap ' || coalesce(p.max_waiting || ' waiting', 'the scope''s slowest rate x validity ' || p.validity::text)
+            || coalesce(', validity ' || CASE WHEN p.max_waiting IS NOT NULL THEN p.validity::text END, '')
+       END
+       || coalesce(', error ' || p.error_code, '')
+       || coalesce('; carrier ' || p.carrier, '')
+       || coalesce('; channel ' || p.channel, '')
+       || coalesce('; sender type ' || p.sender_type, '')
+       || CASE WHEN p.class <> '' AND p.min_score IS NOT NULL THEN pg_catalog.format('; vetting score %s-%s', p.min_score, p.max_score) ELSE '' END
+       || CASE WHEN p.default_class THEN '; default class' ELSE '' END
+       AS summary,
+       p.default_class,
+       p.note
+  FROM throttle.profile_rule p
+ ORDER BY p.profile, p.ord, p.class, p.rule;
+
+COMMENT ON TABLE throttle.profile_rule IS
+    'Provider profiles shipped with pg_throttle: one row per rule (rate, calendar cap or queue cap) of each profile and class; throttle.apply_profile() turns them into limits. Do not edit: change the created limits instead';
+COMMENT ON FUNCTION throttle.apply_profile(text, throttle.scope, text, text) IS
+    'Create the limits of a provider profile (and class) for a sender, campaign, brand or account, named profile/class/scope:id/rule; rows that exist are kept as they are. Returns every rule''s row and whether it was created now';
+COMMENT ON VIEW throttle.profiles IS
+    'Every rule of every provider profile, with its class, scope and a one-line summary';
+
+-- Reading the profiles is for everyone; applying them is for the owner (or roles it grants
+-- EXECUTE, which also need INSERT on the limit tables).
+GRANT SELECT ON throttle.profile_rule, throttle.profiles TO PUBLIC;
