@@ -4,6 +4,7 @@
 \pset footer off
 SET client_min_messages = warning;
 DROP EXTENSION IF EXISTS pg_throttle CASCADE;
+DROP TABLE IF EXISTS public.demo_release;
 CREATE EXTENSION pg_throttle;
 
 \echo
