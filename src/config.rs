@@ -153,6 +153,16 @@ struct PlanTable {
 }
 
 impl PlanEntry {
+    fn view<'a>(&'a self, arena: &'a [LimitInfo]) -> PlanView<'a> {
+        PlanView {
+            wants: &self.wants,
+            partitions: self.partitions,
+            caps: self.caps,
+            idx: &self.limits,
+            arena,
+        }
+    }
+
     fn empty() -> PlanEntry {
         PlanEntry {
             hash: 0,
@@ -308,14 +318,7 @@ pub fn with_cached_plan<R>(
         let h = &mut c.hints[(hash >> 32) as usize & (HINTS - 1)];
         shmem::prefetch_hint(*h);
         let e = c.plans.find(hash, sender, carrier, channel)?;
-        let view = PlanView {
-            wants: &e.wants,
-            partitions: e.partitions,
-            caps: e.caps,
-            idx: &e.limits,
-            arena: &c.arena,
-        };
-        Some(f(&view, h))
+        Some(f(&e.view(&c.arena), h))
     })
 }
 
@@ -323,60 +326,43 @@ pub fn with_cached_plan<R>(
 const HINTS: usize = 1 << 15;
 
 /// [`with_plan`], answering `None` for an unknown sender instead of an error.
-pub fn with_known_plan<R>(
+pub fn with_known_plan<R, F: FnOnce(&PlanView) -> R>(
     sender: &[u8],
     carrier: &[u8],
     channel: &[u8],
-    f: impl FnOnce(&PlanView) -> R,
+    f: F,
 ) -> Result<Option<R>> {
     let hash = plan_hash(sender, carrier, channel);
     let generation = shmem::config_generation();
     let mut f = Some(f);
-    // Fast path: the plan is cached. Else build it from the sender's cached limits.
-    let cached = with_cache(|c| {
-        if c.generation != generation || c.plans.len() >= MAX_CACHED_PLANS {
-            c.clear();
-            c.generation = generation;
-        }
-        if c.plans.find(hash, sender, carrier, channel).is_none() {
-            c.any_caps?;
-            let limits = c.senders.get(sender)?.clone();
-            if let Err(e) = add_plan(c, hash, &limits, sender, carrier, channel) {
-                return Some(Err(e));
+    // Fast path: the plan is cached. Else build it from the sender's cached limits (once it
+    // is known whether caps exist in this generation).
+    let attempt = |f: &mut Option<_>| {
+        with_cache(|c| {
+            if c.generation != generation || c.plans.len() >= MAX_CACHED_PLANS {
+                c.clear();
+                c.generation = generation;
             }
-        }
-        let e = c.plans.find(hash, sender, carrier, channel)?;
-        let view = PlanView {
-            wants: &e.wants,
-            partitions: e.partitions,
-            caps: e.caps,
-            idx: &e.limits,
-            arena: &c.arena,
-        };
-        Some(Ok((f.take().expect("f is used once"))(&view)))
-    });
-    if let Some(r) = cached {
+            if c.plans.find(hash, sender, carrier, channel).is_none() {
+                c.any_caps?;
+                let limits = c.senders.get(sender)?.clone();
+                if let Err(e) = add_plan(c, hash, &limits, sender, carrier, channel) {
+                    return Some(Err(e));
+                }
+            }
+            let e = c.plans.find(hash, sender, carrier, channel)?;
+            let f: F = f.take()?;
+            Some(Ok(f(&e.view(&c.arena))))
+        })
+    };
+    if let Some(r) = attempt(&mut f) {
         return r.map(Some);
     }
     // Slow path: whether caps exist, and the sender's limits (SPI, outside the cache).
     let any_caps = crate::caps::any_caps().map_err(Box::new)?;
     if with_cache(|c| c.generation == generation && c.any_caps.is_none()) {
         with_cache(|c| c.any_caps = Some(any_caps));
-        if let Some(r) = with_cache(|c| {
-            let limits = c.senders.get(sender)?.clone();
-            if let Err(e) = add_plan(c, hash, &limits, sender, carrier, channel) {
-                return Some(Err(e));
-            }
-            let e = c.plans.find(hash, sender, carrier, channel)?;
-            let view = PlanView {
-                wants: &e.wants,
-                partitions: e.partitions,
-                caps: e.caps,
-                idx: &e.limits,
-                arena: &c.arena,
-            };
-            Some(Ok((f.take().expect("f is used once"))(&view)))
-        }) {
+        if let Some(r) = attempt(&mut f) {
             return r.map(Some);
         }
     }
@@ -396,14 +382,8 @@ pub fn with_known_plan<R>(
                 .plans
                 .find(hash, sender, carrier, channel)
                 .ok_or_else(|| error::internal("plan vanished"))?;
-            let view = PlanView {
-                wants: &e.wants,
-                partitions: e.partitions,
-                caps: e.caps,
-                idx: &e.limits,
-                arena: &c.arena,
-            };
-            return Ok(Some((f.take().expect("f is used once"))(&view)));
+            let f = f.take().ok_or_else(|| error::internal("plan used twice"))?;
+            return Ok(Some(f(&e.view(&c.arena))));
         }
         // Not cacheable: a private arena for this one call.
         let mut arena = Vec::new();
@@ -418,7 +398,8 @@ pub fn with_known_plan<R>(
             idx: &idx,
             arena: &arena,
         };
-        Ok(Some((f.take().expect("f is used once"))(&view)))
+        let f = f.take().ok_or_else(|| error::internal("plan used twice"))?;
+        Ok(Some(f(&view)))
     })
 }
 

@@ -282,6 +282,33 @@ fn defer_local(
     Ok(())
 }
 
+/// Rows of (sender, carrier, channel, count[, lag]) from a statement that moved messages out
+/// of pending: their total, (if `keep`) each queue's count into `gone`, and the largest lag.
+fn per_queue_counts(
+    rows: pgrx::spi::SpiTupleTable<'_>,
+    keep: bool,
+    gone: &mut Vec<(String, String, String, i64)>,
+    mut lag: Option<&mut i64>,
+) -> pgrx::spi::Result<u64> {
+    let mut total = 0u64;
+    for row in rows {
+        if let Some(l) = lag.as_deref_mut() {
+            *l = (*l).max(row.get::<i64>(5)?.unwrap_or(0));
+        }
+        let n: i64 = row.get(4)?.unwrap_or(0);
+        total += n.max(0) as u64;
+        if keep {
+            gone.push((
+                row.get(1)?.unwrap_or_default(),
+                row.get(2)?.unwrap_or_default(),
+                row.get(3)?.unwrap_or_default(),
+                n,
+            ));
+        }
+    }
+    Ok(total)
+}
+
 /// Read (once per tick) the usage of `def`'s window that contains `at`.
 fn load_ledger<'a>(
     c: &SpiClient<'_>,
@@ -490,18 +517,8 @@ impl Worker {
         if self.next_expiry.is_some_and(|t| t <= now) {
             let code = gucs::expiry_error_code();
             let mut gone: Vec<(String, String, String, i64)> = Vec::new();
-            for row in c.update(&st.expire, None, &[ts(now).into(), code.into()])? {
-                let n: i64 = row.get(4)?.unwrap_or(0);
-                dead += n.max(0) as u64;
-                if any_queue_caps {
-                    gone.push((
-                        row.get(1)?.unwrap_or_default(),
-                        row.get(2)?.unwrap_or_default(),
-                        row.get(3)?.unwrap_or_default(),
-                        n,
-                    ));
-                }
-            }
+            let rows = c.update(&st.expire, None, &[ts(now).into(), code.into()])?;
+            dead += per_queue_counts(rows, any_queue_caps, &mut gone, None)?;
             for (s, ca, ch, n) in gone {
                 self.left_queue(&s, &ca, &ch, n);
             }
@@ -739,19 +756,8 @@ impl Worker {
                 .iter()
                 .map(|&(b, r)| batches[b][r].id)
                 .collect();
-            for row in c.update(&st.mv, None, &[ids.into(), ts(now).into()])? {
-                let n: i64 = row.get(4)?.unwrap_or(0);
-                moved += n.max(0) as u64;
-                lag = lag.max(row.get::<i64>(5)?.unwrap_or(0));
-                if any_queue_caps {
-                    gone.push((
-                        row.get(1)?.unwrap_or_default(),
-                        row.get(2)?.unwrap_or_default(),
-                        row.get(3)?.unwrap_or_default(),
-                        n,
-                    ));
-                }
-            }
+            let rows = c.update(&st.mv, None, &[ids.into(), ts(now).into()])?;
+            moved += per_queue_counts(rows, any_queue_caps, &mut gone, Some(&mut lag))?;
             if moved > 0 {
                 c.update(
                     "SELECT pg_notify('throttle_ready', $1)",
@@ -788,22 +794,12 @@ impl Worker {
                     }
                 }
             }
-            for row in c.update(
+            let rows = c.update(
                 &st.dead,
                 None,
                 &[ids.into(), reasons.into(), ts(now).into(), codes.into()],
-            )? {
-                let n: i64 = row.get(4)?.unwrap_or(0);
-                dead += n.max(0) as u64;
-                if any_queue_caps {
-                    gone.push((
-                        row.get(1)?.unwrap_or_default(),
-                        row.get(2)?.unwrap_or_default(),
-                        row.get(3)?.unwrap_or_default(),
-                        n,
-                    ));
-                }
-            }
+            )?;
+            dead += per_queue_counts(rows, any_queue_caps, &mut gone, None)?;
         }
         for (s, ca, ch, n) in gone {
             self.left_queue(&s, &ca, &ch, n);

@@ -1,24 +1,8 @@
 //! Calendar caps, local-time release, queue caps and expiry against real servers.
 
-use pg_throttle_tests::{sqlstate, Client, Server};
+use pg_throttle_tests::{count, sqlstate, wait_for, Client, Server};
 use postgres::fallible_iterator::FallibleIterator;
-use std::time::{Duration, Instant};
-
-/// Poll `sql` (one bigint) until `done` holds or the deadline passes; returns the last value.
-fn wait_for(c: &mut Client, sql: &str, deadline: Duration, done: impl Fn(i64) -> bool) -> i64 {
-    let end = Instant::now() + deadline;
-    loop {
-        let v: i64 = c.query_one(sql, &[]).map(|r| r.get(0)).unwrap_or(-1);
-        if done(v) || Instant::now() > end {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn count(c: &mut Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).expect(sql).get(0)
-}
+use std::time::Duration;
 
 /// A daily cap whose reset, in Los Angeles, is a few seconds from now: the "23:59 Pacific"
 /// of the issue, without waiting for midnight. Messages over the cap wait for the reset and

@@ -367,3 +367,20 @@ mod tests {
         }
     }
 }
+
+/// Poll `sql` (one bigint) until `done` holds or the deadline passes; returns the last value.
+pub fn wait_for(c: &mut Client, sql: &str, deadline: Duration, done: impl Fn(i64) -> bool) -> i64 {
+    let end = Instant::now() + deadline;
+    loop {
+        let v: i64 = c.query_one(sql, &[]).map(|r| r.get(0)).unwrap_or(-1);
+        if done(v) || Instant::now() > end {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The one bigint `sql` returns.
+pub fn count(c: &mut Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).expect(sql).get(0)
+}

@@ -1,22 +1,7 @@
 //! Monitoring, explain and capacity planning against a real server.
 
-use pg_throttle_tests::{sqlstate, Client, Server};
-use std::time::{Duration, Instant};
-
-fn wait_for(c: &mut Client, sql: &str, deadline: Duration, done: impl Fn(i64) -> bool) -> i64 {
-    let end = Instant::now() + deadline;
-    loop {
-        let v: i64 = c.query_one(sql, &[]).map(|r| r.get(0)).unwrap_or(-1);
-        if done(v) || Instant::now() > end {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn count(c: &mut Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).expect(sql).get(0)
-}
+use pg_throttle_tests::{count, sqlstate, wait_for, Server};
+use std::time::Duration;
 
 /// explain names the limit that holds a message and when it goes; explain_sender does the
 /// same per queue; a released message and an unknown id say so.

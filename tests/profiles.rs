@@ -1,6 +1,8 @@
 //! Provider profiles (sql/profiles.sql): throttle.apply_profile() against real servers.
 
-use pg_throttle_tests::{assert_window_bound as assert_bound, sqlstate, Client, Server};
+use pg_throttle_tests::{
+    assert_window_bound as assert_bound, count, sqlstate, wait_for, Client, Server,
+};
 use std::time::{Duration, Instant};
 
 /// AT&T 10DLC message classes from seed 001 (Infobip "Throughput"): class, SMS per minute,
@@ -78,10 +80,6 @@ fn try_apply(
         .collect())
 }
 
-fn count(c: &mut Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).expect(sql).get(0)
-}
-
 /// Rows in the three limit tables.
 fn limit_rows(c: &mut Client) -> (i64, i64, i64) {
     let r = c
@@ -92,18 +90,6 @@ fn limit_rows(c: &mut Client) -> (i64, i64, i64) {
         )
         .expect("counts");
     (r.get(0), r.get(1), r.get(2))
-}
-
-/// Poll `sql` (one bigint) until `done` holds or the deadline passes; returns the last value.
-fn wait_for(c: &mut Client, sql: &str, deadline: Duration, done: impl Fn(i64) -> bool) -> i64 {
-    let end = Instant::now() + deadline;
-    loop {
-        let v: i64 = c.query_one(sql, &[]).map(|r| r.get(0)).unwrap_or(-1);
-        if done(v) || Instant::now() > end {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Run `sql` (an enqueue), retrying while the worker has not counted the queue caps yet

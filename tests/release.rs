@@ -1,20 +1,8 @@
 //! The release worker against real servers: rate, latency, order, crash safety, standby.
 
-use pg_throttle_tests::{assert_window_bound as assert_bound, Client, Server};
+use pg_throttle_tests::{assert_window_bound as assert_bound, wait_for, Client, Server};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
-
-/// Poll `sql` (one bigint) until `done` holds or the deadline passes; returns the last value.
-fn wait_for(c: &mut Client, sql: &str, deadline: Duration, done: impl Fn(i64) -> bool) -> i64 {
-    let end = Instant::now() + deadline;
-    loop {
-        let v: i64 = c.query_one(sql, &[]).map(|r| r.get(0)).unwrap_or(-1);
-        if done(v) || Instant::now() > end {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Released times (µs since epoch) per sender, from throttle.ready.
 fn released(c: &mut Client) -> HashMap<String, Vec<i64>> {

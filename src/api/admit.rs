@@ -8,7 +8,7 @@
 
 use crate::backend;
 use crate::caps;
-use crate::config;
+use crate::config::{self, PlanView};
 use crate::error::{self, Fast as Result};
 use crate::gucs;
 use crate::limiter::cap::{lease_chunk, Ledger};
@@ -139,23 +139,35 @@ fn decide<R>(
             return None; // calendar caps may apply: the lease path below
         }
         let then = then.take()?;
-        Some((|| {
-            let outcome = shmem::admit(&plan.wants, plan.partitions, call.cost, call.now, headroom)
-                .map_err(ErrorReport::from)?;
-            let blocker = match outcome {
-                Outcome::Refused { blocker, .. } => {
-                    let l = plan.limit(blocker);
-                    Some((l.id, &*l.label))
-                }
-                Outcome::Admitted { .. } => None,
-            };
-            then(plan.wants.len(), outcome, blocker)
-        })())
+        Some(admit_plan(plan, call, headroom, then))
     })?;
     match (fast, then.take()) {
         (Some(r), _) => r,
         (None, Some(then)) => decide_with_caps(call, headroom, then),
         (None, None) => Err(Box::new(error::internal("admission decided twice"))),
+    }
+}
+
+/// Admit `call` through `plan`'s buckets and hand the answer to `then`.
+fn admit_plan<R>(
+    plan: &PlanView,
+    call: &Call,
+    headroom: bool,
+    then: impl FnOnce(usize, Outcome, Option<(i64, &str)>) -> Result<R>,
+) -> Result<R> {
+    let outcome = shmem::admit(&plan.wants, plan.partitions, call.cost, call.now, headroom)
+        .map_err(ErrorReport::from)?;
+    then(plan.wants.len(), outcome, blocker_of(plan, &outcome))
+}
+
+/// The id and name of the limit that refused (None when admitted).
+fn blocker_of<'a>(plan: &'a PlanView, outcome: &Outcome) -> Option<(i64, &'a str)> {
+    match *outcome {
+        Outcome::Refused { blocker, .. } => {
+            let l = plan.limit(blocker);
+            Some((l.id, &*l.label))
+        }
+        Outcome::Admitted { .. } => None,
     }
 }
 
@@ -181,17 +193,7 @@ fn decide_with_caps<R>(
             // Unknown sender (with_plan says so), or no cap applies.
             _ => {
                 return config::with_plan(call.sender, call.carrier, call.channel, |plan| {
-                    let outcome =
-                        shmem::admit(&plan.wants, plan.partitions, call.cost, call.now, headroom)
-                            .map_err(ErrorReport::from)?;
-                    let blocker = match outcome {
-                        Outcome::Refused { blocker, .. } => {
-                            let l = plan.limit(blocker);
-                            Some((l.id, &*l.label))
-                        }
-                        Outcome::Admitted { .. } => None,
-                    };
-                    then(plan.wants.len(), outcome, blocker)
+                    admit_plan(plan, call, headroom, then)
                 })?;
             }
         };
@@ -254,14 +256,10 @@ fn decide_with_caps<R>(
                             return Err(Box::new(ErrorReport::from(e)));
                         }
                     };
-                    let blocker = match outcome {
-                        Outcome::Refused { blocker, .. } => {
-                            shmem::lease_refund(db, &wants, cost);
-                            let l = plan.limit(blocker);
-                            Some((l.id, &*l.label))
-                        }
-                        Outcome::Admitted { .. } => None,
-                    };
+                    if matches!(outcome, Outcome::Refused { .. }) {
+                        shmem::lease_refund(db, &wants, cost);
+                    }
+                    let blocker = blocker_of(plan, &outcome);
                     then(limits(plan.wants.len()), outcome, blocker)
                 })?;
             }

@@ -32,6 +32,23 @@ struct Constraint {
     detail: String,
 }
 
+/// The rate limits of (sender, carrier, channel): bucket, limit id, name.
+fn plan_limits(sender: &str, carrier: &str, channel: &str) -> Result<Vec<(Want, i64, String)>> {
+    config::with_plan(
+        sender.as_bytes(),
+        carrier.as_bytes(),
+        channel.as_bytes(),
+        |plan| {
+            plan.wants
+                .iter()
+                .enumerate()
+                .map(|(i, w)| (*w, plan.limit(i).id, plan.limit(i).label.to_string()))
+                .collect()
+        },
+    )
+    .map_err(|e| *e)
+}
+
 /// A pending message as explain needs it.
 struct Pending {
     id: i64,
@@ -118,19 +135,7 @@ fn constraints(c: &SpiClient<'_>, p: &Pending, now: Micros) -> Result<Vec<Constr
         detail: format!("{ahead} messages ({ahead_cost} segments) ahead of it in its queue"),
     });
     let need = (ahead_cost + p.cost).max(1) as u64;
-    let limits: Vec<(Want, i64, String)> = config::with_plan(
-        p.sender.as_bytes(),
-        p.carrier.as_bytes(),
-        p.channel.as_bytes(),
-        |plan| {
-            plan.wants
-                .iter()
-                .enumerate()
-                .map(|(i, w)| (*w, plan.limit(i).id, plan.limit(i).label.to_string()))
-                .collect()
-        },
-    )
-    .map_err(|e| *e)?;
+    let limits = plan_limits(&p.sender, &p.carrier, &p.channel)?;
     for (w, id, label) in limits {
         let at = shmem::eta(&w, need, now).map_err(pgrx::pg_sys::panic::ErrorReport::from)?;
         out.push(Constraint {
@@ -471,19 +476,7 @@ fn plan_capacity(
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
     for (carrier, share) in carriers.iter().zip(&shares) {
         let n = ((messages as f64) * share / total_share).round() as u64 * cost as u64;
-        let wants: Vec<(Want, i64, String)> = config::with_plan(
-            sender.as_bytes(),
-            carrier.as_bytes(),
-            channel.as_bytes(),
-            |plan| {
-                plan.wants
-                    .iter()
-                    .enumerate()
-                    .map(|(i, w)| (*w, plan.limit(i).id, plan.limit(i).label.to_string()))
-                    .collect()
-            },
-        )
-        .map_err(|e| *e)?;
+        let wants = plan_limits(sender, carrier, channel)?;
         for (w, id, label) in wants {
             let key = format!("limit {id}");
             match loads.iter_mut().find(|l| l.scope.ends_with(&key)) {
