@@ -28,7 +28,9 @@ SELECT l.limit_id, l.name, l.scope, l.scope_id, l.carrier, l.channel, l.sender_t
        l.rate, l.per, l.burst,
        coalesce(b.available, l.burst) AS available,
        CASE WHEN coalesce(b.available, l.burst) > 0 THEN now()
-            ELSE b.full_at - (l.burst - 1) * (l.per / l.rate) END AS next_room_at,
+            ELSE greatest(now(), b.full_at - make_interval(
+                     secs => least((b.burst - 1)::float8 * b.period_us / b.rate / 1e6, 3e9)))
+       END AS next_room_at,
        b.full_at,
        b.limit_id IS NOT NULL AS in_memory
   FROM throttle.rate_limit l

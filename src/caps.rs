@@ -70,6 +70,8 @@ pub struct CapDef {
     pub local_time: NaiveTime,
     pub error_code: Option<String>,
     pub label: String,
+    /// When the row was made (µs): with the id, names this cap across DROP/CREATE EXTENSION.
+    pub born: Micros,
 }
 
 /// A queue cap row, its size resolved (None: derived from rate limits the scope lacks).
@@ -103,6 +105,8 @@ static DEFS: BackendLocal<Option<Defs>> = BackendLocal::new(None);
 /// (generation, whether any calendar cap exists): the one check `throttle_admit` makes per
 /// call when no cap is configured.
 static ANY_CAPS: BackendLocal<(u64, bool)> = BackendLocal::new((0, false));
+/// The same for queue caps: the check every enqueue makes.
+static ANY_QUEUE_CAPS: BackendLocal<(u64, bool)> = BackendLocal::new((0, false));
 
 const CAPS_SQL: &str = "
     SELECT c.cap_id, c.scope::text, c.scope_id, c.carrier, c.channel, c.sender_type, c.cap,
@@ -111,7 +115,8 @@ const CAPS_SQL: &str = "
            coalesce(c.name, 'cap ' || c.scope::text || ' ' || c.scope_id
                     || coalesce(' carrier ' || c.carrier, '') || coalesce(' channel ' || c.channel, '')
                     || ' ' || c.cap::text || '/' || c.period::text),
-           ARRAY(SELECT e.campaign FROM throttle.cap_exemption e WHERE e.cap_id = c.cap_id)
+           ARRAY(SELECT e.campaign FROM throttle.cap_exemption e WHERE e.cap_id = c.cap_id),
+           c.created_at
       FROM throttle.cap c ORDER BY c.cap_id";
 
 const QUEUE_CAPS_SQL: &str = "
@@ -180,6 +185,9 @@ fn load_defs(generation: u64) -> Result<Defs> {
                     .unwrap_or(NaiveTime::MIN),
                 error_code: row.get(15)?,
                 label: row.get(16)?.unwrap_or_default(),
+                born: row
+                    .get::<TimestampWithTimeZone>(18)?
+                    .map_or(0, Micros::from),
             }));
         }
         let mut queue_caps = Vec::new();
@@ -225,6 +233,7 @@ fn fresh() -> Result<()> {
 pub fn invalidate_local() {
     DEFS.with(|d| *d = None);
     ANY_CAPS.with(|a| *a = (0, false));
+    ANY_QUEUE_CAPS.with(|a| *a = (0, false));
 }
 
 /// Whether any calendar cap is configured (cheap after the first call per generation).
@@ -242,9 +251,17 @@ pub fn any_caps() -> Result<bool> {
 }
 
 /// Whether any queue cap is configured.
+#[inline]
 pub fn any_queue_caps() -> Result<bool> {
+    let generation = shmem::config_generation();
+    let (known, any) = ANY_QUEUE_CAPS.with(|a| *a);
+    if known == generation && known != 0 {
+        return Ok(any);
+    }
     fresh()?;
-    Ok(DEFS.with(|d| d.as_ref().is_some_and(|d| !d.queue_caps.is_empty())))
+    let any = DEFS.with(|d| d.as_ref().is_some_and(|d| !d.queue_caps.is_empty()));
+    ANY_QUEUE_CAPS.with(|a| *a = (generation, any));
+    Ok(any)
 }
 
 fn groups(sender: &str) -> Result<Option<Rc<Groups>>> {

@@ -63,7 +63,8 @@ pub struct PlanView<'a> {
     pub wants: &'a [Want],
     /// Bit per shared-memory partition the wants live in.
     pub partitions: u32,
-    /// Calendar caps are configured (they may apply: see `caps::caps_for`).
+    /// Calendar caps may apply to this (sender, carrier, channel): some exist and this plan
+    /// has not been found free of them yet (see [`note_plan_caps`]).
     pub caps: bool,
     idx: &'a [u32],
     arena: &'a [LimitInfo],
@@ -86,7 +87,8 @@ struct PlanEntry {
     hash: u64,
     key: PlanKey,
     partitions: u32,
-    caps: bool,
+    /// Calendar caps: 0 none apply, 1 some apply, 2 some exist and it is not known yet.
+    caps: u8,
     wants: SmallVec<[Want; 2]>,
     limits: SmallVec<[u32; 2]>,
 }
@@ -157,7 +159,7 @@ impl PlanEntry {
         PlanView {
             wants: &self.wants,
             partitions: self.partitions,
-            caps: self.caps,
+            caps: self.caps != 0,
             idx: &self.limits,
             arena,
         }
@@ -168,7 +170,7 @@ impl PlanEntry {
             hash: 0,
             key: PlanKey::new(),
             partitions: 0,
-            caps: false,
+            caps: 0,
             wants: SmallVec::new(),
             limits: SmallVec::new(),
         }
@@ -196,6 +198,30 @@ impl PlanTable {
             let e = &self.slots[i];
             if e.hash == hash && e.is(sender, carrier, channel) {
                 return Some(e);
+            }
+            if e.hash == 0 {
+                return None;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn find_mut(
+        &mut self,
+        hash: u64,
+        sender: &[u8],
+        carrier: &[u8],
+        channel: &[u8],
+    ) -> Option<&mut PlanEntry> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = hash as usize & mask;
+        loop {
+            let e = &self.slots[i];
+            if e.hash == hash && e.is(sender, carrier, channel) {
+                return Some(&mut self.slots[i]);
             }
             if e.hash == 0 {
                 return None;
@@ -275,8 +301,9 @@ fn with_cache<R>(f: impl FnOnce(&mut Cache) -> R) -> R {
     })
 }
 
-/// Plans cached per backend before the cache is emptied and refilled on demand.
-const MAX_CACHED_PLANS: usize = 500_000;
+/// Plans cached per backend before the cache is emptied and refilled on demand (at most
+/// 131,072 slots of about 200 bytes: 26 MB).
+const MAX_CACHED_PLANS: usize = 65_536;
 
 /// Run `f` on the plan for admitting `sender` to `carrier` on `channel`, from the cache or
 /// the tables. Unknown sender: 42704; more than [`MAX_WANTS`] applicable limits: 54000.
@@ -324,6 +351,20 @@ pub fn with_cached_plan<R>(
 
 /// Slot hints kept per backend (4 bytes each: small enough to stay in cache).
 const HINTS: usize = 1 << 15;
+
+/// Record whether calendar caps apply to the cached plan of (sender, carrier, channel), as
+/// `caps::caps_for` found: a plan that none apply to goes back to the fast path.
+pub fn note_plan_caps(sender: &[u8], carrier: &[u8], channel: &[u8], apply: bool) {
+    let hash = plan_hash(sender, carrier, channel);
+    let generation = shmem::config_generation();
+    with_cache(|c| {
+        if c.generation == generation {
+            if let Some(e) = c.plans.find_mut(hash, sender, carrier, channel) {
+                e.caps = u8::from(apply);
+            }
+        }
+    });
+}
 
 /// [`with_plan`], answering `None` for an unknown sender instead of an error.
 pub fn with_known_plan<R, F: FnOnce(&PlanView) -> R>(
@@ -430,7 +471,7 @@ fn add_plan(
         hash,
         key,
         partitions,
-        caps: c.any_caps.unwrap_or(true),
+        caps: if c.any_caps == Some(false) { 0 } else { 2 },
         wants,
         limits: idx.into_iter().collect(),
     });

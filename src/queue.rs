@@ -95,28 +95,32 @@ pub unsafe extern "C-unwind" fn pg_throttle_pending_changed(
         {
             return pg_sys::Datum::from(0usize);
         }
-        // Queue caps: count what enters, uncount what leaves.
+        // Queue caps: a message that leaves (deleted, or moved to another queue) is uncounted
+        // at commit. (Entering is counted by the pending_enter trigger, which raises PT429
+        // when a cap is full.) Nothing to do, and no text copied, when no queue cap exists.
         let op = event & pg_sys::TRIGGER_EVENT_OPMASK;
-        let key = queue_key(&values);
+        let caps_on = crate::error::or_raise(crate::caps::any_queue_caps().map_err(Box::new));
         if op == pg_sys::TRIGGER_EVENT_DELETE {
-            if let Err(e) = queue_cap::leave(&key[0], &key[1], &key[2]) {
-                e.report(pgrx::PgLogLevel::ERROR);
+            if caps_on {
+                let key = queue_key(&values);
+                if let Err(e) = queue_cap::leave(&key[0], &key[1], &key[2]) {
+                    e.report(pgrx::PgLogLevel::ERROR);
+                }
             }
             return pg_sys::Datum::from(0usize);
         }
-        let old_key = if op == pg_sys::TRIGGER_EVENT_UPDATE {
+        if caps_on && op == pg_sys::TRIGGER_EVENT_UPDATE {
             let old = (*td).tg_trigtuple;
             let mut ov = vec![pg_sys::Datum::from(0usize); natts];
             let mut on = vec![true; natts];
             pg_sys::heap_deform_tuple(old, desc, ov.as_mut_ptr(), on.as_mut_ptr());
-            (!on[..COLUMNS].iter().any(|&n| n)).then(|| queue_key(&ov))
-        } else {
-            None
-        };
-        // (Entering is counted by the pending_enter trigger, which raises PT429 when full.)
-        if let Some(old) = old_key.filter(|o| *o != key) {
-            if let Err(e) = queue_cap::leave(&old[0], &old[1], &old[2]) {
-                e.report(pgrx::PgLogLevel::ERROR);
+            if !on[..COLUMNS].iter().any(|&n| n) {
+                let (old, new) = (queue_key(&ov), queue_key(&values));
+                if old != new {
+                    if let Err(e) = queue_cap::leave(&old[0], &old[1], &old[2]) {
+                        e.report(pgrx::PgLogLevel::ERROR);
+                    }
+                }
             }
         }
         let id = values[0].value() as i64;

@@ -172,10 +172,23 @@ fn queue_enter(sender: &str, carrier: &str, channel: &str) -> Result<Option<Vec<
     enter(sender, carrier, channel)
 }
 
-/// Internal, for the enqueue trigger's WHEN: whether any queue cap is configured.
-#[pg_extern(volatile, parallel_safe)]
-fn queue_caps_on() -> Result<bool> {
-    caps::any_queue_caps()
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_pg_throttle_queue_caps_on() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// Internal, for the enqueue trigger's WHEN, evaluated for every enqueued row: whether any
+/// queue cap is configured. A plain V1 function (pgrx's wrapper cost more than the check).
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn pg_throttle_queue_caps_on(
+    _fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    pg_sys::Datum::from(crate::error::or_raise(
+        caps::any_queue_caps().map_err(Box::new),
+    ))
 }
 
 /// A message leaves the queue of (sender, carrier, channel): uncount it when this
@@ -212,6 +225,9 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION throttle.queue_caps_on() RETURNS boolean
+VOLATILE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'pg_throttle_queue_caps_on';
+
 CREATE TRIGGER pending_enter AFTER INSERT ON throttle.pending FOR EACH ROW
     WHEN (throttle.queue_caps_on())
     EXECUTE FUNCTION throttle.pending_enter();
@@ -223,5 +239,5 @@ REVOKE ALL ON FUNCTION throttle.queue_enter(text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION throttle.pending_enter() FROM PUBLIC;
 "#,
     name = "queue_cap_triggers",
-    requires = ["queue_tables", queue_enter, queue_caps_on],
+    requires = ["queue_tables", queue_enter],
 );

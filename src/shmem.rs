@@ -801,6 +801,9 @@ pub const MAX_QUEUE_CAPS: usize = 1024;
 pub struct Lease {
     pub db: u32,
     pub cap_id: i64,
+    /// The cap's created_at: a cap made again after DROP/CREATE EXTENSION with the same id
+    /// is another cap.
+    pub born: Micros,
     pub window_start: Micros,
     pub window_end: Micros,
     /// Leased and not yet spent.
@@ -847,6 +850,7 @@ fn with_caps<R>(f: impl FnOnce(&mut CapsShared) -> R) -> Result<R, ShmemError> {
 #[derive(Clone, Copy, Debug)]
 pub struct CapWant {
     pub cap_id: i64,
+    pub born: Micros,
     pub window_start: Micros,
     pub window_end: Micros,
     pub at: Micros,
@@ -864,34 +868,24 @@ pub enum LeaseAnswer {
     Asked,
 }
 
-/// The lease entry of (`db`, `cap_id`, `window_start`), made if missing: a free entry, else
-/// one holding nothing (a window that is over, or spent), else the one holding least (its
-/// unspent lease is wasted, never spent twice).
-fn lease_slot(c: &mut CapsShared, db: u32, w: &CapWant) -> usize {
-    if let Some(k) = c
-        .leases
-        .iter()
-        .position(|l| l.db == db && l.cap_id == w.cap_id && l.window_start == w.window_start)
-    {
-        return k;
+/// The lease entry of (`db`, cap, window), made if missing in a free entry or one holding
+/// nothing (a window that is over, or spent); None when every entry holds a live lease.
+fn lease_slot(c: &mut CapsShared, db: u32, w: &CapWant) -> Option<usize> {
+    let same = |l: &Lease| {
+        l.db == db && l.cap_id == w.cap_id && l.born == w.born && l.window_start == w.window_start
+    };
+    if let Some(k) = c.leases.iter().position(same) {
+        return Some(k);
     }
-    let k = c
-        .leases
-        .iter()
-        .position(|l| l.cap_id == 0)
-        .or_else(|| {
-            c.leases
-                .iter()
-                .position(|l| l.want == 0 && (l.window_end <= w.at || l.left == 0))
-        })
-        .unwrap_or_else(|| {
-            (0..MAX_LEASES)
-                .min_by_key(|&k| (c.leases[k].want > 0, c.leases[k].left))
-                .unwrap_or(0)
-        });
+    let k = c.leases.iter().position(|l| l.cap_id == 0).or_else(|| {
+        c.leases
+            .iter()
+            .position(|l| l.want == 0 && (l.window_end <= w.at || l.left == 0))
+    })?;
     c.leases[k] = Lease {
         db,
         cap_id: w.cap_id,
+        born: w.born,
         window_start: w.window_start,
         window_end: w.window_end,
         left: 0,
@@ -899,7 +893,7 @@ fn lease_slot(c: &mut CapsShared, db: u32, w: &CapWant) -> usize {
         want_at: w.at,
         full: false,
     };
-    k
+    Some(k)
 }
 
 /// Most calendar caps one admission may need.
@@ -915,30 +909,32 @@ pub fn lease_take(db: u32, wants: &[CapWant], cost: i64) -> Result<LeaseAnswer, 
         let mut found = [usize::MAX; MAX_CAP_WANTS];
         let mut asked = false;
         for (i, w) in wants.iter().enumerate() {
-            let k = lease_slot(c, db, w);
+            let Some(k) = lease_slot(c, db, w) else {
+                return Err(ShmemError::Full);
+            };
             found[i] = k;
             let l = &mut c.leases[k];
             if l.left >= cost {
                 continue;
             }
             if l.full {
-                return LeaseAnswer::Full {
+                return Ok(LeaseAnswer::Full {
                     i,
                     until: l.window_end,
-                };
+                });
             }
             l.want = l.want.max(w.chunk);
             l.want_at = w.at;
             asked = true;
         }
         if asked {
-            return LeaseAnswer::Asked;
+            return Ok(LeaseAnswer::Asked);
         }
         for &k in &found[..wants.len()] {
             c.leases[k].left -= cost;
         }
-        LeaseAnswer::Taken
-    })?;
+        Ok(LeaseAnswer::Taken)
+    })??;
     if r == LeaseAnswer::Asked {
         wake_worker();
     }
@@ -959,14 +955,14 @@ pub fn lease_refund(db: u32, wants: &[CapWant], cost: i64) {
         });
 }
 
-/// For the worker: every lease asked for in database `db` (cap, window start, how much, a
-/// time in that window).
-pub fn lease_requests(db: u32) -> Vec<(i64, Micros, i64, Micros)> {
+/// For the worker: every lease asked for in database `db` (cap, its created_at, window
+/// start, how much, a time in that window).
+pub fn lease_requests(db: u32) -> Vec<(i64, Micros, Micros, i64, Micros)> {
     with_caps(|c| {
         c.leases
             .iter()
             .filter(|l| l.db == db && l.cap_id != 0 && l.want > 0)
-            .map(|l| (l.cap_id, l.window_start, l.want, l.want_at))
+            .map(|l| (l.cap_id, l.born, l.window_start, l.want, l.want_at))
             .collect()
     })
     .unwrap_or_default()
@@ -975,18 +971,17 @@ pub fn lease_requests(db: u32) -> Vec<(i64, Micros, i64, Micros)> {
 /// For the worker, after the transaction that counted it in `throttle.cap_usage` committed:
 /// `n` more for the window of `cap_id` that starts at `start`; `full` when the table has no
 /// more for it.
-pub fn lease_grant(db: u32, cap_id: i64, start: Micros, n: i64, full: bool) {
-    let _ = with_caps(|c| {
-        if let Some(l) = c
-            .leases
-            .iter_mut()
-            .find(|l| l.db == db && l.cap_id == cap_id && l.window_start == start)
-        {
-            l.left += n;
-            l.full = full;
-            l.want = 0;
-        }
-    });
+pub fn lease_grant(db: u32, cap_id: i64, born: Micros, start: Micros, n: i64, full: bool) {
+    let _ =
+        with_caps(|c| {
+            if let Some(l) = c.leases.iter_mut().find(|l| {
+                l.db == db && l.cap_id == cap_id && l.born == born && l.window_start == start
+            }) {
+                l.left += n;
+                l.full = full;
+                l.want = 0;
+            }
+        });
 }
 
 /// Every live lease (for monitoring).
@@ -1010,6 +1005,26 @@ pub fn queue_counts_set(db: u32, counts: &[QueueCount]) {
         c.queue[..n].copy_from_slice(&counts[..n]);
         c.queue_len = n as u32;
         c.queue_db = db;
+    });
+}
+
+/// For the worker on a configuration change, before it can count again: the new size of
+/// every queue cap already counted (a cap no longer configured is dropped). Needs no lock:
+/// what waits is unchanged.
+pub fn queue_limits_update(db: u32, limits: &[(i64, i64)]) {
+    let _ = with_caps(|c| {
+        if c.queue_db != db {
+            return;
+        }
+        let mut kept = 0;
+        for i in 0..c.queue_len as usize {
+            let q = c.queue[i];
+            if let Some(&(_, limit)) = limits.iter().find(|(id, _)| *id == q.id) {
+                c.queue[kept] = QueueCount { limit, ..q };
+                kept += 1;
+            }
+        }
+        c.queue_len = kept as u32;
     });
 }
 

@@ -246,8 +246,8 @@ type Ledgers = FxHashMap<(i64, Micros), TickLedger>;
 /// What the worker does once a tick's transaction has committed.
 #[derive(Default)]
 struct AfterCommit {
-    /// Leases counted in the table: (cap, window start, how much, table full).
-    grants: Vec<(i64, Micros, i64, bool)>,
+    /// Leases counted in the table: (cap, its created_at, window start, how much, full).
+    grants: Vec<(i64, Micros, Micros, i64, bool)>,
     /// Messages that left pending, per queue cap.
     left_queue: Vec<(i64, i64)>,
 }
@@ -407,8 +407,8 @@ impl Worker {
         }));
         // Committed (an error ends the process): hand out what the table now counts.
         let after = std::mem::take(&mut self.after);
-        for (id, start, n, full) in after.grants {
-            shmem::lease_grant(self.db, id, start, n, full);
+        for (id, born, start, n, full) in after.grants {
+            shmem::lease_grant(self.db, id, born, start, n, full);
         }
         for (id, n) in after.left_queue {
             shmem::queue_unreserve(self.db, id, n);
@@ -466,22 +466,22 @@ impl Worker {
         let mut soon: Option<Micros> = None;
 
         // 0. Leases asked for by throttle_admit, and queue caps to count.
-        for (id, start, want, at) in shmem::lease_requests(self.db) {
-            match caps::cap(id).ok().flatten() {
+        for (id, born, start, want, at) in shmem::lease_requests(self.db) {
+            match caps::cap(id).ok().flatten().filter(|d| d.born == born) {
                 Some(def) => {
                     let tl = load_ledger(c, st, &mut ledgers, &def, at)?;
                     if tl.ledger.window_start != start || tl.ledger.window_end <= now {
                         // That window is over (or the cap's calendar changed): nothing more.
-                        self.after.grants.push((id, start, 0, true));
+                        self.after.grants.push((id, born, start, 0, true));
                         continue;
                     }
                     let n = tl.ledger.lease(&def.cal, &def.rule, want.max(0) as u64, at);
                     tl.leased += n;
                     let full = tl.ledger.left(&def.rule) == 0;
-                    self.after.grants.push((id, start, n as i64, full));
+                    self.after.grants.push((id, born, start, n as i64, full));
                 }
                 // Gone: the asking backend reads the configuration again.
-                None => self.after.grants.push((id, start, 0, false)),
+                None => self.after.grants.push((id, born, start, 0, false)),
             }
         }
         if self.queue_counted != generation {
@@ -940,6 +940,14 @@ impl Worker {
     /// ends. Returns false if the lock was not free this time (tried again next tick; after
     /// many tries the worker waits for it).
     fn count_queues(&mut self, c: &mut SpiClient<'_>) -> pgrx::spi::Result<bool> {
+        // New sizes apply at once; the count itself may have to wait for the lock.
+        if let Ok(all) = caps::all_queue_caps() {
+            let limits: Vec<(i64, i64)> = all
+                .iter()
+                .map(|q| (q.id, q.max_waiting.unwrap_or(i64::MAX)))
+                .collect();
+            shmem::queue_limits_update(self.db, &limits);
+        }
         let relid: Option<pg_sys::Oid> = c
             .select("SELECT 'throttle.pending'::regclass::oid", None, &[])?
             .first()

@@ -82,6 +82,32 @@ fn explain_says_which_limit_holds_a_message_and_until_when() {
     assert_eq!(by.as_deref(), Some("rate_limit: me line 1/s"));
     assert_eq!(last_id, last);
 
+    // An OTP at priority 10 goes first: it is the head, not the last.
+    let otp: i64 = count(
+        &mut c,
+        "SELECT throttle.enqueue('me-line', 'att', priority => 10::int2)",
+    );
+    let (head, last_now): (i64, i64) = {
+        let r = c
+            .query_one(
+                "SELECT head_id, last_id FROM throttle.explain_sender('me-line')",
+                &[],
+            )
+            .expect("explain_sender");
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((head, last_now), (otp, last));
+    // A message of a sender nobody registered: the explanation says so.
+    c.batch_execute("INSERT INTO throttle.pending (sender, carrier) VALUES ('me-nobody', 'att')")
+        .expect("enqueue");
+    let kind: String = c
+        .query_one(
+            "SELECT kind FROM throttle.explain((SELECT max(id) FROM throttle.pending WHERE sender = 'me-nobody')) WHERE holds",
+            &[],
+        )
+        .expect("unregistered")
+        .get(0);
+    assert_eq!(kind, "sender");
     let first: i64 = count(&mut c, "SELECT min(id) FROM throttle.ready");
     let kind: String = c
         .query_one("SELECT kind FROM throttle.explain($1)", &[&first])
@@ -150,6 +176,37 @@ fn plan_capacity_answers_how_long_and_how_many_lines() {
         )
         .expect_err("shares do not match");
     assert_eq!(sqlstate(&e), "22023");
+    for bad in [
+        "SELECT * FROM throttle.plan_capacity('mp-line', 10, ARRAY['att', 'tmobile'], ARRAY[1e308, 1e308])",
+        "SELECT * FROM throttle.plan_capacity('mp-line', 10000000000000)",
+        "SELECT * FROM throttle.plan_capacity('mp-line', 10, cost => 0)",
+        "SELECT * FROM throttle.plan_capacity('mp-line', 10, deadline => '-1 hour')",
+    ] {
+        let e = c.query(bad, &[]).expect_err(bad);
+        assert_eq!(sqlstate(&e), "22023", "{bad}");
+    }
+    let e = c
+        .query("SELECT * FROM throttle.plan_capacity('nobody', 10)", &[])
+        .expect_err("unknown sender");
+    assert_eq!(sqlstate(&e), "42704");
+    // STRICT: a NULL argument gives no rows, not an error.
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM throttle.plan_capacity(NULL, 10)"
+        ),
+        0
+    );
+    // A message costing more than a burst never goes.
+    let never: Option<f64> = c
+        .query_one(
+            "SELECT extract(epoch FROM time_needed)::float8 FROM throttle.plan_capacity('mp-line', 10, ARRAY['tmobile'], cost => 2)
+              WHERE limit_name = 'mp line 1/s'",
+            &[],
+        )
+        .expect("never")
+        .get(0);
+    assert_eq!(never, None);
 }
 
 /// The monitoring views answer, and every query of the postgres_exporter file runs.

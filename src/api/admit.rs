@@ -189,9 +189,16 @@ fn decide_with_caps<R>(
     let mut waited = 0u32;
     loop {
         let defs = match caps::caps_for(&sender, &carrier, &channel).map_err(Box::new)? {
-            Some(d) if !d.is_empty() => d,
-            // Unknown sender (with_plan says so), or no cap applies.
-            _ => {
+            Some(d) if !d.is_empty() => {
+                config::note_plan_caps(call.sender, call.carrier, call.channel, true);
+                d
+            }
+            // Unknown sender (with_plan says so), or no cap applies: the plan says so from
+            // now on, and the next call takes the fast path.
+            found => {
+                if found.is_some() {
+                    config::note_plan_caps(call.sender, call.carrier, call.channel, false);
+                }
                 return config::with_plan(call.sender, call.carrier, call.channel, |plan| {
                     admit_plan(plan, call, headroom, then)
                 })?;
@@ -232,6 +239,7 @@ fn decide_with_caps<R>(
                 let l = Ledger::new(&d.cal, at);
                 shmem::CapWant {
                     cap_id: d.id,
+                    born: d.born,
                     window_start: l.window_start,
                     window_end: l.window_end,
                     at,
@@ -240,7 +248,17 @@ fn decide_with_caps<R>(
             })
             .collect();
         let cost = call.cost as i64;
-        match shmem::lease_take(db, &wants, cost).map_err(ErrorReport::from)? {
+        let answer = shmem::lease_take(db, &wants, cost).map_err(|e| match e {
+            shmem::ShmemError::Full => error::capacity(
+                format!(
+                    "all {} calendar-cap lease entries in shared memory hold unspent leases",
+                    shmem::MAX_LEASES
+                ),
+                "fewer caps on senders admitted with throttle_admit (cap their campaign, brand or account instead)",
+            ),
+            e => ErrorReport::from(e),
+        })?;
+        match answer {
             shmem::LeaseAnswer::Taken => {
                 return config::with_plan(call.sender, call.carrier, call.channel, |plan| {
                     let outcome = match shmem::admit(

@@ -32,9 +32,14 @@ struct Constraint {
     detail: String,
 }
 
-/// The rate limits of (sender, carrier, channel): bucket, limit id, name.
-fn plan_limits(sender: &str, carrier: &str, channel: &str) -> Result<Vec<(Want, i64, String)>> {
-    config::with_plan(
+/// The rate limits of (sender, carrier, channel): bucket, limit id, name (None: the sender
+/// is not registered).
+fn plan_limits(
+    sender: &str,
+    carrier: &str,
+    channel: &str,
+) -> Result<Option<Vec<(Want, i64, String)>>> {
+    config::with_known_plan(
         sender.as_bytes(),
         carrier.as_bytes(),
         channel.as_bytes(),
@@ -135,7 +140,16 @@ fn constraints(c: &SpiClient<'_>, p: &Pending, now: Micros) -> Result<Vec<Constr
         detail: format!("{ahead} messages ({ahead_cost} segments) ahead of it in its queue"),
     });
     let need = (ahead_cost + p.cost).max(1) as u64;
-    let limits = plan_limits(&p.sender, &p.carrier, &p.channel)?;
+    let Some(limits) = plan_limits(&p.sender, &p.carrier, &p.channel)? else {
+        out.push(Constraint {
+            kind: "sender",
+            name: p.sender.clone(),
+            limit_id: None,
+            ready_at: None,
+            detail: "the sender is not registered in throttle.sender: the worker holds its messages until it is".into(),
+        });
+        return Ok(out);
+    };
     for (w, id, label) in limits {
         let at = shmem::eta(&w, need, now).map_err(pgrx::pg_sys::panic::ErrorReport::from)?;
         out.push(Constraint {
@@ -213,11 +227,11 @@ fn constraints(c: &SpiClient<'_>, p: &Pending, now: Micros) -> Result<Vec<Constr
 
 fn rows(cs: Vec<Constraint>, now: Micros) -> Vec<ExplainRow> {
     let worst = cs.iter().filter_map(|c| c.ready_at).max().unwrap_or(now);
-    let no_worker = cs.iter().any(|c| c.kind == "worker");
+    let no_worker = cs.iter().any(|c| c.kind == "worker" || c.kind == "sender");
     let mut holder_named = false;
     cs.into_iter()
         .map(|c| {
-            let holds = if c.kind == "worker" {
+            let holds = if c.kind == "worker" || c.kind == "sender" {
                 true
             } else {
                 !no_worker && !holder_named && worst > now && c.ready_at == Some(worst) && {
@@ -333,7 +347,7 @@ fn explain_sender(
             .select(
                 "SELECT carrier, channel, count(*)::int8, min(enqueued_at),
                         (array_agg(id ORDER BY priority DESC, id))[1],
-                        (array_agg(id ORDER BY priority DESC, id DESC))[1]
+                        (array_agg(id ORDER BY priority, id DESC))[1]
                    FROM throttle.pending WHERE sender = $1 GROUP BY 1, 2 ORDER BY 1, 2",
                 None,
                 &[sender.into()],
@@ -387,6 +401,21 @@ fn explain_sender(
     Ok(TableIterator::new(out))
 }
 
+/// The start of the window `k` windows after the one that starts at `start` (past a thousand,
+/// at the average length of the first thousand).
+fn window_after(cal: &crate::limiter::calendar::Calendar, start: Micros, k: u64) -> Micros {
+    let mut t = start;
+    let n = k.min(1_000);
+    for _ in 0..n {
+        t = cal.window_end(t);
+    }
+    if k > n {
+        let avg = (t - start) / n as i64;
+        t = t.saturating_add(avg.saturating_mul((k - n) as i64));
+    }
+    t
+}
+
 /// Capacity planning: how long `messages` from `sender` (split over `carriers` by `shares`,
 /// equal shares if NULL) would take under the configured limits and caps, starting from full
 /// buckets and empty windows, and, given a `deadline`, how many senders like it would be
@@ -396,10 +425,10 @@ fn plan_capacity(
     sender: &str,
     messages: i64,
     carriers: default!(Vec<Option<String>>, "ARRAY['att', 'tmobile', 'verizon']"),
-    shares: default!(Option<Vec<Option<f64>>>, "NULL"),
+    shares: default!(Vec<Option<f64>>, "'{}'"),
     channel: default!(&str, "'sms'"),
     cost: default!(i32, 1),
-    deadline: default!(Option<Interval>, "NULL"),
+    deadline: default!(Interval, "'0'"),
 ) -> Result<
     TableIterator<
         'static,
@@ -413,9 +442,14 @@ fn plan_capacity(
         ),
     >,
 > {
-    if messages < 0 || cost < 1 {
+    if !(0..=1_000_000_000_000).contains(&messages)
+        || !(1..=crate::limiter::gcra::MAX_COST as i64).contains(&(cost as i64))
+    {
         return Err(error::invalid(
-            "messages must be >= 0 and cost >= 1",
+            format!(
+                "messages must be between 0 and 1e12 and cost between 1 and {}",
+                crate::limiter::gcra::MAX_COST
+            ),
             "pass how many messages, and their segments each",
         ));
     }
@@ -429,9 +463,9 @@ fn plan_capacity(
     if carriers.is_empty() {
         return Err(error::invalid("no carriers", "pass at least one carrier"));
     }
-    let shares: Vec<f64> = match shares {
-        None => vec![1.0; carriers.len()],
-        Some(s) => s
+    let shares: Vec<f64> = match shares.is_empty() {
+        true => vec![1.0; carriers.len()],
+        false => shares
             .into_iter()
             .map(|x| {
                 x.filter(|x| x.is_finite() && *x >= 0.0).ok_or_else(|| {
@@ -443,24 +477,23 @@ fn plan_capacity(
             })
             .collect::<Result<_>>()?,
     };
-    if shares.len() != carriers.len() || shares.iter().sum::<f64>() <= 0.0 {
+    let sum: f64 = shares.iter().sum();
+    if shares.len() != carriers.len() || !(sum > 0.0 && sum.is_finite()) {
         return Err(error::invalid(
             "shares must match carriers, one each, and not all be 0",
             "for example carriers => ARRAY['att', 'tmobile'], shares => ARRAY[0.5, 0.5]",
         ));
     }
     let total_share: f64 = shares.iter().sum();
-    let deadline_us: Option<i64> = match deadline {
-        None => None,
-        Some(d) => {
-            let us = d.as_micros().min(i64::MAX as i128) as i64;
-            if us <= 0 {
-                return Err(error::invalid(
-                    "deadline must be positive",
-                    "for example '8 hours'",
-                ));
-            }
-            Some(us)
+    // At most 100 years; '0' (the default) means none.
+    let deadline_us: Option<i64> = match deadline.as_micros() {
+        0 => None,
+        us if (1..=100 * 366 * 86_400_000_000).contains(&us) => Some(us as i64),
+        _ => {
+            return Err(error::invalid(
+                "deadline must be positive and at most 100 years",
+                "for example '8 hours'; '0' for none",
+            ))
         }
     };
     // Volume per constraint (in segments): a limit or cap sees the messages of every carrier
@@ -475,12 +508,17 @@ fn plan_capacity(
     let mut loads: Vec<Load> = Vec::new();
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
     for (carrier, share) in carriers.iter().zip(&shares) {
-        let n = ((messages as f64) * share / total_share).round() as u64 * cost as u64;
-        let wants = plan_limits(sender, carrier, channel)?;
+        let n = ((messages as f64) * share / total_share).round() as u64 * cost as u64; // <= 1e18
+        let wants = plan_limits(sender, carrier, channel)?.ok_or_else(|| {
+            error::undefined(
+                format!("unknown sender \"{sender}\""),
+                "register it first: INSERT INTO throttle.sender (sender, ...) VALUES (...)",
+            )
+        })?;
         for (w, id, label) in wants {
             let key = format!("limit {id}");
             match loads.iter_mut().find(|l| l.scope.ends_with(&key)) {
-                Some(l) => l.volume += n,
+                Some(l) => l.volume = l.volume.saturating_add(n),
                 None => loads.push(Load {
                     name: label,
                     scope: key,
@@ -493,7 +531,7 @@ fn plan_capacity(
         for def in caps::caps_for(sender, carrier, channel)?.unwrap_or_default() {
             let key = format!("cap {}", def.id);
             match loads.iter_mut().find(|l| l.scope.ends_with(&key)) {
-                Some(l) => l.volume += n,
+                Some(l) => l.volume = l.volume.saturating_add(n),
                 None => loads.push(Load {
                     name: def.label.clone(),
                     scope: key,
@@ -544,34 +582,56 @@ fn plan_capacity(
             (id, t.min(i64::MAX as i128) as i64, room)
         } else if let Some(def) = &l.cap {
             let allowed = def.rule.allowed().max(1);
-            // Windows after the current one that the volume needs.
+            // Whole windows after the current one that the volume needs.
             let start = Ledger::new(&def.cal, now);
-            let mut left = l.volume.saturating_sub(allowed);
-            let mut end = start.window_end;
-            let mut at = now;
-            let mut k = 0;
-            while left > 0 && k < 10_000 {
-                at = end;
-                end = def.cal.window_end(end);
-                left = left.saturating_sub(allowed);
-                k += 1;
-            }
+            let k = l.volume.saturating_sub(allowed).div_ceil(allowed);
+            let at = if k == 0 {
+                now
+            } else {
+                window_after(&def.cal, start.window_end, k - 1)
+            };
             let room = deadline_us.map(|d| {
+                // Windows that start before the deadline, the current one included.
+                let end = now.saturating_add(d);
                 let mut n = 1i128;
                 let mut e = start.window_end;
-                while e < now + d && n < 10_000 {
+                while e < end && n < 1_000 {
                     e = def.cal.window_end(e);
                     n += 1;
                 }
+                if e < end {
+                    // Past a thousand windows: the rest at the average length so far.
+                    let avg = ((e - start.window_end) / (n as i64 - 1)).max(1);
+                    n += ((end - e) / avg) as i128 + 1;
+                }
                 n * allowed as i128
             });
-            (-def.id, at - now, room)
+            (-def.id, at.saturating_sub(now), room)
         } else {
             continue;
         };
         let scope = scope_of(id);
         let mut needed = None;
         let mut note = String::new();
+        let never = match (&l.rate, &l.cap) {
+            (Some(r), _) => cost as u64 > r.burst,
+            (_, Some(def)) => cost as u64 > def.rule.allowed(),
+            _ => false,
+        };
+        if never {
+            impossible.get_or_insert(l.name.clone());
+            out.push((
+                l.name.clone(),
+                scope,
+                l.volume.min(i64::MAX as u64) as i64,
+                None,
+                None,
+                format!(
+                    "never: a message of cost {cost} is more than this limit ever allows at once"
+                ),
+            ));
+            continue;
+        }
         if let Some(room) = per_sender_room {
             if scope == "sender" {
                 let room = room.max(1);
@@ -594,7 +654,7 @@ fn plan_capacity(
         out.push((
             l.name.clone(),
             scope,
-            l.volume as i64,
+            l.volume.min(i64::MAX as u64) as i64,
             interval(time),
             needed,
             note,
