@@ -13,6 +13,7 @@ use chrono_tz::Tz;
 use pgrx::prelude::*;
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
+use std::cell::Cell;
 use std::rc::Rc;
 
 /// What the worker does with a message over a cap.
@@ -72,6 +73,24 @@ pub struct CapDef {
     pub label: String,
     /// When the row was made (µs): with the id, names this cap across DROP/CREATE EXTENSION.
     pub born: Micros,
+    /// The window last computed (start, end): most admissions fall in it again.
+    window: Cell<(Micros, Micros)>,
+    /// Where this cap's lease was last found in shared memory (index + 1).
+    pub lease_hint: Cell<u32>,
+}
+
+impl CapDef {
+    /// The window of this cap's calendar that contains `at` (remembered: a time zone
+    /// conversion per admission would cost more than the admission).
+    pub fn window_of(&self, at: Micros) -> (Micros, Micros) {
+        let (s, e) = self.window.get();
+        if s <= at && at < e {
+            return (s, e);
+        }
+        let w = (self.cal.window_start(at), self.cal.window_end(at));
+        self.window.set(w);
+        w
+    }
 }
 
 /// A queue cap row, its size resolved (None: derived from rate limits the scope lacks).
@@ -99,6 +118,8 @@ struct Defs {
     caps: Vec<Rc<CapDef>>,
     queue_caps: Vec<Rc<QueueCapDef>>,
     senders: FxHashMap<Box<str>, Option<Rc<Groups>>>,
+    /// `caps_for` per `sender \0 carrier \0 channel` (None: unknown sender).
+    for_queue: FxHashMap<Box<[u8]>, Option<Rc<[Rc<CapDef>]>>>,
 }
 
 static DEFS: BackendLocal<Option<Defs>> = BackendLocal::new(None);
@@ -188,6 +209,8 @@ fn load_defs(generation: u64) -> Result<Defs> {
                 born: row
                     .get::<TimestampWithTimeZone>(18)?
                     .map_or(0, Micros::from),
+                window: Cell::new((0, 0)),
+                lease_hint: Cell::new(0),
             }));
         }
         let mut queue_caps = Vec::new();
@@ -212,6 +235,7 @@ fn load_defs(generation: u64) -> Result<Defs> {
             caps,
             queue_caps,
             senders: FxHashMap::default(),
+            for_queue: FxHashMap::default(),
         })
     });
     unsafe { pg_sys::PopActiveSnapshot() };
@@ -315,6 +339,35 @@ pub fn caps_for(
             })
             .unwrap_or_default()
     })))
+}
+
+/// [`caps_for`] from the bytes of the arguments, remembered per queue for this generation.
+pub fn caps_for_queue(
+    sender: &[u8],
+    carrier: &[u8],
+    channel: &[u8],
+) -> Result<Option<Rc<[Rc<CapDef>]>>> {
+    fresh()?;
+    let mut key: SmallVec<[u8; 64]> = SmallVec::new();
+    key.extend_from_slice(sender);
+    key.push(0);
+    key.extend_from_slice(carrier);
+    key.push(0);
+    key.extend_from_slice(channel);
+    if let Some(found) = DEFS.with(|d| d.as_ref().and_then(|d| d.for_queue.get(&key[..]).cloned()))
+    {
+        return Ok(found);
+    }
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let found: Option<Rc<[Rc<CapDef>]>> =
+        caps_for(&text(sender), &text(carrier), &text(channel))?.map(|v| v.into_iter().collect());
+    DEFS.with(|d| {
+        if let Some(d) = d.as_mut() {
+            d.for_queue
+                .insert(key.to_vec().into_boxed_slice(), found.clone());
+        }
+    });
+    Ok(found)
 }
 
 /// The queue caps that count a message of `sender` to `carrier` on `channel`.

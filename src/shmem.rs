@@ -851,6 +851,8 @@ fn with_caps<R>(f: impl FnOnce(&mut CapsShared) -> R) -> Result<R, ShmemError> {
 pub struct CapWant {
     pub cap_id: i64,
     pub born: Micros,
+    /// Where the lease was last found (index + 1; 0: not known): checked first.
+    pub hint: u32,
     pub window_start: Micros,
     pub window_end: Micros,
     pub at: Micros,
@@ -874,6 +876,14 @@ fn lease_slot(c: &mut CapsShared, db: u32, w: &CapWant) -> Option<usize> {
     let same = |l: &Lease| {
         l.db == db && l.cap_id == w.cap_id && l.born == w.born && l.window_start == w.window_start
     };
+    if let Some(l) = (w.hint as usize)
+        .checked_sub(1)
+        .and_then(|k| c.leases.get(k))
+    {
+        if same(l) {
+            return Some(w.hint as usize - 1);
+        }
+    }
     if let Some(k) = c.leases.iter().position(same) {
         return Some(k);
     }
@@ -901,18 +911,19 @@ pub const MAX_CAP_WANTS: usize = 16;
 
 /// Debit `cost` from the lease of every cap in `wants` (each in the window of the admission's
 /// time, and only that window), all or none.
-pub fn lease_take(db: u32, wants: &[CapWant], cost: i64) -> Result<LeaseAnswer, ShmemError> {
+pub fn lease_take(db: u32, wants: &mut [CapWant], cost: i64) -> Result<LeaseAnswer, ShmemError> {
     if wants.len() > MAX_CAP_WANTS {
         return Err(ShmemError::Full);
     }
     let r = with_caps(|c| {
         let mut found = [usize::MAX; MAX_CAP_WANTS];
         let mut asked = false;
-        for (i, w) in wants.iter().enumerate() {
+        for (i, w) in wants.iter_mut().enumerate() {
             let Some(k) = lease_slot(c, db, w) else {
                 return Err(ShmemError::Full);
             };
             found[i] = k;
+            w.hint = k as u32 + 1;
             let l = &mut c.leases[k];
             if l.left >= cost {
                 continue;

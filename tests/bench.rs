@@ -1,6 +1,6 @@
 //! Benchmarks against a real server. Prints figures; never passes or fails on time.
 //!
-//!   cargo run --release -p pg_throttle_tests --bin bench -- [admit] [--rows N] [--runs N]
+//!   cargo run --release -p pg_throttle_tests --bin bench -- [admit] [--rows N] [--runs N] [--caps]
 //!
 //! The extension must be installed (scripts/bench.sh does it).
 
@@ -13,6 +13,8 @@ struct Args {
     runs: usize,
     /// Extra postgresql.conf lines for the admission benchmark's server.
     conf: Vec<String>,
+    /// Admission benchmark: every campaign also has a daily calendar cap (leases).
+    caps: bool,
 }
 
 fn args() -> Args {
@@ -21,6 +23,7 @@ fn args() -> Args {
         rows: 1_000_000,
         runs: 5,
         conf: vec![],
+        caps: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
@@ -28,6 +31,7 @@ fn args() -> Args {
             "--rows" => a.rows = it.next().and_then(|v| v.parse().ok()).expect("--rows N"),
             "--runs" => a.runs = it.next().and_then(|v| v.parse().ok()).expect("--runs N"),
             "--conf" => a.conf.push(it.next().expect("--conf 'name = value'")),
+            "--caps" => a.caps = true,
             _ => a.which.push(x),
         }
     }
@@ -110,6 +114,14 @@ fn bench_admit(a: &Args) {
         a.rows
     ))
     .expect("set up");
+    if a.caps {
+        println!("   (every campaign also has a daily calendar cap of 100,000,000: admissions spend leases)");
+        c.batch_execute(
+            "INSERT INTO throttle.cap (scope, scope_id, cap, time_zone)
+                  SELECT 'campaign', 'camp-' || g, 100000000, 'America/Los_Angeles' FROM generate_series(0, 99) g",
+        )
+        .expect("caps");
+    }
     let shapes = [
         ("texteq(sender, carrier)  [ceiling]", "SELECT count(*) FROM bench_input WHERE NOT texteq(sender, carrier)"),
         ("noop plpgsql(sender, carrier, ts)", "SELECT count(*) FROM bench_input WHERE noop_plpgsql(sender, carrier, {ts})"),

@@ -11,7 +11,7 @@ use crate::caps;
 use crate::config::{self, PlanView};
 use crate::error::{self, Fast as Result};
 use crate::gucs;
-use crate::limiter::cap::{lease_chunk, Ledger};
+use crate::limiter::cap::lease_chunk;
 use crate::limiter::gcra::MAX_COST;
 use crate::limiter::{Micros, Outcome};
 use crate::shmem;
@@ -183,12 +183,11 @@ fn decide_with_caps<R>(
     headroom: bool,
     then: impl FnOnce(usize, Outcome, Option<(i64, &str)>) -> Result<R>,
 ) -> Result<R> {
-    let sender = String::from_utf8_lossy(call.sender);
-    let carrier = String::from_utf8_lossy(call.carrier);
-    let channel = String::from_utf8_lossy(call.channel);
     let mut waited = 0u32;
     loop {
-        let defs = match caps::caps_for(&sender, &carrier, &channel).map_err(Box::new)? {
+        let defs = match caps::caps_for_queue(call.sender, call.carrier, call.channel)
+            .map_err(Box::new)?
+        {
             Some(d) if !d.is_empty() => {
                 config::note_plan_caps(call.sender, call.carrier, call.channel, true);
                 d
@@ -208,8 +207,9 @@ fn decide_with_caps<R>(
         if defs.len() > shmem::MAX_CAP_WANTS {
             return Err(Box::new(error::too_many(
                 format!(
-                    "more than {} calendar caps apply to sender \"{sender}\"",
-                    shmem::MAX_CAP_WANTS
+                    "more than {} calendar caps apply to sender \"{}\"",
+                    shmem::MAX_CAP_WANTS,
+                    String::from_utf8_lossy(call.sender)
                 ),
                 "merge or remove caps in throttle.cap",
             )));
@@ -233,22 +233,23 @@ fn decide_with_caps<R>(
         // A cap counts in the window of the admission's time, but never in a window before
         // the transaction's: an old timestamp cannot spend a window that is over.
         let at = call.now.max(backend::transaction_start());
-        let wants: Vec<shmem::CapWant> = defs
+        let mut wants: smallvec::SmallVec<[shmem::CapWant; 4]> = defs
             .iter()
             .map(|d| {
-                let l = Ledger::new(&d.cal, at);
+                let (window_start, window_end) = d.window_of(at);
                 shmem::CapWant {
                     cap_id: d.id,
                     born: d.born,
-                    window_start: l.window_start,
-                    window_end: l.window_end,
+                    hint: d.lease_hint.get(),
+                    window_start,
+                    window_end,
                     at,
                     chunk: lease_chunk(&d.rule, call.cost) as i64,
                 }
             })
             .collect();
         let cost = call.cost as i64;
-        let answer = shmem::lease_take(db, &wants, cost).map_err(|e| match e {
+        let answer = shmem::lease_take(db, &mut wants, cost).map_err(|e| match e {
             shmem::ShmemError::Full => error::capacity(
                 format!(
                     "all {} calendar-cap lease entries in shared memory hold unspent leases",
@@ -258,6 +259,9 @@ fn decide_with_caps<R>(
             ),
             e => ErrorReport::from(e),
         })?;
+        for (d, w) in defs.iter().zip(&wants) {
+            d.lease_hint.set(w.hint);
+        }
         match answer {
             shmem::LeaseAnswer::Taken => {
                 return config::with_plan(call.sender, call.carrier, call.channel, |plan| {
