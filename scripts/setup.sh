@@ -11,8 +11,9 @@ as_root() {
     if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-# 1. Debian packages: the server, its headers, libclang for bindgen, sudo for pgrx's --runas.
-packages=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang sudo util-linux)
+# 1. Debian packages: the server, its headers, libclang for bindgen, sudo for pgrx's --runas,
+#    python3 for the demo's chart.
+packages=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang sudo util-linux python3)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
