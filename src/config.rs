@@ -187,8 +187,9 @@ impl PlanTable {
         self.len = 0;
     }
 
+    /// The slot of the plan for (sender, carrier, channel), if cached.
     #[inline]
-    fn find(&self, hash: u64, sender: &[u8], carrier: &[u8], channel: &[u8]) -> Option<&PlanEntry> {
+    fn position(&self, hash: u64, sender: &[u8], carrier: &[u8], channel: &[u8]) -> Option<usize> {
         if self.slots.is_empty() {
             return None;
         }
@@ -197,13 +198,19 @@ impl PlanTable {
         loop {
             let e = &self.slots[i];
             if e.hash == hash && e.is(sender, carrier, channel) {
-                return Some(e);
+                return Some(i);
             }
             if e.hash == 0 {
                 return None;
             }
             i = (i + 1) & mask;
         }
+    }
+
+    #[inline]
+    fn find(&self, hash: u64, sender: &[u8], carrier: &[u8], channel: &[u8]) -> Option<&PlanEntry> {
+        let i = self.position(hash, sender, carrier, channel)?;
+        self.slots.get(i)
     }
 
     fn find_mut(
@@ -213,21 +220,8 @@ impl PlanTable {
         carrier: &[u8],
         channel: &[u8],
     ) -> Option<&mut PlanEntry> {
-        if self.slots.is_empty() {
-            return None;
-        }
-        let mask = self.slots.len() - 1;
-        let mut i = hash as usize & mask;
-        loop {
-            let e = &self.slots[i];
-            if e.hash == hash && e.is(sender, carrier, channel) {
-                return Some(&mut self.slots[i]);
-            }
-            if e.hash == 0 {
-                return None;
-            }
-            i = (i + 1) & mask;
-        }
+        let i = self.position(hash, sender, carrier, channel)?;
+        self.slots.get_mut(i)
     }
 
     fn insert(&mut self, e: PlanEntry) {
