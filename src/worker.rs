@@ -89,8 +89,10 @@ const SQL_EXPIRE: &str = "
                    FROM gone g
                  RETURNING sender, carrier, channel)
     SELECT sender, carrier, channel, count(*)::int8 FROM ins GROUP BY 1, 2, 3";
-const SQL_USAGE: &str =
-    "SELECT used, leased FROM throttle.cap_usage WHERE cap_id = $1 AND window_start = $2";
+const SQL_USAGE: &str = "
+    SELECT u.cap_id, u.window_start, u.used, u.leased
+      FROM unnest($1::int8[], $2::timestamptz[]) AS w(cap_id, window_start)
+      JOIN throttle.cap_usage u USING (cap_id, window_start)";
 const SQL_USAGE_ADD: &str = "
     INSERT INTO throttle.cap_usage AS u (cap_id, window_start, window_end, used, leased, updated_at)
     SELECT d.*, $6 FROM unnest($1::int8[], $2::timestamptz[], $3::timestamptz[], $4::int8[], $5::int8[]) AS d
@@ -174,7 +176,7 @@ impl Stmts {
                 .prepare_mut(SQL_EXPIRE, &[oid(TIMESTAMPTZOID), oid(TEXTOID)])?
                 .keep(),
             usage: c
-                .prepare(SQL_USAGE, &[oid(INT8OID), oid(TIMESTAMPTZOID)])?
+                .prepare(SQL_USAGE, &[oid(INT8ARRAYOID), oid(TIMESTAMPTZARRAYOID)])?
                 .keep(),
             usage_add: c
                 .prepare_mut(
@@ -309,41 +311,53 @@ fn per_queue_counts(
     Ok(total)
 }
 
-/// Read (once per tick) the usage of `def`'s window that contains `at`.
-fn load_ledger<'a>(
+/// Read the usage of every (cap, window containing a time) in `need` that this tick has not
+/// read yet: one statement for all of them.
+fn read_ledgers(
     c: &SpiClient<'_>,
     st: &Stmts,
-    ledgers: &'a mut Ledgers,
-    def: &Rc<CapDef>,
-    at: Micros,
-) -> pgrx::spi::Result<&'a mut TickLedger> {
-    let fresh = Ledger::new(&def.cal, at);
-    let key = (def.id, fresh.window_start);
-    if !ledgers.contains_key(&key) {
-        let row = c
-            .select(
-                &st.usage,
-                Some(1),
-                &[def.id.into(), ts(fresh.window_start).into()],
-            )?
-            .first();
-        let (used, leased) = if row.is_empty() {
-            (0, 0)
-        } else {
-            (
-                row.get::<i64>(1)?.unwrap_or(0).max(0) as u64,
-                row.get::<i64>(2)?.unwrap_or(0).max(0) as u64,
-            )
-        };
+    ledgers: &mut Ledgers,
+    need: &[(Rc<CapDef>, Micros)],
+) -> pgrx::spi::Result<()> {
+    let mut missing: Vec<(Rc<CapDef>, Micros, Micros)> = Vec::new();
+    for (def, at) in need {
+        let (start, end) = def.window_of(*at);
+        if !ledgers.contains_key(&(def.id, start))
+            && !missing
+                .iter()
+                .any(|(d, s, _)| d.id == def.id && *s == start)
+        {
+            missing.push((def.clone(), start, end));
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = missing.iter().map(|(d, _, _)| d.id).collect();
+    let starts: Vec<TimestampWithTimeZone> = missing.iter().map(|(_, s, _)| ts(*s)).collect();
+    let mut found: FxHashMap<(i64, Micros), (u64, u64)> = FxHashMap::default();
+    for row in c.select(&st.usage, None, &[ids.into(), starts.into()])? {
+        let id: i64 = row.get(1)?.unwrap_or(0);
+        let start: Micros = row.get::<TimestampWithTimeZone>(2)?.map_or(0, Micros::from);
+        let used = row.get::<i64>(3)?.unwrap_or(0).max(0) as u64;
+        let leased = row.get::<i64>(4)?.unwrap_or(0).max(0) as u64;
+        found.insert((id, start), (used, leased));
+    }
+    for (def, window_start, window_end) in missing {
+        let (used, leased) = found
+            .get(&(def.id, window_start))
+            .copied()
+            .unwrap_or((0, 0));
         let ledger = Ledger {
+            window_start,
+            window_end,
             used,
             leased,
-            ..fresh
         };
         ledgers.insert(
-            key,
+            (def.id, window_start),
             TickLedger {
-                def: def.clone(),
+                def,
                 ledger,
                 read_spent: ledger.spent(),
                 used: 0,
@@ -351,7 +365,23 @@ fn load_ledger<'a>(
             },
         );
     }
-    Ok(ledgers.get_mut(&key).expect("just inserted"))
+    Ok(())
+}
+
+/// The usage of `def`'s window that contains `at` (read by [`read_ledgers`] if this tick has
+/// not yet).
+fn load_ledger<'a>(
+    c: &SpiClient<'_>,
+    st: &Stmts,
+    ledgers: &'a mut Ledgers,
+    def: &Rc<CapDef>,
+    at: Micros,
+) -> pgrx::spi::Result<&'a mut TickLedger> {
+    let key = (def.id, def.window_of(at).0);
+    if !ledgers.contains_key(&key) {
+        read_ledgers(c, st, ledgers, &[(def.clone(), at)])?;
+    }
+    Ok(ledgers.get_mut(&key).expect("just read"))
 }
 
 /// How often the worker re-reads every queue from the table, as a safety net for rows no
@@ -465,9 +495,22 @@ impl Worker {
         let mut ledgers: Ledgers = FxHashMap::default();
         let mut soon: Option<Micros> = None;
 
-        // 0. Leases asked for by throttle_admit, and queue caps to count.
-        for (id, born, start, want, at) in shmem::lease_requests(self.db) {
-            match caps::cap(id).ok().flatten().filter(|d| d.born == born) {
+        // 0. Leases asked for by throttle_admit (their usage read in one statement), and queue
+        //    caps to count.
+        let requests: Vec<_> = shmem::lease_requests(self.db)
+            .into_iter()
+            .map(|(id, born, start, want, at)| {
+                let def = caps::cap(id).ok().flatten().filter(|d| d.born == born);
+                (id, born, start, want, at, def)
+            })
+            .collect();
+        let need: Vec<(Rc<CapDef>, Micros)> = requests
+            .iter()
+            .filter_map(|r| r.5.clone().map(|d| (d, r.4)))
+            .collect();
+        read_ledgers(c, st, &mut ledgers, &need)?;
+        for (id, born, start, want, at, def) in requests {
+            match def {
                 Some(def) => {
                     let tl = load_ledger(c, st, &mut ledgers, &def, at)?;
                     if tl.ledger.window_start != start || tl.ledger.window_end <= now {
@@ -535,6 +578,21 @@ impl Worker {
                     .unwrap_or((1, now)),
                 None => (1, now),
             });
+        if any_caps {
+            let mut need: Vec<(Rc<CapDef>, Micros)> = Vec::new();
+            for (q, _) in &due {
+                let k = self.sched.key(*q);
+                let key = (
+                    k.sender.as_bytes(),
+                    k.carrier.as_bytes(),
+                    k.channel.as_bytes(),
+                );
+                if let Ok(Some(defs)) = caps::caps_for_queue(key.0, key.1, key.2) {
+                    need.extend(defs.iter().map(|d| (d.clone(), now)));
+                }
+            }
+            read_ledgers(c, st, &mut ledgers, &need)?;
+        }
         let mut taken: Vec<Taken> = Vec::new();
         let mut deferred: Vec<schedule::QueueId> = Vec::new();
         let mut left = budget as u64;
@@ -582,7 +640,11 @@ impl Worker {
             let mut caps_of: Vec<(Rc<CapDef>, Micros)> = Vec::new();
             let mut refuse = None;
             if any_caps {
-                let defs = match caps::caps_for(&key.sender, &key.carrier, &key.channel) {
+                let defs = match caps::caps_for_queue(
+                    key.sender.as_bytes(),
+                    key.carrier.as_bytes(),
+                    key.channel.as_bytes(),
+                ) {
                     Ok(Some(d)) => d,
                     Ok(None) => {
                         self.sched.done(q, Done::Parked);
