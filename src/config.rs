@@ -66,6 +66,8 @@ pub struct PlanView<'a> {
     /// Calendar caps may apply to this (sender, carrier, channel): some exist and this plan
     /// has not been found free of them yet (see [`note_plan_caps`]).
     pub caps: bool,
+    /// ... and it is known that some do (no need to look again this generation).
+    pub caps_known: bool,
     idx: &'a [u32],
     arena: &'a [LimitInfo],
 }
@@ -160,6 +162,7 @@ impl PlanEntry {
             wants: &self.wants,
             partitions: self.partitions,
             caps: self.caps != 0,
+            caps_known: self.caps == 1,
             idx: &self.limits,
             arena,
         }
@@ -430,6 +433,7 @@ pub fn with_known_plan<R, F: FnOnce(&PlanView) -> R>(
             wants: &wants,
             partitions,
             caps: any_caps,
+            caps_known: false,
             idx: &idx,
             arena: &arena,
         };

@@ -134,8 +134,10 @@ fn decide<R>(
         return Err(Box::new(error::not_preloaded()));
     }
     let mut then = Some(then);
+    let mut caps_known = false;
     let fast = config::with_plan(call.sender, call.carrier, call.channel, |plan| {
         if plan.caps {
+            caps_known = plan.caps_known;
             return None; // calendar caps may apply: the lease path below
         }
         let then = then.take()?;
@@ -143,7 +145,7 @@ fn decide<R>(
     })?;
     match (fast, then.take()) {
         (Some(r), _) => r,
-        (None, Some(then)) => decide_with_caps(call, headroom, then),
+        (None, Some(then)) => decide_with_caps(call, headroom, caps_known, then),
         (None, None) => Err(Box::new(error::internal("admission decided twice"))),
     }
 }
@@ -181,6 +183,7 @@ const LEASE_WAIT_MS: u32 = 2_000;
 fn decide_with_caps<R>(
     call: &Call,
     headroom: bool,
+    caps_known: bool,
     then: impl FnOnce(usize, Outcome, Option<(i64, &str)>) -> Result<R>,
 ) -> Result<R> {
     let mut waited = 0u32;
@@ -189,7 +192,9 @@ fn decide_with_caps<R>(
             .map_err(Box::new)?
         {
             Some(d) if !d.is_empty() => {
-                config::note_plan_caps(call.sender, call.carrier, call.channel, true);
+                if !caps_known {
+                    config::note_plan_caps(call.sender, call.carrier, call.channel, true);
+                }
                 d
             }
             // Unknown sender (with_plan says so), or no cap applies: the plan says so from
