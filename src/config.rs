@@ -298,7 +298,7 @@ fn with_cache<R>(f: impl FnOnce(&mut Cache) -> R) -> R {
     })
 }
 
-/// Plans cached per backend before the cache is emptied and refilled on demand (at most
+/// Plans cached per backend before they are forgotten and rebuilt on demand (at most
 /// 131,072 slots of 208 bytes: 27 MB).
 const MAX_CACHED_PLANS: usize = 65_536;
 
@@ -377,9 +377,13 @@ pub fn with_known_plan<R, F: FnOnce(&PlanView) -> R>(
     // is known whether caps exist in this generation).
     let attempt = |f: &mut Option<_>| {
         with_cache(|c| {
-            if c.generation != generation || c.plans.len() >= MAX_CACHED_PLANS {
+            if c.generation != generation {
                 c.clear();
                 c.generation = generation;
+            } else if c.plans.len() >= MAX_CACHED_PLANS {
+                // Full: forget the plans only. Each sender's limits stay cached, so a plan is
+                // rebuilt without a query (the worker, serving every queue, relies on it).
+                c.plans.clear();
             }
             if c.plans.find(hash, sender, carrier, channel).is_none() {
                 c.any_caps?;
