@@ -169,13 +169,18 @@ fn nothing_lost_or_doubled_across_crashes_and_no_limit_exceeded() {
         "INSERT INTO throttle.sender (sender, campaign) SELECT 'cr-' || g, 'cr-camp' FROM generate_series(1, 50) g;
          INSERT INTO throttle.rate_limit (scope, scope_id, rate, per, burst)
               SELECT 'sender', 'cr-' || g, 400, '1 second', 50 FROM generate_series(1, 50) g;
-         INSERT INTO throttle.rate_limit (scope, scope_id, rate, per, burst) VALUES ('campaign', 'cr-camp', 10000, '1 second', 2000);
-         INSERT INTO throttle.pending (sender, carrier) SELECT 'cr-' || (1 + g % 50), 'att' FROM generate_series(1, 60000) g;",
+         INSERT INTO throttle.rate_limit (scope, scope_id, rate, per, burst) VALUES ('campaign', 'cr-camp', 10000, '1 second', 2000);",
     )
     .expect("configure");
+    // The ids come back from the statement that enqueues them: the worker may move a batch
+    // the moment they commit, so reading pending afterwards would race it.
     let enqueued: HashSet<i64> = c
-        .query("SELECT id FROM throttle.pending", &[])
-        .expect("ids")
+        .query(
+            "INSERT INTO throttle.pending (sender, carrier)
+             SELECT 'cr-' || (1 + g % 50), 'att' FROM generate_series(1, 60000) g RETURNING id",
+            &[],
+        )
+        .expect("enqueue")
         .iter()
         .map(|r| r.get(0))
         .collect();
