@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 pub use postgres::{Client, NoTls};
 
+pub mod checker;
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 pub struct Server {
