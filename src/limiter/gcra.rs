@@ -8,7 +8,13 @@
 //!
 //! For every window `[a, b]` the cost admitted by one bucket is at most
 //! `burst + count * (b - a) / period_us` (proved by property tests below).
+//!
+//! That is a token bucket, and it is what a limit gives only when asked for
+//! ([`Mode::Bucket`]): a full bucket lets `burst` through at once and refills meanwhile, so a
+//! window of `period_us` can see up to `burst + count - 1`. The default, [`Mode::Window`],
+//! allows at most `count` in every window of `period_us` (see [`super::window`]).
 
+use super::window::Window;
 use super::Micros;
 
 /// Largest `count` and `burst` a rate may have; keeps every product inside `i128`.
@@ -20,13 +26,25 @@ pub const MIN_PERIOD_US: u64 = 1_000;
 /// Largest cost of one admission.
 pub const MAX_COST: u64 = 1_000_000;
 
-/// A rate limit: `count` per `period_us`, at most `burst` at once.
+/// How a limit counts.
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// At most `count` in every window of `period_us` (the default: what carriers count).
+    Window = 0,
+    /// A token bucket: `count` per `period_us` refilling up to `burst` at once.
+    Bucket = 1,
+}
+
+/// A rate limit: `count` per `period_us`; a token bucket also has a `burst` (a window's
+/// `burst` is its `count`: the most that may go at once).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Rate {
     pub count: u64,
     pub period_us: u64,
     pub burst: u64,
+    pub mode: Mode,
 }
 
 /// Why a rate is not acceptable.
@@ -53,6 +71,16 @@ impl std::fmt::Display for RateError {
 }
 
 impl Rate {
+    /// At most `count` in every window of `period_us`.
+    pub fn window(count: u64, period_us: u64) -> Result<Rate, RateError> {
+        let r = Rate::new(count, period_us, count)?;
+        Ok(Rate {
+            mode: Mode::Window,
+            ..r
+        })
+    }
+
+    /// A token bucket of `count` per `period_us` with a burst of `burst`.
     pub fn new(count: u64, period_us: u64, burst: u64) -> Result<Rate, RateError> {
         if count == 0 || count > MAX_COUNT {
             return Err(RateError::Count);
@@ -67,7 +95,12 @@ impl Rate {
             count,
             period_us,
             burst,
+            mode: Mode::Bucket,
         })
+    }
+
+    pub fn is_window(&self) -> bool {
+        self.mode == Mode::Window
     }
 
     #[inline]
@@ -103,14 +136,17 @@ fn to_micros(v: i128) -> Micros {
     v.clamp(Micros::MIN as i128, Micros::MAX as i128) as Micros
 }
 
-/// The state of one bucket. `Copy` and `repr(C)` so it can live in shared memory.
+/// The state of one limit: a token bucket's `tat`, or a window's batches, as `rate.mode`
+/// says. `Copy` and `repr(C)` so it can live in shared memory.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Bucket {
-    /// Theoretical arrival time, in scaled time (µs × `rate.count`).
+    /// Theoretical arrival time, in scaled time (µs × `rate.count`) (token bucket).
     pub tat: i128,
-    /// The rate `tat` is expressed in.
+    /// The rate the state is expressed in.
     pub rate: Rate,
+    /// What went in the last period (window).
+    pub win: Window,
 }
 
 /// What one bucket says about a cost at a time.
@@ -134,24 +170,31 @@ impl AsMut<Bucket> for Bucket {
 }
 
 impl Bucket {
-    /// A bucket that holds no tokens at `at` and refills from then on.
+    /// A limit with no room at `at`: a token bucket empty then, a window as if its whole
+    /// count had gone at `at` (what a restart must assume of the moment before it).
     pub fn empty_at(rate: Rate, at: Micros) -> Bucket {
         Bucket {
             tat: rate.scaled(at) + rate.capacity(),
             rate,
+            win: Window::spent_at(at),
         }
     }
 
-    /// A bucket that is full at `at`.
+    /// A limit that has all its room at `at` (and no history before it).
     pub fn full_at(rate: Rate, at: Micros) -> Bucket {
         Bucket {
             tat: rate.scaled(at),
             rate,
+            win: Window::EMPTY,
         }
     }
 
     /// Whole tokens available at `now`.
     pub fn available(&self, now: Micros) -> u64 {
+        let r = self.rate;
+        if r.mode == Mode::Window {
+            return self.win.available(now, r.count, r.period_us);
+        }
         let debt = (self.tat - self.rate.scaled(now)).max(0);
         let room = (self.rate.capacity() - debt).max(0);
         // 128-bit division is slow; the numbers nearly always fit in 64 bits.
@@ -163,7 +206,22 @@ impl Bucket {
 
     /// True when the bucket is full at `now`: forgetting it loses nothing.
     pub fn is_full(&self, now: Micros) -> bool {
-        self.tat <= self.rate.scaled(now)
+        match self.rate.mode {
+            Mode::Window => self.win.is_clear(now, self.rate.period_us),
+            Mode::Bucket => self.tat <= self.rate.scaled(now),
+        }
+    }
+
+    /// When a token bucket is full again, or a window's last counted release stops counting
+    /// (as things stand at `now`).
+    pub fn full_from(&self, now: Micros) -> Micros {
+        match self.rate.mode {
+            Mode::Window => self
+                .win
+                .room_at(self.rate.count, now, self.rate.count, self.rate.period_us)
+                .unwrap_or(now),
+            Mode::Bucket => to_micros(div_ceil(self.tat, self.rate.count as i128)).max(now),
+        }
     }
 
     /// Re-express the bucket in a new rate at `now` without minting tokens: the tokens
@@ -175,6 +233,45 @@ impl Bucket {
             return;
         }
         let old = self.rate;
+        match (old.mode, new.mode) {
+            (Mode::Bucket, Mode::Bucket) => {}
+            // A window keeps what it counted; the new count and period judge it from now on.
+            (Mode::Window, Mode::Window) => {
+                self.rate = new;
+                return;
+            }
+            // Every release the token bucket admitted came before `tat / count`, and any
+            // `new.period_us` of it held at most `burst + count * period / old period`: one
+            // batch of that much (at most the new count), timed at that bound.
+            (Mode::Bucket, Mode::Window) => {
+                let last = to_micros(div_ceil(self.tat, old.count as i128));
+                let bound = old.burst as i128
+                    + div_ceil(
+                        old.count as i128 * new.period_us as i128,
+                        old.period_us as i128,
+                    );
+                let cost = if last <= now.saturating_sub(new.period_us as Micros) {
+                    0
+                } else {
+                    bound.min(new.count as i128) as u64
+                };
+                self.rate = new;
+                self.win = if cost == 0 {
+                    Window::spent_at(last)
+                } else {
+                    Window::one_batch(cost, last)
+                };
+                return;
+            }
+            // A token bucket with what the window has room for now (at most its burst).
+            (Mode::Window, Mode::Bucket) => {
+                let room = self.available(now).min(new.burst) as i128;
+                self.tat =
+                    now as i128 * new.count as i128 + (new.burst as i128 - room) * new.token();
+                self.rate = new;
+                return;
+            }
+        }
         // Re-express at a moment when the old debt fits in the old capacity: `now`, or the
         // end of an empty stretch that lies past it.
         let empty_until = div_ceil(self.tat - old.capacity(), old.count as i128);
@@ -193,6 +290,9 @@ impl Bucket {
     /// alone would go.
     pub fn eta(&self, n: u64, now: Micros) -> Micros {
         let r = self.rate;
+        if r.mode == Mode::Window {
+            return self.win.eta(n, now, r.count, r.period_us);
+        }
         let last = self.tat.max(r.scaled(now)) + n as i128 * r.token();
         to_micros(div_ceil(last - r.capacity(), r.count as i128)).max(now)
     }
@@ -200,6 +300,13 @@ impl Bucket {
     /// May `cost` be taken at `now`?
     pub fn check(&self, cost: u64, now: Micros) -> Check {
         let r = self.rate;
+        if r.mode == Mode::Window {
+            return match self.win.room_at(cost, now, r.count, r.period_us) {
+                None => Check::Never,
+                Some(at) if at <= now => Check::Room { new_tat: self.tat },
+                Some(at) => Check::Wait { at },
+            };
+        }
         if cost > r.burst {
             return Check::Never;
         }
@@ -222,6 +329,10 @@ impl Bucket {
         match self.check(cost, now) {
             Check::Room { new_tat } => {
                 self.tat = new_tat;
+                if self.rate.mode == Mode::Window {
+                    let r = self.rate;
+                    self.win.record(cost, now, r.count, r.period_us);
+                }
                 true
             }
             _ => false,

@@ -6,8 +6,9 @@ pub mod cap;
 pub mod gcra;
 pub mod schedule;
 pub mod table;
+pub mod window;
 
-pub use gcra::{Bucket, Check, Rate, RateError};
+pub use gcra::{Bucket, Check, Mode, Rate, RateError};
 
 /// Integer microseconds. The glue uses PostgreSQL's epoch (2000-01-01 UTC).
 pub type Micros = i64;
