@@ -5,12 +5,17 @@
 //! a queue that cannot release: a queue is *due* at a time, *waiting* on a limit that refused
 //! it, *parked* (its sender is unknown), or *idle* (drained). Waiting queues form a FIFO per
 //! limit; when the limit has room again, only as many queues are woken as it has tokens, so a
-//! tick's work grows with what it releases, not with what waits, and queues that share a
-//! group limit take turns (none starves another).
+//! tick's work grows with what it releases, not with what waits.
+//!
+//! Queues that share a limit share it by *cost* (segments), in proportion to their weights:
+//! start-time fair queueing. Each queue has a virtual finish tag that grows by cost / weight
+//! with every row it releases; rows are tried in order of their start tags, and waiters on a
+//! limit are woken lowest tag first. A queue that comes back after being idle starts at the
+//! scheduler's virtual time: it gets its share from then on, no credit for the time away.
 
 use super::Micros;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap};
 use std::hash::Hash;
 
 pub type QueueId = u32;
@@ -34,11 +39,24 @@ struct Queue<K> {
     state: State,
     /// Bumped at every reschedule: heap entries of an older epoch are stale.
     epoch: u64,
+    /// Virtual finish tag: where this queue's next row starts, unless it lags behind the
+    /// scheduler's virtual time.
+    finish: u64,
+    /// Its share of a limit it shares, relative to the others' (1 and up).
+    weight: u32,
+    /// It comes back from idle (new, or held by time rather than by a shared limit): its next
+    /// row starts no earlier than the virtual time, so it has no credit for the time away.
+    /// A queue that waited its turn on a shared limit keeps its tag: it was owed that turn.
+    lift: bool,
 }
+
+/// Virtual time per unit of cost at weight 1.
+const TAG_UNIT: u64 = 1 << 16;
 
 #[derive(Default)]
 struct LimitWait {
-    queues: VecDeque<(QueueId, u64)>,
+    /// (finish tag, arrival, queue, epoch): the least served first, then first come.
+    queues: BinaryHeap<Reverse<(u64, u64, QueueId, u64)>>,
     wake: Option<Micros>,
 }
 
@@ -64,6 +82,8 @@ pub struct Scheduler<K> {
     heap: BinaryHeap<Reverse<(Micros, u64, Item)>>,
     limits: HashMap<i64, LimitWait>,
     seq: u64,
+    /// Virtual time: the start tag of the last row released.
+    vtime: u64,
 }
 
 impl<K: Clone + Eq + Hash> Default for Scheduler<K> {
@@ -81,6 +101,90 @@ impl<K: Clone + Eq + Hash> Scheduler<K> {
             heap: BinaryHeap::new(),
             limits: HashMap::new(),
             seq: 0,
+            vtime: 0,
+        }
+    }
+
+    /// Set a queue's weight (its share of a limit it shares, relative to the others').
+    pub fn set_weight(&mut self, q: QueueId, weight: u32) {
+        self.queue_mut(q).weight = weight.max(1);
+    }
+
+    /// Where the next row of `q` starts in virtual time.
+    fn start_tag(&self, q: QueueId) -> u64 {
+        let queue = self.queue(q);
+        if queue.lift {
+            queue.finish.max(self.vtime)
+        } else {
+            queue.finish
+        }
+    }
+
+    /// The order to try the rows fetched from the queues `qs` in (one batch of rows each):
+    /// higher priority first; within a priority, by start tag (each row starts where the
+    /// queue's previous row would finish: cost / weight further on), so queues that share a
+    /// limit get shares of its cost in proportion to their weights; ties in the order the
+    /// queues were given. Each batch's rows must come in its own order (priority desc, id).
+    /// `more[b]`: batch `b` is all that was fetched of a queue that may hold more; rows of
+    /// other queues that would come after its next row are left for the next tick, so a queue
+    /// of cheap rows is not outrun because its batch ended. Returns (batch, row) pairs.
+    pub fn order(
+        &self,
+        qs: &[QueueId],
+        batches: &[Vec<Row>],
+        more: &[bool],
+    ) -> Vec<(usize, usize)> {
+        let mut order: Vec<(Reverse<i16>, u64, usize, usize)> = Vec::new();
+        let mut cut: Option<(Reverse<i16>, u64)> = None;
+        for (b, rows) in batches.iter().enumerate() {
+            let weight = self.queue(qs[b]).weight.max(1) as u64;
+            let mut tag = self.start_tag(qs[b]);
+            for (r, row) in rows.iter().enumerate() {
+                order.push((Reverse(row.priority), tag, b, r));
+                tag = tag.saturating_add(row.cost.max(1) * TAG_UNIT / weight);
+            }
+            if let (true, Some(last)) = (more.get(b) == Some(&true), rows.last()) {
+                let next = (Reverse(last.priority), tag);
+                cut = Some(cut.map_or(next, |c| c.min(next)));
+            }
+        }
+        if let Some(c) = cut {
+            order.retain(|&(p, tag, _, _)| (p, tag) < c);
+        }
+        order.sort_unstable();
+        order.into_iter().map(|(_, _, b, r)| (b, r)).collect()
+    }
+
+    /// `q` released a row of `cost`: its finish tag moves on by cost / weight.
+    pub fn charge(&mut self, q: QueueId, cost: u64) {
+        let start = self.start_tag(q);
+        let weight = self.queue(q).weight.max(1) as u64;
+        self.vtime = self.vtime.max(start);
+        let queue = self.queue_mut(q);
+        queue.finish = start.saturating_add(cost.max(1) * TAG_UNIT / weight);
+        queue.lift = false;
+    }
+
+    /// Every queue that waits (on a limit or a time) or is parked becomes due now: the
+    /// configuration changed, and what held them may hold them no longer.
+    pub fn wake_all(&mut self, now: Micros) {
+        self.limits.clear();
+        let held: Vec<QueueId> = self
+            .queues
+            .iter()
+            .enumerate()
+            .filter_map(|(i, q)| {
+                q.as_ref()
+                    .filter(|q| match q.state {
+                        State::Due(at) => at > now,
+                        State::Waiting(_) | State::Parked => true,
+                        State::Running => false,
+                    })
+                    .map(|_| i as QueueId)
+            })
+            .collect();
+        for q in held {
+            self.schedule(q, now);
         }
     }
 
@@ -136,6 +240,9 @@ impl<K: Clone + Eq + Hash> Scheduler<K> {
                     key: key.clone(),
                     state: State::Running,
                     epoch: 0,
+                    finish: self.vtime,
+                    weight: 1,
+                    lift: true,
                 });
                 self.by_key.insert(key.clone(), q);
                 self.schedule(q, now);
@@ -145,23 +252,6 @@ impl<K: Clone + Eq + Hash> Scheduler<K> {
                 State::Due(_) | State::Parked => self.schedule(q, now),
                 State::Waiting(_) | State::Running => {}
             },
-        }
-    }
-
-    /// Parked queues become due: the configuration changed.
-    pub fn unpark_all(&mut self, now: Micros) {
-        let parked: Vec<QueueId> = self
-            .queues
-            .iter()
-            .enumerate()
-            .filter_map(|(i, q)| {
-                q.as_ref()
-                    .filter(|q| q.state == State::Parked)
-                    .map(|_| i as QueueId)
-            })
-            .collect();
-        for q in parked {
-            self.schedule(q, now);
         }
     }
 
@@ -208,7 +298,7 @@ impl<K: Clone + Eq + Hash> Scheduler<K> {
                     let (tokens, next) = room(id);
                     let mut woken = 0u64;
                     while woken < tokens && out.len() < max {
-                        let Some((q, e)) = w.queues.pop_front() else {
+                        let Some(Reverse((_, _, q, e))) = w.queues.pop() else {
                             break;
                         };
                         let live = self.queues.get(q as usize).and_then(|x| x.as_ref());
@@ -250,6 +340,14 @@ impl<K: Clone + Eq + Hash> Scheduler<K> {
             .and_then(|w| w.wake)
     }
 
+    /// Queues waiting on `limit` are looked at again now (it has room again that it did not
+    /// have when they were told to wait: a lease came back).
+    pub fn wake_waiters(&mut self, limit: i64, now: Micros) {
+        if self.waiting_on(limit).is_some() {
+            self.wake_limit(limit, now);
+        }
+    }
+
     fn wake_limit(&mut self, id: i64, at: Micros) {
         let w = self.limits.entry(id).or_default();
         if w.wake.is_some_and(|t| t <= at) {
@@ -269,24 +367,30 @@ impl<K: Clone + Eq + Hash> Scheduler<K> {
                 self.free.push(q);
             }
             Done::More => self.schedule(q, Micros::MIN),
-            Done::Deferred { until } => self.schedule(q, until),
+            Done::Deferred { until } => {
+                self.queue_mut(q).lift = true;
+                self.schedule(q, until)
+            }
             Done::Parked => {
                 let queue = self.queue_mut(q);
                 queue.epoch += 1;
                 queue.state = State::Parked;
+                queue.lift = true;
             }
             Done::Blocked { limit, until } => {
-                let e = {
+                let (e, tag) = {
                     let queue = self.queue_mut(q);
                     queue.epoch += 1;
                     queue.state = State::Waiting(limit);
-                    queue.epoch
+                    (queue.epoch, queue.finish)
                 };
+                self.seq += 1;
+                let seq = self.seq;
                 self.limits
                     .entry(limit)
                     .or_default()
                     .queues
-                    .push_back((q, e));
+                    .push(Reverse((tag, seq, q, e)));
                 self.wake_limit(limit, until);
             }
         }
@@ -299,29 +403,6 @@ pub struct Row {
     pub id: i64,
     pub priority: i16,
     pub cost: u64,
-}
-
-/// The order to try the rows fetched from several queues in: higher priority first; within
-/// a priority, round robin across queues (each queue's first row, then each one's second,
-/// …) in the order the queues were given (the order they came due: first come, first
-/// served; not by age, which would let an old backlog starve a new queue). Each queue's
-/// rows must come in its own order (priority desc, id). Returns (batch, row) pairs.
-pub fn interleave(batches: &[Vec<Row>]) -> Vec<(usize, usize)> {
-    let mut order: Vec<(Reverse<i16>, usize, usize, usize)> = Vec::new();
-    for (b, rows) in batches.iter().enumerate() {
-        let mut rank = 0;
-        let mut last_priority = None;
-        for (r, row) in rows.iter().enumerate() {
-            if last_priority != Some(row.priority) {
-                rank = 0;
-                last_priority = Some(row.priority);
-            }
-            order.push((Reverse(row.priority), rank, b, r));
-            rank += 1;
-        }
-    }
-    order.sort_unstable();
-    order.into_iter().map(|(_, _, b, r)| (b, r)).collect()
 }
 
 /// What one admission said about a row.
@@ -378,7 +459,7 @@ pub fn release(
 mod tests {
     use super::*;
     use crate::limiter::{admit, Bucket, Outcome, Rate};
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, VecDeque};
 
     const SEC: Micros = 1_000_000;
 
@@ -417,13 +498,25 @@ mod tests {
         }
 
         fn enqueue(&mut self, q: u32, limits: &[i64], n: usize, priority: i16, now: Micros) {
+            self.enqueue_cost(q, limits, n, priority, 1, now);
+        }
+
+        fn enqueue_cost(
+            &mut self,
+            q: u32,
+            limits: &[i64],
+            n: usize,
+            priority: i16,
+            cost: u64,
+            now: Micros,
+        ) {
             self.limits_of.insert(q, limits.to_vec());
             let rows = self.pending.entry(q).or_default();
             for _ in 0..n {
                 rows.push_back(Row {
                     id: self.next_id,
                     priority,
-                    cost: 1,
+                    cost,
                 });
                 self.next_id += 1;
             }
@@ -477,7 +570,13 @@ mod tests {
                 qs.push((q, key, n));
                 batches.push(rows);
             }
-            let order = interleave(&batches);
+            let qids: Vec<QueueId> = qs.iter().map(|x| x.0).collect();
+            let more: Vec<bool> = qs
+                .iter()
+                .zip(&batches)
+                .map(|(x, b)| b.len() >= x.2)
+                .collect();
+            let order = self.sched.order(&qids, &batches, &more);
             let limits_of = &self.limits_of;
             let buckets = &mut self.buckets;
             let r = release(&batches, &order, |b, row| {
@@ -511,6 +610,7 @@ mod tests {
             for &(b, ri) in &r.admitted {
                 let key = qs[b].1;
                 let row = batches[b][ri];
+                self.sched.charge(qs[b].0, row.cost);
                 self.released.push((now, key, row));
                 let p = self.pending.get_mut(&key).expect("queue");
                 let pos = p.iter().position(|x| x.id == row.id).expect("row");
@@ -624,6 +724,95 @@ mod tests {
         );
     }
 
+    fn window(count: u64, period_us: u64) -> Rate {
+        Rate::window(count, period_us).expect("valid rate")
+    }
+
+    /// Each queue's released cost in [from, to).
+    fn cost_of(s: &Sim, q: u32, from: Micros, to: Micros) -> u64 {
+        s.released
+            .iter()
+            .filter(|r| r.1 == q && r.0 >= from && r.0 < to)
+            .map(|r| r.2.cost)
+            .sum()
+    }
+
+    #[test]
+    fn two_short_codes_share_an_account_limit_by_segments() {
+        // 100 segments/s for the account, 2-segment messages from two short codes with big
+        // backlogs: 50 segments/s each (the case that used to give 428 messages and 25).
+        let mut s = Sim::new();
+        s.limit(-1, window(100, SEC as u64));
+        s.limit(1, window(100, SEC as u64));
+        s.limit(2, window(100, SEC as u64));
+        s.enqueue_cost(1, &[1, -1], 5_000, 0, 2, 0);
+        s.enqueue_cost(2, &[2, -1], 5_000, 0, 2, 0);
+        s.run(0, 10 * SEC - 1);
+        for q in [1, 2] {
+            let per_s = cost_of(&s, q, 0, 10 * SEC) as f64 / 10.0;
+            assert!(
+                (45.0..=55.0).contains(&per_s),
+                "queue {q}: {per_s} segments/s"
+            );
+        }
+        // And the account never saw more than 100 segments in any second.
+        let mut ev: Vec<(Micros, u64)> = s.released.iter().map(|r| (r.0, r.2.cost)).collect();
+        ev.sort();
+        for i in 0..ev.len() {
+            let sum: u64 = ev[i..]
+                .iter()
+                .take_while(|e| e.0 < ev[i].0 + SEC)
+                .map(|e| e.1)
+                .sum();
+            assert!(sum <= 100, "{sum} segments in the second from {}", ev[i].0);
+        }
+    }
+
+    #[test]
+    fn weights_give_proportional_shares() {
+        let mut s = Sim::new();
+        s.limit(-1, window(90, SEC as u64));
+        for q in 1..=2u32 {
+            s.limit(q as i64, window(1000, SEC as u64));
+            s.enqueue_cost(q, &[q as i64, -1], 2_000, 0, 1, 0);
+        }
+        let q2 = *s.sched.by_key.get(&2).expect("queue 2");
+        s.sched.set_weight(q2, 2);
+        s.run(0, 10 * SEC - 1);
+        let (a, b) = (cost_of(&s, 1, 0, 10 * SEC), cost_of(&s, 2, 0, 10 * SEC));
+        assert!(
+            (b as f64 / a as f64 - 2.0).abs() < 0.15,
+            "weight 2 got {b}, weight 1 got {a}"
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(40))]
+
+        /// Any mix of costs 1–10 and backlogs: queues sharing a limit get near-equal cost
+        /// (Jain's index ≥ 0.99 over whole seconds), and the limit is used to the full.
+        #[test]
+        fn shares_are_fair_for_any_mix_of_costs(costs in proptest::collection::vec(1u64..=10, 2..6),
+                                                 rate in 50u64..400) {
+            let mut s = Sim::new();
+            s.limit(-1, window(rate, SEC as u64));
+            for (i, &c) in costs.iter().enumerate() {
+                let q = i as u32 + 1;
+                s.limit(q as i64, window(100_000, SEC as u64));
+                s.enqueue_cost(q, &[q as i64, -1], (rate as usize * 30 / c as usize) + 10, 0, c, 0);
+            }
+            s.run(0, 20 * SEC - 1);
+            let shares: Vec<f64> = (1..=costs.len() as u32).map(|q| cost_of(&s, q, 0, 20 * SEC) as f64).collect();
+            let sum: f64 = shares.iter().sum();
+            let sq: f64 = shares.iter().map(|x| x * x).sum();
+            let jain = sum * sum / (shares.len() as f64 * sq);
+            proptest::prop_assert!(jain >= 0.99, "shares {:?}: jain {}", shares, jain);
+            // Work-conserving: at most one message's cost per second short of the rate.
+            let max_cost = *costs.iter().max().unwrap_or(&1);
+            proptest::prop_assert!(sum >= ((rate - max_cost) * 20) as f64, "released {} of {}", sum, rate * 20);
+        }
+    }
+
     #[test]
     fn a_big_queue_does_not_starve_a_small_one() {
         let mut s = Sim::new();
@@ -663,23 +852,103 @@ mod tests {
     }
 
     #[test]
-    fn interleave_is_priority_then_round_robin() {
-        let row = |id, priority| Row {
-            id,
-            priority,
-            cost: 1,
-        };
+    fn order_is_priority_then_by_cost_share() {
+        let row = |id, priority, cost| Row { id, priority, cost };
+        let mut s: Scheduler<u32> = Scheduler::new();
+        s.touch(&0, 0);
+        s.touch(&1, 0);
+        let qs = [0, 1];
         let batches = vec![
-            vec![row(1, 0), row(2, 0), row(3, 0)],
-            vec![row(9, 5), row(10, 0)],
+            vec![row(1, 0, 1), row(2, 0, 1), row(3, 0, 1)],
+            vec![row(9, 5, 1), row(10, 0, 1)],
         ];
         assert_eq!(
-            interleave(&batches),
-            vec![(1, 0), (0, 0), (1, 1), (0, 1), (0, 2)]
+            s.order(&qs, &batches, &[]),
+            vec![(1, 0), (0, 0), (0, 1), (1, 1), (0, 2)]
         );
         // Ties go to the queue that came due first, not to the oldest row.
-        let batches = vec![vec![row(50, 0)], vec![row(1, 0)]];
-        assert_eq!(interleave(&batches), vec![(0, 0), (1, 0)]);
+        let batches = vec![vec![row(50, 0, 1)], vec![row(1, 0, 1)]];
+        assert_eq!(s.order(&qs, &batches, &[]), vec![(0, 0), (1, 0)]);
+        // By cost: a queue of 2-segment rows takes one row for every two of 1 segment.
+        let batches = vec![
+            vec![row(1, 0, 2), row(2, 0, 2)],
+            vec![row(3, 0, 1), row(4, 0, 1), row(5, 0, 1)],
+        ];
+        assert_eq!(
+            s.order(&qs, &batches, &[]),
+            vec![(0, 0), (1, 0), (1, 1), (0, 1), (1, 2)]
+        );
+        // The queue served goes behind the one that was not.
+        s.charge(0, 2);
+        let batches = vec![vec![row(1, 0, 2)], vec![row(3, 0, 2)]];
+        assert_eq!(s.order(&qs, &batches, &[]), vec![(1, 0), (0, 0)]);
+        // A weight of 2 gets twice the cost.
+        s.charge(1, 2);
+        s.set_weight(1, 2);
+        let batches = vec![
+            vec![row(1, 0, 1), row(2, 0, 1)],
+            vec![row(3, 0, 1), row(4, 0, 1), row(5, 0, 1), row(6, 0, 1)],
+        ];
+        assert_eq!(
+            s.order(&qs, &batches, &[]),
+            vec![(0, 0), (1, 0), (1, 1), (0, 1), (1, 2), (1, 3)]
+        );
+    }
+
+    #[test]
+    fn rows_that_would_outrun_a_queue_whose_batch_ended_wait() {
+        let row = |id, cost| Row {
+            id,
+            priority: 0,
+            cost,
+        };
+        let mut s: Scheduler<u32> = Scheduler::new();
+        s.touch(&0, 0);
+        s.touch(&1, 0);
+        // Queue 0 gave its two 1-segment rows and may hold more: queue 1's rows past where
+        // queue 0's third row would start wait for the next tick.
+        let batches = vec![
+            vec![row(1, 1), row(2, 1)],
+            vec![row(3, 1), row(4, 1), row(5, 1), row(6, 1)],
+        ];
+        assert_eq!(
+            s.order(&[0, 1], &batches, &[true, false]),
+            vec![(0, 0), (1, 0), (0, 1), (1, 1)]
+        );
+    }
+
+    #[test]
+    fn a_configuration_change_wakes_every_held_queue() {
+        let mut s: Scheduler<u32> = Scheduler::new();
+        s.touch(&0, 0);
+        s.touch(&1, 0);
+        s.touch(&2, 0);
+        let due = s.due(0, 10, |_| (0, 0));
+        assert_eq!(due.len(), 3);
+        s.done(
+            due[0].0,
+            Done::Blocked {
+                limit: 7,
+                until: 60 * SEC,
+            },
+        );
+        s.done(
+            due[1].0,
+            Done::Deferred {
+                until: 86_400 * SEC,
+            },
+        );
+        s.done(due[2].0, Done::Parked);
+        assert!(s.due(SEC, 10, |_| (0, 60 * SEC)).is_empty());
+        s.wake_all(SEC);
+        let mut woken: Vec<QueueId> = s
+            .due(SEC, 10, |_| (0, 0))
+            .into_iter()
+            .map(|x| x.0)
+            .collect();
+        woken.sort();
+        assert_eq!(woken, vec![0, 1, 2]);
+        assert_eq!(s.waiting_on(7), None, "the old wait is forgotten");
     }
 
     #[test]
@@ -690,7 +959,7 @@ mod tests {
             cost: 1,
         };
         let batches = vec![vec![row(1), row(2), row(3)], vec![row(4)]];
-        let order = interleave(&batches);
+        let order = vec![(0, 0), (1, 0), (0, 1), (0, 2)];
         let mut calls = 0;
         let r = release(&batches, &order, |b, row| {
             calls += 1;
