@@ -22,17 +22,16 @@ CREATE TRIGGER queue_cap_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON
 CREATE TRIGGER pending_truncated AFTER TRUNCATE ON throttle.pending
     FOR EACH STATEMENT EXECUTE FUNCTION throttle.config_changed();
 
--- Monitoring: every rate limit with its bucket's state now.
+-- Monitoring: every rate limit with its bucket's state now. A limit each sender has on its own
+-- (each_sender) has a bucket per sender: see throttle.bucket_state() for those.
 CREATE VIEW throttle.limit_state AS
 SELECT l.limit_id, l.name, l.scope, l.scope_id, l.carrier, l.channel, l.sender_type,
        l.rate, l.per, l.burst,
-       coalesce(b.available, l.burst) AS available,
-       CASE WHEN coalesce(b.available, l.burst) > 0 THEN now()
-            ELSE greatest(now(), b.full_at - make_interval(
-                     secs => least((b.burst - 1)::float8 * b.period_us / b.rate / 1e6, 3e9)))
-       END AS next_room_at,
+       coalesce(b.available, l.burst, l.rate) AS available,
+       coalesce(b.next_room_at, now()) AS next_room_at,
        b.full_at,
-       b.limit_id IS NOT NULL AS in_memory
+       b.limit_id IS NOT NULL AS in_memory,
+       l.each_sender
   FROM throttle.rate_limit l
   LEFT JOIN throttle.bucket_state() b
          ON b.limit_id = l.limit_id AND b.sub_key = 0
@@ -95,7 +94,7 @@ SELECT q.queue_cap_id, q.name, q.scope, q.scope_id, q.carrier, q.channel, q.vali
 
 COMMENT ON SCHEMA throttle IS 'pg_throttle: message throttling by rate limits kept in tables';
 COMMENT ON TABLE throttle.sender IS 'Senders (numbers, short codes, WhatsApp numbers, iMessage lines) and the campaign, brand and account they belong to';
-COMMENT ON TABLE throttle.rate_limit IS 'Rate limits: rate per period with a burst, for a sender or a group, optionally per carrier, channel and sender type';
+COMMENT ON TABLE throttle.rate_limit IS 'Rate limits: at most rate per period in every window (or, with a burst, a token bucket), for a sender or a group, optionally per carrier, channel and sender type';
 COMMENT ON TYPE throttle.admission IS 'The answer of throttle_admit()';
 COMMENT ON FUNCTION throttle.throttle_admit(text, text, timestamptz, integer, text) IS
     'Admit a message if every applicable limit has room (debiting all of them), else say which limit blocks and until when';
@@ -104,7 +103,7 @@ COMMENT ON FUNCTION throttle.try_admit(text, text, timestamptz, integer, text) I
 COMMENT ON FUNCTION throttle.bucket_state(timestamptz) IS 'Every live bucket in shared memory';
 COMMENT ON FUNCTION throttle.shmem_usage() IS 'Live buckets against throttle.max_buckets';
 COMMENT ON FUNCTION throttle.note_config_change() IS 'Internal: called by the configuration tables'' triggers';
-COMMENT ON VIEW throttle.limit_state IS 'Every rate limit with its tokens available now';
+COMMENT ON VIEW throttle.limit_state IS 'Every rate limit with its room now and when it next has room';
 COMMENT ON TABLE throttle.pending IS 'Messages waiting for their limits: INSERT here (or call throttle.enqueue) in the same transaction as your own writes';
 COMMENT ON TABLE throttle.ready IS 'Messages released by the worker, to be sent: consume with throttle.take() or DELETE ... FOR UPDATE SKIP LOCKED; LISTEN throttle_ready';
 COMMENT ON TABLE throttle.dead IS 'Messages that will never be released (expired, cost over a burst), with the reason';

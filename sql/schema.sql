@@ -22,14 +22,20 @@ CREATE TABLE throttle.sender (
     account     text CHECK (account <> ''),
     sender_type text CHECK (sender_type ~ '^[a-z0-9_]+$'),  -- short_code, toll_free, long_code, whatsapp, imessage, ...
     expiry_error_code text CHECK (expiry_error_code <> ''),  -- for its expired messages (default: throttle.expiry_error_code)
-    created_at  timestamptz NOT NULL DEFAULT now()
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    -- Its share of a limit it shares with other senders, relative to theirs (a tenant paying
+    -- for more gets more): queues sharing a limit get its cost in proportion to their weights.
+    weight      integer NOT NULL DEFAULT 1 CHECK (weight BETWEEN 1 AND 1000)
 );
 CREATE INDEX sender_campaign_idx ON throttle.sender (campaign);
 CREATE INDEX sender_brand_idx ON throttle.sender (brand);
 CREATE INDEX sender_account_idx ON throttle.sender (account);
 
--- Rate limits: `rate` per `per`, with at most `burst` at once, for one sender or a group,
--- optionally narrowed to a carrier, a channel and a sender type (NULL = any).
+-- Rate limits: at most `rate` in every window of `per` (cost, i.e. segments), for one sender
+-- or a group, optionally narrowed to a carrier, a channel and a sender type (NULL = any). A
+-- `burst` asks for a token bucket instead: `burst` at once, refilling at rate/per, so up to
+-- rate + burst - 1 in one window. `each_sender`: a group's limit applies to each of its
+-- senders on its own (AT&T classes G, N, Y count per number), not to the group as a whole.
 CREATE TABLE throttle.rate_limit (
     limit_id    bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     name        text UNIQUE CHECK (name <> ''),
@@ -42,20 +48,17 @@ CREATE TABLE throttle.rate_limit (
     per         interval NOT NULL DEFAULT '1 second'
                 CHECK (per BETWEEN '1 millisecond' AND '31 days'
                        AND date_part('month', per) = 0 AND date_part('year', per) = 0),
-    burst       bigint NOT NULL CHECK (burst BETWEEN 1 AND 1000000000),
+    burst       bigint CHECK (burst BETWEEN 1 AND 1000000000),
     note        text,
-    created_at  timestamptz NOT NULL DEFAULT now()
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    each_sender boolean NOT NULL DEFAULT false
 );
 CREATE INDEX rate_limit_scope_idx ON throttle.rate_limit (scope, scope_id);
 
--- Friendly errors (22023 with a hint) before the constraints above would fire; a missing
--- burst defaults to the rate.
+-- Friendly errors (22023 with a hint) before the constraints above would fire.
 CREATE FUNCTION throttle.check_rate_limit() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF NEW.burst IS NULL THEN
-        NEW.burst := NEW.rate;
-    END IF;
     IF NEW.rate IS NULL OR NEW.rate < 1 OR NEW.rate > 1000000000 THEN
         RAISE EXCEPTION 'rate must be between 1 and 1000000000, got %', coalesce(NEW.rate::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value',
@@ -64,7 +67,7 @@ BEGIN
     IF NEW.burst < 1 OR NEW.burst > 1000000000 THEN
         RAISE EXCEPTION 'burst must be between 1 and 1000000000, got %', NEW.burst
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'burst is how many may go at once; leave it NULL to use the rate';
+                  HINT = 'leave burst NULL for at most rate in every window of per (what carriers count); a burst makes a token bucket that lets up to rate + burst - 1 through one window';
     END IF;
     IF NEW.per IS NULL OR NEW.per < interval '1 millisecond' OR NEW.per > interval '31 days' THEN
         RAISE EXCEPTION 'per must be between 1 millisecond and 31 days, got %', coalesce(NEW.per::text, 'NULL')
@@ -75,6 +78,11 @@ BEGIN
         RAISE EXCEPTION 'per must not be given in months or years, got %', NEW.per
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'a month has no fixed length; write ''30 days''';
+    END IF;
+    IF NEW.each_sender AND NEW.scope = 'sender' THEN
+        RAISE EXCEPTION 'each_sender applies to a group''s limit, not to a sender''s own'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'set scope to campaign, brand or account, or leave each_sender false';
     END IF;
     RETURN NEW;
 END

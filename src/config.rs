@@ -31,6 +31,8 @@ pub struct Limit {
     pub label: Box<str>,
     /// When the limit row was created (PostgreSQL µs).
     pub created_at: i64,
+    /// A group's limit that each of its senders has on its own (its own bucket).
+    pub each_sender: bool,
 }
 
 impl Limit {
@@ -50,6 +52,8 @@ impl Limit {
 #[derive(Debug, Default)]
 pub struct SenderLimits {
     pub limits: Vec<Limit>,
+    /// The sender's share of a limit it shares with others, relative to theirs.
+    pub weight: u16,
 }
 
 /// A limit in the arena: its bucket as shared memory wants it, and the row (for naming it).
@@ -68,6 +72,8 @@ pub struct PlanView<'a> {
     pub caps: bool,
     /// ... and it is known that some do (no need to look again this generation).
     pub caps_known: bool,
+    /// The sender's weight (see [`SenderLimits::weight`]).
+    pub weight: u16,
     idx: &'a [u32],
     arena: &'a [LimitInfo],
 }
@@ -91,6 +97,8 @@ struct PlanEntry {
     partitions: u32,
     /// Calendar caps: 0 none apply, 1 some apply, 2 some exist and it is not known yet.
     caps: u8,
+    /// The sender's weight (see [`SenderLimits::weight`]).
+    weight: u16,
     wants: SmallVec<[Want; 2]>,
     limits: SmallVec<[u32; 2]>,
 }
@@ -163,6 +171,7 @@ impl PlanEntry {
             partitions: self.partitions,
             caps: self.caps != 0,
             caps_known: self.caps == 1,
+            weight: self.weight,
             idx: &self.limits,
             arena,
         }
@@ -174,6 +183,7 @@ impl PlanEntry {
             key: PlanKey::new(),
             partitions: 0,
             caps: 0,
+            weight: 1,
             wants: SmallVec::new(),
             limits: SmallVec::new(),
         }
@@ -257,7 +267,7 @@ struct Cache {
     plans: PlanTable,
     /// Every limit any cached plan uses, once.
     arena: Vec<LimitInfo>,
-    arena_pos: FxHashMap<i64, u32>,
+    arena_pos: FxHashMap<(i64, u64), u32>,
     /// Limits read per sender, to build plans for new (carrier, channel)s without SPI.
     senders: FxHashMap<Box<[u8]>, Rc<SenderLimits>>,
     stmt: Option<OwnedPreparedStatement>,
@@ -438,6 +448,7 @@ pub fn with_known_plan<R, F: FnOnce(&PlanView) -> R>(
             partitions,
             caps: any_caps,
             caps_known: false,
+            weight: loaded.weight,
             idx: &idx,
             arena: &arena,
         };
@@ -474,6 +485,7 @@ fn add_plan(
         key,
         partitions,
         caps: if c.any_caps == Some(false) { 0 } else { 2 },
+        weight: limits.weight,
         wants,
         limits: idx.into_iter().collect(),
     });
@@ -484,7 +496,7 @@ fn add_plan(
 /// arena as needed, and the partitions they live in.
 fn plan_limits(
     arena: &mut Vec<LimitInfo>,
-    pos: &mut FxHashMap<i64, u32>,
+    pos: &mut FxHashMap<(i64, u64), u32>,
     limits: &SenderLimits,
     sender: &[u8],
     carrier: &[u8],
@@ -502,9 +514,10 @@ fn plan_limits(
                 "merge or remove limits in throttle.rate_limit",
             )));
         }
-        let i = *pos.entry(l.id).or_insert_with(|| {
+        let sub = bucket_sub(l, sender);
+        let i = *pos.entry((l.id, sub)).or_insert_with(|| {
             arena.push(LimitInfo {
-                want: Want::new(Key::new(l.id, database_key()), l.rate, l.created_at),
+                want: Want::new(Key::new(l.id, sub), l.rate, l.created_at),
                 limit: Rc::new(l.clone()),
             });
             (arena.len() - 1) as u32
@@ -533,7 +546,7 @@ const LOAD_SQL: &str = "
                     || coalesce(' channel ' || l.channel, '')
                     || coalesce(' sender_type ' || l.sender_type, '')
                     || ' ' || l.rate::text || '/' || l.per::text),
-           l.created_at
+           l.created_at, l.each_sender, s.weight
       FROM throttle.sender s
       LEFT JOIN LATERAL (
             SELECT * FROM throttle.rate_limit r WHERE r.scope = 'sender'::throttle.scope AND r.scope_id = s.sender
@@ -561,16 +574,17 @@ fn load(sender: &[u8]) -> Result<Option<SenderLimits>> {
         Option<String>,
         i64,
         i64,
-        i64,
+        Option<i64>,
         String,
         i64,
+        bool,
     );
     // Read the configuration as committed now, not as the calling statement's snapshot saw
     // it: a long query that misses the cache after a change must not cache the old limits
     // under the new generation. (A transaction that already wrote under REPEATABLE READ
     // still reads its own snapshot: such reads are not cached, see `with_known_plan`.)
     unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot()) };
-    let rows: Option<Vec<Option<Row>>> = Spi::connect(|client| {
+    let rows: Option<Vec<(u16, Option<Row>)>> = Spi::connect(|client| {
         let stmt = with_cache(|c| c.stmt.take());
         let stmt = match stmt {
             Some(s) => s,
@@ -586,19 +600,24 @@ fn load(sender: &[u8]) -> Result<Option<SenderLimits>> {
             let mut out = Vec::with_capacity(table.len());
             for row in table {
                 let id: Option<i64> = row.get(1)?;
-                out.push(match id {
-                    None => None,
-                    Some(id) => Some((
-                        id,
-                        row.get::<String>(2)?,
-                        row.get::<String>(3)?,
-                        row.get::<i64>(4)?.unwrap_or(0),
-                        row.get::<i64>(5)?.unwrap_or(0),
-                        row.get::<i64>(6)?.unwrap_or(0),
-                        row.get::<String>(7)?.unwrap_or_default(),
-                        row.get::<TimestampWithTimeZone>(8)?.map_or(0, i64::from),
-                    )),
-                });
+                let weight = row.get::<i32>(10)?.unwrap_or(1).clamp(1, u16::MAX as i32) as u16;
+                out.push((
+                    weight,
+                    match id {
+                        None => None,
+                        Some(id) => Some((
+                            id,
+                            row.get::<String>(2)?,
+                            row.get::<String>(3)?,
+                            row.get::<i64>(4)?.unwrap_or(0),
+                            row.get::<i64>(5)?.unwrap_or(0),
+                            row.get::<i64>(6)?,
+                            row.get::<String>(7)?.unwrap_or_default(),
+                            row.get::<TimestampWithTimeZone>(8)?.map_or(0, i64::from),
+                            row.get::<bool>(9)?.unwrap_or(false),
+                        )),
+                    },
+                ));
             }
             Ok::<_, pgrx::spi::SpiError>(out)
         })();
@@ -608,13 +627,18 @@ fn load(sender: &[u8]) -> Result<Option<SenderLimits>> {
     .map_err(error::internal)?;
     unsafe { pg_sys::PopActiveSnapshot() };
     let Some(rows) = rows else { return Ok(None) };
+    let weight = rows.first().map_or(1, |r| r.0);
     let mut limits = Vec::with_capacity(rows.len());
-    for (id, carrier, channel, count, period_us, burst, label, created_at) in
-        rows.into_iter().flatten()
+    for (id, carrier, channel, count, period_us, burst, label, created_at, each_sender) in
+        rows.into_iter().filter_map(|r| r.1)
     {
         // The tables' constraints make a bad rate impossible; refuse loudly if one slips by.
-        let rate = Rate::new(count as u64, period_us as u64, burst as u64)
-            .map_err(|e| error::internal(format!("limit {id}: {e}")))?;
+        // No burst: at most `rate` in every window of `per`; a burst: a token bucket.
+        let rate = match burst {
+            None => Rate::window(count as u64, period_us as u64),
+            Some(b) => Rate::new(count as u64, period_us as u64, b as u64),
+        }
+        .map_err(|e| error::internal(format!("limit {id}: {e}")))?;
         limits.push(Limit {
             id,
             carrier: carrier.map(Into::into),
@@ -622,16 +646,18 @@ fn load(sender: &[u8]) -> Result<Option<SenderLimits>> {
             rate,
             label: label.into(),
             created_at,
+            each_sender,
         });
     }
-    Ok(Some(SenderLimits { limits }))
+    Ok(Some(SenderLimits { limits, weight }))
 }
 
-/// The bucket a limit this backend has cached wants (for the worker's per-limit room).
+/// The bucket a limit this backend has cached wants (for the worker's per-limit room). A
+/// limit each sender has on its own has no one bucket: None.
 pub fn cached_want(limit_id: i64) -> Option<Want> {
     with_cache(|c| {
         c.arena_pos
-            .get(&limit_id)
+            .get(&(limit_id, database_key()))
             .map(|&i| c.arena[i as usize].want)
     })
 }
@@ -639,4 +665,22 @@ pub fn cached_want(limit_id: i64) -> Option<Want> {
 /// Buckets are keyed by this database too: two databases with the extension never share one.
 fn database_key() -> u64 {
     (unsafe { pg_sys::MyDatabaseId }.to_u32() as u64) << 32
+}
+
+/// The sub-key of `l`'s bucket for `sender`: the database, and for a limit each sender has on
+/// its own, the sender (a hash: two senders that collide share a bucket, which only ever
+/// holds them back, never lets more through).
+fn bucket_sub(l: &Limit, sender: &[u8]) -> u64 {
+    if !l.each_sender {
+        return database_key();
+    }
+    let mut h = rustc_hash::FxHasher::default();
+    h.write(sender);
+    let low = (h.finish() as u32).max(1);
+    database_key() | low as u64
+}
+
+/// Whether a bucket key belongs to one sender of a group (see [`bucket_sub`]).
+pub fn is_per_sender(key: &Key) -> bool {
+    key.sub & 0xFFFF_FFFF != 0
 }

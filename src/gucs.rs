@@ -12,6 +12,7 @@ static QUEUE_BATCH: GucSetting<i32> = GucSetting::<i32>::new(100);
 static EXPIRY_ERROR_CODE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"30036"));
 static MAX_FUTURE_MS: GucSetting<i32> = GucSetting::<i32>::new(3_600_000);
+static LEASE_IDLE_MS: GucSetting<i32> = GucSetting::<i32>::new(1_000);
 
 /// Define the settings. Postmaster-context settings can only be defined while the postmaster
 /// loads `shared_preload_libraries` (`preloading`); defining them later is FATAL.
@@ -70,6 +71,16 @@ fn define_postmaster() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"throttle.lease_idle",
+        c"How long a calendar-cap lease may sit unspent before the worker takes it back.",
+        c"throttle_admit spends calendar caps from leases the worker grants; what an idle lease holds unspent goes back to the cap, so queued messages are never held by room no one uses.",
+        &LEASE_IDLE_MS,
+        10,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
 }
 
 fn define_expiry_code() {
@@ -125,6 +136,11 @@ pub fn worker_enabled() -> bool {
 
 pub fn release_batch() -> usize {
     RELEASE_BATCH.get().max(1) as usize
+}
+
+/// How long a lease may sit unspent before the worker takes it back, µs.
+pub fn lease_idle_us() -> i64 {
+    LEASE_IDLE_MS.get().max(10) as i64 * 1_000
 }
 
 pub fn queue_batch() -> u64 {

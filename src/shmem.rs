@@ -205,6 +205,7 @@ unsafe extern "C-unwind" fn startup_hook() {
                         count: 1,
                         period_us: 1_000_000,
                         burst: 1,
+                        mode: crate::limiter::Mode::Bucket,
                     },
                     0,
                 ),
@@ -813,6 +814,9 @@ pub struct Lease {
     pub want_at: Micros,
     /// The table had nothing more to lease in this window.
     pub full: bool,
+    /// When it was last granted or spent from (the spender's transaction start): an idle
+    /// lease's unspent part goes back to the table (see [`lease_reclaim`]).
+    pub touched: Micros,
 }
 
 /// Messages waiting under one queue cap (counted at enqueue, uncounted when they leave).
@@ -902,6 +906,7 @@ fn lease_slot(c: &mut CapsShared, db: u32, w: &CapWant) -> Option<usize> {
         want: 0,
         want_at: w.at,
         full: false,
+        touched: 0,
     };
     Some(k)
 }
@@ -941,8 +946,10 @@ pub fn lease_take(db: u32, wants: &mut [CapWant], cost: i64) -> Result<LeaseAnsw
         if asked {
             return Ok(LeaseAnswer::Asked);
         }
+        let at = crate::backend::transaction_start();
         for &k in &found[..wants.len()] {
             c.leases[k].left -= cost;
+            c.leases[k].touched = at;
         }
         Ok(LeaseAnswer::Taken)
     })??;
@@ -982,7 +989,15 @@ pub fn lease_requests(db: u32) -> Vec<(i64, Micros, Micros, i64, Micros)> {
 /// For the worker, after the transaction that counted it in `throttle.cap_usage` committed:
 /// `n` more for the window of `cap_id` that starts at `start`; `full` when the table has no
 /// more for it.
-pub fn lease_grant(db: u32, cap_id: i64, born: Micros, start: Micros, n: i64, full: bool) {
+pub fn lease_grant(
+    db: u32,
+    cap_id: i64,
+    born: Micros,
+    start: Micros,
+    n: i64,
+    full: bool,
+    now: Micros,
+) {
     let _ =
         with_caps(|c| {
             if let Some(l) = c.leases.iter_mut().find(|l| {
@@ -991,8 +1006,43 @@ pub fn lease_grant(db: u32, cap_id: i64, born: Micros, start: Micros, n: i64, fu
                 l.left += n;
                 l.full = full;
                 l.want = 0;
+                l.touched = now;
             }
         });
+}
+
+/// For the worker: take back the unspent part of every lease of database `db` that nobody
+/// has spent from or asked more of since `idle_since` (a lease must not sit on room that
+/// queued messages need). Returns (cap, its created_at, window start, how much). The caller
+/// uncounts them from `throttle.cap_usage.leased`; if its transaction fails, that room is
+/// lost for the window, never spent twice.
+pub fn lease_reclaim(db: u32, idle_since: Micros) -> Vec<(i64, Micros, Micros, i64)> {
+    with_caps(|c| {
+        let mut back = Vec::new();
+        for l in c.leases.iter_mut() {
+            if l.db == db && l.cap_id != 0 && l.left > 0 && l.want == 0 && l.touched <= idle_since {
+                back.push((l.cap_id, l.born, l.window_start, l.left));
+                l.left = 0;
+                l.full = false;
+            }
+        }
+        back
+    })
+    .unwrap_or_default()
+}
+
+/// When the first lease of database `db` that holds unspent room was last touched (the
+/// worker wakes once it has been idle for long enough, to take it back).
+pub fn lease_oldest_touch(db: u32) -> Option<Micros> {
+    with_caps(|c| {
+        c.leases
+            .iter()
+            .filter(|l| l.db == db && l.cap_id != 0 && l.left > 0 && l.want == 0)
+            .map(|l| l.touched)
+            .min()
+    })
+    .ok()
+    .flatten()
 }
 
 /// Every live lease (for monitoring).

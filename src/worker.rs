@@ -93,9 +93,19 @@ const SQL_USAGE: &str = "
     SELECT u.cap_id, u.window_start, u.used, u.leased
       FROM unnest($1::int8[], $2::timestamptz[]) AS w(cap_id, window_start)
       JOIN throttle.cap_usage u USING (cap_id, window_start)";
+/// Add what a tick used and leased (less leases taken back: `leased` may be negative) to each
+/// cap's window: windows that have a row are updated, the others inserted.
 const SQL_USAGE_ADD: &str = "
+    WITH d(cap_id, window_start, window_end, used, leased) AS (
+        SELECT * FROM unnest($1::int8[], $2::timestamptz[], $3::timestamptz[], $4::int8[], $5::int8[])),
+    upd AS (
+        UPDATE throttle.cap_usage u
+           SET used = u.used + d.used, leased = greatest(0, u.leased + d.leased), updated_at = $6
+          FROM d WHERE u.cap_id = d.cap_id AND u.window_start = d.window_start
+        RETURNING u.cap_id, u.window_start)
     INSERT INTO throttle.cap_usage AS u (cap_id, window_start, window_end, used, leased, updated_at)
-    SELECT d.*, $6 FROM unnest($1::int8[], $2::timestamptz[], $3::timestamptz[], $4::int8[], $5::int8[]) AS d
+    SELECT d.cap_id, d.window_start, d.window_end, d.used, greatest(0, d.leased), $6 FROM d
+     WHERE NOT EXISTS (SELECT 1 FROM upd WHERE upd.cap_id = d.cap_id AND upd.window_start = d.window_start)
     ON CONFLICT (cap_id, window_start) DO UPDATE
        SET used = u.used + excluded.used, leased = u.leased + excluded.leased,
            updated_at = excluded.updated_at";
@@ -240,7 +250,8 @@ struct TickLedger {
     ledger: Ledger,
     read_spent: u64,
     used: u64,
-    leased: u64,
+    /// Leased (granted) less leases taken back, this tick.
+    leased: i64,
 }
 
 type Ledgers = FxHashMap<(i64, Micros), TickLedger>;
@@ -405,6 +416,20 @@ struct Worker {
     after: AfterCommit,
 }
 
+/// What becomes of a queue a limit holds until `until`: it waits its turn on a limit it shares
+/// with other queues; a bucket of its sender's own (a group limit each sender has on its own)
+/// it shares with no one, so it is just due again then.
+fn held(wants: &[shmem::Want], limit: i64, until: Micros) -> Done {
+    let own = wants
+        .iter()
+        .any(|w| w.key.limit_id == limit && config::is_per_sender(&w.key));
+    if own {
+        Done::Deferred { until }
+    } else {
+        Done::Blocked { limit, until }
+    }
+}
+
 /// What a tick asks of the loop: how long to sleep (None: until the latch is set).
 type Sleep = Option<Duration>;
 
@@ -437,8 +462,9 @@ impl Worker {
         }));
         // Committed (an error ends the process): hand out what the table now counts.
         let after = std::mem::take(&mut self.after);
+        let now = unsafe { pg_sys::GetCurrentTimestamp() };
         for (id, born, start, n, full) in after.grants {
-            shmem::lease_grant(self.db, id, born, start, n, full);
+            shmem::lease_grant(self.db, id, born, start, n, full, now);
         }
         for (id, n) in after.left_queue {
             shmem::queue_unreserve(self.db, id, n);
@@ -481,8 +507,9 @@ impl Worker {
         let now = unsafe { pg_sys::GetCurrentTimestamp() };
         let generation = shmem::config_generation();
         if generation != self.generation {
+            // Limits, caps, exemptions or groups changed: what held a queue may not any more.
             self.generation = generation;
-            self.sched.unpark_all(now);
+            self.sched.wake_all(now);
         }
         // Fail closed: if the caps cannot be read, release nothing this tick.
         let (any_caps, any_queue_caps) = match (caps::any_caps(), caps::any_queue_caps()) {
@@ -495,8 +522,11 @@ impl Worker {
         let mut ledgers: Ledgers = FxHashMap::default();
         let mut soon: Option<Micros> = None;
 
-        // 0. Leases asked for by throttle_admit (their usage read in one statement), and queue
-        //    caps to count.
+        // 0. Leases nobody spends from come back to the table; then leases asked for by
+        //    throttle_admit (their usage read in one statement), and queue caps to count.
+        if any_caps {
+            self.reclaim_leases(c, st, &mut ledgers, now)?;
+        }
         let requests: Vec<_> = shmem::lease_requests(self.db)
             .into_iter()
             .map(|(id, born, start, want, at)| {
@@ -519,7 +549,7 @@ impl Worker {
                         continue;
                     }
                     let n = tl.ledger.lease(&def.cal, &def.rule, want.max(0) as u64, at);
-                    tl.leased += n;
+                    tl.leased += n as i64;
                     let full = tl.ledger.left(&def.rule) == 0;
                     self.after.grants.push((id, born, start, n as i64, full));
                 }
@@ -608,10 +638,13 @@ impl Worker {
                 key.sender.as_bytes(),
                 key.carrier.as_bytes(),
                 key.channel.as_bytes(),
-                |p| (p.wants.to_vec(), p.partitions),
+                |p| (p.wants.to_vec(), p.partitions, p.weight),
             );
             let (wants, partitions) = match plan {
-                Ok(Some(p)) => p,
+                Ok(Some((w, p, weight))) => {
+                    self.sched.set_weight(q, weight as u32);
+                    (w, p)
+                }
                 Ok(None) => {
                     self.sched.done(q, Done::Parked);
                     continue;
@@ -626,7 +659,7 @@ impl Worker {
                 }
             };
             // Queue behind others waiting on a shared limit: no jumping the line.
-            for w in &wants {
+            for w in wants.iter().filter(|w| !config::is_per_sender(&w.key)) {
                 let l = w.key.limit_id;
                 if Some(l) != woken_by {
                     if let Some(until) = self.sched.waiting_on(l) {
@@ -689,13 +722,7 @@ impl Worker {
             }
             let (tokens, blocker, next) = shmem::room(&wants, now).unwrap_or((0, 0, now));
             if tokens == 0 && refuse.is_none() {
-                self.sched.done(
-                    q,
-                    Done::Blocked {
-                        limit: blocker,
-                        until: next,
-                    },
-                );
+                self.sched.done(q, held(&wants, blocker, next));
                 continue;
             }
             let n = if refuse.is_some() {
@@ -744,7 +771,13 @@ impl Worker {
 
         // 5. Admit in priority, round-robin order, through the calendar caps and the shared
         //    buckets.
-        let order = schedule::interleave(&batches);
+        let qids: Vec<schedule::QueueId> = taken.iter().map(|t| t.q).collect();
+        let more: Vec<bool> = taken
+            .iter()
+            .zip(&batches)
+            .map(|(t, b)| b.len() as u64 >= t.n)
+            .collect();
+        let order = self.sched.order(&qids, &batches, &more);
         // Queues that filled a defer_local cap during this release: (batch, cap, reset).
         let mut local_hits: Vec<(usize, Rc<CapDef>, Micros)> = Vec::new();
         let released = schedule::release(&batches, &order, |b, row| {
@@ -805,6 +838,11 @@ impl Worker {
             }
             verdict
         });
+
+        // Each queue's share of what it shares moves on by what it released.
+        for &(b, r) in &released.admitted {
+            self.sched.charge(taken[b].q, batches[b][r].cost);
+        }
 
         // 6. Move what was admitted; dead-letter what never can be. One statement each.
         let mut moved = 0u64;
@@ -884,7 +922,7 @@ impl Worker {
             if local_batches.contains(&b) {
                 short.push(t.q);
             } else if let Some((limit, until)) = released.blocked[b] {
-                self.sched.done(t.q, Done::Blocked { limit, until });
+                self.sched.done(t.q, held(&t.wants, limit, until));
             } else if (batches[b].len() as u64) < t.n {
                 short.push(t.q);
             } else {
@@ -923,7 +961,9 @@ impl Worker {
             c.select(&st.next_expiry, None, &[])?.first().get(1)?;
         self.next_expiry = e.map(i64::from);
         shmem::note_tick(now, moved, dead, self.sched.len() as u64, lag);
-        let wake = [self.sched.next_wake(), self.next_expiry, soon]
+        // An unspent lease is taken back once idle: wake for that too.
+        let lease_idle = shmem::lease_oldest_touch(self.db).map(|t| t + gucs::lease_idle_us());
+        let wake = [self.sched.next_wake(), self.next_expiry, soon, lease_idle]
             .into_iter()
             .flatten()
             .min();
@@ -931,6 +971,33 @@ impl Worker {
             let now = unsafe { pg_sys::GetCurrentTimestamp() };
             Duration::from_micros(at.saturating_sub(now).clamp(0, 3_600_000_000) as u64)
         }))
+    }
+
+    /// Take back what idle leases hold unspent and uncount it from the caps' windows in this
+    /// transaction (a window that is over keeps its count: it no longer matters).
+    fn reclaim_leases(
+        &mut self,
+        c: &mut SpiClient<'_>,
+        st: &Stmts,
+        ledgers: &mut Ledgers,
+        now: Micros,
+    ) -> pgrx::spi::Result<()> {
+        let back = shmem::lease_reclaim(self.db, now - gucs::lease_idle_us());
+        for (id, born, start, n) in back {
+            let Some(def) = caps::cap(id).ok().flatten().filter(|d| d.born == born) else {
+                continue;
+            };
+            let tl = load_ledger(c, st, ledgers, &def, start)?;
+            if tl.ledger.window_start != start || tl.ledger.window_end <= now {
+                continue;
+            }
+            let n = (n.max(0) as u64).min(tl.ledger.leased);
+            tl.ledger.leased -= n;
+            tl.leased -= n as i64;
+            // Queues told to wait for this cap's reset may go now.
+            self.sched.wake_waiters(-id, now);
+        }
+        Ok(())
     }
 
     /// Count `n` messages of a queue as gone from the queue caps that count it, at commit.
@@ -953,7 +1020,7 @@ impl Worker {
     ) -> pgrx::spi::Result<()> {
         let dirty: Vec<&TickLedger> = ledgers
             .values()
-            .filter(|t| t.used > 0 || t.leased > 0)
+            .filter(|t| t.used > 0 || t.leased != 0)
             .collect();
         if dirty.is_empty() {
             return Ok(());
@@ -964,7 +1031,7 @@ impl Worker {
         let ends: Vec<TimestampWithTimeZone> =
             dirty.iter().map(|t| ts(t.ledger.window_end)).collect();
         let used: Vec<i64> = dirty.iter().map(|t| t.used as i64).collect();
-        let leased: Vec<i64> = dirty.iter().map(|t| t.leased as i64).collect();
+        let leased: Vec<i64> = dirty.iter().map(|t| t.leased).collect();
         let args: [DatumWithOid; 6] = [
             ids.into(),
             starts.into(),
@@ -975,7 +1042,7 @@ impl Worker {
         ];
         c.update(&st.usage_add, None, &args)?;
         for t in dirty {
-            let after = t.read_spent + t.used + t.leased;
+            let after = (t.read_spent as i64 + t.used as i64 + t.leased).max(0) as u64;
             for pct in t.def.rule.crossed(t.read_spent, after) {
                 let args: [DatumWithOid; 6] = [
                     t.def.id.into(),

@@ -54,6 +54,45 @@ fn plan_limits(
     .map_err(|e| *e)
 }
 
+/// Senders other than `p`'s with messages waiting under limit `limit_id` (narrowed like the
+/// limit: carrier, channel, sender type), the sum of their weights, and `p`'s sender's weight.
+fn sharing(c: &SpiClient<'_>, limit_id: i64, p: &Pending) -> Result<(i64, i64, i64)> {
+    let t = c
+        .select(
+            "SELECT count(*) FILTER (WHERE s.sender <> $2)::int8,
+                    coalesce(sum(s.weight) FILTER (WHERE s.sender <> $2), 0)::int8,
+                    coalesce((SELECT weight FROM throttle.sender WHERE sender = $2), 1)::int8
+               FROM throttle.rate_limit l
+               JOIN throttle.sender s
+                 ON CASE l.scope WHEN 'sender' THEN s.sender = l.scope_id
+                                 WHEN 'campaign' THEN s.campaign = l.scope_id
+                                 WHEN 'brand' THEN s.brand = l.scope_id
+                                 ELSE s.account = l.scope_id END
+                AND (l.sender_type IS NULL OR s.sender_type = l.sender_type)
+                AND NOT l.each_sender
+              WHERE l.limit_id = $1
+                AND EXISTS (SELECT 1 FROM throttle.pending q
+                             WHERE q.sender = s.sender
+                               AND (l.carrier IS NULL OR q.carrier = l.carrier)
+                               AND (l.channel IS NULL OR q.channel = l.channel)
+                               AND (q.sender <> $2 OR q.carrier <> $3 OR q.channel <> $4))",
+            None,
+            &[
+                limit_id.into(),
+                p.sender.clone().into(),
+                p.carrier.clone().into(),
+                p.channel.clone().into(),
+            ],
+        )
+        .map_err(error::internal)?;
+    let r = t.first();
+    Ok((
+        r.get::<i64>(1).map_err(error::internal)?.unwrap_or(0),
+        r.get::<i64>(2).map_err(error::internal)?.unwrap_or(0),
+        r.get::<i64>(3).map_err(error::internal)?.unwrap_or(1),
+    ))
+}
+
 /// A pending message as explain needs it.
 struct Pending {
     id: i64,
@@ -151,16 +190,41 @@ fn constraints(c: &SpiClient<'_>, p: &Pending, now: Micros) -> Result<Vec<Constr
         return Ok(out);
     };
     for (w, id, label) in limits {
-        let at = shmem::eta(&w, need, now).map_err(pgrx::pg_sys::panic::ErrorReport::from)?;
+        // Other senders with messages waiting under this limit share it by cost, in
+        // proportion to the weights: this queue's part of it is weight / (sum of weights).
+        let (others, their_weight, weight) = sharing(c, id, p)?;
+        let scaled = if others > 0 {
+            ((need as u128 * (weight + their_weight) as u128).div_ceil(weight.max(1) as u128))
+                .min(u64::MAX as u128) as u64
+        } else {
+            need
+        };
+        let at = shmem::eta(&w, scaled, now).map_err(pgrx::pg_sys::panic::ErrorReport::from)?;
+        let how = if w.rate.is_window() {
+            format!(
+                "at most {} per {} µs in every window",
+                w.rate.count, w.rate.period_us
+            )
+        } else {
+            format!(
+                "a token bucket of {} per {} µs (burst {})",
+                w.rate.count, w.rate.period_us, w.rate.burst
+            )
+        };
+        let share = if others > 0 {
+            format!(
+                "; {others} other senders wait under it too (weight {their_weight} against this sender's {weight}): its share is {:.0} % while they all wait",
+                100.0 * weight as f64 / (weight + their_weight) as f64
+            )
+        } else {
+            "; no other sender waits under it".to_string()
+        };
         out.push(Constraint {
             kind: "rate_limit",
             name: label,
             limit_id: Some(id),
             ready_at: Some(at),
-            detail: format!(
-                "{need} segments through a bucket of {} per {} µs (burst {}); queues sharing this limit take turns, so this is the earliest",
-                w.rate.count, w.rate.period_us, w.rate.burst
-            ),
+            detail: format!("{need} segments through {how}{share}"),
         });
     }
     for def in caps::caps_for(&p.sender, &p.carrier, &p.channel)?.unwrap_or_default() {

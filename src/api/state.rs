@@ -1,7 +1,7 @@
 //! Configuration change tracking and shared-memory state for the monitoring views.
 
 use crate::error::{self, Result};
-use crate::limiter::Micros;
+use crate::limiter::{Check, Micros};
 use crate::{config, shmem};
 use pgrx::prelude::*;
 use pgrx::{register_xact_callback, PgXactCallbackEvent};
@@ -43,7 +43,8 @@ fn to_ts(us: Micros) -> Option<TimestampWithTimeZone> {
 }
 
 /// Every live bucket in shared memory: the limit it belongs to, the database of that limit,
-/// its sub-key, whole tokens available at `at`, and when it will be full again.
+/// its sub-key, whole tokens available at `at`, when it will be full again, when it next has
+/// room for one, and whether it counts windows (burst NULL) or is a token bucket.
 #[pg_extern(volatile, parallel_safe)]
 fn bucket_state(
     at: default!(TimestampWithTimeZone, "now()"),
@@ -59,23 +60,30 @@ fn bucket_state(
             name!(rate, i64),
             name!(period_us, i64),
             name!(burst, i64),
+            name!(next_room_at, Option<TimestampWithTimeZone>),
+            name!(window, bool),
         ),
     >,
 > {
     let now: Micros = at.into();
     let rows = shmem::snapshot().map_err(pgrx::pg_sys::panic::ErrorReport::from)?;
     Ok(TableIterator::new(rows.into_iter().map(move |(k, b)| {
-        let full = b.tat.div_euclid(b.rate.count as i128);
-        let full = full.clamp(Micros::MIN as i128, Micros::MAX as i128) as Micros;
+        let next = match b.check(1, now) {
+            Check::Room { .. } => Some(now),
+            Check::Wait { at } => Some(at),
+            Check::Never => None,
+        };
         (
             k.limit_id,
             pg_sys::Oid::from((k.sub >> 32) as u32),
             (k.sub & 0xFFFF_FFFF) as i64,
             b.available(now) as i64,
-            to_ts(full.max(now)),
+            to_ts(b.full_from(now)),
             b.rate.count as i64,
             b.rate.period_us as i64,
             b.rate.burst as i64,
+            next.and_then(to_ts),
+            b.rate.is_window(),
         )
     })))
 }

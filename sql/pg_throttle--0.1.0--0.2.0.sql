@@ -1,0 +1,569 @@
+-- pg_throttle 0.1.0 -> 0.2.0
+--
+-- Rate limits are window-exact by default: at most `rate` in every window of `per`, the first
+-- after an idle spell included. A NULL burst asks for that; a burst asks for a token bucket
+-- (up to rate + burst - 1 in one window). Rows whose burst was the old default (the rate
+-- itself) become window-exact: that default let close to twice the rate through the first
+-- window after idle.
+
+-- BEGIN rate limits
+ALTER TABLE throttle.rate_limit ALTER COLUMN burst DROP NOT NULL;
+ALTER TABLE throttle.rate_limit ADD COLUMN each_sender boolean NOT NULL DEFAULT false;
+-- Friendly errors (22023 with a hint) before the constraints above would fire.
+CREATE OR REPLACE FUNCTION throttle.check_rate_limit() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NEW.rate IS NULL OR NEW.rate < 1 OR NEW.rate > 1000000000 THEN
+        RAISE EXCEPTION 'rate must be between 1 and 1000000000, got %', coalesce(NEW.rate::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'rate counts messages (or segments) per period: 80 per ''1 second'', 4500 per ''1 minute''';
+    END IF;
+    IF NEW.burst < 1 OR NEW.burst > 1000000000 THEN
+        RAISE EXCEPTION 'burst must be between 1 and 1000000000, got %', NEW.burst
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'leave burst NULL for at most rate in every window of per (what carriers count); a burst makes a token bucket that lets up to rate + burst - 1 through one window';
+    END IF;
+    IF NEW.per IS NULL OR NEW.per < interval '1 millisecond' OR NEW.per > interval '31 days' THEN
+        RAISE EXCEPTION 'per must be between 1 millisecond and 31 days, got %', coalesce(NEW.per::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'use a fixed length such as ''1 second'' or ''1 minute''; calendar caps (per day, month) are separate';
+    END IF;
+    IF date_part('month', NEW.per) <> 0 OR date_part('year', NEW.per) <> 0 THEN
+        RAISE EXCEPTION 'per must not be given in months or years, got %', NEW.per
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'a month has no fixed length; write ''30 days''';
+    END IF;
+    IF NEW.each_sender AND NEW.scope = 'sender' THEN
+        RAISE EXCEPTION 'each_sender applies to a group''s limit, not to a sender''s own'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'set scope to campaign, brand or account, or leave each_sender false';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+UPDATE throttle.rate_limit SET burst = NULL WHERE burst = rate;
+COMMENT ON TABLE throttle.rate_limit IS 'Rate limits: at most rate per period in every window (or, with a burst, a token bucket), for a sender or a group, optionally per carrier, channel and sender type';
+-- END rate limits
+
+-- BEGIN weights
+-- Queues that share a limit share its cost (segments) in proportion to their senders' weights.
+ALTER TABLE throttle.sender ADD COLUMN weight integer NOT NULL DEFAULT 1 CHECK (weight BETWEEN 1 AND 1000);
+-- END weights
+
+-- BEGIN monitoring
+-- bucket_state() says when each bucket next has room and whether it counts windows;
+-- limit_state shows a window-exact limit's next room from it, and each_sender.
+DROP VIEW throttle.limit_state;
+DROP FUNCTION throttle.bucket_state(timestamptz);
+CREATE  FUNCTION "bucket_state"(
+	"at" timestamp with time zone DEFAULT now() /* TimestampWithTimeZone */
+) RETURNS TABLE (
+	"limit_id" bigint,  /* i64 */
+	"database" oid,  /* pg_sys :: Oid */
+	"sub_key" bigint,  /* i64 */
+	"available" bigint,  /* i64 */
+	"full_at" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"rate" bigint,  /* i64 */
+	"period_us" bigint,  /* i64 */
+	"burst" bigint,  /* i64 */
+	"next_room_at" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"window" bool  /* bool */
+)
+STRICT VOLATILE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'bucket_state_wrapper';
+
+-- Monitoring: every rate limit with its bucket's state now. A limit each sender has on its own
+-- (each_sender) has a bucket per sender: see throttle.bucket_state() for those.
+CREATE VIEW throttle.limit_state AS
+SELECT l.limit_id, l.name, l.scope, l.scope_id, l.carrier, l.channel, l.sender_type,
+       l.rate, l.per, l.burst,
+       coalesce(b.available, l.burst, l.rate) AS available,
+       coalesce(b.next_room_at, now()) AS next_room_at,
+       b.full_at,
+       b.limit_id IS NOT NULL AS in_memory,
+       l.each_sender
+  FROM throttle.rate_limit l
+  LEFT JOIN throttle.bucket_state() b
+         ON b.limit_id = l.limit_id AND b.sub_key = 0
+        AND b.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database());
+COMMENT ON FUNCTION throttle.bucket_state(timestamptz) IS 'Every live bucket in shared memory';
+COMMENT ON VIEW throttle.limit_state IS 'Every rate limit with its room now and when it next has room';
+GRANT SELECT ON throttle.limit_state TO PUBLIC;
+-- END monitoring
+
+-- BEGIN profiles
+-- The shipped provider profiles. throttle.profile_rule is the extension's own data (not
+-- dumped): it takes 0.2.0's columns and constraints and its rows are replaced by 0.2.0's, and
+-- apply_profile and the profiles view are replaced, by the same text as sql/profiles.sql
+-- (between "BEGIN shipped profiles" and "END shipped profiles"; tests/profiles.rs checks it),
+-- so an upgraded database has exactly what a fresh install has. Limits users created with
+-- apply_profile are theirs: they are kept (see the warning at the end).
+ALTER TABLE throttle.profile_rule
+    ADD COLUMN each_sender boolean NOT NULL DEFAULT false,
+    ADD COLUMN warn_at integer[] CHECK (array_position(warn_at, NULL) IS NULL
+                                        AND 1 <= ALL (warn_at) AND 1100 >= ALL (warn_at));
+DELETE FROM throttle.profile_rule;
+ALTER TABLE throttle.profile_rule
+    DROP CONSTRAINT profile_rule_columns,
+    ADD CONSTRAINT profile_rule_columns CHECK (CASE kind
+        WHEN 'rate' THEN rate IS NOT NULL AND per IS NOT NULL
+                         AND num_nulls(cap, period, reset_at, time_zone, at_cap, local_time,
+                                       overage_pct, warn_at, max_waiting, validity) = 10
+        WHEN 'cap' THEN num_nonnulls(cap, period, reset_at, time_zone, at_cap, local_time,
+                                     overage_pct, warn_at) = 8
+                        AND num_nulls(rate, per, burst, max_waiting, validity) = 5
+        WHEN 'queue_cap' THEN num_nonnulls(max_waiting, validity) >= 1
+                              AND num_nulls(rate, per, burst, cap, period, reset_at, time_zone,
+                                            at_cap, local_time, overage_pct, warn_at, sender_type) = 12
+        END),
+    ADD CONSTRAINT profile_rule_each_sender CHECK (NOT each_sender OR (kind = 'rate' AND scope <> 'sender'));
+
+-- BEGIN shipped profiles
+-- WhatsApp Cloud API through 360dialog, per number (seed 000).
+INSERT INTO throttle.profile_rule (profile, class, rule, kind, scope, rate, per, ord, default_class, note)
+VALUES
+    ('whatsapp', 'standard', 'rate', 'rate', 'sender', 80, '1 second', 1, true,
+     'WhatsApp Cloud API standard throughput: up to 80 messages per second per number, at most 80 in every second; the default (360dialog "Higher Throughput", seed 000). Meta counts the number''s inbound messages as well as its outbound ones against it: this limit sees only what you send, so lower the rate by the inbound rate you expect'),
+    ('whatsapp', 'high', 'rate', 'rate', 'sender', 1000, '1 second', 2, false,
+     'WhatsApp Cloud API higher throughput: up to 1,000 messages per second per upgraded number, at most 1,000 in every second (360dialog "Higher Throughput", seed 000). Meta counts the number''s inbound messages as well as its outbound ones against it: this limit sees only what you send, so lower the rate by the inbound rate you expect');
+
+-- Twilio short code, per number (seed 003).
+INSERT INTO throttle.profile_rule (profile, rule, kind, scope, rate, per, note)
+VALUES
+    ('twilio_short_code', 'rate', 'rate', 'sender', 100, '1 second',
+     'Twilio short code: 100 MPS, message segments per second, at most 100 in every second (Twilio "Account Based Throughput Overview", seed 003); enqueue or admit with cost = segments');
+
+-- Twilio account-based throughput, per account by sender type and channel (seed 003).
+INSERT INTO throttle.profile_rule (profile, rule, kind, scope, sender_type, channel, rate, per, note)
+VALUES
+    ('twilio_account', 'sms_short_code', 'rate', 'account', 'short_code', 'sms', 500, '1 second',
+     'Twilio account-based throughput, SMS short codes: 500 MPS (segments), at most 500 in every second, shared by every number of the account (seed 003 example)'),
+    ('twilio_account', 'sms_toll_free', 'rate', 'account', 'toll_free', 'sms', 100, '1 second',
+     'Twilio account-based throughput, SMS toll-free: 100 MPS (segments), at most 100 in every second, shared by every number of the account (seed 003 example)'),
+    ('twilio_account', 'mms_short_code', 'rate', 'account', 'short_code', 'mms', 100, '1 second',
+     'Twilio account-based throughput, MMS short codes: 100 MPS (an MMS costs 1), at most 100 in every second, shared by every number of the account (seed 003 example)'),
+    ('twilio_account', 'mms_toll_free', 'rate', 'account', 'toll_free', 'mms', 25, '1 second',
+     'Twilio account-based throughput, MMS toll-free: 25 MPS (an MMS costs 1), at most 25 in every second, shared by every number of the account (seed 003 example)');
+INSERT INTO throttle.profile_rule (profile, rule, kind, scope, validity, error_code, note)
+VALUES
+    ('twilio_account', 'queue', 'queue_cap', 'account', '4 hours', '30001',
+     'Twilio: messages persist in the account queue for at most 4 hours, so the queue holds MPS x 14,400 s; overflow is error 30001 (seed 003). One cap for the account: its size is the slowest of the account''s rates x 4 h');
+
+-- AT&T 10DLC by message class, SMS and MMS per minute separately, counted in segments (seed
+-- 001). Per campaign (all its numbers share the limit), except classes G, N and Y, which AT&T
+-- enforces per number: each sender of the campaign has its own. Since 11 October 2023 only
+-- classes A, B, C, D, S, K, X and P send MMS at the seed's MMS rate; the others at 50 a minute.
+INSERT INTO throttle.profile_rule (profile, class, rule, kind, scope, carrier, channel, rate, per, each_sender, ord, note)
+SELECT 'att_10dlc', c.class, ch.channel, 'rate', 'campaign', 'att', ch.channel, ch.rate, '1 minute', c.per_number, c.ord,
+       format('AT&T 10DLC message class %s (%s; %s): %s %s %s, at most that in every minute (Infobip "Throughput", seed 001)',
+              c.class, c.use_case, c.campaign_type, to_char(ch.rate, 'FM999,999,999'),
+              CASE ch.channel WHEN 'sms' THEN 'SMS segments per minute' ELSE 'MMS per minute' END,
+              CASE WHEN c.per_number THEN 'for each number of the campaign on its own'
+                   ELSE 'per campaign, shared by all its numbers' END)
+       || CASE WHEN c.per_number
+               THEN '; AT&T enforces classes G, N and Y per number, not per campaign (Convey "10DLC Carrier Throughputs and Daily Limits")'
+               ELSE '' END
+       || CASE WHEN ch.channel = 'sms' THEN ''
+               WHEN f.full_mms
+               THEN '; MMS at this rate since 11 October 2023 (Bandwidth "Increase to AT&T MMS throughputs")'
+               ELSE format('; since 11 October 2023 only classes A, B, C, D, S, K, X and P send MMS at their full rate, the others at 50 a minute (Bandwidth "Increase to AT&T MMS throughputs"); seed 001 lists %s',
+                           coalesce(to_char(c.seed_mms, 'FM999,999,999'), 'n/a')) END
+  FROM (VALUES
+        ('A',  1, 4500,  2400, 'STANDARD', 'Declared Use Case', false),
+        ('B',  2, 4500,  2400, 'STANDARD', 'Mixed/Marketing', false),
+        ('C',  3, 2400,  1200, 'STANDARD', 'Declared Use Case', false),
+        ('D',  4, 2400,  1200, 'STANDARD', 'Mixed/Marketing', false),
+        ('E',  5, 240,   150,  'STANDARD', 'Declared Use Case', false),
+        ('F',  6, 240,   150,  'STANDARD', 'Mixed/Marketing', false),
+        ('T',  7, 75,    50,   'Low-volume Mixed', 'Low Volume Mixed', false),
+        ('G',  8, 60,    NULL, 'Group Messaging', 'Special', true),
+        ('P',  9, 2400,  1200, 'Charity', 'Special: non-commercial', false),
+        ('S', 10, 60000, 2400, 'Social Engagement', 'Special', false),
+        ('K', 11, 3000,  2400, 'Election Campaigns', 'Special', false),
+        ('X', 12, 4500,  2400, 'Emergency Services / Public Safety', 'Special', false),
+        ('Z', 13, 6,     50,   'Large CSP Free Trial Offers', 'Special', false),
+        ('Y', 14, 720,   50,   'Exemption by Carrier (trusted)', 'Special', true),
+        ('W', 15, 15,    50,   'Exemption by Carrier (less trusted)', 'Special', false),
+        ('N', 16, 60,    50,   'Agents, franchise, local branches, CSPs by vertical', 'Special', true))
+       AS c(class, ord, sms, seed_mms, use_case, campaign_type, per_number)
+ CROSS JOIN LATERAL (SELECT c.class IN ('A', 'B', 'C', 'D', 'S', 'K', 'X', 'P') AS full_mms) f
+ CROSS JOIN LATERAL (VALUES ('sms', c.sms::bigint),
+                            ('mms', CASE WHEN f.full_mms THEN c.seed_mms ELSE 50 END::bigint)) AS ch(channel, rate);
+
+-- Verizon 10DLC, per number (Convey support page; not in the seeds). Applied to a campaign,
+-- each of its numbers gets its own limits.
+INSERT INTO throttle.profile_rule (profile, rule, kind, scope, carrier, channel, rate, per, each_sender, note)
+VALUES
+    ('verizon_10dlc', 'sms', 'rate', 'campaign', 'verizon', 'sms', 6000, '1 minute', true,
+     'Verizon 10DLC: 6,000 SMS transactions per minute per long code, for each number of the campaign on its own, at most 6,000 in every minute (Convey "10DLC Carrier Throughputs and Daily Limits"; Bandwidth "Verizon 10DLC": measured per number); not in the seeds'),
+    ('verizon_10dlc', 'mms', 'rate', 'campaign', 'verizon', 'mms', 25, '1 second', true,
+     'Verizon 10DLC: 25 MMS transactions per second per long code, for each number of the campaign on its own, at most 25 in every second (Convey "10DLC Carrier Throughputs and Daily Limits"; Bandwidth "Verizon 10DLC": measured per number); not in the seeds');
+
+-- T-Mobile 10DLC, per brand for all its campaigns: a daily cap by vetting score (seed 001),
+-- counting SMS segments and MMS messages: a cap counts cost, and an MMS costs 1.
+INSERT INTO throttle.profile_rule (profile, class, rule, kind, scope, carrier, cap, period, reset_at, time_zone,
+                                   at_cap, local_time, overage_pct, warn_at, error_code, ord, min_score, max_score, note)
+SELECT 'tmobile_brand', t.class, 'daily', 'cap', 'brand', 'tmobile', t.cap, 'day', '00:00', 'America/Los_Angeles',
+       'defer_local', '08:00', 0, '{75,90,100}', '542', t.ord, t.min_score, t.max_score,
+       format('T-Mobile 10DLC brand daily cap, vetting score %s-%s (%s): %s per day for all the brand''s campaigns, reset at midnight Pacific; over the cap Infobip sends at 08:00 the next day in the recipient''s zone instead of error 542 (seed 001). T-Mobile counts SMS segments and MMS messages (Convey "10DLC Carrier Throughputs and Daily Limits"): enqueue an SMS with cost = its segments and an MMS with cost 1. Political campaigns are exempt: add them to throttle.cap_exemption',
+              t.min_score, t.max_score, t.label, to_char(t.cap, 'FM999,999,999'))
+  FROM (VALUES
+        ('low',      1, 2000,   0,  24, 'Low'),
+        ('low_mid',  2, 10000,  25, 49, 'Low Mid'),
+        ('high_mid', 3, 40000,  50, 74, 'High Mid'),
+        ('high',     4, 200000, 75, 100, 'High; also Russell 3000 brands'))
+       AS t(class, ord, cap, min_score, max_score, label);
+
+-- Sendblue, per line (seeds 002 and 004).
+INSERT INTO throttle.profile_rule (profile, class, rule, kind, scope, rate, per, max_waiting, error_code, ord, default_class, note)
+VALUES
+    ('sendblue_line', '', 'rate', 'rate', 'sender', 1, '1 second', NULL, NULL, 0, false,
+     'Sendblue: 1 message per second per line, at most one in every second, queued and sent one at a time (seeds 002, 004)'),
+    ('sendblue_line', 'standard', 'queue', 'queue_cap', 'sender', NULL, NULL, 1500, '429', 1, true,
+     'Sendblue: up to 1,500 queued messages, then HTTP 429 Too Many Requests (seed 004)'),
+    ('sendblue_line', 'expanded', 'queue', 'queue_cap', 'sender', NULL, NULL, 6000, '429', 2, false,
+     'Sendblue: up to 6,000 queued messages, then HTTP 429 Too Many Requests (seed 002)');
+
+-- Sendblue, per account: the default limits (seed 004), or the Blue and Sapphire plans' daily
+-- throttle and monthly limit with its soft overage and notices (seed 002).
+INSERT INTO throttle.profile_rule (profile, class, rule, kind, scope, cap, period, reset_at, time_zone, at_cap, local_time,
+                                   overage_pct, warn_at, ord, default_class, note)
+VALUES
+    ('sendblue_account', 'default', 'hourly', 'cap', 'account', 2000, 'hour', '00:00', 'America/New_York', 'defer', '08:00',
+     0, '{75,90,100}', 1, true,
+     'Sendblue: 2,000 messages per hour by default, per account; over it, wait for the next hour (seed 004)'),
+    ('sendblue_account', 'default', 'daily', 'cap', 'account', 4000, 'day', '03:00', 'America/New_York', 'defer', '08:00',
+     0, '{75,90,100}', 1, true,
+     'Sendblue: 4,000 messages per day by default, per account, reset daily at 3am Eastern (seed 004)'),
+    ('sendblue_account', 'blue', 'daily', 'cap', 'account', 2000, 'day', '03:00', 'America/New_York', 'defer', '08:00',
+     0, '{75,90,100}', 2, false,
+     'Sendblue Blue plan: throttled to 2,000 messages per day per account (seed 002); reset at 3am Eastern like Sendblue''s other daily limits (seed 004)'),
+    ('sendblue_account', 'blue', 'monthly', 'cap', 'account', 2000, 'month', '03:00', 'America/New_York', 'defer', '08:00',
+     20, '{75,90,100}', 2, false,
+     'Sendblue Blue plan: 2,000 messages per month, not enforced as a hard limit: up to 120 % (2,400) free of charge, with emails at 75, 90 and 100 % (seed 002); past 2,400 held until the next month. The seed gives no reset day: the month starts on the 1st at 3am Eastern'),
+    ('sendblue_account', 'sapphire', 'daily', 'cap', 'account', 6000, 'day', '03:00', 'America/New_York', 'defer', '08:00',
+     0, '{75,90,100}', 3, false,
+     'Sendblue Sapphire plan: throttled to 6,000 messages per day per account (seed 002); reset at 3am Eastern like Sendblue''s other daily limits (seed 004)'),
+    ('sendblue_account', 'sapphire', 'monthly', 'cap', 'account', 6000, 'month', '03:00', 'America/New_York', 'defer', '08:00',
+     20, '{75,90,100}', 3, false,
+     'Sendblue Sapphire plan: 6,000 messages per month, not enforced as a hard limit: up to 120 % (7,200) free of charge, with emails at 75, 90 and 100 % (seed 002); past 7,200 held until the next month. The seed gives no reset day: the month starts on the 1st at 3am Eastern');
+
+-- The shipped data is consistent: one scope per profile, one default class at most, classes
+-- distinct regardless of case, vetting scores that do not overlap, every rate window-exact.
+DO $$
+DECLARE
+    bad text;
+BEGIN
+    SELECT string_agg(DISTINCT profile, ', ') INTO bad FROM (
+        SELECT profile FROM throttle.profile_rule GROUP BY profile
+        HAVING count(DISTINCT scope) > 1
+            OR count(DISTINCT class) FILTER (WHERE default_class) > 1
+            OR count(DISTINCT class) <> count(DISTINCT lower(class))
+        UNION ALL
+        SELECT a.profile FROM throttle.profile_rule a JOIN throttle.profile_rule b
+            ON a.profile = b.profile AND a.class < b.class
+           AND a.min_score IS NOT NULL AND b.min_score IS NOT NULL
+           AND int4range(a.min_score, a.max_score, '[]') && int4range(b.min_score, b.max_score, '[]')
+        UNION ALL
+        SELECT profile FROM throttle.profile_rule GROUP BY profile, class
+        HAVING count(DISTINCT default_class) > 1 OR count(DISTINCT (min_score, max_score)) > 1
+        UNION ALL
+        SELECT profile FROM throttle.profile_rule WHERE kind = 'rate' AND burst IS NOT NULL) p;
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'inconsistent throttle.profile_rule data in profiles %', bad;
+    END IF;
+END
+$$;
+
+-- Apply a profile to one sender, campaign, brand or account.
+CREATE OR REPLACE FUNCTION throttle.apply_profile(
+    profile text, scope throttle.scope, scope_id text, class text DEFAULT NULL
+) RETURNS TABLE (kind text, name text, id bigint, created boolean)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_profile  text := apply_profile.profile;
+    v_scope    throttle.scope := apply_profile.scope;
+    v_scope_id text := apply_profile.scope_id;
+    v_class    text := pg_catalog.btrim(apply_profile.class);
+    v_name     text;     -- the profile's canonical name
+    v_pscope   throttle.scope;
+    v_cls      text;     -- the class applied ('' for a profile without classes)
+    v_classes  text;     -- the profile's classes, for hints
+    v_scores   text;     -- the vetting scores they stand for, for hints
+    v_default  text;
+    v_other    text;     -- another class of the profile applied to this scope
+    v_taken    text;     -- its rows
+    v_id       bigint;
+    r          record;
+BEGIN
+    IF v_profile IS NULL OR v_scope IS NULL OR v_scope_id IS NULL THEN
+        RAISE EXCEPTION 'apply_profile: profile, scope and scope_id must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  HINT = 'for example throttle.apply_profile(''att_10dlc'', ''campaign'', ''C123'', ''E''); SELECT * FROM throttle.profiles lists the profiles';
+    END IF;
+    IF v_scope_id = '' THEN
+        RAISE EXCEPTION 'apply_profile: scope_id must not be empty'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'the sender, campaign, brand or account the limits are for, as in throttle.sender';
+    END IF;
+
+    SELECT p.profile, p.scope INTO v_name, v_pscope
+      FROM throttle.profile_rule p
+     WHERE p.profile = pg_catalog.lower(pg_catalog.btrim(v_profile))
+     LIMIT 1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown profile %', pg_catalog.quote_literal(v_profile)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'valid profiles: ' || (SELECT pg_catalog.string_agg(p.profile || ' (' || p.scope::text || ')', ', ' ORDER BY p.profile)
+                                                  FROM (SELECT DISTINCT p.profile, p.scope FROM throttle.profile_rule p) p)
+                         || '; SELECT * FROM throttle.profiles lists their rules';
+    END IF;
+    IF v_pscope <> v_scope THEN
+        RAISE EXCEPTION 'profile % applies to a %, not a %', v_name, v_pscope, v_scope
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = pg_catalog.format('valid scope for %s: %s, as in throttle.apply_profile(%L, %L, ...)',
+                                           v_name, v_pscope, v_name, v_pscope);
+    END IF;
+
+    -- The class: given (by name, any case, or by vetting score), or the default.
+    SELECT pg_catalog.string_agg(c.class, ', ' ORDER BY c.ord, c.class),
+           pg_catalog.string_agg(c.min_score || '-' || c.max_score || ' ' || c.class, ', ' ORDER BY c.min_score),
+           pg_catalog.min(c.class) FILTER (WHERE c.default_class)
+      INTO v_classes, v_scores, v_default
+      FROM (SELECT p.class, pg_catalog.min(p.ord) AS ord, pg_catalog.bool_or(p.default_class) AS default_class,
+                   pg_catalog.min(p.min_score) AS min_score, pg_catalog.max(p.max_score) AS max_score
+              FROM throttle.profile_rule p
+             WHERE p.profile = v_name AND p.class <> ''
+             GROUP BY p.class) c;
+    IF v_classes IS NULL THEN
+        IF coalesce(v_class, '') <> '' THEN
+            RAISE EXCEPTION 'profile % has no classes, got class %', v_name, pg_catalog.quote_literal(v_class)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = pg_catalog.format('valid classes for %s: none; leave class NULL', v_name);
+        END IF;
+        v_cls := '';
+    ELSIF coalesce(v_class, '') = '' THEN
+        v_cls := v_default;
+        IF v_cls IS NULL THEN
+            RAISE EXCEPTION 'profile % needs a class', v_name
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = pg_catalog.format('valid classes for %s: %s', v_name, v_classes)
+                             || coalesce('; or a vetting score (' || v_scores || ')', '');
+        END IF;
+    ELSE
+        SELECT p.class INTO v_cls
+          FROM throttle.profile_rule p
+         WHERE p.profile = v_name AND p.class <> '' AND pg_catalog.lower(p.class) = pg_catalog.lower(v_class)
+         LIMIT 1;
+        IF v_cls IS NULL AND v_class ~ '^[0-9]{1,3}$' THEN
+            SELECT p.class INTO v_cls
+              FROM throttle.profile_rule p
+             WHERE p.profile = v_name AND v_class::integer BETWEEN p.min_score AND p.max_score
+             LIMIT 1;
+        END IF;
+        IF v_cls IS NULL THEN
+            RAISE EXCEPTION 'unknown class % for profile %', pg_catalog.quote_literal(v_class), v_name
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = pg_catalog.format('valid classes for %s: %s', v_name, v_classes)
+                             || coalesce('; or a vetting score (' || v_scores || ')', '');
+        END IF;
+    END IF;
+
+    -- Before changing anything: another class of this profile must not be applied to the same
+    -- scope (its limits would stack with these), and a row with one of our names must be for
+    -- this scope. (Two transactions applying different classes to one scope at the same time
+    -- can both pass: the stricter limits then win. No lock is taken, so a transaction may apply
+    -- a profile to any number of scopes.)
+    SELECT pg_catalog.string_agg(DISTINCT x.class, ', '), pg_catalog.string_agg(x.row_name, ', ' ORDER BY x.row_name)
+      INTO v_other, v_taken
+      FROM (SELECT p.class, n.row_name
+              FROM throttle.profile_rule p
+             CROSS JOIN LATERAL (SELECT p.profile || '/' || CASE WHEN p.class = '' THEN '' ELSE p.class || '/' END
+                                        || v_scope::text || ':' || v_scope_id || '/' || p.rule AS row_name) n
+             WHERE p.profile = v_name AND p.class NOT IN ('', v_cls)
+               AND CASE p.kind
+                   WHEN 'rate' THEN EXISTS (SELECT 1 FROM throttle.rate_limit t WHERE t.name = n.row_name)
+                   WHEN 'cap' THEN EXISTS (SELECT 1 FROM throttle.cap t WHERE t.name = n.row_name)
+                   ELSE EXISTS (SELECT 1 FROM throttle.queue_cap t WHERE t.name = n.row_name) END) x;
+    IF v_taken IS NOT NULL THEN
+        RAISE EXCEPTION 'class % of profile % is already applied to % %', v_other, v_name, v_scope, v_scope_id
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('its rows: %s; applying class %s as well would stack both classes'' limits', v_taken, v_cls),
+                  HINT = 'delete the rows named in the detail from throttle.rate_limit, throttle.cap and throttle.queue_cap (a deleted cap forgets its usage), then apply the profile again';
+    END IF;
+    FOR r IN
+        SELECT p.kind, n.row_name
+          FROM throttle.profile_rule p
+         CROSS JOIN LATERAL (SELECT p.profile || '/' || CASE WHEN p.class = '' THEN '' ELSE p.class || '/' END
+                                    || v_scope::text || ':' || v_scope_id || '/' || p.rule AS row_name) n
+         WHERE p.profile = v_name AND p.class IN ('', v_cls)
+           AND CASE p.kind
+               WHEN 'rate' THEN EXISTS (SELECT 1 FROM throttle.rate_limit t WHERE t.name = n.row_name
+                                           AND (t.scope, t.scope_id) IS DISTINCT FROM (v_scope, v_scope_id))
+               WHEN 'cap' THEN EXISTS (SELECT 1 FROM throttle.cap t WHERE t.name = n.row_name
+                                          AND (t.scope, t.scope_id) IS DISTINCT FROM (v_scope, v_scope_id))
+               ELSE EXISTS (SELECT 1 FROM throttle.queue_cap t WHERE t.name = n.row_name
+                               AND (t.scope, t.scope_id) IS DISTINCT FROM (v_scope, v_scope_id)) END
+         LIMIT 1
+    LOOP
+        RAISE EXCEPTION 'the name % is taken in throttle.% by a row of another scope', r.row_name,
+                        CASE r.kind WHEN 'rate' THEN 'rate_limit' ELSE r.kind END
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'rename or delete that row, then apply the profile again';
+    END LOOP;
+
+    -- Create what is missing; keep what exists (an override survives).
+    FOR r IN
+        SELECT p.*, n.row_name,
+               pg_catalog.format('profile %s%s: %s', p.profile, CASE WHEN p.class = '' THEN '' ELSE ' class ' || p.class END,
+                                 p.note) AS row_note
+          FROM throttle.profile_rule p
+         CROSS JOIN LATERAL (SELECT p.profile || '/' || CASE WHEN p.class = '' THEN '' ELSE p.class || '/' END
+                                    || v_scope::text || ':' || v_scope_id || '/' || p.rule AS row_name) n
+         WHERE p.profile = v_name AND p.class IN ('', v_cls)
+         ORDER BY p.class <> '', CASE p.kind WHEN 'rate' THEN 1 WHEN 'cap' THEN 2 ELSE 3 END, p.rule
+    LOOP
+        v_id := NULL;
+        IF r.kind = 'rate' THEN
+            INSERT INTO throttle.rate_limit (name, scope, scope_id, carrier, channel, sender_type, rate, per, burst,
+                                             each_sender, note)
+            VALUES (r.row_name, v_scope, v_scope_id, r.carrier, r.channel, r.sender_type, r.rate, r.per, r.burst,
+                    r.each_sender, r.row_note)
+            ON CONFLICT (name) DO NOTHING
+            RETURNING limit_id INTO v_id;
+            created := v_id IS NOT NULL;
+            IF NOT created THEN
+                SELECT t.limit_id INTO v_id FROM throttle.rate_limit t WHERE t.name = r.row_name;
+            END IF;
+        ELSIF r.kind = 'cap' THEN
+            INSERT INTO throttle.cap (name, scope, scope_id, carrier, channel, sender_type, cap, period, reset_at,
+                                      time_zone, overage_pct, warn_at, at_cap, local_time, error_code, note)
+            VALUES (r.row_name, v_scope, v_scope_id, r.carrier, r.channel, r.sender_type, r.cap, r.period, r.reset_at,
+                    r.time_zone, r.overage_pct, r.warn_at, r.at_cap, r.local_time, r.error_code, r.row_note)
+            ON CONFLICT (name) DO NOTHING
+            RETURNING cap_id INTO v_id;
+            created := v_id IS NOT NULL;
+            IF NOT created THEN
+                SELECT t.cap_id INTO v_id FROM throttle.cap t WHERE t.name = r.row_name;
+            END IF;
+        ELSE
+            INSERT INTO throttle.queue_cap (name, scope, scope_id, carrier, channel, max_waiting, validity, error_code, note)
+            VALUES (r.row_name, v_scope, v_scope_id, r.carrier, r.channel, r.max_waiting, r.validity, r.error_code, r.row_note)
+            ON CONFLICT (name) DO NOTHING
+            RETURNING queue_cap_id INTO v_id;
+            created := v_id IS NOT NULL;
+            IF NOT created THEN
+                SELECT t.queue_cap_id INTO v_id FROM throttle.queue_cap t WHERE t.name = r.row_name;
+            END IF;
+        END IF;
+        IF v_id IS NULL THEN
+            -- Deleted by another transaction after our insert found it (or not visible to a
+            -- repeatable-read snapshot): say so rather than return no id.
+            RAISE EXCEPTION 'the row % changed concurrently', r.row_name
+                USING ERRCODE = 'serialization_failure',
+                      HINT = 'apply the profile again';
+        END IF;
+        kind := r.kind;
+        name := r.row_name;
+        id := v_id;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION throttle.apply_profile(text, throttle.scope, text, text) FROM PUBLIC;
+
+-- Discovery: every rule of every profile in one line.
+CREATE OR REPLACE VIEW throttle.profiles AS
+SELECT p.profile, p.class, p.scope, p.rule, p.kind,
+       CASE p.kind
+       WHEN 'rate' THEN pg_catalog.format('rate %s/%s', p.rate,
+                            CASE p.per WHEN interval '1 second' THEN 's' WHEN interval '1 minute' THEN 'min'
+                                       WHEN interval '1 hour' THEN 'h' ELSE p.per::text END)
+                        || coalesce(', burst ' || p.burst, ', window-exact')
+                        || CASE WHEN p.each_sender THEN ', each sender on its own' ELSE '' END
+       WHEN 'cap' THEN pg_catalog.format('cap %s/%s, reset %s %s, at cap %s', p.cap, p.period,
+                            pg_catalog.to_char(p.reset_at, 'HH24:MI'), p.time_zone, p.at_cap)
+                       || CASE WHEN p.at_cap = 'defer_local' THEN ' ' || pg_catalog.to_char(p.local_time, 'HH24:MI') || ' recipient''s time' ELSE '' END
+                       || CASE WHEN p.overage_pct > 0 THEN pg_catalog.format(', overage %s %%', p.overage_pct) ELSE '' END
+                       || CASE WHEN pg_catalog.cardinality(p.warn_at) > 0
+                               THEN ', warn at ' || pg_catalog.array_to_string(p.warn_at, '/') || ' %' ELSE '' END
+       ELSE 'queue cap ' || coalesce(p.max_waiting || ' waiting', 'the scope''s slowest rate x validity ' || p.validity::text)
+            || coalesce(', validity ' || CASE WHEN p.max_waiting IS NOT NULL THEN p.validity::text END, '')
+       END
+       || coalesce(', error ' || p.error_code, '')
+       || coalesce('; carrier ' || p.carrier, '')
+       || coalesce('; channel ' || p.channel, '')
+       || coalesce('; sender type ' || p.sender_type, '')
+       || CASE WHEN p.class <> '' AND p.min_score IS NOT NULL THEN pg_catalog.format('; vetting score %s-%s', p.min_score, p.max_score) ELSE '' END
+       || CASE WHEN p.default_class THEN '; default class' ELSE '' END
+       AS summary,
+       p.default_class,
+       p.note
+  FROM throttle.profile_rule p
+ ORDER BY p.profile, p.ord, p.class, p.rule;
+
+COMMENT ON TABLE throttle.profile_rule IS
+    'Provider profiles shipped with pg_throttle: one row per rule (rate, calendar cap or queue cap) of each profile and class; throttle.apply_profile() turns them into limits. Do not edit: change the created limits instead';
+COMMENT ON FUNCTION throttle.apply_profile(text, throttle.scope, text, text) IS
+    'Create the limits of a provider profile (and class) for a sender, campaign, brand or account, named profile/class/scope:id/rule; rows that exist are kept as they are. Returns every rule''s row and whether it was created now';
+COMMENT ON VIEW throttle.profiles IS
+    'Every rule of every provider profile, with its class, scope and a one-line summary';
+
+-- Reading the profiles is for everyone; applying them is for the owner (or roles it grants
+-- EXECUTE, which also need INSERT on the limit tables).
+GRANT SELECT ON throttle.profile_rule, throttle.profiles TO PUBLIC;
+-- END shipped profiles
+
+-- sendblue_account has classes since 0.2.0: its 0.1.0 rules (2,000 an hour, 4,000 a day) are
+-- now its class "default", whose rows are named sendblue_account/default/account:ID/RULE.
+-- Rows 0.1.0 created under the old names take the new ones (same limits, same usage), so that
+-- applying the profile again finds them instead of adding a second pair.
+UPDATE throttle.cap c
+   SET name = 'sendblue_account/default/account:' || c.scope_id || '/' || r.rule
+  FROM (VALUES ('hourly'), ('daily')) AS r(rule)
+ WHERE c.scope = 'account'
+   AND c.name = 'sendblue_account/account:' || c.scope_id || '/' || r.rule
+   AND NOT EXISTS (SELECT 1 FROM throttle.cap o
+                    WHERE o.name = 'sendblue_account/default/account:' || c.scope_id || '/' || r.rule);
+
+-- Limits created by apply_profile under 0.1.0 whose numbers 0.2.0's rules change (AT&T E/F
+-- MMS at 50 a minute, classes G, N and Y per number, ...) are kept as they are, like any edit:
+-- say which, and how to take the new rules.
+DO $$
+DECLARE
+    n     bigint;
+    names text[];
+BEGIN
+    WITH stale AS (
+        SELECT t.name
+          FROM throttle.rate_limit t
+          JOIN throttle.profile_rule p
+            ON p.kind = 'rate'
+           AND t.name = p.profile || '/' || CASE WHEN p.class = '' THEN '' ELSE p.class || '/' END
+                        || t.scope::text || ':' || t.scope_id || '/' || p.rule
+         WHERE (t.scope, t.carrier, t.channel, t.sender_type, t.rate, t.per, t.burst, t.each_sender)
+               IS DISTINCT FROM (p.scope, p.carrier, p.channel, p.sender_type, p.rate, p.per, p.burst, p.each_sender)
+        UNION ALL
+        SELECT t.name
+          FROM throttle.cap t
+          JOIN throttle.profile_rule p
+            ON p.kind = 'cap'
+           AND t.name = p.profile || '/' || CASE WHEN p.class = '' THEN '' ELSE p.class || '/' END
+                        || t.scope::text || ':' || t.scope_id || '/' || p.rule
+         WHERE (t.scope, t.carrier, t.channel, t.sender_type, t.cap, t.period, t.reset_at, t.time_zone,
+                t.overage_pct, t.warn_at, t.at_cap, t.local_time, t.error_code)
+               IS DISTINCT FROM (p.scope, p.carrier, p.channel, p.sender_type, p.cap, p.period, p.reset_at, p.time_zone,
+                                 p.overage_pct, p.warn_at, p.at_cap, p.local_time, p.error_code))
+    SELECT count(*), (array_agg(name ORDER BY name))[1:20] INTO n, names FROM stale;
+    IF n > 0 THEN
+        RAISE WARNING 'pg_throttle 0.2.0 changed the provider rules behind % limits created by apply_profile: %',
+                      n, array_to_string(names, ', ') || CASE WHEN n > 20 THEN ', ...' ELSE '' END
+            USING DETAIL = 'those rows are kept as they are, like any edit (AT&T classes other than A, B, C, D, S, K, X and P send MMS at 50 a minute; classes G, N and Y are limited per number)',
+                  HINT = 'compare them with SELECT * FROM throttle.profiles; to take the new rules, delete a row and apply its profile again (throttle.apply_profile creates what is missing)';
+    END IF;
+END
+$$;
+-- END profiles
