@@ -6,9 +6,19 @@
 --
 -- Runs inside CREATE EXTENSION after schema.sql and caps.sql (types throttle.scope,
 -- throttle.cap_period, throttle.cap_action).
+--
+-- Every rate rule is window-exact (burst NULL): at most `rate` in every window of `per`, the
+-- first after an idle spell included, which is what a carrier counting per minute or per
+-- second sees. Costs are what the carriers count: an SMS costs its segments, an MMS costs 1.
+--
+-- The part between "BEGIN shipped profiles" and "END shipped profiles" is repeated verbatim
+-- in the upgrade script from 0.1.0 (tests/profiles.rs checks it), so that an upgraded
+-- database ends with the same rules, function and view as a fresh install.
 
 -- One row per rule of each profile. `class` '' marks a rule every class of the profile gets;
--- a profile with classes other than '' needs one (or has a default_class).
+-- a profile with classes other than '' needs one (or has a default_class). The columns
+-- each_sender and warn_at come last because 0.2.0 added them (an upgraded table has them
+-- there too).
 CREATE TABLE throttle.profile_rule (
     profile       text NOT NULL CHECK (profile ~ '^[a-z0-9_]+$'),
     class         text NOT NULL DEFAULT '' CHECK (class ~ '^[A-Za-z0-9_]*$'),
@@ -18,7 +28,7 @@ CREATE TABLE throttle.profile_rule (
     carrier       text CHECK (carrier <> ''),
     channel       text CHECK (channel ~ '^[a-z0-9_]+$'),
     sender_type   text CHECK (sender_type ~ '^[a-z0-9_]+$'),
-    -- kind 'rate': throttle.rate_limit
+    -- kind 'rate': throttle.rate_limit (burst NULL: window-exact)
     rate          bigint CHECK (rate BETWEEN 1 AND 1000000000),
     per           interval,
     burst         bigint CHECK (burst BETWEEN 1 AND 1000000000),
@@ -41,85 +51,118 @@ CREATE TABLE throttle.profile_rule (
     min_score     integer CHECK (min_score BETWEEN 0 AND 100),
     max_score     integer CHECK (max_score BETWEEN 0 AND 100),
     note          text NOT NULL,  -- the rule and its source
+    -- kind 'rate' of a campaign, brand or account: each sender of the group has the limit on
+    -- its own (throttle.rate_limit.each_sender)
+    each_sender   boolean NOT NULL DEFAULT false,
+    -- kind 'cap': the percentages of the cap announced (throttle.cap.warn_at)
+    warn_at       integer[] CHECK (array_position(warn_at, NULL) IS NULL
+                                   AND 1 <= ALL (warn_at) AND 1100 >= ALL (warn_at)),
     PRIMARY KEY (profile, class, rule),
     CONSTRAINT profile_rule_columns CHECK (CASE kind
-        WHEN 'rate' THEN rate IS NOT NULL AND per IS NOT NULL AND burst IS NOT NULL
+        WHEN 'rate' THEN rate IS NOT NULL AND per IS NOT NULL
                          AND num_nulls(cap, period, reset_at, time_zone, at_cap, local_time,
-                                       overage_pct, max_waiting, validity) = 9
-        WHEN 'cap' THEN num_nonnulls(cap, period, reset_at, time_zone, at_cap, local_time, overage_pct) = 7
+                                       overage_pct, warn_at, max_waiting, validity) = 10
+        WHEN 'cap' THEN num_nonnulls(cap, period, reset_at, time_zone, at_cap, local_time,
+                                     overage_pct, warn_at) = 8
                         AND num_nulls(rate, per, burst, max_waiting, validity) = 5
         WHEN 'queue_cap' THEN num_nonnulls(max_waiting, validity) >= 1
                               AND num_nulls(rate, per, burst, cap, period, reset_at, time_zone,
-                                            at_cap, local_time, overage_pct, sender_type) = 11
+                                            at_cap, local_time, overage_pct, warn_at, sender_type) = 12
         END),
     CONSTRAINT profile_rule_class_flags CHECK (
         (class <> '' OR (NOT default_class AND min_score IS NULL))
-        AND (min_score IS NULL) = (max_score IS NULL) AND min_score <= max_score)
+        AND (min_score IS NULL) = (max_score IS NULL) AND min_score <= max_score),
+    CONSTRAINT profile_rule_each_sender CHECK (NOT each_sender OR (kind = 'rate' AND scope <> 'sender'))
 );
 
+-- BEGIN shipped profiles
 -- WhatsApp Cloud API through 360dialog, per number (seed 000).
-INSERT INTO throttle.profile_rule (profile, class, rule, kind, scope, rate, per, burst, ord, default_class, note)
+INSERT INTO throttle.profile_rule (profile, class, rule, kind, scope, rate, per, ord, default_class, note)
 VALUES
-    ('whatsapp', 'standard', 'rate', 'rate', 'sender', 80, '1 second', 80, 1, true,
-     'WhatsApp Cloud API standard throughput: up to 80 messages per second per number, the default (360dialog "Higher Throughput", seed 000); Meta counts inbound and outbound'),
-    ('whatsapp', 'high', 'rate', 'rate', 'sender', 1000, '1 second', 1000, 2, false,
-     'WhatsApp Cloud API higher throughput: up to 1,000 messages per second per upgraded number (360dialog "Higher Throughput", seed 000); Meta counts inbound and outbound');
+    ('whatsapp', 'standard', 'rate', 'rate', 'sender', 80, '1 second', 1, true,
+     'WhatsApp Cloud API standard throughput: up to 80 messages per second per number, at most 80 in every second; the default (360dialog "Higher Throughput", seed 000). Meta counts the number''s inbound messages as well as its outbound ones against it: this limit sees only what you send, so lower the rate by the inbound rate you expect'),
+    ('whatsapp', 'high', 'rate', 'rate', 'sender', 1000, '1 second', 2, false,
+     'WhatsApp Cloud API higher throughput: up to 1,000 messages per second per upgraded number, at most 1,000 in every second (360dialog "Higher Throughput", seed 000). Meta counts the number''s inbound messages as well as its outbound ones against it: this limit sees only what you send, so lower the rate by the inbound rate you expect');
 
 -- Twilio short code, per number (seed 003).
-INSERT INTO throttle.profile_rule (profile, rule, kind, scope, rate, per, burst, note)
+INSERT INTO throttle.profile_rule (profile, rule, kind, scope, rate, per, note)
 VALUES
-    ('twilio_short_code', 'rate', 'rate', 'sender', 100, '1 second', 100,
-     'Twilio short code: 100 MPS, message segments per second (Twilio "Account Based Throughput Overview", seed 003); enqueue or admit with cost = segments');
+    ('twilio_short_code', 'rate', 'rate', 'sender', 100, '1 second',
+     'Twilio short code: 100 MPS, message segments per second, at most 100 in every second (Twilio "Account Based Throughput Overview", seed 003); enqueue or admit with cost = segments');
 
 -- Twilio account-based throughput, per account by sender type and channel (seed 003).
-INSERT INTO throttle.profile_rule (profile, rule, kind, scope, sender_type, channel, rate, per, burst, note)
+INSERT INTO throttle.profile_rule (profile, rule, kind, scope, sender_type, channel, rate, per, note)
 VALUES
-    ('twilio_account', 'sms_short_code', 'rate', 'account', 'short_code', 'sms', 500, '1 second', 500,
-     'Twilio account-based throughput, SMS short codes: 500 MPS (segments) shared by every number of the account (seed 003 example)'),
-    ('twilio_account', 'sms_toll_free', 'rate', 'account', 'toll_free', 'sms', 100, '1 second', 100,
-     'Twilio account-based throughput, SMS toll-free: 100 MPS (segments) shared by every number of the account (seed 003 example)'),
-    ('twilio_account', 'mms_short_code', 'rate', 'account', 'short_code', 'mms', 100, '1 second', 100,
-     'Twilio account-based throughput, MMS short codes: 100 MPS (segments) shared by every number of the account (seed 003 example)'),
-    ('twilio_account', 'mms_toll_free', 'rate', 'account', 'toll_free', 'mms', 25, '1 second', 25,
-     'Twilio account-based throughput, MMS toll-free: 25 MPS (segments) shared by every number of the account (seed 003 example)');
+    ('twilio_account', 'sms_short_code', 'rate', 'account', 'short_code', 'sms', 500, '1 second',
+     'Twilio account-based throughput, SMS short codes: 500 MPS (segments), at most 500 in every second, shared by every number of the account (seed 003 example)'),
+    ('twilio_account', 'sms_toll_free', 'rate', 'account', 'toll_free', 'sms', 100, '1 second',
+     'Twilio account-based throughput, SMS toll-free: 100 MPS (segments), at most 100 in every second, shared by every number of the account (seed 003 example)'),
+    ('twilio_account', 'mms_short_code', 'rate', 'account', 'short_code', 'mms', 100, '1 second',
+     'Twilio account-based throughput, MMS short codes: 100 MPS (an MMS costs 1), at most 100 in every second, shared by every number of the account (seed 003 example)'),
+    ('twilio_account', 'mms_toll_free', 'rate', 'account', 'toll_free', 'mms', 25, '1 second',
+     'Twilio account-based throughput, MMS toll-free: 25 MPS (an MMS costs 1), at most 25 in every second, shared by every number of the account (seed 003 example)');
 INSERT INTO throttle.profile_rule (profile, rule, kind, scope, validity, error_code, note)
 VALUES
     ('twilio_account', 'queue', 'queue_cap', 'account', '4 hours', '30001',
      'Twilio: messages persist in the account queue for at most 4 hours, so the queue holds MPS x 14,400 s; overflow is error 30001 (seed 003). One cap for the account: its size is the slowest of the account''s rates x 4 h');
 
--- AT&T 10DLC, per campaign by message class, SMS and MMS per minute separately (seed 001).
--- burst = the per-minute rate.
-INSERT INTO throttle.profile_rule (profile, class, rule, kind, scope, carrier, channel, rate, per, burst, ord, note)
-SELECT 'att_10dlc', c.class, ch.channel, 'rate', 'campaign', 'att', ch.channel, ch.rate, '1 minute', ch.rate, c.ord,
-       format('AT&T 10DLC message class %s (%s; %s): %s %s transactions per minute per campaign (Infobip "Throughput", seed 001)',
-              c.class, c.use_case, c.campaign_type, to_char(ch.rate, 'FM999,999,999'), upper(ch.channel))
+-- AT&T 10DLC by message class, SMS and MMS per minute separately, counted in segments (seed
+-- 001). Per campaign (all its numbers share the limit), except classes G, N and Y, which AT&T
+-- enforces per number: each sender of the campaign has its own. Since 11 October 2023 only
+-- classes A, B, C, D, S, K, X and P send MMS at the seed's MMS rate; the others at 50 a minute.
+INSERT INTO throttle.profile_rule (profile, class, rule, kind, scope, carrier, channel, rate, per, each_sender, ord, note)
+SELECT 'att_10dlc', c.class, ch.channel, 'rate', 'campaign', 'att', ch.channel, ch.rate, '1 minute', c.per_number, c.ord,
+       format('AT&T 10DLC message class %s (%s; %s): %s %s %s, at most that in every minute (Infobip "Throughput", seed 001)',
+              c.class, c.use_case, c.campaign_type, to_char(ch.rate, 'FM999,999,999'),
+              CASE ch.channel WHEN 'sms' THEN 'SMS segments per minute' ELSE 'MMS per minute' END,
+              CASE WHEN c.per_number THEN 'for each number of the campaign on its own'
+                   ELSE 'per campaign, shared by all its numbers' END)
+       || CASE WHEN c.per_number
+               THEN '; AT&T enforces classes G, N and Y per number, not per campaign (Convey "10DLC Carrier Throughputs and Daily Limits")'
+               ELSE '' END
+       || CASE WHEN ch.channel = 'sms' THEN ''
+               WHEN f.full_mms
+               THEN '; MMS at this rate since 11 October 2023 (Bandwidth "Increase to AT&T MMS throughputs")'
+               ELSE format('; since 11 October 2023 only classes A, B, C, D, S, K, X and P send MMS at their full rate, the others at 50 a minute (Bandwidth "Increase to AT&T MMS throughputs"); seed 001 lists %s',
+                           coalesce(to_char(c.seed_mms, 'FM999,999,999'), 'n/a')) END
   FROM (VALUES
-        ('A',  1, 4500,  2400, 'STANDARD', 'Declared Use Case'),
-        ('B',  2, 4500,  2400, 'STANDARD', 'Mixed/Marketing'),
-        ('C',  3, 2400,  1200, 'STANDARD', 'Declared Use Case'),
-        ('D',  4, 2400,  1200, 'STANDARD', 'Mixed/Marketing'),
-        ('E',  5, 240,   150,  'STANDARD', 'Declared Use Case'),
-        ('F',  6, 240,   150,  'STANDARD', 'Mixed/Marketing'),
-        ('T',  7, 75,    50,   'Low-volume Mixed', 'Low Volume Mixed'),
-        ('G',  8, 60,    NULL, 'Group Messaging', 'Special'),
-        ('P',  9, 2400,  1200, 'Charity', 'Special: non-commercial'),
-        ('S', 10, 60000, 2400, 'Social Engagement', 'Special'),
-        ('K', 11, 3000,  2400, 'Election Campaigns', 'Special'),
-        ('X', 12, 4500,  2400, 'Emergency Services / Public Safety', 'Special'),
-        ('Z', 13, 6,     50,   'Large CSP Free Trial Offers', 'Special'),
-        ('Y', 14, 720,   50,   'Exemption by Carrier (trusted)', 'Special'),
-        ('W', 15, 15,    50,   'Exemption by Carrier (less trusted)', 'Special'),
-        ('N', 16, 60,    50,   'Agents, franchise, local branches, CSPs by vertical', 'Special'))
-       AS c(class, ord, sms, mms, use_case, campaign_type)
- CROSS JOIN LATERAL (VALUES ('sms', c.sms::bigint), ('mms', c.mms::bigint)) AS ch(channel, rate)
- WHERE ch.rate IS NOT NULL;  -- class G has no MMS throughput (n/a)
+        ('A',  1, 4500,  2400, 'STANDARD', 'Declared Use Case', false),
+        ('B',  2, 4500,  2400, 'STANDARD', 'Mixed/Marketing', false),
+        ('C',  3, 2400,  1200, 'STANDARD', 'Declared Use Case', false),
+        ('D',  4, 2400,  1200, 'STANDARD', 'Mixed/Marketing', false),
+        ('E',  5, 240,   150,  'STANDARD', 'Declared Use Case', false),
+        ('F',  6, 240,   150,  'STANDARD', 'Mixed/Marketing', false),
+        ('T',  7, 75,    50,   'Low-volume Mixed', 'Low Volume Mixed', false),
+        ('G',  8, 60,    NULL, 'Group Messaging', 'Special', true),
+        ('P',  9, 2400,  1200, 'Charity', 'Special: non-commercial', false),
+        ('S', 10, 60000, 2400, 'Social Engagement', 'Special', false),
+        ('K', 11, 3000,  2400, 'Election Campaigns', 'Special', false),
+        ('X', 12, 4500,  2400, 'Emergency Services / Public Safety', 'Special', false),
+        ('Z', 13, 6,     50,   'Large CSP Free Trial Offers', 'Special', false),
+        ('Y', 14, 720,   50,   'Exemption by Carrier (trusted)', 'Special', true),
+        ('W', 15, 15,    50,   'Exemption by Carrier (less trusted)', 'Special', false),
+        ('N', 16, 60,    50,   'Agents, franchise, local branches, CSPs by vertical', 'Special', true))
+       AS c(class, ord, sms, seed_mms, use_case, campaign_type, per_number)
+ CROSS JOIN LATERAL (SELECT c.class IN ('A', 'B', 'C', 'D', 'S', 'K', 'X', 'P') AS full_mms) f
+ CROSS JOIN LATERAL (VALUES ('sms', c.sms::bigint),
+                            ('mms', CASE WHEN f.full_mms THEN c.seed_mms ELSE 50 END::bigint)) AS ch(channel, rate);
 
--- T-Mobile 10DLC, per brand for all its campaigns: a daily cap by vetting score (seed 001).
+-- Verizon 10DLC, per number (Convey support page; not in the seeds). Applied to a campaign,
+-- each of its numbers gets its own limits.
+INSERT INTO throttle.profile_rule (profile, rule, kind, scope, carrier, channel, rate, per, each_sender, note)
+VALUES
+    ('verizon_10dlc', 'sms', 'rate', 'campaign', 'verizon', 'sms', 6000, '1 minute', true,
+     'Verizon 10DLC: 6,000 SMS transactions per minute per long code, for each number of the campaign on its own, at most 6,000 in every minute (Convey "10DLC Carrier Throughputs and Daily Limits"; Bandwidth "Verizon 10DLC": measured per number); not in the seeds'),
+    ('verizon_10dlc', 'mms', 'rate', 'campaign', 'verizon', 'mms', 25, '1 second', true,
+     'Verizon 10DLC: 25 MMS transactions per second per long code, for each number of the campaign on its own, at most 25 in every second (Convey "10DLC Carrier Throughputs and Daily Limits"; Bandwidth "Verizon 10DLC": measured per number); not in the seeds');
+
+-- T-Mobile 10DLC, per brand for all its campaigns: a daily cap by vetting score (seed 001),
+-- counting SMS segments and MMS messages: a cap counts cost, and an MMS costs 1.
 INSERT INTO throttle.profile_rule (profile, class, rule, kind, scope, carrier, cap, period, reset_at, time_zone,
-                                   at_cap, local_time, overage_pct, error_code, ord, min_score, max_score, note)
+                                   at_cap, local_time, overage_pct, warn_at, error_code, ord, min_score, max_score, note)
 SELECT 'tmobile_brand', t.class, 'daily', 'cap', 'brand', 'tmobile', t.cap, 'day', '00:00', 'America/Los_Angeles',
-       'defer_local', '08:00', 0, '542', t.ord, t.min_score, t.max_score,
-       format('T-Mobile 10DLC brand daily cap, vetting score %s-%s (%s): %s messages per day for all the brand''s campaigns, reset at midnight Pacific; over the cap Infobip sends at 08:00 the next day in the recipient''s zone instead of error 542 (seed 001). Political campaigns are exempt: add them to throttle.cap_exemption',
+       'defer_local', '08:00', 0, '{75,90,100}', '542', t.ord, t.min_score, t.max_score,
+       format('T-Mobile 10DLC brand daily cap, vetting score %s-%s (%s): %s per day for all the brand''s campaigns, reset at midnight Pacific; over the cap Infobip sends at 08:00 the next day in the recipient''s zone instead of error 542 (seed 001). T-Mobile counts SMS segments and MMS messages (Convey "10DLC Carrier Throughputs and Daily Limits"): enqueue an SMS with cost = its segments and an MMS with cost 1. Political campaigns are exempt: add them to throttle.cap_exemption',
               t.min_score, t.max_score, t.label, to_char(t.cap, 'FM999,999,999'))
   FROM (VALUES
         ('low',      1, 2000,   0,  24, 'Low'),
@@ -129,25 +172,41 @@ SELECT 'tmobile_brand', t.class, 'daily', 'cap', 'brand', 'tmobile', t.cap, 'day
        AS t(class, ord, cap, min_score, max_score, label);
 
 -- Sendblue, per line (seeds 002 and 004).
-INSERT INTO throttle.profile_rule (profile, class, rule, kind, scope, rate, per, burst, max_waiting, error_code, ord, default_class, note)
+INSERT INTO throttle.profile_rule (profile, class, rule, kind, scope, rate, per, max_waiting, error_code, ord, default_class, note)
 VALUES
-    ('sendblue_line', '', 'rate', 'rate', 'sender', 1, '1 second', 1, NULL, NULL, 0, false,
-     'Sendblue: 1 message per second per line, queued and sent one at a time (seeds 002, 004)'),
-    ('sendblue_line', 'standard', 'queue', 'queue_cap', 'sender', NULL, NULL, NULL, 1500, '429', 1, true,
+    ('sendblue_line', '', 'rate', 'rate', 'sender', 1, '1 second', NULL, NULL, 0, false,
+     'Sendblue: 1 message per second per line, at most one in every second, queued and sent one at a time (seeds 002, 004)'),
+    ('sendblue_line', 'standard', 'queue', 'queue_cap', 'sender', NULL, NULL, 1500, '429', 1, true,
      'Sendblue: up to 1,500 queued messages, then HTTP 429 Too Many Requests (seed 004)'),
-    ('sendblue_line', 'expanded', 'queue', 'queue_cap', 'sender', NULL, NULL, NULL, 6000, '429', 2, false,
+    ('sendblue_line', 'expanded', 'queue', 'queue_cap', 'sender', NULL, NULL, 6000, '429', 2, false,
      'Sendblue: up to 6,000 queued messages, then HTTP 429 Too Many Requests (seed 002)');
 
--- Sendblue, per account (seed 004).
-INSERT INTO throttle.profile_rule (profile, rule, kind, scope, cap, period, reset_at, time_zone, at_cap, local_time, overage_pct, note)
+-- Sendblue, per account: the default limits (seed 004), or the Blue and Sapphire plans' daily
+-- throttle and monthly limit with its soft overage and notices (seed 002).
+INSERT INTO throttle.profile_rule (profile, class, rule, kind, scope, cap, period, reset_at, time_zone, at_cap, local_time,
+                                   overage_pct, warn_at, ord, default_class, note)
 VALUES
-    ('sendblue_account', 'hourly', 'cap', 'account', 2000, 'hour', '00:00', 'America/New_York', 'defer', '08:00', 0,
+    ('sendblue_account', 'default', 'hourly', 'cap', 'account', 2000, 'hour', '00:00', 'America/New_York', 'defer', '08:00',
+     0, '{75,90,100}', 1, true,
      'Sendblue: 2,000 messages per hour by default, per account; over it, wait for the next hour (seed 004)'),
-    ('sendblue_account', 'daily', 'cap', 'account', 4000, 'day', '03:00', 'America/New_York', 'defer', '08:00', 0,
-     'Sendblue: 4,000 messages per day by default, per account, reset daily at 3am Eastern (seed 004)');
+    ('sendblue_account', 'default', 'daily', 'cap', 'account', 4000, 'day', '03:00', 'America/New_York', 'defer', '08:00',
+     0, '{75,90,100}', 1, true,
+     'Sendblue: 4,000 messages per day by default, per account, reset daily at 3am Eastern (seed 004)'),
+    ('sendblue_account', 'blue', 'daily', 'cap', 'account', 2000, 'day', '03:00', 'America/New_York', 'defer', '08:00',
+     0, '{75,90,100}', 2, false,
+     'Sendblue Blue plan: throttled to 2,000 messages per day per account (seed 002); reset at 3am Eastern like Sendblue''s other daily limits (seed 004)'),
+    ('sendblue_account', 'blue', 'monthly', 'cap', 'account', 2000, 'month', '03:00', 'America/New_York', 'defer', '08:00',
+     20, '{75,90,100}', 2, false,
+     'Sendblue Blue plan: 2,000 messages per month, not enforced as a hard limit: up to 120 % (2,400) free of charge, with emails at 75, 90 and 100 % (seed 002); past 2,400 held until the next month. The seed gives no reset day: the month starts on the 1st at 3am Eastern'),
+    ('sendblue_account', 'sapphire', 'daily', 'cap', 'account', 6000, 'day', '03:00', 'America/New_York', 'defer', '08:00',
+     0, '{75,90,100}', 3, false,
+     'Sendblue Sapphire plan: throttled to 6,000 messages per day per account (seed 002); reset at 3am Eastern like Sendblue''s other daily limits (seed 004)'),
+    ('sendblue_account', 'sapphire', 'monthly', 'cap', 'account', 6000, 'month', '03:00', 'America/New_York', 'defer', '08:00',
+     20, '{75,90,100}', 3, false,
+     'Sendblue Sapphire plan: 6,000 messages per month, not enforced as a hard limit: up to 120 % (7,200) free of charge, with emails at 75, 90 and 100 % (seed 002); past 7,200 held until the next month. The seed gives no reset day: the month starts on the 1st at 3am Eastern');
 
 -- The shipped data is consistent: one scope per profile, one default class at most, classes
--- distinct regardless of case, vetting scores that do not overlap.
+-- distinct regardless of case, vetting scores that do not overlap, every rate window-exact.
 DO $$
 DECLARE
     bad text;
@@ -164,7 +223,9 @@ BEGIN
            AND int4range(a.min_score, a.max_score, '[]') && int4range(b.min_score, b.max_score, '[]')
         UNION ALL
         SELECT profile FROM throttle.profile_rule GROUP BY profile, class
-        HAVING count(DISTINCT default_class) > 1 OR count(DISTINCT (min_score, max_score)) > 1) p;
+        HAVING count(DISTINCT default_class) > 1 OR count(DISTINCT (min_score, max_score)) > 1
+        UNION ALL
+        SELECT profile FROM throttle.profile_rule WHERE kind = 'rate' AND burst IS NOT NULL) p;
     IF bad IS NOT NULL THEN
         RAISE EXCEPTION 'inconsistent throttle.profile_rule data in profiles %', bad;
     END IF;
@@ -172,7 +233,7 @@ END
 $$;
 
 -- Apply a profile to one sender, campaign, brand or account.
-CREATE FUNCTION throttle.apply_profile(
+CREATE OR REPLACE FUNCTION throttle.apply_profile(
     profile text, scope throttle.scope, scope_id text, class text DEFAULT NULL
 ) RETURNS TABLE (kind text, name text, id bigint, created boolean)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
@@ -322,8 +383,10 @@ BEGIN
     LOOP
         v_id := NULL;
         IF r.kind = 'rate' THEN
-            INSERT INTO throttle.rate_limit (name, scope, scope_id, carrier, channel, sender_type, rate, per, burst, note)
-            VALUES (r.row_name, v_scope, v_scope_id, r.carrier, r.channel, r.sender_type, r.rate, r.per, r.burst, r.row_note)
+            INSERT INTO throttle.rate_limit (name, scope, scope_id, carrier, channel, sender_type, rate, per, burst,
+                                             each_sender, note)
+            VALUES (r.row_name, v_scope, v_scope_id, r.carrier, r.channel, r.sender_type, r.rate, r.per, r.burst,
+                    r.each_sender, r.row_note)
             ON CONFLICT (name) DO NOTHING
             RETURNING limit_id INTO v_id;
             created := v_id IS NOT NULL;
@@ -332,9 +395,9 @@ BEGIN
             END IF;
         ELSIF r.kind = 'cap' THEN
             INSERT INTO throttle.cap (name, scope, scope_id, carrier, channel, sender_type, cap, period, reset_at,
-                                      time_zone, overage_pct, at_cap, local_time, error_code, note)
+                                      time_zone, overage_pct, warn_at, at_cap, local_time, error_code, note)
             VALUES (r.row_name, v_scope, v_scope_id, r.carrier, r.channel, r.sender_type, r.cap, r.period, r.reset_at,
-                    r.time_zone, r.overage_pct, r.at_cap, r.local_time, r.error_code, r.row_note)
+                    r.time_zone, r.overage_pct, r.warn_at, r.at_cap, r.local_time, r.error_code, r.row_note)
             ON CONFLICT (name) DO NOTHING
             RETURNING cap_id INTO v_id;
             created := v_id IS NOT NULL;
@@ -368,16 +431,20 @@ $$;
 REVOKE EXECUTE ON FUNCTION throttle.apply_profile(text, throttle.scope, text, text) FROM PUBLIC;
 
 -- Discovery: every rule of every profile in one line.
-CREATE VIEW throttle.profiles AS
+CREATE OR REPLACE VIEW throttle.profiles AS
 SELECT p.profile, p.class, p.scope, p.rule, p.kind,
        CASE p.kind
-       WHEN 'rate' THEN pg_catalog.format('rate %s/%s, burst %s', p.rate,
+       WHEN 'rate' THEN pg_catalog.format('rate %s/%s', p.rate,
                             CASE p.per WHEN interval '1 second' THEN 's' WHEN interval '1 minute' THEN 'min'
-                                       WHEN interval '1 hour' THEN 'h' ELSE p.per::text END, p.burst)
+                                       WHEN interval '1 hour' THEN 'h' ELSE p.per::text END)
+                        || coalesce(', burst ' || p.burst, ', window-exact')
+                        || CASE WHEN p.each_sender THEN ', each sender on its own' ELSE '' END
        WHEN 'cap' THEN pg_catalog.format('cap %s/%s, reset %s %s, at cap %s', p.cap, p.period,
                             pg_catalog.to_char(p.reset_at, 'HH24:MI'), p.time_zone, p.at_cap)
                        || CASE WHEN p.at_cap = 'defer_local' THEN ' ' || pg_catalog.to_char(p.local_time, 'HH24:MI') || ' recipient''s time' ELSE '' END
                        || CASE WHEN p.overage_pct > 0 THEN pg_catalog.format(', overage %s %%', p.overage_pct) ELSE '' END
+                       || CASE WHEN pg_catalog.cardinality(p.warn_at) > 0
+                               THEN ', warn at ' || pg_catalog.array_to_string(p.warn_at, '/') || ' %' ELSE '' END
        ELSE 'queue cap ' || coalesce(p.max_waiting || ' waiting', 'the scope''s slowest rate x validity ' || p.validity::text)
             || coalesce(', validity ' || CASE WHEN p.max_waiting IS NOT NULL THEN p.validity::text END, '')
        END
@@ -403,3 +470,4 @@ COMMENT ON VIEW throttle.profiles IS
 -- Reading the profiles is for everyone; applying them is for the owner (or roles it grants
 -- EXECUTE, which also need INSERT on the limit tables).
 GRANT SELECT ON throttle.profile_rule, throttle.profiles TO PUBLIC;
+-- END shipped profiles

@@ -5,37 +5,45 @@ use pg_throttle_tests::{
 };
 use std::time::{Duration, Instant};
 
-/// AT&T 10DLC message classes from seed 001 (Infobip "Throughput"): class, SMS per minute,
-/// MMS per minute (None: n/a).
-const ATT_CLASSES: [(&str, i64, Option<i64>); 16] = [
-    ("A", 4500, Some(2400)),
-    ("B", 4500, Some(2400)),
-    ("C", 2400, Some(1200)),
-    ("D", 2400, Some(1200)),
-    ("E", 240, Some(150)),
-    ("F", 240, Some(150)),
-    ("T", 75, Some(50)),
-    ("G", 60, None),
-    ("P", 2400, Some(1200)),
-    ("S", 60000, Some(2400)),
-    ("K", 3000, Some(2400)),
-    ("X", 4500, Some(2400)),
-    ("Z", 6, Some(50)),
-    ("Y", 720, Some(50)),
-    ("W", 15, Some(50)),
-    ("N", 60, Some(50)),
+/// AT&T 10DLC message classes: class, SMS per minute (seed 001, Infobip "Throughput"), MMS per
+/// minute, and whether AT&T counts the class per number rather than per campaign (G, N and Y:
+/// Convey "10DLC Carrier Throughputs and Daily Limits"). MMS: the seed's rate for the classes
+/// AT&T lets send MMS at their full rate since 11 October 2023 (A, B, C, D, S, K, X, P), 50 for
+/// the others (Bandwidth "Increase to AT&T MMS throughputs"); the seed has E/F at 150, G n/a.
+const ATT_CLASSES: [(&str, i64, i64, bool); 16] = [
+    ("A", 4500, 2400, false),
+    ("B", 4500, 2400, false),
+    ("C", 2400, 1200, false),
+    ("D", 2400, 1200, false),
+    ("E", 240, 50, false),
+    ("F", 240, 50, false),
+    ("T", 75, 50, false),
+    ("G", 60, 50, true),
+    ("P", 2400, 1200, false),
+    ("S", 60000, 2400, false),
+    ("K", 3000, 2400, false),
+    ("X", 4500, 2400, false),
+    ("Z", 6, 50, false),
+    ("Y", 720, 50, true),
+    ("W", 15, 50, false),
+    ("N", 60, 50, true),
 ];
 
-/// The seven shipped profiles and their scopes.
-const PROFILES: [(&str, &str); 7] = [
+/// The eight shipped profiles and their scopes.
+const PROFILES: [(&str, &str); 8] = [
     ("att_10dlc", "campaign"),
     ("sendblue_account", "account"),
     ("sendblue_line", "sender"),
     ("tmobile_brand", "brand"),
     ("twilio_account", "account"),
     ("twilio_short_code", "sender"),
+    ("verizon_10dlc", "campaign"),
     ("whatsapp", "sender"),
 ];
+
+/// Rules shipped in throttle.profile_rule: 32 AT&T (16 classes, SMS and MMS), 4 T-Mobile,
+/// 2 WhatsApp, 1 + 5 Twilio, 3 Sendblue line, 6 Sendblue account, 2 Verizon.
+const SHIPPED_RULES: i64 = 55;
 
 /// One row of apply_profile's answer.
 #[derive(Debug, Clone, PartialEq)]
@@ -106,27 +114,91 @@ fn when_counted(c: &mut Client, sql: &str) -> Result<(), postgres::Error> {
     }
 }
 
-/// A rate limit as (scope, scope_id, carrier, channel, sender_type, rate, per in ms, burst).
-type RateRow = (
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    i64,
-    i64,
-    i64,
-);
+/// A rate limit row as created.
+#[derive(Debug, Clone, PartialEq)]
+struct RateRow {
+    scope: String,
+    scope_id: String,
+    carrier: Option<String>,
+    channel: Option<String>,
+    sender_type: Option<String>,
+    rate: i64,
+    per_ms: i64,
+    /// None: window-exact (at most `rate` in every window of `per`).
+    burst: Option<i64>,
+    each_sender: bool,
+}
+
+/// The row a window-exact profile rule creates.
+#[allow(clippy::too_many_arguments)]
+fn exact(
+    scope: &str,
+    scope_id: &str,
+    carrier: Option<&str>,
+    channel: Option<&str>,
+    sender_type: Option<&str>,
+    rate: i64,
+    per_ms: i64,
+    each_sender: bool,
+) -> RateRow {
+    RateRow {
+        scope: scope.into(),
+        scope_id: scope_id.into(),
+        carrier: carrier.map(str::to_string),
+        channel: channel.map(str::to_string),
+        sender_type: sender_type.map(str::to_string),
+        rate,
+        per_ms,
+        burst: None,
+        each_sender,
+    }
+}
 
 fn rate_row(c: &mut Client, name: &str) -> RateRow {
     let r = c
         .query_one(
             "SELECT scope::text, scope_id, carrier, channel, sender_type, rate,
-                    (extract(epoch FROM per) * 1000)::int8, burst
+                    (extract(epoch FROM per) * 1000)::int8, burst, each_sender
                FROM throttle.rate_limit WHERE name = $1",
             &[&name],
         )
         .unwrap_or_else(|e| panic!("rate limit {name}: {e}"));
+    RateRow {
+        scope: r.get(0),
+        scope_id: r.get(1),
+        carrier: r.get(2),
+        channel: r.get(3),
+        sender_type: r.get(4),
+        rate: r.get(5),
+        per_ms: r.get(6),
+        burst: r.get(7),
+        each_sender: r.get(8),
+    }
+}
+
+/// A calendar cap as created: (cap, period, reset_at, time_zone, overage_pct, warn_at, at_cap,
+/// carrier, channel).
+type CapRow = (
+    i64,
+    String,
+    String,
+    String,
+    i32,
+    Vec<i32>,
+    String,
+    Option<String>,
+    Option<String>,
+);
+
+fn cap_row(c: &mut Client, name: &str) -> CapRow {
+    let r = c
+        .query_one(
+            "SELECT cap, period::text, reset_at::text, time_zone, overage_pct, warn_at, at_cap::text,
+                    carrier, channel
+               FROM throttle.cap WHERE name = $1",
+            &[&name],
+        )
+        .unwrap_or_else(|e| panic!("cap {name}: {e}"));
     (
         r.get(0),
         r.get(1),
@@ -136,6 +208,7 @@ fn rate_row(c: &mut Client, name: &str) -> RateRow {
         r.get(5),
         r.get(6),
         r.get(7),
+        r.get(8),
     )
 }
 
@@ -143,18 +216,22 @@ fn some(s: &str) -> Option<String> {
     Some(s.to_string())
 }
 
-#[test]
-fn att_class_e_is_240_sms_and_150_mms_a_minute_on_att_for_the_campaign() {
-    let server = Server::start("profiles-att-e", &[]);
-    let mut c = server.connect();
-    let got = apply(&mut c, "att_10dlc", "campaign", "C123", Some("E"));
+fn sorted_names(got: &[Applied]) -> Vec<(String, String, bool)> {
     let mut names: Vec<(String, String, bool)> = got
         .iter()
         .map(|a| (a.kind.clone(), a.name.clone(), a.created))
         .collect();
     names.sort();
+    names
+}
+
+#[test]
+fn att_class_e_is_240_sms_and_50_mms_a_minute_window_exact_for_the_campaign() {
+    let server = Server::start("profiles-att-e", &[]);
+    let mut c = server.connect();
+    let got = apply(&mut c, "att_10dlc", "campaign", "C123", Some("E"));
     assert_eq!(
-        names,
+        sorted_names(&got),
         vec![
             ("rate".into(), "att_10dlc/E/campaign:C123/mms".into(), true),
             ("rate".into(), "att_10dlc/E/campaign:C123/sms".into(), true),
@@ -162,28 +239,29 @@ fn att_class_e_is_240_sms_and_150_mms_a_minute_on_att_for_the_campaign() {
     );
     assert_eq!(
         rate_row(&mut c, "att_10dlc/E/campaign:C123/sms"),
-        (
-            "campaign".into(),
-            "C123".into(),
-            some("att"),
-            some("sms"),
+        exact(
+            "campaign",
+            "C123",
+            Some("att"),
+            Some("sms"),
             None,
             240,
             60_000,
-            240
+            false
         )
     );
+    // Seed 001 says 150 MMS; since October 2023 AT&T lets class E send 50 MMS a minute.
     assert_eq!(
         rate_row(&mut c, "att_10dlc/E/campaign:C123/mms"),
-        (
-            "campaign".into(),
-            "C123".into(),
-            some("att"),
-            some("mms"),
+        exact(
+            "campaign",
+            "C123",
+            Some("att"),
+            Some("mms"),
             None,
-            150,
+            50,
             60_000,
-            150
+            false
         )
     );
     assert_eq!(limit_rows(&mut c), (2, 0, 0));
@@ -198,7 +276,8 @@ fn att_class_e_is_240_sms_and_150_mms_a_minute_on_att_for_the_campaign() {
         );
         assert_eq!(id, a.id, "{}", a.name);
     }
-    // The limits are live: a class-E campaign sender admits 240 SMS to AT&T at once, not 241.
+    // The limits are live: a class-E campaign sender admits 240 SMS to AT&T at once, not 241,
+    // and 50 MMS, not 51.
     c.batch_execute("INSERT INTO throttle.sender (sender, campaign) VALUES ('att-e-1', 'C123')")
         .expect("sender");
     let admitted = count(
@@ -210,9 +289,9 @@ fn att_class_e_is_240_sms_and_150_mms_a_minute_on_att_for_the_campaign() {
     let mms = count(
         &mut c,
         "SELECT count(*) FILTER (WHERE throttle.try_admit('att-e-1', 'att', now(), 1, 'mms'))
-           FROM generate_series(1, 151)",
+           FROM generate_series(1, 51)",
     );
-    assert_eq!(mms, 150);
+    assert_eq!(mms, 50);
     // Another carrier is not under the AT&T limits.
     assert!(c
         .query_one(
@@ -224,41 +303,110 @@ fn att_class_e_is_240_sms_and_150_mms_a_minute_on_att_for_the_campaign() {
 }
 
 #[test]
-fn every_att_class_of_seed_001_is_shipped_with_its_numbers() {
+fn att_class_t_is_75_sms_and_50_mms_a_minute_shared_by_the_campaign() {
+    let server = Server::start("profiles-att-t", &[]);
+    let mut c = server.connect();
+    let got = apply(&mut c, "att_10dlc", "campaign", "low-vol", Some("t"));
+    assert_eq!(
+        sorted_names(&got),
+        vec![
+            (
+                "rate".into(),
+                "att_10dlc/T/campaign:low-vol/mms".into(),
+                true
+            ),
+            (
+                "rate".into(),
+                "att_10dlc/T/campaign:low-vol/sms".into(),
+                true
+            ),
+        ]
+    );
+    assert_eq!(
+        rate_row(&mut c, "att_10dlc/T/campaign:low-vol/sms"),
+        exact(
+            "campaign",
+            "low-vol",
+            Some("att"),
+            Some("sms"),
+            None,
+            75,
+            60_000,
+            false
+        )
+    );
+    assert_eq!(
+        rate_row(&mut c, "att_10dlc/T/campaign:low-vol/mms"),
+        exact(
+            "campaign",
+            "low-vol",
+            Some("att"),
+            Some("mms"),
+            None,
+            50,
+            60_000,
+            false
+        )
+    );
+    // Per campaign: two numbers of the campaign share the 75 SMS (cost counts segments: a
+    // 3-segment SMS takes 3).
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender, campaign) VALUES ('t-1', 'low-vol'), ('t-2', 'low-vol')",
+    )
+    .expect("senders");
+    let admitted = count(
+        &mut c,
+        "SELECT count(*) FILTER (WHERE throttle.try_admit(CASE WHEN g % 2 = 0 THEN 't-1' ELSE 't-2' END,
+                                                          'att', now(), 3, 'sms'))
+           FROM generate_series(1, 30) g",
+    );
+    assert_eq!(
+        admitted, 25,
+        "75 segments = 25 three-segment SMS for the whole campaign"
+    );
+}
+
+#[test]
+fn every_att_class_is_shipped_window_exact_with_its_numbers_and_g_n_y_per_number() {
     let server = Server::start("profiles-att-all", &[]);
     let mut c = server.connect();
-    // The shipped table holds exactly the seed's classes and numbers.
-    let mut shipped: Vec<(String, String, i64, i64, i64, String, String)> = c
+    // The shipped table holds exactly these classes and numbers, every rate window-exact.
+    type Shipped = (String, String, i64, i64, Option<i64>, String, String, bool);
+    let mut shipped: Vec<Shipped> = c
         .query(
-            "SELECT class, rule, rate, (extract(epoch FROM per) * 1000)::int8, burst, carrier, channel
+            "SELECT class, rule, rate, (extract(epoch FROM per) * 1000)::int8, burst, carrier, channel,
+                    each_sender
                FROM throttle.profile_rule WHERE profile = 'att_10dlc' AND kind = 'rate' AND scope = 'campaign'",
             &[],
         )
         .expect("profile_rule")
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)))
+        .map(|r| {
+            (
+                r.get(0),
+                r.get(1),
+                r.get(2),
+                r.get(3),
+                r.get(4),
+                r.get(5),
+                r.get(6),
+                r.get(7),
+            )
+        })
         .collect();
     shipped.sort();
-    let mut want: Vec<(String, String, i64, i64, i64, String, String)> = Vec::new();
-    for (class, sms, mms) in ATT_CLASSES {
-        want.push((
-            class.into(),
-            "sms".into(),
-            sms,
-            60_000,
-            sms,
-            "att".into(),
-            "sms".into(),
-        ));
-        if let Some(mms) = mms {
+    let mut want: Vec<Shipped> = Vec::new();
+    for (class, sms, mms, per_number) in ATT_CLASSES {
+        for (channel, rate) in [("sms", sms), ("mms", mms)] {
             want.push((
                 class.into(),
-                "mms".into(),
-                mms,
+                channel.into(),
+                rate,
                 60_000,
-                mms,
+                None,
                 "att".into(),
-                "mms".into(),
+                channel.into(),
+                per_number,
             ));
         }
     }
@@ -269,12 +417,23 @@ fn every_att_class_of_seed_001_is_shipped_with_its_numbers() {
             &mut c,
             "SELECT count(*) FROM throttle.profile_rule WHERE profile = 'att_10dlc'"
         ),
-        31,
-        "16 classes, G without MMS"
+        32,
+        "16 classes, SMS and MMS"
+    );
+    // Every rule says where it comes from.
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM throttle.profile_rule
+              WHERE profile = 'att_10dlc' AND note LIKE '%seed 001%'
+                AND (channel = 'sms' OR note LIKE '%October 2023%Bandwidth%')
+                AND (each_sender = (note LIKE '%per number%Convey%'))"
+        ),
+        32
     );
 
     // Applied, each class gives those rows (class names in any case).
-    for (class, sms, mms) in ATT_CLASSES {
+    for (class, sms, mms, per_number) in ATT_CLASSES {
         let campaign = format!("camp-{class}");
         let asked = if class == "S" {
             "s".to_string()
@@ -282,72 +441,160 @@ fn every_att_class_of_seed_001_is_shipped_with_its_numbers() {
             class.to_string()
         };
         let got = apply(&mut c, "att_10dlc", "campaign", &campaign, Some(&asked));
-        assert_eq!(got.len(), 1 + mms.is_some() as usize, "class {class}");
+        assert_eq!(got.len(), 2, "class {class}");
         assert!(
             got.iter().all(|a| a.created && a.kind == "rate"),
             "class {class}"
         );
-        assert_eq!(
-            rate_row(
-                &mut c,
-                &format!("att_10dlc/{class}/campaign:{campaign}/sms")
-            ),
-            (
-                "campaign".into(),
-                campaign.clone(),
-                some("att"),
-                some("sms"),
-                None,
-                sms,
-                60_000,
-                sms
-            ),
-            "class {class} SMS"
-        );
-        let mms_name = format!("att_10dlc/{class}/campaign:{campaign}/mms");
-        match mms {
-            Some(mms) => assert_eq!(
-                rate_row(&mut c, &mms_name),
-                (
-                    "campaign".into(),
-                    campaign.clone(),
-                    some("att"),
-                    some("mms"),
-                    None,
-                    mms,
-                    60_000,
-                    mms
-                ),
-                "class {class} MMS"
-            ),
-            None => assert_eq!(
-                count(
+        for (channel, rate) in [("sms", sms), ("mms", mms)] {
+            assert_eq!(
+                rate_row(
                     &mut c,
-                    &format!("SELECT count(*) FROM throttle.rate_limit WHERE name = '{mms_name}'")
+                    &format!("att_10dlc/{class}/campaign:{campaign}/{channel}")
                 ),
-                0,
-                "class {class} has no MMS rule"
-            ),
+                exact(
+                    "campaign",
+                    &campaign,
+                    Some("att"),
+                    Some(channel),
+                    None,
+                    rate,
+                    60_000,
+                    per_number
+                ),
+                "class {class} {channel}"
+            );
         }
     }
-    assert_eq!(limit_rows(&mut c), (31, 0, 0));
+    assert_eq!(limit_rows(&mut c), (32, 0, 0));
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM throttle.rate_limit WHERE burst IS NOT NULL"
+        ),
+        0,
+        "every created rate limit is window-exact"
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM throttle.rate_limit WHERE each_sender"
+        ),
+        6,
+        "classes G, N and Y, SMS and MMS"
+    );
     // Discovery lists them too.
     assert_eq!(
         count(
             &mut c,
             "SELECT count(*) FROM throttle.profiles
-              WHERE profile = 'att_10dlc' AND scope = 'campaign' AND summary LIKE '%/min%carrier att%'"
+              WHERE profile = 'att_10dlc' AND scope = 'campaign'
+                AND summary LIKE '%/min, window-exact%carrier att%'"
         ),
-        31
+        32
     );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM throttle.profiles
+              WHERE profile = 'att_10dlc' AND summary LIKE '%each sender on its own%'"
+        ),
+        6
+    );
+
+    // Per number: two numbers of a class-N campaign admit 60 SMS each at once, not 60 in all.
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender, campaign) VALUES ('n-1', 'camp-N'), ('n-2', 'camp-N')",
+    )
+    .expect("senders");
+    for sender in ["n-1", "n-2"] {
+        let admitted = count(
+            &mut c,
+            &format!(
+                "SELECT count(*) FILTER (WHERE throttle.try_admit('{sender}', 'att', now(), 1, 'sms'))
+                   FROM generate_series(1, 61)"
+            ),
+        );
+        assert_eq!(admitted, 60, "{sender}: its own 60 a minute");
+    }
+}
+
+#[test]
+fn verizon_10dlc_gives_each_number_of_the_campaign_6000_sms_a_minute_and_25_mms_a_second() {
+    let server = Server::start("profiles-verizon", &[]);
+    let mut c = server.connect();
+    let got = apply(&mut c, "verizon_10dlc", "campaign", "V1", None);
+    assert_eq!(
+        sorted_names(&got),
+        vec![
+            ("rate".into(), "verizon_10dlc/campaign:V1/mms".into(), true),
+            ("rate".into(), "verizon_10dlc/campaign:V1/sms".into(), true),
+        ]
+    );
+    assert_eq!(
+        rate_row(&mut c, "verizon_10dlc/campaign:V1/sms"),
+        exact(
+            "campaign",
+            "V1",
+            Some("verizon"),
+            Some("sms"),
+            None,
+            6000,
+            60_000,
+            true
+        )
+    );
+    assert_eq!(
+        rate_row(&mut c, "verizon_10dlc/campaign:V1/mms"),
+        exact(
+            "campaign",
+            "V1",
+            Some("verizon"),
+            Some("mms"),
+            None,
+            25,
+            1_000,
+            true
+        )
+    );
+    // The source is named (not in the seeds).
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM throttle.profile_rule WHERE profile = 'verizon_10dlc' AND note LIKE '%Convey%'"
+        ),
+        2
+    );
+    // It stacks with AT&T's profile on the same campaign (different carrier), and has no classes.
+    apply(&mut c, "att_10dlc", "campaign", "V1", Some("A"));
+    let e = try_apply(&mut c, "verizon_10dlc", "campaign", "V1", Some("A")).expect_err("class");
+    assert_eq!(sqlstate(&e), "22023");
+    assert_eq!(limit_rows(&mut c), (4, 0, 0));
+    // Each number on its own: two numbers of the campaign admit 25 MMS each at once.
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender, campaign) VALUES ('v-1', 'V1'), ('v-2', 'V1')",
+    )
+    .expect("senders");
+    for sender in ["v-1", "v-2"] {
+        let admitted = count(
+            &mut c,
+            &format!(
+                "SELECT count(*) FILTER (WHERE throttle.try_admit('{sender}', 'verizon', now(), 1, 'mms'))
+                   FROM generate_series(1, 26)"
+            ),
+        );
+        assert_eq!(admitted, 25, "{sender}: its own 25 a second");
+    }
 }
 
 #[test]
 fn applying_twice_creates_nothing_and_overrides_survive() {
     let server = Server::start("profiles-idempotent", &[]);
     let mut c = server.connect();
-    let plan: [(&str, &str, &str, Option<&str>); 8] = [
+    let plan: [(&str, &str, &str, Option<&str>); 12] = [
         ("att_10dlc", "campaign", "C1", Some("A")),
+        ("att_10dlc", "campaign", "C2", Some("Y")),
+        ("verizon_10dlc", "campaign", "C1", None),
         ("tmobile_brand", "brand", "acme", Some("low_mid")),
         ("twilio_account", "account", "acme", None),
         ("twilio_short_code", "sender", "12345", None),
@@ -355,6 +602,13 @@ fn applying_twice_creates_nothing_and_overrides_survive() {
         ("sendblue_line", "sender", "+15550002", None),
         ("sendblue_line", "sender", "+15550003", Some("expanded")),
         ("sendblue_account", "account", "sb", None),
+        ("sendblue_account", "account", "sb-blue", Some("blue")),
+        (
+            "sendblue_account",
+            "account",
+            "sb-sapphire",
+            Some("Sapphire"),
+        ),
     ];
     let mut first = Vec::new();
     for (profile, scope, id, class) in plan {
@@ -364,12 +618,25 @@ fn applying_twice_creates_nothing_and_overrides_survive() {
         first.push(got);
     }
     let before = limit_rows(&mut c);
-    assert_eq!(before, (2 + 4 + 1 + 1 + 1 + 1, 1 + 2, 1 + 2));
+    assert_eq!(
+        before,
+        (2 + 2 + 2 + 4 + 1 + 1 + 1 + 1, 1 + 2 + 2 + 2, 1 + 2)
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM throttle.rate_limit WHERE burst IS NOT NULL"
+        ),
+        0,
+        "every created rate limit is window-exact"
+    );
 
     // Overrides of a rate, a cap and a queue cap.
     c.batch_execute(
         "UPDATE throttle.rate_limit SET rate = 4000, burst = 100 WHERE name = 'att_10dlc/A/campaign:C1/sms';
+         UPDATE throttle.rate_limit SET each_sender = false WHERE name = 'att_10dlc/Y/campaign:C2/sms';
          UPDATE throttle.cap SET cap = 12000 WHERE name = 'tmobile_brand/low_mid/brand:acme/daily';
+         UPDATE throttle.cap SET overage_pct = 50, warn_at = '{100}' WHERE name = 'sendblue_account/blue/account:sb-blue/monthly';
          UPDATE throttle.queue_cap SET max_waiting = 1000 WHERE name = 'sendblue_line/standard/sender:+15550002/queue';",
     )
     .expect("override");
@@ -391,7 +658,15 @@ fn applying_twice_creates_nothing_and_overrides_survive() {
         "nothing created the second time"
     );
     let r = rate_row(&mut c, "att_10dlc/A/campaign:C1/sms");
-    assert_eq!((r.5, r.7), (4000, 100), "the rate override is kept");
+    assert_eq!(
+        (r.rate, r.burst),
+        (4000, Some(100)),
+        "the rate override is kept"
+    );
+    assert!(
+        !rate_row(&mut c, "att_10dlc/Y/campaign:C2/sms").each_sender,
+        "the each_sender override is kept"
+    );
     assert_eq!(
         count(
             &mut c,
@@ -399,6 +674,12 @@ fn applying_twice_creates_nothing_and_overrides_survive() {
         ),
         12000,
         "the cap override is kept"
+    );
+    let r = cap_row(&mut c, "sendblue_account/blue/account:sb-blue/monthly");
+    assert_eq!(
+        (r.4, r.5),
+        (50, vec![100]),
+        "the overage and warn_at override is kept"
     );
     assert_eq!(
         count(
@@ -408,9 +689,12 @@ fn applying_twice_creates_nothing_and_overrides_survive() {
         1000,
         "the queue cap override is kept"
     );
-    // A deleted rule comes back, alone.
-    c.batch_execute("DELETE FROM throttle.rate_limit WHERE name = 'att_10dlc/A/campaign:C1/mms'")
-        .expect("delete");
+    // A deleted rule comes back, alone, as shipped.
+    c.batch_execute(
+        "DELETE FROM throttle.rate_limit WHERE name = 'att_10dlc/A/campaign:C1/mms';
+         DELETE FROM throttle.cap WHERE name = 'sendblue_account/sapphire/account:sb-sapphire/monthly';",
+    )
+    .expect("delete");
     let got = apply(&mut c, "att_10dlc", "campaign", "C1", Some("A"));
     let created: Vec<&str> = got
         .iter()
@@ -418,6 +702,35 @@ fn applying_twice_creates_nothing_and_overrides_survive() {
         .map(|a| a.name.as_str())
         .collect();
     assert_eq!(created, vec!["att_10dlc/A/campaign:C1/mms"]);
+    assert_eq!(
+        rate_row(&mut c, "att_10dlc/A/campaign:C1/mms"),
+        exact(
+            "campaign",
+            "C1",
+            Some("att"),
+            Some("mms"),
+            None,
+            2400,
+            60_000,
+            false
+        )
+    );
+    let got = apply(
+        &mut c,
+        "sendblue_account",
+        "account",
+        "sb-sapphire",
+        Some("sapphire"),
+    );
+    let created: Vec<&str> = got
+        .iter()
+        .filter(|a| a.created)
+        .map(|a| a.name.as_str())
+        .collect();
+    assert_eq!(
+        created,
+        vec!["sendblue_account/sapphire/account:sb-sapphire/monthly"]
+    );
     assert_eq!(limit_rows(&mut c), before);
 }
 
@@ -432,57 +745,41 @@ fn tmobile_score_62_is_a_40000_daily_cap_at_midnight_los_angeles_deferred_to_eig
     assert!(got[0].created);
     let r = c
         .query_one(
-            "SELECT cap_id, scope::text, scope_id, carrier, channel, cap, period::text, reset_at::text,
-                    time_zone, at_cap::text, local_time::text, error_code, overage_pct
+            "SELECT cap_id, scope::text, scope_id, local_time::text, error_code
                FROM throttle.cap WHERE name = 'tmobile_brand/high_mid/brand:acme/daily'",
             &[],
         )
         .expect("cap");
     let id: i64 = r.get(0);
     assert_eq!(id, got[0].id);
-    let row: (
-        String,
-        String,
-        Option<String>,
-        Option<String>,
-        i64,
-        String,
-        String,
-        String,
-        String,
-        String,
-        Option<String>,
-        i32,
-    ) = (
-        r.get(1),
-        r.get(2),
-        r.get(3),
-        r.get(4),
-        r.get(5),
-        r.get(6),
-        r.get(7),
-        r.get(8),
-        r.get(9),
-        r.get(10),
-        r.get(11),
-        r.get(12),
-    );
+    let (scope, scope_id, local_time, code): (String, String, String, Option<String>) =
+        (r.get(1), r.get(2), r.get(3), r.get(4));
     assert_eq!(
-        row,
+        (scope.as_str(), scope_id.as_str(), local_time.as_str(), code),
+        ("brand", "acme", "08:00:00", some("542"))
+    );
+    // No channel: SMS and MMS count against the same cap, in cost (an MMS costs 1).
+    assert_eq!(
+        cap_row(&mut c, "tmobile_brand/high_mid/brand:acme/daily"),
         (
-            "brand".into(),
-            "acme".into(),
-            some("tmobile"),
-            None,
             40000,
             "day".into(),
             "00:00:00".into(),
             "America/Los_Angeles".into(),
+            0,
+            vec![75, 90, 100],
             "defer_local".into(),
-            "08:00:00".into(),
-            some("542"),
-            0
+            some("tmobile"),
+            None
         )
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM throttle.profile_rule
+              WHERE profile = 'tmobile_brand' AND note LIKE '%SMS segments and MMS messages%MMS with cost 1%'"
+        ),
+        4
     );
     // Every tier, by name and by the edges of its vetting scores (Russell 3000 = high).
     for (class, cap) in [
@@ -524,45 +821,176 @@ fn tmobile_score_62_is_a_40000_daily_cap_at_midnight_los_angeles_deferred_to_eig
 }
 
 #[test]
+fn sendblue_account_default_and_plans_blue_and_sapphire() {
+    let server = Server::start("profiles-sendblue-account", &[]);
+    let mut c = server.connect();
+    // The default class (seed 004): 2,000 an hour and 4,000 a day (03:00 New York), deferred.
+    let got = apply(&mut c, "sendblue_account", "account", "sb", None);
+    assert_eq!(
+        sorted_names(&got),
+        vec![
+            (
+                "cap".into(),
+                "sendblue_account/default/account:sb/daily".into(),
+                true
+            ),
+            (
+                "cap".into(),
+                "sendblue_account/default/account:sb/hourly".into(),
+                true
+            ),
+        ]
+    );
+    let ny = || "America/New_York".to_string();
+    let warn = || vec![75, 90, 100];
+    assert_eq!(
+        cap_row(&mut c, "sendblue_account/default/account:sb/hourly"),
+        (
+            2000,
+            "hour".into(),
+            "00:00:00".into(),
+            ny(),
+            0,
+            warn(),
+            "defer".into(),
+            None,
+            None
+        )
+    );
+    assert_eq!(
+        cap_row(&mut c, "sendblue_account/default/account:sb/daily"),
+        (
+            4000,
+            "day".into(),
+            "03:00:00".into(),
+            ny(),
+            0,
+            warn(),
+            "defer".into(),
+            None,
+            None
+        )
+    );
+    // The plans (seed 002): a daily throttle, and a monthly limit that may reach 120 % with
+    // notices at 75, 90 and 100 %.
+    for (class, account, n) in [("blue", "sb-b", 2000i64), ("Sapphire", "sb-s", 6000)] {
+        let lower = class.to_lowercase();
+        let got = apply(&mut c, "sendblue_account", "account", account, Some(class));
+        assert_eq!(
+            sorted_names(&got),
+            vec![
+                (
+                    "cap".into(),
+                    format!("sendblue_account/{lower}/account:{account}/daily"),
+                    true
+                ),
+                (
+                    "cap".into(),
+                    format!("sendblue_account/{lower}/account:{account}/monthly"),
+                    true
+                ),
+            ]
+        );
+        assert_eq!(
+            cap_row(
+                &mut c,
+                &format!("sendblue_account/{lower}/account:{account}/daily")
+            ),
+            (
+                n,
+                "day".into(),
+                "03:00:00".into(),
+                ny(),
+                0,
+                warn(),
+                "defer".into(),
+                None,
+                None
+            ),
+            "{class} daily"
+        );
+        assert_eq!(
+            cap_row(
+                &mut c,
+                &format!("sendblue_account/{lower}/account:{account}/monthly")
+            ),
+            (
+                n,
+                "month".into(),
+                "03:00:00".into(),
+                ny(),
+                20,
+                warn(),
+                "defer".into(),
+                None,
+                None
+            ),
+            "{class} monthly"
+        );
+        // cap_state: the month allows 120 %, and its window starts on the 1st in New York.
+        let r = c
+            .query_one(
+                "SELECT allowed, extract(day FROM window_start AT TIME ZONE 'America/New_York')::int8
+                   FROM throttle.cap_state WHERE name = $1",
+                &[&format!("sendblue_account/{lower}/account:{account}/monthly")],
+            )
+            .expect("cap_state");
+        let (allowed, day): (i64, i64) = (r.get(0), r.get(1));
+        assert_eq!((allowed, day), (n * 120 / 100, 1), "{class}");
+    }
+    // Discovery shows the overage and the notices.
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM throttle.profiles
+              WHERE profile = 'sendblue_account' AND rule = 'monthly'
+                AND summary LIKE '%/month%overage 20 %%warn at 75/90/100 %%' AND note LIKE '%seed 002%'"
+        ),
+        2
+    );
+    // One plan per account: another class on the same account is refused.
+    let e = try_apply(
+        &mut c,
+        "sendblue_account",
+        "account",
+        "sb-b",
+        Some("sapphire"),
+    )
+    .expect_err("stack");
+    assert_eq!(sqlstate(&e), "22023");
+    assert_eq!(limit_rows(&mut c), (0, 6, 0));
+}
+
+#[test]
 fn the_other_profiles_create_the_rules_of_their_providers() {
     let server = Server::start("profiles-others", &[]);
     let mut c = server.connect();
-    // WhatsApp: standard by default (80/s), high 1,000/s.
+    // WhatsApp: standard by default (80/s), high 1,000/s; Meta counts inbound as well.
     let got = apply(&mut c, "whatsapp", "sender", "+15550100", None);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].name, "whatsapp/standard/sender:+15550100/rate");
     assert_eq!(
         rate_row(&mut c, "whatsapp/standard/sender:+15550100/rate"),
-        (
-            "sender".into(),
-            "+15550100".into(),
-            None,
-            None,
-            None,
-            80,
-            1000,
-            80
-        )
+        exact("sender", "+15550100", None, None, None, 80, 1000, false)
     );
     apply(&mut c, "whatsapp", "sender", "+15550101", Some("high"));
     assert_eq!(
-        rate_row(&mut c, "whatsapp/high/sender:+15550101/rate").5,
-        1000
+        rate_row(&mut c, "whatsapp/high/sender:+15550101/rate"),
+        exact("sender", "+15550101", None, None, None, 1000, 1000, false)
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM throttle.rate_limit
+              WHERE name LIKE 'whatsapp/%' AND note LIKE '%Meta counts%inbound messages as well as%outbound%'"
+        ),
+        2
     );
     // Twilio short code: 100 MPS.
     apply(&mut c, "twilio_short_code", "sender", "12345", None);
     assert_eq!(
         rate_row(&mut c, "twilio_short_code/sender:12345/rate"),
-        (
-            "sender".into(),
-            "12345".into(),
-            None,
-            None,
-            None,
-            100,
-            1000,
-            100
-        )
+        exact("sender", "12345", None, None, None, 100, 1000, false)
     );
     // Twilio account: per sender type and channel, and a 4-hour queue (error 30001).
     let got = apply(&mut c, "twilio_account", "account", "acme", None);
@@ -575,15 +1003,15 @@ fn the_other_profiles_create_the_rules_of_their_providers() {
     ] {
         assert_eq!(
             rate_row(&mut c, &format!("twilio_account/account:acme/{rule}")),
-            (
-                "account".into(),
-                "acme".into(),
+            exact(
+                "account",
+                "acme",
                 None,
-                some(channel),
-                some(sender_type),
+                Some(channel),
+                Some(sender_type),
                 rate,
                 1000,
-                rate
+                false
             ),
             "{rule}"
         );
@@ -599,7 +1027,7 @@ fn the_other_profiles_create_the_rules_of_their_providers() {
         (q.get(0), q.get(1), q.get(2), q.get(3));
     assert!(got.iter().any(|a| a.kind == "queue_cap" && a.id == qid));
     assert_eq!((max_waiting, validity, code), (None, 14_400, some("30001")));
-    // Sendblue line: 1/s burst 1, 1,500 queued (standard, the default) or 6,000 (expanded).
+    // Sendblue line: 1/s, 1,500 queued (standard, the default) or 6,000 (expanded).
     let got = apply(&mut c, "sendblue_line", "sender", "+15550200", None);
     let mut names: Vec<&str> = got.iter().map(|a| a.name.as_str()).collect();
     names.sort();
@@ -612,16 +1040,7 @@ fn the_other_profiles_create_the_rules_of_their_providers() {
     );
     assert_eq!(
         rate_row(&mut c, "sendblue_line/sender:+15550200/rate"),
-        (
-            "sender".into(),
-            "+15550200".into(),
-            None,
-            None,
-            None,
-            1,
-            1000,
-            1
-        )
+        exact("sender", "+15550200", None, None, None, 1, 1000, false)
     );
     apply(
         &mut c,
@@ -643,39 +1062,6 @@ fn the_other_profiles_create_the_rules_of_their_providers() {
         let (m, e): (Option<i64>, Option<String>) = (r.get(0), r.get(1));
         assert_eq!((m, e), (Some(max), some("429")), "{name}");
     }
-    // Sendblue account: 2,000 an hour and 4,000 a day (03:00 New York), deferred.
-    apply(&mut c, "sendblue_account", "account", "sb", None);
-    let caps: Vec<(String, i64, String, String, String, String)> = c
-        .query(
-            "SELECT name, cap, period::text, reset_at::text, time_zone, at_cap::text
-               FROM throttle.cap WHERE scope = 'account' AND scope_id = 'sb' ORDER BY name",
-            &[],
-        )
-        .expect("caps")
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
-        .collect();
-    assert_eq!(
-        caps,
-        vec![
-            (
-                "sendblue_account/account:sb/daily".into(),
-                4000,
-                "day".into(),
-                "03:00:00".into(),
-                "America/New_York".into(),
-                "defer".into()
-            ),
-            (
-                "sendblue_account/account:sb/hourly".into(),
-                2000,
-                "hour".into(),
-                "00:00:00".into(),
-                "America/New_York".into(),
-                "defer".into()
-            ),
-        ]
-    );
     // The Twilio queue's size is its slowest rate (25 MPS) x 4 h: an enqueue by a sender of
     // the account has the worker count it.
     c.batch_execute(
@@ -691,7 +1077,7 @@ fn the_other_profiles_create_the_rules_of_their_providers() {
         ),
         25 * 14_400
     );
-    // Every profile is listed for discovery, with its one scope.
+    // Every profile is listed for discovery, with its one scope; every rate is window-exact.
     let listed: Vec<(String, String)> = c
         .query(
             "SELECT DISTINCT profile, scope::text FROM throttle.profiles ORDER BY 1",
@@ -713,6 +1099,68 @@ fn the_other_profiles_create_the_rules_of_their_providers() {
         ),
         0
     );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM throttle.profile_rule WHERE kind = 'rate' AND burst IS NOT NULL"
+        ),
+        0
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM throttle.profiles WHERE kind = 'rate' AND summary NOT LIKE '%window-exact%'"
+        ),
+        0
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM throttle.profile_rule"),
+        SHIPPED_RULES
+    );
+}
+
+/// The upgrade script from 0.1.0 replaces the shipped rules, apply_profile and the profiles
+/// view with the same text as a fresh install (sql/profiles.sql), and gives profile_rule the
+/// same constraints.
+#[test]
+fn the_upgrade_from_0_1_0_ships_the_same_profiles_as_a_fresh_install() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql");
+    let fresh = std::fs::read_to_string(dir.join("profiles.sql")).expect("profiles.sql");
+    let upgrade = std::fs::read_to_string(dir.join("pg_throttle--0.1.0--0.2.0.sql"))
+        .expect("pg_throttle--0.1.0--0.2.0.sql");
+    let between = |text: &str, begin: &str, end: &str| -> String {
+        let b = text
+            .find(begin)
+            .unwrap_or_else(|| panic!("{begin:?} missing"));
+        let e = text[b..]
+            .find(end)
+            .unwrap_or_else(|| panic!("{end:?} missing"));
+        text[b..b + e + end.len()].to_string()
+    };
+    let shipped = between(
+        &fresh,
+        "-- BEGIN shipped profiles\n",
+        "-- END shipped profiles\n",
+    );
+    let section = between(&upgrade, "-- BEGIN profiles\n", "-- END profiles\n");
+    assert!(
+        section.contains(&shipped),
+        "the upgrade's profiles section must repeat sql/profiles.sql's shipped part verbatim"
+    );
+    assert!(section.contains("DELETE FROM throttle.profile_rule;"));
+    // The table's 0.2.0 columns and constraints, the same in both (whitespace aside).
+    let flat = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let (fresh_flat, section_flat) = (flat(&fresh), flat(&section));
+    for (begin, end) in [
+        ("profile_rule_columns CHECK (", "END)"),
+        ("profile_rule_each_sender CHECK (", "'sender'))"),
+        ("each_sender boolean", "false"),
+        ("warn_at integer[] CHECK (", "1100 >= ALL (warn_at))"),
+    ] {
+        let f = between(&fresh_flat, begin, end);
+        let u = between(&section_flat, begin, end);
+        assert_eq!(f, u, "{begin}");
+    }
 }
 
 #[test]
@@ -729,7 +1177,15 @@ fn bad_arguments_are_refused_with_the_valid_choices_and_change_nothing() {
     let before = limit_rows(&mut c);
     let att_classes = "A, B, C, D, E, F, T, G, P, S, K, X, Z, Y, W, N";
     let tiers = "low, low_mid, high_mid, high";
-    let cases: Vec<(&str, &str, Option<&str>, &str, &str, Vec<String>)> = vec![
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        &'a str,
+        &'a str,
+        Vec<String>,
+    );
+    let cases: Vec<Case> = vec![
         // (profile, scope, class, scope_id, SQLSTATE, what the hint must list)
         (
             "att_100dlc",
@@ -843,6 +1299,22 @@ fn bad_arguments_are_refused_with_the_valid_choices_and_change_nothing() {
             "22023",
             vec!["account".into()],
         ),
+        (
+            "sendblue_account",
+            "account",
+            Some("gold"),
+            "sb",
+            "22023",
+            vec!["default, blue, sapphire".into()],
+        ),
+        (
+            "verizon_10dlc",
+            "sender",
+            None,
+            "+1",
+            "22023",
+            vec!["campaign".into()],
+        ),
         ("whatsapp", "sender", None, "", "22023", vec![]),
         // Another class of the same profile on the same scope: the rows to delete are named.
         ("att_10dlc", "campaign", Some("A"), "C1", "22023", vec![]),
@@ -917,11 +1389,11 @@ fn bad_arguments_are_refused_with_the_valid_choices_and_change_nothing() {
     assert_eq!(sqlstate(&e), "42501", "{e}");
     assert_eq!(
         count(&mut app, "SELECT count(*) FROM throttle.profiles"),
-        48
+        SHIPPED_RULES
     );
     assert_eq!(
         count(&mut app, "SELECT count(*) FROM throttle.profile_rule"),
-        48
+        SHIPPED_RULES
     );
     assert_eq!(limit_rows(&mut c), before);
 }
@@ -964,7 +1436,7 @@ fn a_sendblue_line_releases_one_message_a_second_and_queues_at_most_1500() {
         "nothing changed"
     );
 
-    // Five messages on the line: one at once (burst 1), then one a second.
+    // Five messages on the line: one at once, then one a second.
     when_counted(
         &mut c,
         "SELECT throttle.enqueue('sb-line', 'att') FROM generate_series(1, 5)",
@@ -995,4 +1467,143 @@ fn a_sendblue_line_releases_one_message_a_second_and_queues_at_most_1500() {
             "gap {gap} µs: outside 1.0–1.3 s"
         );
     }
+}
+
+/// Limits applied from 0.1.0's profiles survive `ALTER EXTENSION pg_throttle UPDATE` as they
+/// are; the update warns about those whose rule changed, renames 0.1.0's sendblue_account rows
+/// to its default class, and applying the profiles again then adds only the new rules.
+#[test]
+fn limits_applied_under_0_1_0_are_kept_and_the_update_says_which_rules_changed() {
+    let server = Server::start("profiles-upgrade", &["throttle.worker_enabled = off"]);
+    let mut c = server.connect();
+    c.batch_execute(
+        "DROP EXTENSION pg_throttle;
+         CREATE EXTENSION pg_throttle VERSION '0.1.0';",
+    )
+    .expect("install 0.1.0");
+    for (profile, scope, id, class) in [
+        ("att_10dlc", "campaign", "C-E", Some("E")),
+        ("att_10dlc", "campaign", "C-G", Some("G")),
+        ("att_10dlc", "campaign", "C-A", Some("A")),
+        ("sendblue_account", "account", "sb", None),
+        ("tmobile_brand", "brand", "acme", Some("low")),
+    ] {
+        apply(&mut c, profile, scope, id, class);
+    }
+    let before = limit_rows(&mut c);
+    let caps_before: Vec<(i64, String)> = c
+        .query("SELECT cap_id, name FROM throttle.cap ORDER BY cap_id", &[])
+        .expect("caps")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+
+    // Update through a connection that keeps the warnings.
+    let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = notices.clone();
+    let mut config: postgres::Config = server.conninfo().parse().expect("conninfo");
+    config.notice_callback(move |n| {
+        seen.lock().unwrap().push(format!(
+            "{} {} | {} | {}",
+            n.severity(),
+            n.message(),
+            n.detail().unwrap_or_default(),
+            n.hint().unwrap_or_default()
+        ))
+    });
+    let mut u = config.connect(postgres::NoTls).expect("connect");
+    u.batch_execute("ALTER EXTENSION pg_throttle UPDATE")
+        .expect("ALTER EXTENSION UPDATE");
+    drop(u);
+    let notices = notices.lock().unwrap().clone();
+    let warning: Vec<&String> = notices
+        .iter()
+        .filter(|n| n.contains("changed the provider rules"))
+        .collect();
+    assert_eq!(warning.len(), 1, "{notices:?}");
+    assert!(
+        warning[0].starts_with("WARNING")
+            && warning[0].contains("behind 2 limits")
+            && warning[0].contains("att_10dlc/E/campaign:C-E/mms")
+            && warning[0].contains("att_10dlc/G/campaign:C-G/sms")
+            && warning[0].contains("apply its profile again"),
+        "{}",
+        warning[0]
+    );
+
+    // Nothing was created or deleted; the applied rows keep their 0.1.0 numbers.
+    assert_eq!(limit_rows(&mut c), before);
+    assert_eq!(
+        rate_row(&mut c, "att_10dlc/E/campaign:C-E/mms"),
+        exact(
+            "campaign",
+            "C-E",
+            Some("att"),
+            Some("mms"),
+            None,
+            150,
+            60_000,
+            false
+        )
+    );
+    assert!(!rate_row(&mut c, "att_10dlc/G/campaign:C-G/sms").each_sender);
+    // 0.1.0's sendblue_account rows are its default class now: same ids, new names.
+    let caps_after: Vec<(i64, String)> = c
+        .query("SELECT cap_id, name FROM throttle.cap ORDER BY cap_id", &[])
+        .expect("caps")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let renamed: Vec<(i64, String)> = caps_before
+        .iter()
+        .map(|(id, name)| {
+            (
+                *id,
+                name.replace(
+                    "sendblue_account/account:",
+                    "sendblue_account/default/account:",
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(caps_after, renamed);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM throttle.profile_rule"),
+        SHIPPED_RULES
+    );
+
+    // Applying again creates only the rules 0.1.0 did not have (class G's MMS).
+    let mut created = Vec::new();
+    for (profile, scope, id, class) in [
+        ("att_10dlc", "campaign", "C-E", Some("E")),
+        ("att_10dlc", "campaign", "C-G", Some("G")),
+        ("att_10dlc", "campaign", "C-A", Some("A")),
+        ("sendblue_account", "account", "sb", None),
+        ("tmobile_brand", "brand", "acme", Some("low")),
+    ] {
+        created.extend(
+            apply(&mut c, profile, scope, id, class)
+                .into_iter()
+                .filter(|a| a.created)
+                .map(|a| a.name),
+        );
+    }
+    assert_eq!(created, vec!["att_10dlc/G/campaign:C-G/mms".to_string()]);
+    // A deleted row comes back with the new rule.
+    c.batch_execute("DELETE FROM throttle.rate_limit WHERE name = 'att_10dlc/E/campaign:C-E/mms'")
+        .expect("delete");
+    apply(&mut c, "att_10dlc", "campaign", "C-E", Some("E"));
+    assert_eq!(
+        rate_row(&mut c, "att_10dlc/E/campaign:C-E/mms"),
+        exact(
+            "campaign",
+            "C-E",
+            Some("att"),
+            Some("mms"),
+            None,
+            50,
+            60_000,
+            false
+        )
+    );
 }
