@@ -23,6 +23,14 @@ install_release() {
     local sudo_flag=()
     if ! is_root && [ ! -w "$($PG_CONFIG --pkglibdir)" ]; then sudo_flag=(--sudo); fi
     cargo pgrx install --release -c "$PG_CONFIG" "${sudo_flag[@]}" >/dev/null
+    # Released install scripts (pgrx copies only upgrade scripts): CREATE EXTENSION ... VERSION
+    # of an older release, and the upgrade test, start from them.
+    local extdir
+    extdir="$($PG_CONFIG --sharedir)/extension"
+    for f in sql/pg_throttle--[0-9]*.[0-9]*.[0-9]*.sql; do
+        case "$f" in *--*--*) continue ;; esac
+        if [ -w "$extdir" ]; then cp "$f" "$extdir/"; else sudo cp "$f" "$extdir/"; fi
+    done
 }
 # A directory for test clusters, owned by the server's user, exported for the Rust tests.
 test_dir() {

@@ -1,0 +1,213 @@
+//! Upgrading a database from the released 0.1.0 (its install script kept in sql/) with
+//! `ALTER EXTENSION pg_throttle UPDATE`: everything in it is kept, the old default burst
+//! becomes window-exact, the schema is the same as a fresh install's, and it works.
+
+use pg_throttle_tests::{count, wait_for, Client, Server};
+use std::time::Duration;
+
+/// The extension's schema as the catalogs describe it: tables' columns and constraints,
+/// indexes, views, functions (with their bodies where they are SQL or PL/pgSQL), triggers and
+/// types, one line each, sorted. Two databases with the same lines have the same schema.
+fn schema_of(c: &mut Client) -> Vec<String> {
+    let sql = "
+        SELECT 'column ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+               || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+               || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), '')
+          FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+          LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+         WHERE n.nspname = 'throttle' AND a.attnum > 0 AND NOT a.attisdropped
+           AND c.relkind IN ('r', 'v', 'p', 'c')
+        UNION ALL
+        SELECT 'constraint ' || c.relname || ' ' || pg_get_constraintdef(k.oid)
+          FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+          JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'throttle'
+        UNION ALL
+        SELECT 'index ' || pg_get_indexdef(i.indexrelid)
+          FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+          JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'throttle'
+        UNION ALL
+        SELECT 'view ' || c.relname || ' ' || pg_get_viewdef(c.oid)
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'throttle' AND c.relkind = 'v'
+        UNION ALL
+        SELECT 'function ' || p.oid::regprocedure::text || ' returns ' || pg_get_function_result(p.oid)
+               || ' ' || p.provolatile::text || p.proisstrict::text || p.prosecdef::text
+               || CASE WHEN l.lanname = 'c' THEN ' ' || p.prosrc ELSE ' ' || md5(p.prosrc) END
+          FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+          JOIN pg_language l ON l.oid = p.prolang WHERE n.nspname = 'throttle'
+        UNION ALL
+        SELECT 'trigger ' || pg_get_triggerdef(t.oid)
+          FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'throttle' AND NOT t.tgisinternal
+        UNION ALL
+        SELECT 'type ' || t.typname || ' ' || coalesce(
+                   (SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder) FROM pg_enum e WHERE e.enumtypid = t.oid), '')
+          FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+         WHERE n.nspname = 'throttle'
+           AND (t.typtype = 'e' OR (t.typtype = 'c' AND EXISTS (
+                   SELECT 1 FROM pg_class k WHERE k.oid = t.typrelid AND k.relkind = 'c')))
+        UNION ALL
+        SELECT 'grant ' || c.relname || ' ' || coalesce(c.relacl::text, '')
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'throttle' AND c.relkind IN ('r', 'v', 'S')
+        UNION ALL
+        SELECT 'profile_rule ' || r::text FROM throttle.profile_rule r
+        ORDER BY 1";
+    c.query(sql, &[])
+        .expect("schema")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[test]
+fn update_from_0_1_0_keeps_everything_and_matches_a_fresh_install() {
+    let server = Server::start("upgrade", &["throttle.worker_enabled = off"]);
+    let mut c = server.connect();
+    c.batch_execute(
+        "DROP EXTENSION pg_throttle;
+         CREATE EXTENSION pg_throttle VERSION '0.1.0';",
+    )
+    .expect("install 0.1.0");
+    let v: String = c
+        .query_one(
+            "SELECT extversion FROM pg_extension WHERE extname = 'pg_throttle'",
+            &[],
+        )
+        .expect("version")
+        .get(0);
+    assert_eq!(v, "0.1.0");
+    // Fill it as a 0.1.0 user would: senders, limits (the old default burst, and a chosen
+    // one), a cap with usage, a queue cap, and messages waiting.
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender, campaign, brand, account, sender_type)
+              SELECT 'up-' || g, 'up-camp', 'up-brand', 'up-acct', 'long_code' FROM generate_series(1, 3) g;
+         INSERT INTO throttle.rate_limit (name, scope, scope_id, rate, per)
+              VALUES ('up line', 'sender', 'up-1', 2, '1 second');
+         INSERT INTO throttle.rate_limit (name, scope, scope_id, rate, per, burst)
+              VALUES ('up camp', 'campaign', 'up-camp', 100, '1 minute', 5);
+         INSERT INTO throttle.cap (name, scope, scope_id, cap, period, reset_at, time_zone)
+              VALUES ('up brand daily', 'brand', 'up-brand', 1000, 'day', '00:00', 'America/Los_Angeles');
+         INSERT INTO throttle.cap_usage (cap_id, window_start, window_end, used, leased)
+              SELECT cap_id, w.window_start, w.window_end, 7, 0
+                FROM throttle.cap, LATERAL throttle.cap_window('day', '00:00', 'America/Los_Angeles', now()) w;
+         INSERT INTO throttle.pending (sender, carrier) SELECT 'up-' || (1 + g % 3), 'att' FROM generate_series(1, 12) g;
+         -- Created after the messages: the worker, switched off here, counts them at its start.
+         INSERT INTO throttle.queue_cap (name, scope, scope_id, max_waiting)
+              VALUES ('up account queue', 'account', 'up-acct', 50);",
+    )
+    .expect("fill 0.1.0");
+    let pending_before: Vec<i64> = c
+        .query("SELECT id FROM throttle.pending ORDER BY id", &[])
+        .expect("pending")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(pending_before.len(), 12);
+
+    c.batch_execute("ALTER EXTENSION pg_throttle UPDATE")
+        .expect("ALTER EXTENSION UPDATE");
+    let v: String = c
+        .query_one(
+            "SELECT extversion FROM pg_extension WHERE extname = 'pg_throttle'",
+            &[],
+        )
+        .expect("version")
+        .get(0);
+    assert_eq!(v, "0.2.0");
+
+    // Everything is still there; the old default burst is now window-exact, a chosen one kept.
+    assert_eq!(count(&mut c, "SELECT count(*) FROM throttle.sender"), 3);
+    let bursts: Vec<(String, Option<i64>)> = c
+        .query(
+            "SELECT name, burst FROM throttle.rate_limit ORDER BY name",
+            &[],
+        )
+        .expect("limits")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        bursts,
+        vec![
+            ("up camp".to_string(), Some(5)),
+            ("up line".to_string(), None)
+        ]
+    );
+    assert_eq!(count(&mut c, "SELECT used FROM throttle.cap_state"), 7);
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM throttle.sender WHERE weight = 1"
+        ),
+        3
+    );
+    let pending_after: Vec<i64> = c
+        .query("SELECT id FROM throttle.pending ORDER BY id", &[])
+        .expect("pending")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(pending_after, pending_before);
+
+    // The same schema as a fresh install of 0.2.0.
+    let upgraded = schema_of(&mut c);
+    c.batch_execute("CREATE DATABASE fresh").expect("create db");
+    let mut f = postgres::Client::connect(
+        &server.conninfo().replace("dbname=postgres", "dbname=fresh"),
+        postgres::NoTls,
+    )
+    .expect("connect fresh");
+    f.batch_execute("CREATE EXTENSION pg_throttle")
+        .expect("fresh install");
+    let fresh = schema_of(&mut f);
+    let only_upgraded: Vec<&String> = upgraded.iter().filter(|l| !fresh.contains(l)).collect();
+    let only_fresh: Vec<&String> = fresh.iter().filter(|l| !upgraded.contains(l)).collect();
+    assert!(
+        only_upgraded.is_empty() && only_fresh.is_empty(),
+        "schemas differ\nonly after the upgrade:\n{}\nonly in a fresh install:\n{}",
+        only_upgraded
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        only_fresh
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    // And it works: the worker releases the waiting messages under the upgraded limits.
+    c.batch_execute("ALTER SYSTEM SET throttle.worker_enabled = on")
+        .expect("worker on");
+    c.batch_execute("SELECT pg_reload_conf()").expect("reload");
+    let n = wait_for(
+        &mut c,
+        "SELECT count(*) FROM throttle.ready",
+        Duration::from_secs(10),
+        |n| n == 12,
+    );
+    assert_eq!(n, 12);
+    assert_eq!(count(&mut c, "SELECT used FROM throttle.cap_state"), 7 + 12);
+    assert_eq!(
+        count(&mut c, "SELECT waiting FROM throttle.queue_cap_state"),
+        0,
+        "the queue cap counted them and gave their places back"
+    );
+    // Admission answers under the upgraded limits: the campaign's token bucket (burst 5, 100
+    // a minute) is spent by the twelve just released, and says so.
+    let r = c
+        .query_one(
+            "SELECT admitted, blocked_by, retry_at IS NOT NULL FROM throttle.throttle_admit('up-2', 'att')",
+            &[],
+        )
+        .expect("admit");
+    let (admitted, by, when): (bool, Option<String>, bool) = (r.get(0), r.get(1), r.get(2));
+    assert!(
+        !admitted && by.as_deref() == Some("up camp") && when,
+        "{admitted} {by:?} {when}"
+    );
+}
