@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Chart a pg_throttle release: messages released per second vs. each series' limit.
+"""Chart a pg_throttle release: what each limit counted, second by second, vs. what it allows.
 
 For the demo: reads a CSV `second,series,released,limit` (stdin or a file), writes an SVG with
-one small-multiple panel per series (released per second as bars or a step area, the limit per
-second as a dashed line, shared x axis in seconds) and prints a plain-text summary table.
+one small-multiple panel per series (at each second, what the series' limit counted over its
+own period ending then, as bars or a step area; what the limit allows in that period as a
+dashed line; shared x axis in seconds) and prints a plain-text summary table.
 Python 3 standard library only.
 
   python3 scripts/chart.py release.csv -o release.svg --title "Release of campaign att-E"
@@ -21,8 +22,8 @@ from xml.sax.saxutils import escape
 COLUMNS = ("second", "series", "released", "limit")
 MAX_SECOND = 100_000  # guards against epoch timestamps passed as "seconds since start"
 BAR, LIMIT, GRID, INK, MUTED = "#4e79a7", "#d62728", "#e6e6e6", "#222", "#666"
-NOTE = ("note: with a rate limit, a 1-second bin can legitimately exceed the per-second rate by "
-        "the provider's burst; the peak is reported for the reader to judge.")
+NOTE = ("note: each value counts what a limit saw over its own period (a second, a minute) ending "
+        "at that second; at or under the line means no window broke the limit.")
 
 
 class InputError(Exception):
@@ -119,8 +120,8 @@ def fmt_limit(st):
     if st["lo"] is None:
         return "none"
     if st["lo"] == st["hi"]:
-        return f"{fmt(st['lo'])}/s"
-    return f"{fmt(st['lo'])}–{fmt(st['hi'])}/s"
+        return f"{fmt(st['lo'])}"
+    return f"{fmt(st['lo'])}–{fmt(st['hi'])}"
 
 
 def over_text(st):
@@ -168,10 +169,10 @@ def render(span, stats, title):
          f'<rect width="{W}" height="{c(H)}" fill="#fff"/>',
          text(W / 2, 30, title, 20, "middle", extra=' font-weight="bold"'),
          f'<rect x="{L}" y="48" width="14" height="12" fill="{BAR}"/>',
-         text(L + 20, 58, "released per second"),
+         text(L + 20, 58, "counted over the period"),
          f'<line x1="{L + 170}" y1="54" x2="{L + 200}" y2="54" stroke="{LIMIT}" '
          f'stroke-width="2" stroke-dasharray="6 4"/>',
-         text(L + 206, 58, "limit (per second)"),
+         text(L + 206, 58, "limit in that period"),
          text(W - R, 58, f"{len(stats)} series, {span} s, x axis shared", 11, "end", MUTED)]
     for i, st in enumerate(stats):
         pt = TOP + i * (PH + GAP)
@@ -180,7 +181,7 @@ def render(span, stats, title):
         sy = lambda v: y1 - PH * v / ymax
         o.append(f'<g class="panel" id="panel-{i + 1}" data-series="{esc(st["name"])}">')
         o.append(text(L, pt + 14, st["name"], 14, extra=' font-weight="bold"'))
-        o.append(text(W - R, pt + 14, f"total {fmt(st['total'])} · peak {fmt(st['peak'])}/s · "
+        o.append(text(W - R, pt + 14, f"peak {fmt(st['peak'])} · "
                       f"limit {fmt_limit(st)}", 11, "end", MUTED))
         o.append(f'<rect x="{L}" y="{c(y0)}" width="{PW}" height="{PH}" fill="#fafafa" stroke="#bbb"/>')
         for t in xt:
@@ -188,13 +189,13 @@ def render(span, stats, title):
         for t in nice_ticks(ymax, 4, integer=ymax >= 4):
             o.append(f'<line x1="{L - 4}" y1="{c(sy(t))}" x2="{L + PW}" y2="{c(sy(t))}" stroke="{GRID}"/>')
             o.append(text(L - 7, sy(t) + 4, fmt(t), 11, "end", MUTED))
-        o.append(text(18, (y0 + y1) / 2, "per second", 11, "middle", MUTED,
+        o.append(text(18, (y0 + y1) / 2, "in the period", 11, "middle", MUTED,
                       f' transform="rotate(-90 18 {c((y0 + y1) / 2)})"'))
         if bw >= 4:  # bars, with a hover tooltip each
             pad = bw * 0.15
             for s, r in enumerate(st["rel"]):
                 if r:
-                    lim = "" if st["lim"][s] is None else f" (limit {fmt(st['lim'][s])}/s)"
+                    lim = "" if st["lim"][s] is None else f" (limit {fmt(st['lim'][s])})"
                     o.append(f'<rect x="{c(sx(s) + pad)}" y="{c(sy(r))}" width="{c(bw - 2 * pad)}" '
                              f'height="{c(y1 - sy(r))}" fill="{BAR}"><title>second {s}: {r} released'
                              f'{esc(lim)}</title></rect>')
@@ -215,7 +216,7 @@ def render(span, stats, title):
                 o.append(f'<line x1="{c(sx(s))}" y1="{c(y)}" x2="{c(sx(e + 1))}" y2="{c(y)}" '
                          f'stroke="{LIMIT}" stroke-width="2" stroke-dasharray="6 4"/>')
                 ly = y + 14 if y - y0 < 18 else y - 5  # below the line when near the top
-                o.append(text(sx(e + 1) - 4, ly, f"limit {fmt(st['lim'][s])}/s", 11, "end", LIMIT,
+                o.append(text(sx(e + 1) - 4, ly, f"limit {fmt(st['lim'][s])}", 11, "end", LIMIT,
                               ' stroke="#fff" stroke-width="3" paint-order="stroke"'))
             s = e + 1
         o.append("</g>")
@@ -223,18 +224,18 @@ def render(span, stats, title):
         o.append(text(sx(t), bottom + 16, fmt(t), 11, "middle", MUTED))
     o.append(text(L + PW / 2, bottom + 36, "seconds since the start of the release", 12, "middle"))
     fy = bottom + 64
-    o.append(text(L, fy, "Totals per series", 12, extra=' font-weight="bold"'))
+    o.append(text(L, fy, "Per series", 12, extra=' font-weight="bold"'))
     for j, st in enumerate(stats):
-        line = (f"{st['name']}: {fmt(st['total'])} released over {st['window']} s"
-                + (f" (s {st['first']}–{st['last']})" if st["window"] else "")
-                + f", mean {fmt(st['mean'])}/s vs limit {fmt_limit(st)}")
+        line = (f"{st['name']}: peak {fmt(st['peak'])} against a limit of {fmt_limit(st)}"
+                + (f" (seconds {st['first']}–{st['last']} counted)" if st["window"] else "")
+                + f"; over the limit: {over_text(st)}")
         o.append(text(L, fy + 18 * (j + 1), line, 11, fill="#333"))
     o.append("</svg>")
     return "\n".join(o) + "\n"
 
 
 def summary(stats):
-    head = ("series", "total", "secs w/ rel", "peak/s", "limit/s", "exceeded limit")
+    head = ("series", "sum", "secs > 0", "peak", "limit", "exceeded limit")
     rows = [(st["name"], fmt(st["total"]), str(st["active"]), fmt(st["peak"]), fmt_limit(st),
              over_text(st)) for st in stats]
     w = [max(len(r[k]) for r in rows + [head]) for k in range(len(head))]
@@ -281,15 +282,16 @@ def self_test():
 def main():
     ap = argparse.ArgumentParser(
         description="Chart a pg_throttle release as an SVG of small multiples (one panel per "
-                    "series: released per second as bars, limit per second as a dashed line) "
+                    "series: what its limit counted over its period, second by second, as bars; the limit "
+                    "as a dashed line) "
                     "and print a summary table.",
         epilog="Input CSV columns (with a header row): second,series,released,limit. second is an "
-               "integer since the start of the release; released an integer; limit the series' "
-               "limit per second (empty = no limit). Missing seconds count as 0 released. Exit "
+               "integer since the start of the release; released what the limit counted over its "
+               "period ending then; limit what it allows in that period (empty = no limit). Missing seconds count as 0 released. Exit "
                "status 2 on bad input.")
     ap.add_argument("csv", nargs="?", help="input CSV file (default: stdin)")
     ap.add_argument("-o", "--output", default="release.svg", help="SVG to write (default: %(default)s)")
-    ap.add_argument("--title", default="pg_throttle release: messages released per second vs limit",
+    ap.add_argument("--title", default="pg_throttle release: what each limit counted vs what it allows",
                     help="overall chart title")
     ap.add_argument("--self-test", action="store_true", help="render a synthetic CSV and check the SVG")
     args = ap.parse_args()

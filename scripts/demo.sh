@@ -49,10 +49,10 @@ as_pg "$PG_BIN/pg_ctl" -D "$data" -l "$dir/server.log" -w start >/dev/null
 "${psql_cmd[@]}" -v ON_ERROR_STOP=1 -f scripts/demo.sql
 
 echo
-echo "==> chart of released per second against each limit"
+echo "==> chart: what each limit counted over its period, against what it allows"
 "${psql_cmd[@]}" --csv -c 'SELECT second, series, released, "limit" FROM public.demo_release ORDER BY series, second' \
     | python3 scripts/chart.py -o "$dir/release.svg" \
-        --title "pg_throttle demo: released per second against each limit"
+        --title "pg_throttle demo: every limit at or under its line"
 echo "    $dir/release.svg (open it in a browser)"
 
 cat <<EOF

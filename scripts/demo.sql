@@ -79,7 +79,7 @@ SET client_min_messages = warning;
 \echo '== Summary per limit: released, still waiting, and the busiest second'
 WITH per_second AS (
     SELECT CASE WHEN sender LIKE '+121255501__' THEN 'Sendblue line ' || right(sender, 4) || ' (1/s)'
-                WHEN carrier = 'att' THEN 'AT&T class E, CAMP-E1 (240/min, burst 240)'
+                WHEN carrier = 'att' THEN 'AT&T class E, CAMP-E1 (240 in any minute)'
                 ELSE 'T-Mobile, brand acme (600/day; short code 100 MPS)' END AS series,
            date_trunc('second', released_at) AS s, count(*) AS n
       FROM throttle.ready GROUP BY 1, 2)
@@ -113,21 +113,25 @@ SELECT limit_name, volume, time_needed, senders_needed, note
 \echo '== The worker'
 SELECT pid, ticks, released, queues, last_lag_ms, released_per_s FROM throttle.worker_state();
 
--- Per-second figures for the chart (scripts/demo.sh reads this table).
+-- Figures for the chart (scripts/demo.sh reads this table): at each second, what each limit
+-- counted over its own period ending then (the last second, or the last minute), against
+-- what it allows in that period. Every bar at or under its line: no window broke a limit.
 CREATE TABLE public.demo_release AS
-WITH series(series, pred, lim) AS (VALUES
-    ('Sendblue line 0101 (1/s)', 'line0101', 1.0),
-    ('AT&T class E, campaign CAMP-E1 (240/min)', 'att', 4.0),
-    ('T-Mobile, brand acme: short code 100 MPS, 600/day cap', 'tmo', 100.0)),
+WITH series(series, pred, lim, per) AS (VALUES
+    ('Sendblue line 0101: 1 in any second', 'line0101', 1, 1),
+    ('AT&T class E, campaign CAMP-E1: 240 in any minute', 'att', 240, 60),
+    ('T-Mobile via the short code: 100 segments in any second (cap 600/day)', 'tmo', 100, 1)),
 released AS (
-    SELECT floor(extract(epoch FROM released_at - :'t0'::timestamptz))::int AS second,
+    SELECT extract(epoch FROM released_at - :'t0'::timestamptz) AS at,
            CASE WHEN sender = '+12125550101' THEN 'line0101'
                 WHEN sender = '55501' AND carrier = 'att' THEN 'att'
-                WHEN sender = '55501' AND carrier = 'tmobile' THEN 'tmo' END AS pred
+                WHEN sender = '55501' AND carrier = 'tmobile' THEN 'tmo' END AS pred,
+           cost
       FROM throttle.ready)
-SELECT g.second, s.series, count(r.pred) AS released, s.lim AS "limit"
+SELECT g.second, s.series,
+       (SELECT coalesce(sum(r.cost), 0) FROM released r
+         WHERE r.pred = s.pred AND r.at >= g.second + 1 - s.per AND r.at < g.second + 1) AS released,
+       s.lim AS "limit"
   FROM generate_series(0, 12) g(second)
  CROSS JOIN series s
-  LEFT JOIN released r ON r.second = g.second AND r.pred = s.pred
- GROUP BY g.second, s.series, s.lim
  ORDER BY s.series, g.second;

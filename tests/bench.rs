@@ -163,8 +163,9 @@ fn main() {
             "latency" => release_latency(),
             "scale" => release_scale(),
             "enqueue" => enqueue_throughput(),
+            "fidelity" => fidelity(),
             other => {
-                eprintln!("unknown benchmark {other}: expected admit, release (or one of throughput, accuracy, latency, scale, enqueue)");
+                eprintln!("unknown benchmark {other}: expected admit, release, fidelity (or one of throughput, accuracy, latency, scale, enqueue)");
                 std::process::exit(2);
             }
         }
@@ -319,15 +320,15 @@ fn release_throughput() {
 }
 
 fn release_accuracy() {
-    println!("== accuracy: 1,000 senders at 1/s + campaign 4,500/min (burst 4,500) on AT&T, 60 s backlog");
+    println!("== accuracy: 1,000 senders at 1/s + campaign 4,500/min (window-exact) on AT&T, 60 s backlog");
     let server = Server::start("bench-accuracy", &BENCH_CONF);
     let mut c = server.connect();
     c.batch_execute(
         "INSERT INTO throttle.sender (sender, campaign) SELECT 'ac-' || g, 'ac-camp' FROM generate_series(1, 1000) g;
-         INSERT INTO throttle.rate_limit (scope, scope_id, rate, per, burst)
-              SELECT 'sender', 'ac-' || g, 1, '1 second', 1 FROM generate_series(1, 1000) g;
-         INSERT INTO throttle.rate_limit (scope, scope_id, carrier, rate, per, burst)
-              VALUES ('campaign', 'ac-camp', 'att', 4500, '1 minute', 4500);",
+         INSERT INTO throttle.rate_limit (scope, scope_id, rate, per)
+              SELECT 'sender', 'ac-' || g, 1, '1 second' FROM generate_series(1, 1000) g;
+         INSERT INTO throttle.rate_limit (scope, scope_id, carrier, rate, per)
+              VALUES ('campaign', 'ac-camp', 'att', 4500, '1 minute');",
     )
     .expect("set up");
     set_worker(&mut c, false);
@@ -354,7 +355,8 @@ fn release_accuracy() {
         .copied()
         .filter(|&t| t < t0 + 60_000_000)
         .collect();
-    let max = 4500.0 + 4500.0 * 60.0 / 60.0;
+    // At most 4,500 in any minute, the first included.
+    let max = 4500.0;
     let mut by: std::collections::HashMap<String, Vec<i64>> = std::collections::HashMap::new();
     for r in &rows {
         by.entry(r.get(0)).or_default().push(r.get(1));
@@ -363,13 +365,13 @@ fn release_accuracy() {
         .values()
         .filter(|t| window_violation(t, 1, 1_000_000, 1).is_some())
         .count()
-        + usize::from(window_violation(&all, 4500, 60_000_000, 4500).is_some());
+        + usize::from(window_violation(&all, 4500, 60_000_000, 1).is_some());
     let shares: Vec<usize> = by
         .values()
         .map(|t| t.iter().filter(|&&x| x < t0 + 60_000_000).count())
         .collect();
     println!(
-        "  campaign: released {} in the first 60 s; theoretical maximum {max:.0}: {:.2} % of it",
+        "  campaign: released {} in the first 60 s; most allowed {max:.0}: {:.2} % of it",
         in60.len(),
         100.0 * in60.len() as f64 / max
     );
@@ -521,5 +523,164 @@ fn enqueue_throughput() {
             "  {rows:>3}-row INSERTs: plain table {p:>9.0} rows/s, throttle.pending {o:>9.0} rows/s: {:.1} %",
             100.0 * o / p
         );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Fidelity: every shipped profile under a backlog, judged by the independent checker.
+
+/// One limit to judge: its name, count, period, and the SQL that selects the (time µs, cost,
+/// queue) of every release it covered.
+struct Judged {
+    name: &'static str,
+    n: u64,
+    per_us: i64,
+    sql: &'static str,
+}
+
+fn fidelity() {
+    use pg_throttle_tests::checker::{Event, Report};
+    const RUN_S: u64 = 180;
+    println!("== fidelity: every shipped profile from idle under a backlog for {RUN_S} s; worst window, utilisation over whole periods, Jain's index of cost shares");
+    let server = Server::start("bench-fidelity", &BENCH_CONF);
+    let mut c = server.connect();
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender, campaign, account, sender_type) VALUES
+             ('fi-wa', NULL, NULL, 'whatsapp'),
+             ('fi-sc', NULL, NULL, 'short_code'),
+             ('fi-acct-1', NULL, 'fi-acct', 'short_code'), ('fi-acct-2', NULL, 'fi-acct', 'short_code'),
+             ('fi-sb', NULL, NULL, 'imessage'),
+             ('fi-vz', NULL, NULL, 'long_code');
+         INSERT INTO throttle.sender (sender, campaign, sender_type)
+              SELECT 'fi-t-' || g, 'fi-camp-t', 'long_code' FROM generate_series(1, 5) g;
+         INSERT INTO throttle.sender (sender, campaign, sender_type)
+              SELECT 'fi-e-' || g, 'fi-camp-e', 'long_code' FROM generate_series(1, 5) g;
+         SELECT count(*) FROM throttle.apply_profile('whatsapp', 'sender', 'fi-wa');
+         SELECT count(*) FROM throttle.apply_profile('twilio_short_code', 'sender', 'fi-sc');
+         SELECT count(*) FROM throttle.apply_profile('twilio_account', 'account', 'fi-acct');
+         SELECT count(*) FROM throttle.apply_profile('att_10dlc', 'campaign', 'fi-camp-t', 'T');
+         SELECT count(*) FROM throttle.apply_profile('att_10dlc', 'campaign', 'fi-camp-e', 'E');
+         SELECT count(*) FROM throttle.apply_profile('sendblue_line', 'sender', 'fi-sb');",
+    )
+    .expect("profiles");
+    // Verizon's profile is new in 0.2.0: judge it only where it ships.
+    let verizon = c
+        .query_one(
+            "SELECT count(*) FROM throttle.profile_rule WHERE profile = 'verizon_10dlc'",
+            &[],
+        )
+        .map(|r| r.get::<_, i64>(0) > 0)
+        .unwrap_or(false);
+    if verizon {
+        c.batch_execute("UPDATE throttle.sender SET campaign = 'fi-camp-vz' WHERE sender = 'fi-vz';
+                         SELECT count(*) FROM throttle.apply_profile('verizon_10dlc', 'campaign', 'fi-camp-vz')")
+            .expect("verizon");
+    }
+    set_worker(&mut c, false);
+    // Backlogs that outlast the run, costs mixed where the rule counts segments.
+    c.batch_execute(
+        "INSERT INTO throttle.pending (sender, carrier) SELECT 'fi-wa', 'meta' FROM generate_series(1, 16000);
+         INSERT INTO throttle.pending (sender, carrier, cost) SELECT 'fi-sc', 'tmobile', 1 + g % 3 FROM generate_series(1, 10000) g;
+         INSERT INTO throttle.pending (sender, carrier, cost)
+              SELECT 'fi-acct-' || (1 + g % 2), 'tmobile', CASE WHEN g % 2 = 0 THEN 1 ELSE 3 END FROM generate_series(1, 50000) g;
+         INSERT INTO throttle.pending (sender, carrier, channel)
+              SELECT 'fi-t-' || (1 + g % 5), 'att', CASE WHEN g % 4 = 0 THEN 'mms' ELSE 'sms' END FROM generate_series(1, 1000) g;
+         INSERT INTO throttle.pending (sender, carrier, channel)
+              SELECT 'fi-e-' || (1 + g % 5), 'att', CASE WHEN g % 3 = 0 THEN 'mms' ELSE 'sms' END FROM generate_series(1, 2000) g;
+         INSERT INTO throttle.pending (sender, carrier) SELECT 'fi-sb', 'att' FROM generate_series(1, 400);
+         INSERT INTO throttle.pending (sender, carrier, channel)
+              SELECT 'fi-vz', 'verizon', CASE WHEN g % 2 = 0 THEN 'mms' ELSE 'sms' END FROM generate_series(1, 30000) g;
+         VACUUM ANALYZE throttle.pending;",
+    )
+    .expect("backlog");
+    set_worker(&mut c, true);
+    std::thread::sleep(Duration::from_secs(RUN_S + 2));
+    set_worker(&mut c, false);
+    const MIN: i64 = 60_000_000;
+    const SEC: i64 = 1_000_000;
+    let mut judged = vec![
+        Judged {
+            name: "whatsapp standard, 80/s per number",
+            n: 80,
+            per_us: SEC,
+            sql: "sender = 'fi-wa'",
+        },
+        Judged {
+            name: "twilio short code, 100 segments/s",
+            n: 100,
+            per_us: SEC,
+            sql: "sender = 'fi-sc'",
+        },
+        Judged {
+            name: "twilio account, SMS short codes 500 segments/s (costs 1 and 3)",
+            n: 500,
+            per_us: SEC,
+            sql: "sender LIKE 'fi-acct-%'",
+        },
+        Judged {
+            name: "att class T, 75 SMS/min per campaign",
+            n: 75,
+            per_us: MIN,
+            sql: "sender LIKE 'fi-t-%' AND channel = 'sms'",
+        },
+        Judged {
+            name: "att class T, 50 MMS/min per campaign",
+            n: 50,
+            per_us: MIN,
+            sql: "sender LIKE 'fi-t-%' AND channel = 'mms'",
+        },
+        Judged {
+            name: "att class E, 240 SMS/min per campaign",
+            n: 240,
+            per_us: MIN,
+            sql: "sender LIKE 'fi-e-%' AND channel = 'sms'",
+        },
+        Judged {
+            name: "att class E, 50 MMS/min per campaign",
+            n: 50,
+            per_us: MIN,
+            sql: "sender LIKE 'fi-e-%' AND channel = 'mms'",
+        },
+        Judged {
+            name: "sendblue line, 1/s",
+            n: 1,
+            per_us: SEC,
+            sql: "sender = 'fi-sb'",
+        },
+    ];
+    if verizon {
+        judged.push(Judged {
+            name: "verizon 10DLC, 6,000 SMS/min per number",
+            n: 6000,
+            per_us: MIN,
+            sql: "sender = 'fi-vz' AND channel = 'sms'",
+        });
+        judged.push(Judged {
+            name: "verizon 10DLC, 25 MMS/s per number",
+            n: 25,
+            per_us: SEC,
+            sql: "sender = 'fi-vz' AND channel = 'mms'",
+        });
+    }
+    for j in judged {
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT (extract(epoch FROM released_at) * 1000000)::int8, cost, sender
+                       FROM throttle.ready WHERE {}",
+                    j.sql
+                ),
+                &[],
+            )
+            .expect("ready");
+        let ev: Vec<Event<String>> = rows
+            .iter()
+            .map(|r| Event::new(r.get(0), r.get::<_, i32>(1) as u64, r.get(2)))
+            .collect();
+        let t0 = ev.iter().map(|e| e.t_us).min().unwrap_or(0);
+        // Whole periods inside the run, from the first release.
+        let periods = ((RUN_S as i64 * SEC) / j.per_us).max(1);
+        let report = Report::new(j.name, &ev, j.n, j.per_us, t0, t0 + periods * j.per_us);
+        println!("  {report}");
     }
 }
