@@ -503,19 +503,36 @@ fn every_att_class_is_shipped_window_exact_with_its_numbers_and_g_n_y_per_number
     );
 
     // Per number: two numbers of a class-N campaign admit 60 SMS each at once, not 60 in all.
-    c.batch_execute(
-        "INSERT INTO throttle.sender (sender, campaign) VALUES ('n-1', 'camp-N'), ('n-2', 'camp-N')",
-    )
-    .expect("senders");
-    for sender in ["n-1", "n-2"] {
+    each_number_admits(&mut c, "camp-N", ["n-1", "n-2"], "att", "sms", 60);
+}
+
+/// Two new numbers of `campaign` each admit `n` at once on (carrier, channel), and no more:
+/// a limit each sender has on its own.
+fn each_number_admits(
+    c: &mut Client,
+    campaign: &str,
+    senders: [&str; 2],
+    carrier: &str,
+    channel: &str,
+    n: i64,
+) {
+    for sender in senders {
+        c.execute(
+            "INSERT INTO throttle.sender (sender, campaign) VALUES ($1, $2)",
+            &[&sender, &campaign],
+        )
+        .expect("sender");
+    }
+    for sender in senders {
         let admitted = count(
-            &mut c,
+            c,
             &format!(
-                "SELECT count(*) FILTER (WHERE throttle.try_admit('{sender}', 'att', now(), 1, 'sms'))
-                   FROM generate_series(1, 61)"
+                "SELECT count(*) FILTER (WHERE throttle.try_admit('{sender}', '{carrier}', now(), 1, '{channel}'))
+                   FROM generate_series(1, {})",
+                n + 1
             ),
         );
-        assert_eq!(admitted, 60, "{sender}: its own 60 a minute");
+        assert_eq!(admitted, n, "{sender}: its own {n}");
     }
 }
 
@@ -571,20 +588,7 @@ fn verizon_10dlc_gives_each_number_of_the_campaign_6000_sms_a_minute_and_25_mms_
     assert_eq!(sqlstate(&e), "22023");
     assert_eq!(limit_rows(&mut c), (4, 0, 0));
     // Each number on its own: two numbers of the campaign admit 25 MMS each at once.
-    c.batch_execute(
-        "INSERT INTO throttle.sender (sender, campaign) VALUES ('v-1', 'V1'), ('v-2', 'V1')",
-    )
-    .expect("senders");
-    for sender in ["v-1", "v-2"] {
-        let admitted = count(
-            &mut c,
-            &format!(
-                "SELECT count(*) FILTER (WHERE throttle.try_admit('{sender}', 'verizon', now(), 1, 'mms'))
-                   FROM generate_series(1, 26)"
-            ),
-        );
-        assert_eq!(admitted, 25, "{sender}: its own 25 a second");
-    }
+    each_number_admits(&mut c, "V1", ["v-1", "v-2"], "verizon", "mms", 25);
 }
 
 #[test]

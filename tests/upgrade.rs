@@ -62,6 +62,14 @@ fn schema_of(c: &mut Client) -> Vec<String> {
         .collect()
 }
 
+fn pending_ids(c: &mut Client) -> Vec<i64> {
+    c.query("SELECT id FROM throttle.pending ORDER BY id", &[])
+        .expect("pending")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 #[test]
 fn update_from_0_1_0_keeps_everything_and_matches_a_fresh_install() {
     let server = Server::start("upgrade", &["throttle.worker_enabled = off"]);
@@ -99,12 +107,7 @@ fn update_from_0_1_0_keeps_everything_and_matches_a_fresh_install() {
               VALUES ('up account queue', 'account', 'up-acct', 50);",
     )
     .expect("fill 0.1.0");
-    let pending_before: Vec<i64> = c
-        .query("SELECT id FROM throttle.pending ORDER BY id", &[])
-        .expect("pending")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let pending_before = pending_ids(&mut c);
     assert_eq!(pending_before.len(), 12);
 
     c.batch_execute("ALTER EXTENSION pg_throttle UPDATE")
@@ -144,12 +147,7 @@ fn update_from_0_1_0_keeps_everything_and_matches_a_fresh_install() {
         ),
         3
     );
-    let pending_after: Vec<i64> = c
-        .query("SELECT id FROM throttle.pending ORDER BY id", &[])
-        .expect("pending")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let pending_after = pending_ids(&mut c);
     assert_eq!(pending_after, pending_before);
 
     // The same schema as a fresh install of 0.2.0.

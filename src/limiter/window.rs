@@ -28,27 +28,31 @@ const NO_HORIZON: Micros = Micros::MIN;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window {
+    // What nearly every call reads first, together.
+    /// Cost of every batch kept: when it leaves room, nothing needs a closer look.
+    total: u64,
+    /// Latest release of any batch forgotten (`NO_HORIZON`: none).
+    horizon: Micros,
+    /// When the newest batch was opened.
+    opened: Micros,
+    head: u8,
+    len: u8,
     /// Latest release of each batch, ring order from `head`; non-decreasing.
     last: [Micros; BATCHES],
     /// Total cost of each batch.
     cost: [u32; BATCHES],
-    /// When the newest batch was opened.
-    opened: Micros,
-    /// Latest release of any batch forgotten (`NO_HORIZON`: none).
-    horizon: Micros,
-    head: u8,
-    len: u8,
 }
 
 impl Window {
     /// Nothing released, nothing forgotten.
     pub const EMPTY: Window = Window {
-        last: [0; BATCHES],
-        cost: [0; BATCHES],
-        opened: 0,
+        total: 0,
         horizon: NO_HORIZON,
+        opened: 0,
         head: 0,
         len: 0,
+        last: [0; BATCHES],
+        cost: [0; BATCHES],
     };
 
     /// As if everything had been released at `at`: nothing passes before `at + period`.
@@ -108,6 +112,10 @@ impl Window {
             return None;
         }
         let t = now.max(self.clear_from(period));
+        // Everything kept counting still leaves room: no need to look at each batch.
+        if self.total + cost <= count {
+            return Some(t);
+        }
         let used = self.used(t, period);
         if used + cost <= count {
             return Some(t);
@@ -128,6 +136,9 @@ impl Window {
         if now < self.clear_from(period) {
             return 0;
         }
+        if self.total == 0 {
+            return count;
+        }
         count.saturating_sub(self.used(now, period))
     }
 
@@ -138,6 +149,18 @@ impl Window {
 
     /// Record `cost` released at `now` (the caller has checked that it fits).
     pub fn record(&mut self, cost: u64, now: Micros, count: u64, period: u64) {
+        // Batches that stopped counting a while ago (an eighth of the period: calls from other
+        // sessions come with slightly older timestamps, and a forgotten batch holds those
+        // back) are forgotten, so `total` is what counts and the next check is quick.
+        let grace = (period / BATCHES as u64).max(1) as Micros;
+        let floor = now.saturating_sub(period as Micros).saturating_sub(grace);
+        while self.len > 0 && self.last[self.head as usize] <= floor {
+            let h = self.head as usize;
+            self.horizon = self.horizon.max(self.last[h]);
+            self.total -= self.cost[h] as u64;
+            self.head = ((h + 1) % BATCHES) as u8;
+            self.len -= 1;
+        }
         let per_batch = count.div_ceil(BATCHES as u64).max(1);
         let width = (period / BATCHES as u64).max(1) as Micros;
         if self.len > 0 {
@@ -155,6 +178,7 @@ impl Window {
             let h = self.head as usize;
             if self.last[h] <= now.saturating_sub(period as Micros) {
                 self.horizon = self.horizon.max(self.last[h]);
+                self.total -= self.cost[h] as u64;
                 self.head = ((h + 1) % BATCHES) as u8;
                 self.len -= 1;
             } else {
@@ -168,13 +192,16 @@ impl Window {
 
     fn merge(&mut self, j: usize, now: Micros, cost: u64) {
         self.last[j] = self.last[j].max(now);
-        self.cost[j] = (self.cost[j] as u64 + cost).min(u32::MAX as u64) as u32;
+        let c = (self.cost[j] as u64 + cost).min(u32::MAX as u64);
+        self.total += c - self.cost[j] as u64;
+        self.cost[j] = c as u32;
     }
 
     fn push(&mut self, now: Micros, cost: u64) {
         let j = self.idx(self.len as usize);
         self.last[j] = now;
         self.cost[j] = cost.min(u32::MAX as u64) as u32;
+        self.total += self.cost[j] as u64;
         self.opened = now;
         self.len += 1;
     }
@@ -323,6 +350,8 @@ mod tests {
             let mut ev = vec![];
             for (t, cost) in steps {
                 if take(&mut w, cost, t, count, period) { ev.push((t, cost)); }
+                let kept: u64 = (0..w.len as usize).map(|i| w.cost[w.idx(i)] as u64).sum();
+                prop_assert_eq!(w.total, kept);
             }
             prop_assert!(worst_window(&ev, period) <= count);
         }
