@@ -46,6 +46,13 @@ UPDATE throttle.rate_limit SET burst = NULL WHERE burst = rate;
 COMMENT ON TABLE throttle.rate_limit IS 'Rate limits: at most rate per period in every window (or, with a burst, a token bucket), for a sender or a group, optionally per carrier, channel and sender type';
 -- END rate limits
 
+-- BEGIN held
+-- A message a defer_local cap holds until a local time says which cap: raising that cap (or
+-- any change that gives it room) lets it go at once.
+ALTER TABLE throttle.pending ADD COLUMN held_by bigint;
+CREATE INDEX pending_held_idx ON throttle.pending (held_by) WHERE held_by IS NOT NULL;
+-- END held
+
 -- BEGIN weights
 -- Queues that share a limit share its cost (segments) in proportion to their senders' weights.
 ALTER TABLE throttle.sender ADD COLUMN weight integer NOT NULL DEFAULT 1 CHECK (weight BETWEEN 1 AND 1000);

@@ -14,8 +14,11 @@ CREATE TABLE throttle.pending (
     payload     jsonb,
     not_before  timestamptz,
     expires_at  timestamptz,
-    enqueued_at timestamptz NOT NULL DEFAULT now()
+    enqueued_at timestamptz NOT NULL DEFAULT now(),
+    held_by     bigint      -- the calendar cap (defer_local) that set not_before: it lets go when raised
 );
+-- Messages a cap holds until a local time, found again when the configuration changes.
+CREATE INDEX pending_held_idx ON throttle.pending (held_by) WHERE held_by IS NOT NULL;
 -- One queue per (sender, carrier, channel), in release order: the worker reads the head of
 -- each queue it releases from and nothing else, from this index alone where it can.
 CREATE INDEX pending_queue_idx ON throttle.pending (sender, carrier, channel, priority DESC, id)

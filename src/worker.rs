@@ -115,12 +115,20 @@ const SQL_DEFER_LOCAL: &str = "
            SET not_before = coalesce(throttle.next_local_time(
                    coalesce((SELECT a.zones FROM throttle.area_code_zone a
                               WHERE a.area_code = throttle.area_code(p.recipient)), ARRAY[$5]),
-                   $6, $7), $6)
+                   $6, $7), $6),
+               held_by = $8
          WHERE p.sender = $1 AND p.carrier = $2 AND p.channel = $3
            AND (p.not_before IS NULL OR p.not_before < $6)
            AND (p.expires_at IS NULL OR p.expires_at > $4)
         RETURNING 1)
     SELECT count(*)::int8 FROM d";
+/// The caps that hold messages until a local time (set by `SQL_DEFER_LOCAL`).
+const SQL_HELD_BY: &str = "SELECT DISTINCT held_by FROM throttle.pending WHERE held_by IS NOT NULL";
+/// Messages a cap held until a local time go back to their queues now (the cap has room).
+const SQL_UNHOLD: &str = "
+    UPDATE throttle.pending SET not_before = NULL, held_by = NULL
+     WHERE held_by = ANY($1)
+    RETURNING sender, carrier, channel";
 const SQL_NEXT_EXPIRY: &str =
     "SELECT min(expires_at) FROM throttle.pending WHERE expires_at IS NOT NULL";
 const SQL_NEXT_DUE: &str = "
@@ -212,6 +220,7 @@ impl Stmts {
                         oid(TEXTOID),
                         oid(TIMESTAMPTZOID),
                         oid(TIMEOID),
+                        oid(INT8OID),
                     ],
                 )?
                 .keep(),
@@ -282,7 +291,7 @@ fn defer_local(
         chrono::Timelike::second(&at) as f64,
     )
     .unwrap_or(pgrx::datum::Time::ALLBALLS);
-    let args: [DatumWithOid; 7] = [
+    let args: [DatumWithOid; 8] = [
         key.sender.clone().into(),
         key.carrier.clone().into(),
         key.channel.clone().into(),
@@ -290,6 +299,7 @@ fn defer_local(
         def.time_zone.name().into(),
         ts(until).into(),
         local.into(),
+        def.id.into(),
     ];
     c.update(&st.defer_local, None, &args)?;
     Ok(())
@@ -413,6 +423,8 @@ struct Worker {
     /// The configuration generation whose queue caps were counted (0: none yet).
     queue_counted: u64,
     recount_tries: u32,
+    /// The configuration changed: messages a cap held until a local time are looked at again.
+    unhold: bool,
     after: AfterCommit,
 }
 
@@ -446,6 +458,7 @@ impl Worker {
             db: 0,
             queue_counted: 0,
             recount_tries: 0,
+            unhold: true,
             after: AfterCommit::default(),
         }
     }
@@ -510,6 +523,7 @@ impl Worker {
             // Limits, caps, exemptions or groups changed: what held a queue may not any more.
             self.generation = generation;
             self.sched.wake_all(now);
+            self.unhold = true;
         }
         // Fail closed: if the caps cannot be read, release nothing this tick.
         let (any_caps, any_queue_caps) = match (caps::any_caps(), caps::any_queue_caps()) {
@@ -566,6 +580,10 @@ impl Worker {
             } else {
                 soon = Some(now + 20_000);
             }
+        }
+
+        if std::mem::take(&mut self.unhold) {
+            self.release_held(c, st, &mut ledgers, now)?;
         }
 
         // 1. New work: ids committed since the last tick, or everything after a restart or a
@@ -971,6 +989,50 @@ impl Worker {
             let now = unsafe { pg_sys::GetCurrentTimestamp() };
             Duration::from_micros(at.saturating_sub(now).clamp(0, 3_600_000_000) as u64)
         }))
+    }
+
+    /// Messages a `defer_local` cap held until a local time go back to their queues when that
+    /// cap has room again (it was raised, or its window turned), is gone, or holds no longer
+    /// (one statement for all of them; asked after configuration changes).
+    fn release_held(
+        &mut self,
+        c: &mut SpiClient<'_>,
+        st: &Stmts,
+        ledgers: &mut Ledgers,
+        now: Micros,
+    ) -> pgrx::spi::Result<()> {
+        let mut held: Vec<i64> = Vec::new();
+        for row in c.select(SQL_HELD_BY, None, &[])? {
+            if let Some(id) = row.get::<i64>(1)? {
+                held.push(id);
+            }
+        }
+        let mut free: Vec<i64> = Vec::new();
+        for id in held {
+            let room = match caps::cap(id).ok().flatten() {
+                Some(def) if def.action == Action::DeferLocal => {
+                    load_ledger(c, st, ledgers, &def, now)?
+                        .ledger
+                        .left(&def.rule)
+                        > 0
+                }
+                _ => true,
+            };
+            if room {
+                free.push(id);
+            }
+        }
+        if free.is_empty() {
+            return Ok(());
+        }
+        let mut queues: Vec<(Option<String>, Option<String>, Option<String>)> = Vec::new();
+        for row in c.update(SQL_UNHOLD, None, &[free.into()])? {
+            queues.push((row.get(1)?, row.get(2)?, row.get(3)?));
+        }
+        for (s, ca, ch) in queues {
+            self.touch(s, ca, ch, now);
+        }
+        Ok(())
     }
 
     /// Take back what idle leases hold unspent and uncount it from the caps' windows in this
