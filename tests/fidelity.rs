@@ -335,3 +335,150 @@ fn ten_simulated_minutes_of_admissions_respect_every_window() {
     }
     assert!(ev.len() >= 2352, "admitted {} of 2,400", ev.len());
 }
+
+/// Messages a defer_local cap held until 08:00 in the recipient's zone go at once when the cap
+/// is raised: the hold was the cap's, and the cap has room now.
+#[test]
+fn raising_a_defer_local_cap_lets_its_held_messages_go() {
+    let server = Server::start("fid-local", &[]);
+    let mut c = server.connect();
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender, brand) VALUES ('ft-dl', 'ft-dl-brand');
+         INSERT INTO throttle.cap (name, scope, scope_id, cap, period, reset_at, time_zone, at_cap, local_time)
+              VALUES ('ft dl daily', 'brand', 'ft-dl-brand', 2, 'day', '00:00', 'America/Los_Angeles',
+                      'defer_local', '08:00');",
+    )
+    .expect("configure");
+    let n = enqueue(
+        &mut c,
+        "INSERT INTO throttle.pending (sender, carrier, recipient)
+         SELECT 'ft-dl', 'tmobile', '+12125550123' FROM generate_series(1, 5) RETURNING id",
+    );
+    assert_eq!(n, 5);
+    wait_for(
+        &mut c,
+        "SELECT count(*) FROM throttle.pending WHERE held_by IS NOT NULL",
+        Duration::from_secs(3),
+        |n| n == 3,
+    );
+    assert_eq!(count(&mut c, "SELECT count(*) FROM throttle.ready"), 2);
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM throttle.pending WHERE not_before > now() + interval '1 hour'"
+        ),
+        3,
+        "held until 08:00 New York"
+    );
+    let t = Instant::now();
+    c.batch_execute("UPDATE throttle.cap SET cap = 10 WHERE name = 'ft dl daily'")
+        .expect("raise");
+    let n = wait_for(
+        &mut c,
+        "SELECT count(*) FROM throttle.ready",
+        Duration::from_secs(5),
+        |n| n == 5,
+    );
+    assert_eq!(n, 5);
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        t.elapsed()
+    );
+}
+
+/// One admission, and the time it was judged at (the transaction's start).
+fn admit(c: &mut Client, sender: &str) -> Option<Event<String>> {
+    let row = c
+        .query_one(
+            "SELECT admitted, (extract(epoch FROM now()) * 1000000)::int8 FROM throttle.throttle_admit($1, 'att')",
+            &[&sender],
+        )
+        .expect("throttle_admit");
+    row.get::<_, bool>(0)
+        .then(|| Event::new(row.get(1), 1, sender.to_string()))
+}
+
+/// A window-exact limit across a fast and an immediate restart and a killed backend (each
+/// of which loses shared memory): what went just before plus what goes just after still fits
+/// every window.
+#[test]
+fn a_window_holds_across_restarts_and_a_killed_backend() {
+    let mut server = Server::start("fid-restart", &[]);
+    let mut c = server.connect();
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender) VALUES ('ft-rs');
+         INSERT INTO throttle.rate_limit (scope, scope_id, rate, per) VALUES ('sender', 'ft-rs', 20, '1 second');",
+    )
+    .expect("configure");
+    drop(c);
+    let mut ev = vec![];
+    let burst = |server: &Server, ev: &mut Vec<Event<String>>| {
+        let mut c = server.connect();
+        ev.extend((0..40).filter_map(|_| admit(&mut c, "ft-rs")));
+    };
+    for mode in ["fast", "immediate"] {
+        burst(&server, &mut ev);
+        server.restart(mode);
+        burst(&server, &mut ev);
+        if let Err(v) = window_ok(&ev, 20, SEC) {
+            panic!("across a {mode} restart: {v}");
+        }
+    }
+    assert!(ev.len() >= 20, "the first window's 20 were admitted");
+    let mut victim = server.connect();
+    let pid: i32 = victim
+        .query_one("SELECT pg_backend_pid()", &[])
+        .expect("pid")
+        .get(0);
+    burst(&server, &mut ev);
+    let st = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    drop(victim);
+    std::thread::sleep(Duration::from_millis(500));
+    burst(&server, &mut ev);
+    if let Err(v) = window_ok(&ev, 20, SEC) {
+        panic!("across a killed backend: {v}");
+    }
+}
+
+/// Eight clients admitting at once against one window-exact group limit never pass it.
+#[test]
+fn eight_clients_never_pass_a_window() {
+    let server = Server::start("fid-concurrent", &[]);
+    let mut c = server.connect();
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender, campaign) SELECT 'ft-cc-' || g, 'ft-cc' FROM generate_series(1, 8) g;
+         INSERT INTO throttle.rate_limit (scope, scope_id, rate, per) VALUES ('campaign', 'ft-cc', 50, '1 second');",
+    )
+    .expect("configure");
+    let all: Vec<Event<String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (1..=8)
+            .map(|i| {
+                let server = &server;
+                s.spawn(move || {
+                    let mut c = server.connect();
+                    let sender = format!("ft-cc-{i}");
+                    let t = Instant::now();
+                    let mut ev = vec![];
+                    while t.elapsed() < Duration::from_millis(2500) {
+                        ev.extend(admit(&mut c, &sender));
+                    }
+                    ev
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("client"))
+            .collect()
+    });
+    if let Err(v) = window_ok(&all, 50, SEC) {
+        panic!("{v}");
+    }
+    // Full speed: the first window's 50, and about as many in each second after.
+    assert!(all.len() >= 100, "admitted {} in 2.5 s", all.len());
+}
