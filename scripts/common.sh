@@ -17,19 +17,36 @@ pg_owned_dir() {
     mkdir -p "$1"
     if is_root; then chown "$RUNAS:" "$1"; fi
 }
-# Build the release library and install it into the server's directories (stop any server
-# of yours that has the old one loaded first: the file is replaced in place).
+# Put file $1 at $2 without writing into the old file: copy it beside its destination, then
+# rename it over (a server that has the old library mapped keeps the old file; writing into it
+# in place crashes that server).
+place() {
+    local tmp
+    tmp="$(dirname "$2")/.$(basename "$2").new.$$"
+    if [ -w "$(dirname "$2")" ]; then
+        cp "$1" "$tmp" && mv -f "$tmp" "$2"
+    else
+        sudo cp "$1" "$tmp" && sudo mv -f "$tmp" "$2"
+    fi
+}
+# Build the release library and its SQL into a staging tree (cargo pgrx package), then place
+# every file into the server's directories by rename: safe while servers of yours run (they
+# keep the library they loaded until they restart).
 install_release() {
-    local sudo_flag=()
-    if ! is_root && [ ! -w "$($PG_CONFIG --pkglibdir)" ]; then sudo_flag=(--sudo); fi
-    cargo pgrx install --release -c "$PG_CONFIG" "${sudo_flag[@]}" >/dev/null
-    # Released install scripts (pgrx copies only upgrade scripts): CREATE EXTENSION ... VERSION
-    # of an older release, and the upgrade test, start from them.
-    local extdir
+    local out=target/pkg libdir extdir f
+    rm -rf "$out"
+    cargo pgrx package -c "$PG_CONFIG" --out-dir "$out" >/dev/null
+    libdir=$($PG_CONFIG --pkglibdir)
     extdir="$($PG_CONFIG --sharedir)/extension"
+    place "$out$libdir/pg_throttle.so" "$libdir/pg_throttle.so"
+    for f in "$out$extdir"/*; do
+        place "$f" "$extdir/$(basename "$f")"
+    done
+    # Released install scripts (pgrx packages only upgrade scripts): CREATE EXTENSION ...
+    # VERSION of an older release, and the upgrade test, start from them.
     for f in sql/pg_throttle--[0-9]*.[0-9]*.[0-9]*.sql; do
         case "$f" in *--*--*) continue ;; esac
-        if [ -w "$extdir" ]; then cp "$f" "$extdir/"; else sudo cp "$f" "$extdir/"; fi
+        place "$f" "$extdir/$(basename "$f")"
     done
 }
 # A directory for test clusters, owned by the server's user, exported for the Rust tests.
