@@ -1,6 +1,7 @@
 //! Benchmarks against a real server. Prints figures; never passes or fails on time.
 //!
-//!   cargo run --release -p pg_throttle_tests --bin bench -- [admit] [--rows N] [--runs N] [--caps]
+//!   cargo run --release -p pg_throttle_tests --bin bench -- [admit] [--rows N] [--runs N] [--caps] [--window]
+//!   cargo run --release -p pg_throttle_tests --bin bench -- fidelity
 //!
 //! The extension must be installed (scripts/bench.sh does it).
 
@@ -15,6 +16,9 @@ struct Args {
     conf: Vec<String>,
     /// Admission benchmark: every campaign also has a daily calendar cap (leases).
     caps: bool,
+    /// Admission benchmark: window-exact limits (burst NULL, the default) instead of token
+    /// buckets with a burst.
+    window: bool,
 }
 
 fn args() -> Args {
@@ -24,6 +28,7 @@ fn args() -> Args {
         runs: 5,
         conf: vec![],
         caps: false,
+        window: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
@@ -32,6 +37,7 @@ fn args() -> Args {
             "--runs" => a.runs = it.next().and_then(|v| v.parse().ok()).expect("--runs N"),
             "--conf" => a.conf.push(it.next().expect("--conf 'name = value'")),
             "--caps" => a.caps = true,
+            "--window" => a.window = true,
             _ => a.which.push(x),
         }
     }
@@ -92,17 +98,22 @@ fn bench_admit(a: &Args) {
     conf.extend(a.conf.iter().map(String::as_str));
     let server = Server::start("bench-admit", &conf);
     let mut c = server.connect();
+    let (kind, burst_1, burst_2) = if a.window {
+        ("window-exact limits", "NULL", "NULL")
+    } else {
+        ("token buckets", "100", "4500")
+    };
     println!(
-        "== throttle_admit from one backend: {} rows over 10,000 senders, median of {} runs",
+        "== throttle_admit from one backend: {} rows over 10,000 senders, {kind}, median of {} runs",
         a.rows, a.runs
     );
     c.batch_execute(&format!(
         "INSERT INTO throttle.sender (sender, campaign)
               SELECT 'bench-' || g, 'camp-' || (g % 100) FROM generate_series(1, 10000) g;
          INSERT INTO throttle.rate_limit (scope, scope_id, rate, per, burst)
-              SELECT 'sender', 'bench-' || g, 100, '1 second', 100 FROM generate_series(1, 10000) g;
+              SELECT 'sender', 'bench-' || g, 100, '1 second', {burst_1}::int8 FROM generate_series(1, 10000) g;
          INSERT INTO throttle.rate_limit (scope, scope_id, carrier, rate, per, burst)
-              SELECT 'campaign', 'camp-' || g, 'att', 4500, '1 minute', 4500 FROM generate_series(0, 99) g;
+              SELECT 'campaign', 'camp-' || g, 'att', 4500, '1 minute', {burst_2}::int8 FROM generate_series(0, 99) g;
          CREATE TABLE bench_input AS
               SELECT 'bench-' || (1 + g % 10000) AS sender,
                      CASE WHEN g % 4 = 0 THEN 'att' ELSE 'tmobile' END AS carrier

@@ -196,6 +196,13 @@ mod tests {
     }
 
     #[test]
+    fn a_slot_is_three_cache_lines() {
+        // Key (16) + token bucket state (16) + rate (32) + window batches (128). The README's
+        // settings table quotes this size: keep them in step.
+        assert_eq!(std::mem::size_of::<Slot>(), 192);
+    }
+
+    #[test]
     fn full_partition_forgets_only_refilled_buckets() {
         let mut slots = empty_slots(16);
         let mut len = 0;
