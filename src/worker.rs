@@ -124,11 +124,14 @@ const SQL_DEFER_LOCAL: &str = "
     SELECT count(*)::int8 FROM d";
 /// The caps that hold messages until a local time (set by `SQL_DEFER_LOCAL`).
 const SQL_HELD_BY: &str = "SELECT DISTINCT held_by FROM throttle.pending WHERE held_by IS NOT NULL";
-/// Messages a cap held until a local time go back to their queues now (the cap has room).
+/// Messages a cap held until a local time go back to their queues now: those it held in its
+/// current window (until at or after that window's end), which has room again. Those it held
+/// in an earlier window keep their local time (08:00 after the reset, not the small hours).
 const SQL_UNHOLD: &str = "
-    UPDATE throttle.pending SET not_before = NULL, held_by = NULL
-     WHERE held_by = ANY($1)
-    RETURNING sender, carrier, channel";
+    UPDATE throttle.pending p SET not_before = NULL, held_by = NULL
+      FROM unnest($1::int8[], $2::timestamptz[]) AS u(cap_id, window_end)
+     WHERE p.held_by = u.cap_id AND p.not_before >= u.window_end
+    RETURNING p.sender, p.carrier, p.channel";
 const SQL_NEXT_EXPIRY: &str =
     "SELECT min(expires_at) FROM throttle.pending WHERE expires_at IS NOT NULL";
 const SQL_NEXT_DUE: &str = "
@@ -1007,26 +1010,27 @@ impl Worker {
                 held.push(id);
             }
         }
-        let mut free: Vec<i64> = Vec::new();
+        // (cap, the end of the window whose holds may go; MIN: every hold of a cap that is
+        // gone or holds no longer).
+        let (mut free, mut ends): (Vec<i64>, Vec<TimestampWithTimeZone>) = (vec![], vec![]);
         for id in held {
-            let room = match caps::cap(id).ok().flatten() {
+            let end = match caps::cap(id).ok().flatten() {
                 Some(def) if def.action == Action::DeferLocal => {
-                    load_ledger(c, st, ledgers, &def, now)?
-                        .ledger
-                        .left(&def.rule)
-                        > 0
+                    let tl = load_ledger(c, st, ledgers, &def, now)?;
+                    (tl.ledger.left(&def.rule) > 0).then_some(tl.ledger.window_end)
                 }
-                _ => true,
+                _ => Some(Micros::MIN),
             };
-            if room {
+            if let Some(end) = end {
                 free.push(id);
+                ends.push(ts(end.max(-211_813_488_000_000_000)));
             }
         }
         if free.is_empty() {
             return Ok(());
         }
         let mut queues: Vec<(Option<String>, Option<String>, Option<String>)> = Vec::new();
-        for row in c.update(SQL_UNHOLD, None, &[free.into()])? {
+        for row in c.update(SQL_UNHOLD, None, &[free.into(), ends.into()])? {
             queues.push((row.get(1)?, row.get(2)?, row.get(3)?));
         }
         for (s, ca, ch) in queues {

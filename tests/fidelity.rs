@@ -337,16 +337,19 @@ fn ten_simulated_minutes_of_admissions_respect_every_window() {
 }
 
 /// Messages a defer_local cap held until 08:00 in the recipient's zone go at once when the cap
-/// is raised: the hold was the cap's, and the cap has room now.
+/// is raised: the hold was the cap's, and the cap has room now. A hold from an earlier window
+/// (its local time falls inside the current window) keeps its local time.
 #[test]
 fn raising_a_defer_local_cap_lets_its_held_messages_go() {
     let server = Server::start("fid-local", &[]);
     let mut c = server.connect();
     c.batch_execute(
         "INSERT INTO throttle.sender (sender, brand) VALUES ('ft-dl', 'ft-dl-brand');
+         -- The window resets 12 hours from now, wherever the clock is.
          INSERT INTO throttle.cap (name, scope, scope_id, cap, period, reset_at, time_zone, at_cap, local_time)
-              VALUES ('ft dl daily', 'brand', 'ft-dl-brand', 2, 'day', '00:00', 'America/Los_Angeles',
-                      'defer_local', '08:00');",
+              SELECT 'ft dl daily', 'brand', 'ft-dl-brand', 2, 'day',
+                     (now() AT TIME ZONE 'America/Los_Angeles' + interval '12 hours')::time,
+                     'America/Los_Angeles', 'defer_local', '08:00';",
     )
     .expect("configure");
     let n = enqueue(
@@ -370,6 +373,16 @@ fn raising_a_defer_local_cap_lets_its_held_messages_go() {
         3,
         "held until 08:00 New York"
     );
+    // As if held in the window before this one: its 08:00 falls inside the current window.
+    let earlier: i64 = c
+        .query_one(
+            "INSERT INTO throttle.pending (sender, carrier, recipient, not_before, held_by)
+             SELECT 'ft-dl', 'tmobile', '+12125550123', now() + interval '10 minutes', cap_id
+               FROM throttle.cap WHERE name = 'ft dl daily' RETURNING id",
+            &[],
+        )
+        .expect("an earlier hold")
+        .get(0);
     let t = Instant::now();
     c.batch_execute("UPDATE throttle.cap SET cap = 10 WHERE name = 'ft dl daily'")
         .expect("raise");
@@ -384,6 +397,15 @@ fn raising_a_defer_local_cap_lets_its_held_messages_go() {
         t.elapsed() < Duration::from_secs(1),
         "took {:?}",
         t.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let still_held = format!(
+        "SELECT count(*) FROM throttle.pending WHERE id = {earlier} AND not_before > now()"
+    );
+    assert_eq!(
+        count(&mut c, &still_held),
+        1,
+        "a hold from an earlier window keeps its local time"
     );
 }
 
