@@ -205,7 +205,6 @@ unsafe extern "C-unwind" fn startup_hook() {
                         count: 1,
                         period_us: 1_000_000,
                         burst: 1,
-                        mode: crate::limiter::Mode::Bucket,
                     },
                     0,
                 ),

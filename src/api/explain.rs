@@ -638,11 +638,12 @@ fn plan_capacity(
     for l in &loads {
         let (id, time, per_sender_room) = if let Some(r) = l.rate {
             let id: i64 = l.scope.trim_start_matches("limit ").parse().unwrap_or(0);
-            let t =
-                l.volume.saturating_sub(r.burst) as i128 * r.period_us as i128 / r.count as i128;
+            let t = l.volume.saturating_sub(r.max_at_once()) as i128 * r.period_us as i128
+                / r.count as i128;
             // What one sender's bucket passes within the deadline.
-            let room = deadline_us
-                .map(|d| r.burst as i128 + d as i128 * r.count as i128 / r.period_us as i128);
+            let room = deadline_us.map(|d| {
+                r.max_at_once() as i128 + d as i128 * r.count as i128 / r.period_us as i128
+            });
             (id, t.min(i64::MAX as i128) as i64, room)
         } else if let Some(def) = &l.cap {
             let allowed = def.rule.allowed().max(1);
@@ -678,7 +679,7 @@ fn plan_capacity(
         let mut needed = None;
         let mut note = String::new();
         let never = match (&l.rate, &l.cap) {
-            (Some(r), _) => cost as u64 > r.burst,
+            (Some(r), _) => cost as u64 > r.max_at_once(),
             (_, Some(def)) => cost as u64 > def.rule.allowed(),
             _ => false,
         };

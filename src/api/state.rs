@@ -81,7 +81,7 @@ fn bucket_state(
             to_ts(b.full_from(now)),
             b.rate.count as i64,
             b.rate.period_us as i64,
-            b.rate.burst as i64,
+            b.rate.max_at_once() as i64,
             next.and_then(to_ts),
             b.rate.is_window(),
         )

@@ -27,7 +27,6 @@ pub const MIN_PERIOD_US: u64 = 1_000;
 pub const MAX_COST: u64 = 1_000_000;
 
 /// How a limit counts.
-#[repr(u64)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Mode {
     /// At most `count` in every window of `period_us` (the default: what carriers count).
@@ -36,15 +35,15 @@ pub enum Mode {
     Bucket = 1,
 }
 
-/// A rate limit: `count` per `period_us`; a token bucket also has a `burst` (a window's
-/// `burst` is its `count`: the most that may go at once).
+/// A rate limit: `count` per `period_us`; a token bucket also has a `burst`. A `burst` of 0
+/// marks a window ([`Rate::window`]): 24 bytes, so a bucket's key, state and rate share one
+/// cache line, and so does each limit of a cached plan.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Rate {
     pub count: u64,
     pub period_us: u64,
     pub burst: u64,
-    pub mode: Mode,
 }
 
 /// Why a rate is not acceptable.
@@ -74,10 +73,7 @@ impl Rate {
     /// At most `count` in every window of `period_us`.
     pub fn window(count: u64, period_us: u64) -> Result<Rate, RateError> {
         let r = Rate::new(count, period_us, count)?;
-        Ok(Rate {
-            mode: Mode::Window,
-            ..r
-        })
+        Ok(Rate { burst: 0, ..r })
     }
 
     /// A token bucket of `count` per `period_us` with a burst of `burst`.
@@ -95,12 +91,29 @@ impl Rate {
             count,
             period_us,
             burst,
-            mode: Mode::Bucket,
         })
     }
 
+    #[inline]
+    pub fn mode(&self) -> Mode {
+        if self.burst == 0 {
+            Mode::Window
+        } else {
+            Mode::Bucket
+        }
+    }
+
     pub fn is_window(&self) -> bool {
-        self.mode == Mode::Window
+        self.burst == 0
+    }
+
+    /// The most that may go at once: a window's count, a token bucket's burst.
+    pub fn max_at_once(&self) -> u64 {
+        if self.burst == 0 {
+            self.count
+        } else {
+            self.burst
+        }
     }
 
     #[inline]
@@ -192,7 +205,7 @@ impl Bucket {
     /// Whole tokens available at `now`.
     pub fn available(&self, now: Micros) -> u64 {
         let r = self.rate;
-        if r.mode == Mode::Window {
+        if r.mode() == Mode::Window {
             return self.win.available(now, r.count, r.period_us);
         }
         let debt = (self.tat - self.rate.scaled(now)).max(0);
@@ -206,7 +219,7 @@ impl Bucket {
 
     /// True when the bucket is full at `now`: forgetting it loses nothing.
     pub fn is_full(&self, now: Micros) -> bool {
-        match self.rate.mode {
+        match self.rate.mode() {
             Mode::Window => self.win.is_clear(now, self.rate.period_us),
             Mode::Bucket => self.tat <= self.rate.scaled(now),
         }
@@ -215,7 +228,7 @@ impl Bucket {
     /// When a token bucket is full again, or a window's last counted release stops counting
     /// (as things stand at `now`).
     pub fn full_from(&self, now: Micros) -> Micros {
-        match self.rate.mode {
+        match self.rate.mode() {
             Mode::Window => self
                 .win
                 .room_at(self.rate.count, now, self.rate.count, self.rate.period_us)
@@ -233,7 +246,7 @@ impl Bucket {
             return;
         }
         let old = self.rate;
-        match (old.mode, new.mode) {
+        match (old.mode(), new.mode()) {
             (Mode::Bucket, Mode::Bucket) => {}
             // A window keeps what it counted; the new count and period judge it from now on.
             (Mode::Window, Mode::Window) => {
@@ -290,7 +303,7 @@ impl Bucket {
     /// alone would go.
     pub fn eta(&self, n: u64, now: Micros) -> Micros {
         let r = self.rate;
-        if r.mode == Mode::Window {
+        if r.mode() == Mode::Window {
             return self.win.eta(n, now, r.count, r.period_us);
         }
         let last = self.tat.max(r.scaled(now)) + n as i128 * r.token();
@@ -300,7 +313,7 @@ impl Bucket {
     /// May `cost` be taken at `now`?
     pub fn check(&self, cost: u64, now: Micros) -> Check {
         let r = self.rate;
-        if r.mode == Mode::Window {
+        if r.mode() == Mode::Window {
             return match self.win.room_at(cost, now, r.count, r.period_us) {
                 None => Check::Never,
                 Some(at) if at <= now => Check::Room { new_tat: self.tat },
@@ -329,7 +342,7 @@ impl Bucket {
         match self.check(cost, now) {
             Check::Room { new_tat } => {
                 self.tat = new_tat;
-                if self.rate.mode == Mode::Window {
+                if self.rate.mode() == Mode::Window {
                     let r = self.rate;
                     self.win.record(cost, now, r.count, r.period_us);
                 }
