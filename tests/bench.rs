@@ -592,18 +592,22 @@ fn fidelity() {
     c.batch_execute(
         "INSERT INTO throttle.pending (sender, carrier) SELECT 'fi-wa', 'meta' FROM generate_series(1, 16000);
          INSERT INTO throttle.pending (sender, carrier, cost) SELECT 'fi-sc', 'tmobile', 1 + g % 3 FROM generate_series(1, 10000) g;
+         -- Equal backlogs in segments (60,000 each: more than half of 3 minutes at 500/s), one
+         -- sender's messages of 1 segment, the other's of 3.
          INSERT INTO throttle.pending (sender, carrier, cost)
-              SELECT 'fi-acct-' || (1 + g % 2), 'tmobile', CASE WHEN g % 2 = 0 THEN 1 ELSE 3 END FROM generate_series(1, 50000) g;
+              SELECT CASE WHEN g % 4 = 0 THEN 'fi-acct-2' ELSE 'fi-acct-1' END, 'tmobile',
+                     CASE WHEN g % 4 = 0 THEN 3 ELSE 1 END FROM generate_series(1, 80000) g;
          INSERT INTO throttle.pending (sender, carrier, channel)
               SELECT 'fi-t-' || (1 + g % 5), 'att', CASE WHEN g % 4 = 0 THEN 'mms' ELSE 'sms' END FROM generate_series(1, 1000) g;
          INSERT INTO throttle.pending (sender, carrier, channel)
               SELECT 'fi-e-' || (1 + g % 5), 'att', CASE WHEN g % 3 = 0 THEN 'mms' ELSE 'sms' END FROM generate_series(1, 2000) g;
          INSERT INTO throttle.pending (sender, carrier) SELECT 'fi-sb', 'att' FROM generate_series(1, 400);
          INSERT INTO throttle.pending (sender, carrier, channel)
-              SELECT 'fi-vz', 'verizon', CASE WHEN g % 2 = 0 THEN 'mms' ELSE 'sms' END FROM generate_series(1, 30000) g;
-         VACUUM ANALYZE throttle.pending;",
+              SELECT 'fi-vz', 'verizon', CASE WHEN g % 2 = 0 THEN 'mms' ELSE 'sms' END FROM generate_series(1, 44000) g;",
     )
     .expect("backlog");
+    c.batch_execute("VACUUM ANALYZE throttle.pending")
+        .expect("vacuum");
     set_worker(&mut c, true);
     std::thread::sleep(Duration::from_secs(RUN_S + 2));
     set_worker(&mut c, false);
