@@ -346,7 +346,13 @@ fn prefetch(s: &Shared, wants: &[Want]) {
             let p = w.partition as usize;
             _mm_prefetch::<_MM_HINT_T0>((&raw const (*s.header).parts[p]).cast());
             let home = p * spp + (w.hash as usize & (spp - 1));
-            _mm_prefetch::<_MM_HINT_T0>(s.slots.add(home).cast());
+            let slot = s.slots.add(home).cast::<i8>();
+            _mm_prefetch::<_MM_HINT_T0>(slot);
+            // A window's batches fill the slot's other two cache lines.
+            if w.rate.is_window() {
+                _mm_prefetch::<_MM_HINT_T0>(slot.add(64));
+                _mm_prefetch::<_MM_HINT_T0>(slot.add(128));
+            }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -437,7 +443,11 @@ pub fn prefetch_hint(hint: u32) {
             let spp = (*s.header).slots_per_part as usize;
             let slot = hint as usize - 1;
             if slot < PARTITIONS * spp {
-                _mm_prefetch::<_MM_HINT_T0>(s.slots.add(slot).cast());
+                // All of the slot: a window's batches are in its other two cache lines.
+                let line = s.slots.add(slot).cast::<i8>();
+                _mm_prefetch::<_MM_HINT_T0>(line);
+                _mm_prefetch::<_MM_HINT_T0>(line.add(64));
+                _mm_prefetch::<_MM_HINT_T0>(line.add(128));
                 _mm_prefetch::<_MM_HINT_T0>((&raw const (*s.header).parts[slot / spp]).cast());
             }
         }
