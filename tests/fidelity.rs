@@ -373,16 +373,6 @@ fn raising_a_defer_local_cap_lets_its_held_messages_go() {
         3,
         "held until 08:00 New York"
     );
-    // As if held in the window before this one: its 08:00 falls inside the current window.
-    let earlier: i64 = c
-        .query_one(
-            "INSERT INTO throttle.pending (sender, carrier, recipient, not_before, held_by)
-             SELECT 'ft-dl', 'tmobile', '+12125550123', now() + interval '10 minutes', cap_id
-               FROM throttle.cap WHERE name = 'ft dl daily' RETURNING id",
-            &[],
-        )
-        .expect("an earlier hold")
-        .get(0);
     let t = Instant::now();
     c.batch_execute("UPDATE throttle.cap SET cap = 10 WHERE name = 'ft dl daily'")
         .expect("raise");
@@ -398,7 +388,20 @@ fn raising_a_defer_local_cap_lets_its_held_messages_go() {
         "took {:?}",
         t.elapsed()
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // A hold from the window before this one (its 08:00 falls inside the current window, which
+    // has room): another configuration change does not let it go early.
+    let earlier: i64 = c
+        .query_one(
+            "INSERT INTO throttle.pending (sender, carrier, recipient, not_before, held_by)
+             SELECT 'ft-dl', 'tmobile', '+12125550123', now() + interval '10 minutes', cap_id
+               FROM throttle.cap WHERE name = 'ft dl daily' RETURNING id",
+            &[],
+        )
+        .expect("an earlier hold")
+        .get(0);
+    c.batch_execute("UPDATE throttle.cap SET cap = 12 WHERE name = 'ft dl daily'")
+        .expect("another change");
+    std::thread::sleep(Duration::from_millis(500));
     let still_held = format!(
         "SELECT count(*) FROM throttle.pending WHERE id = {earlier} AND not_before > now()"
     );
