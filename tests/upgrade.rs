@@ -62,6 +62,15 @@ fn schema_of(c: &mut Client) -> Vec<String> {
         .collect()
 }
 
+fn version(c: &mut Client) -> String {
+    c.query_one(
+        "SELECT extversion FROM pg_extension WHERE extname = 'pg_throttle'",
+        &[],
+    )
+    .expect("version")
+    .get(0)
+}
+
 fn pending_ids(c: &mut Client) -> Vec<i64> {
     c.query("SELECT id FROM throttle.pending ORDER BY id", &[])
         .expect("pending")
@@ -79,14 +88,7 @@ fn update_from_0_1_0_keeps_everything_and_matches_a_fresh_install() {
          CREATE EXTENSION pg_throttle VERSION '0.1.0';",
     )
     .expect("install 0.1.0");
-    let v: String = c
-        .query_one(
-            "SELECT extversion FROM pg_extension WHERE extname = 'pg_throttle'",
-            &[],
-        )
-        .expect("version")
-        .get(0);
-    assert_eq!(v, "0.1.0");
+    assert_eq!(version(&mut c), "0.1.0");
     // Fill it as a 0.1.0 user would: senders, limits (the old default burst, and a chosen
     // one), a cap with usage, a queue cap, and messages waiting.
     c.batch_execute(
@@ -112,14 +114,7 @@ fn update_from_0_1_0_keeps_everything_and_matches_a_fresh_install() {
 
     c.batch_execute("ALTER EXTENSION pg_throttle UPDATE")
         .expect("ALTER EXTENSION UPDATE");
-    let v: String = c
-        .query_one(
-            "SELECT extversion FROM pg_extension WHERE extname = 'pg_throttle'",
-            &[],
-        )
-        .expect("version")
-        .get(0);
-    assert_eq!(v, "0.2.0");
+    assert_eq!(version(&mut c), "0.2.0");
 
     // Everything is still there; the old default burst is now window-exact, a chosen one kept.
     assert_eq!(count(&mut c, "SELECT count(*) FROM throttle.sender"), 3);
