@@ -84,6 +84,10 @@ pub struct Scheduler<K> {
     seq: u64,
     /// Virtual time: the start tag of the last row released.
     vtime: u64,
+    /// How late the last `due` ran its latest queue: now less the time it was due.
+    late: Micros,
+    /// Queues parked (their sender is unknown).
+    parked_n: usize,
 }
 
 impl<K: Clone + Eq + Hash> Default for Scheduler<K> {
@@ -102,6 +106,8 @@ impl<K: Clone + Eq + Hash> Scheduler<K> {
             limits: HashMap::new(),
             seq: 0,
             vtime: 0,
+            late: 0,
+            parked_n: 0,
         }
     }
 
@@ -165,8 +171,10 @@ impl<K: Clone + Eq + Hash> Scheduler<K> {
         queue.lift = false;
     }
 
-    /// Every queue that waits (on a limit or a time) or is parked becomes due now: the
-    /// configuration changed, and what held them may hold them no longer.
+    /// Every queue that waits (on a limit or a time) becomes due now: the configuration
+    /// changed, and what held them may hold them no longer. Parked queues stay parked: only
+    /// `unpark` (their sender is known now) brings them back, so a crowd of rows for unknown
+    /// senders costs nothing at a configuration change.
     pub fn wake_all(&mut self, now: Micros) {
         self.limits.clear();
         let held: Vec<QueueId> = self
@@ -177,8 +185,8 @@ impl<K: Clone + Eq + Hash> Scheduler<K> {
                 q.as_ref()
                     .filter(|q| match q.state {
                         State::Due(at) => at > now,
-                        State::Waiting(_) | State::Parked => true,
-                        State::Running => false,
+                        State::Waiting(_) => true,
+                        State::Running | State::Parked => false,
                     })
                     .map(|_| i as QueueId)
             })
@@ -186,6 +194,50 @@ impl<K: Clone + Eq + Hash> Scheduler<K> {
         for q in held {
             self.schedule(q, now);
         }
+    }
+
+    /// A queue whose sender is known to be unknown: parked from the start, never due until
+    /// `unpark`. A queue already known is left as it is.
+    pub fn park_new(&mut self, key: &K) {
+        if self.by_key.contains_key(key) {
+            return;
+        }
+        let q = self.add(key);
+        self.done(q, Done::Parked);
+    }
+
+    /// Every parked queue.
+    pub fn parked(&self) -> Vec<QueueId> {
+        self.queues
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| q.as_ref().is_some_and(|q| q.state == State::Parked))
+            .map(|(i, _)| i as QueueId)
+            .collect()
+    }
+
+    /// A parked queue is due now (its sender became known).
+    pub fn unpark(&mut self, q: QueueId, now: Micros) {
+        if self
+            .queues
+            .get(q as usize)
+            .and_then(|x| x.as_ref())
+            .is_some_and(|x| x.state == State::Parked)
+        {
+            self.parked_n -= 1;
+            self.schedule(q, now);
+        }
+    }
+
+    /// How many queues are parked.
+    pub fn parked_count(&self) -> usize {
+        self.parked_n
+    }
+
+    /// How late the last `due` was for the latest queue it ran: its time less the time that
+    /// queue (or the limit that woke it) was due. 0 when nothing ran.
+    pub fn lateness(&self) -> Micros {
+        self.late
     }
 
     /// Queues known (not drained).
@@ -229,30 +281,36 @@ impl<K: Clone + Eq + Hash> Scheduler<K> {
     pub fn touch(&mut self, key: &K, now: Micros) {
         match self.by_key.get(key).copied() {
             None => {
-                let q = match self.free.pop() {
-                    Some(q) => q,
-                    None => {
-                        self.queues.push(None);
-                        (self.queues.len() - 1) as QueueId
-                    }
-                };
-                self.queues[q as usize] = Some(Queue {
-                    key: key.clone(),
-                    state: State::Running,
-                    epoch: 0,
-                    finish: self.vtime,
-                    weight: 1,
-                    lift: true,
-                });
-                self.by_key.insert(key.clone(), q);
+                let q = self.add(key);
                 self.schedule(q, now);
             }
             Some(q) => match self.queue(q).state {
                 State::Due(at) if at <= now => {}
-                State::Due(_) | State::Parked => self.schedule(q, now),
-                State::Waiting(_) | State::Running => {}
+                State::Due(_) => self.schedule(q, now),
+                // New rows do not make an unknown sender known.
+                State::Waiting(_) | State::Running | State::Parked => {}
             },
         }
+    }
+
+    fn add(&mut self, key: &K) -> QueueId {
+        let q = match self.free.pop() {
+            Some(q) => q,
+            None => {
+                self.queues.push(None);
+                (self.queues.len() - 1) as QueueId
+            }
+        };
+        self.queues[q as usize] = Some(Queue {
+            key: key.clone(),
+            state: State::Running,
+            epoch: 0,
+            finish: self.vtime,
+            weight: 1,
+            lift: true,
+        });
+        self.by_key.insert(key.clone(), q);
+        q
     }
 
     /// When the scheduler next has something to do (None: nothing is scheduled).
@@ -271,6 +329,7 @@ impl<K: Clone + Eq + Hash> Scheduler<K> {
         mut room: impl FnMut(i64) -> (u64, Micros),
     ) -> Vec<(QueueId, Option<i64>)> {
         let mut out = Vec::new();
+        self.late = 0;
         while out.len() < max {
             let Some(Reverse((at, _, item))) = self.heap.peek().copied() else {
                 break;
@@ -279,10 +338,12 @@ impl<K: Clone + Eq + Hash> Scheduler<K> {
                 break;
             }
             self.heap.pop();
+            let late = if at > Micros::MIN { now - at } else { 0 };
             match item {
                 Item::Queue(q, e) => {
                     let live = self.queues.get(q as usize).and_then(|x| x.as_ref());
                     if live.is_some_and(|x| x.epoch == e && matches!(x.state, State::Due(_))) {
+                        self.late = self.late.max(late);
                         self.queue_mut(q).state = State::Running;
                         out.push((q, None));
                     }
@@ -295,6 +356,7 @@ impl<K: Clone + Eq + Hash> Scheduler<K> {
                         continue; // superseded
                     }
                     w.wake = None;
+                    self.late = self.late.max(late);
                     let (tokens, next) = room(id);
                     let mut woken = 0u64;
                     while woken < tokens && out.len() < max {
@@ -372,6 +434,9 @@ impl<K: Clone + Eq + Hash> Scheduler<K> {
                 self.schedule(q, until)
             }
             Done::Parked => {
+                if self.queue(q).state != State::Parked {
+                    self.parked_n += 1;
+                }
                 let queue = self.queue_mut(q);
                 queue.epoch += 1;
                 queue.state = State::Parked;
@@ -947,8 +1012,33 @@ mod tests {
             .map(|x| x.0)
             .collect();
         woken.sort();
-        assert_eq!(woken, vec![0, 1, 2]);
+        assert_eq!(woken, vec![0, 1], "the parked queue stays parked");
         assert_eq!(s.waiting_on(7), None, "the old wait is forgotten");
+        // New rows do not make its sender known; unpark does.
+        s.touch(&2, 2 * SEC);
+        assert!(s.due(2 * SEC, 10, |_| (0, 0)).iter().all(|x| x.0 != 2));
+        assert_eq!(s.parked(), vec![2]);
+        assert_eq!(s.parked_count(), 1);
+        s.unpark(2, 3 * SEC);
+        assert_eq!(s.parked_count(), 0);
+        assert_eq!(s.due(4 * SEC, 10, |_| (0, 0)), vec![(2, None)]);
+        assert_eq!(s.lateness(), SEC, "due at 3 s, run at 4 s");
+    }
+
+    #[test]
+    fn a_queue_parked_from_the_start_is_never_due_until_unparked() {
+        let mut s: Scheduler<u32> = Scheduler::new();
+        s.park_new(&5);
+        s.touch(&5, 0);
+        assert!(s.due(SEC, 10, |_| (0, 0)).is_empty());
+        assert_eq!(s.next_wake(), None);
+        assert_eq!(s.len(), 1);
+        let q = s.parked()[0];
+        s.unpark(q, SEC);
+        assert_eq!(s.due(SEC, 10, |_| (0, 0)), vec![(q, None)]);
+        // park_new leaves a known queue as it is.
+        s.park_new(&5);
+        assert!(s.parked().is_empty());
     }
 
     #[test]
