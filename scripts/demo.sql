@@ -111,7 +111,7 @@ SELECT limit_name, volume, time_needed, senders_needed, note
   FROM throttle.plan_capacity('55501', 20000, ARRAY['att', 'tmobile'], deadline => '1 hour');
 
 \echo '== The worker'
-SELECT pid, ticks, released, queues, last_lag_ms, released_per_s FROM throttle.worker_state();
+SELECT pid, healthy, ticks, released, queues, late_ms, released_per_s FROM throttle.worker_state();
 
 -- Figures for the chart (scripts/demo.sh reads this table): at each second, what each limit
 -- counted over its own period ending then (the last second, or the last minute), against

@@ -13,6 +13,9 @@ static EXPIRY_ERROR_CODE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"30036"));
 static MAX_FUTURE_MS: GucSetting<i32> = GucSetting::<i32>::new(3_600_000);
 static LEASE_IDLE_MS: GucSetting<i32> = GucSetting::<i32>::new(1_000);
+static RESCAN_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000);
+static DROP_WITH_MESSAGES: GucSetting<bool> = GucSetting::<bool>::new(false);
+const MAX_IDENTIFIER: usize = 128;
 
 /// Define the settings. Postmaster-context settings can only be defined while the postmaster
 /// loads `shared_preload_libraries` (`preloading`); defining them later is FATAL.
@@ -81,6 +84,16 @@ fn define_postmaster() {
         GucContext::Sighup,
         GucFlags::UNIT_MS,
     );
+    GucRegistry::define_int_guc(
+        c"throttle.rescan_interval",
+        c"Longest the release worker sleeps, idle or not, before it looks at throttle.pending again.",
+        c"New messages wake the worker at once through their insert trigger; this timer finds rows written without it (logical replication applies rows with session_replication_role = replica) and is the worker's liveness signal (throttle.worker_state().seconds_since_tick).",
+        &RESCAN_INTERVAL_MS,
+        1_000,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
 }
 
 fn define_expiry_code() {
@@ -106,6 +119,14 @@ fn define_runtime() {
         // caller may push them.
         GucContext::Suset,
         GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_bool_guc(
+        c"throttle.drop_with_messages",
+        c"Let DROP EXTENSION pg_throttle delete messages still queued in throttle.pending or throttle.ready.",
+        c"Off (the default): DROP EXTENSION refuses with SQLSTATE 55006 while messages are queued. Set it in the dropping session to discard them.",
+        &DROP_WITH_MESSAGES,
+        GucContext::Userset,
+        GucFlags::default(),
     );
 }
 
@@ -150,4 +171,19 @@ pub fn queue_batch() -> u64 {
 /// The error code of expired messages (senders may override it).
 pub fn expiry_error_code() -> Option<String> {
     EXPIRY_ERROR_CODE.get().and_then(|c| c.into_string().ok())
+}
+
+/// Longest the worker sleeps before looking at throttle.pending again, µs.
+pub fn rescan_interval_us() -> i64 {
+    RESCAN_INTERVAL_MS.get().max(1_000) as i64 * 1_000
+}
+
+/// Whether DROP EXTENSION may discard queued messages (set in the dropping session).
+pub fn drop_with_messages() -> bool {
+    DROP_WITH_MESSAGES.get()
+}
+
+/// Longest sender, carrier or channel accepted anywhere, in bytes (documented).
+pub const fn max_identifier() -> usize {
+    MAX_IDENTIFIER
 }

@@ -19,7 +19,9 @@ use crate::limiter::{self, Bucket, Micros, Outcome, Rate};
 use pgrx::pg_sys;
 use std::ffi::CStr;
 use std::ptr::null_mut;
-use std::sync::atomic::{AtomicI32, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering,
+};
 
 pub const PARTITIONS: usize = 32;
 const SEGMENT: &CStr = c"pg_throttle buckets";
@@ -53,10 +55,17 @@ struct WorkerShared {
     released: AtomicU64,
     dead: AtomicU64,
     queues: AtomicU64,
-    /// Release lag of the last tick: how late the oldest released row was, µs.
-    lag_us: AtomicI64,
+    /// Queues parked because their sender is not registered.
+    parked: AtomicU64,
+    /// Ticks that failed (reported in the log, tried again).
+    failed: AtomicU64,
+    /// Lateness of the last tick that released: how long after its queues became due (by
+    /// time, or by room on the limit they waited on) the worker ran them, µs.
+    late_us: AtomicI64,
     /// The database the worker serves (0: not known yet).
     database: AtomicU32,
+    /// That database was dropped: the worker waits, unconnected, for it to be created again.
+    db_gone: AtomicBool,
     /// Released per second over the last second or more (× 1000), and where that measure
     /// started (time, released count).
     per_s_milli: AtomicU64,
@@ -188,8 +197,11 @@ unsafe extern "C-unwind" fn startup_hook() {
                     released: AtomicU64::new(0),
                     dead: AtomicU64::new(0),
                     queues: AtomicU64::new(0),
-                    lag_us: AtomicI64::new(0),
+                    parked: AtomicU64::new(0),
+                    failed: AtomicU64::new(0),
+                    late_us: AtomicI64::new(0),
                     database: AtomicU32::new(0),
+                    db_gone: AtomicBool::new(false),
                     per_s_milli: AtomicU64::new(0),
                     rate_t0: AtomicI64::new(0),
                     rate_n0: AtomicU64::new(0),
@@ -601,6 +613,23 @@ pub fn snapshot() -> Result<Vec<(Key, Bucket)>, ShmemError> {
     Ok(out)
 }
 
+/// Forget the buckets of database `db` whose limit `live` no longer names (the limit was
+/// deleted), once they are full at `now`: a full bucket is what a new one would be, so even
+/// a limit that reappears meanwhile loses nothing. Returns how many were forgotten.
+pub fn forget_unused(db: u32, now: Micros, live: impl Fn(i64) -> bool) -> usize {
+    let Ok(s) = shared() else { return 0 };
+    let mut forgotten = 0;
+    for p in 0..PARTITIONS {
+        let _lock = Locked::acquire(s, 1 << p);
+        // SAFETY: the partition's lock is held.
+        let mut t = unsafe { table(s, p) };
+        let n = t.forget_full(now, |k| (k.sub >> 32) as u32 != db || live(k.limit_id));
+        budget(s)(-(n as i64));
+        forgotten += n;
+    }
+    forgotten
+}
+
 /// (live buckets, capacity).
 pub fn usage() -> Result<(i64, i64), ShmemError> {
     let s = shared()?;
@@ -614,11 +643,16 @@ pub fn usage() -> Result<(i64, i64), ShmemError> {
 
 /// Hand ids of newly committed pending rows to the worker and wake it. When the ring is full
 /// the worker is told to rediscover every queue from the table instead: nothing is lost.
-pub fn ring_push(ids: &[i64]) {
+/// `rescan`: the transaction also deleted rows of queues it had noted, so a noted id may be
+/// gone while its queue has others: the worker looks at the whole table then too.
+pub fn ring_push(ids: &[i64], rescan: bool) {
     let Ok(s) = shared() else { return };
     unsafe {
         let r = &raw mut (*s.header).ring;
         spin_lock(&(*r).locked);
+        if rescan {
+            (*r).overflowed = true;
+        }
         for &id in ids {
             if (*r).tail - (*r).head >= RING_CAP as u64 {
                 (*r).overflowed = true;
@@ -649,6 +683,23 @@ pub fn ring_drain(out: &mut Vec<i64>) -> bool {
     }
 }
 
+/// The worker's database is being dropped (true), or exists again (false).
+pub fn set_worker_db_gone(gone: bool) {
+    if let Ok(s) = shared() {
+        unsafe { &(*s.header).worker }
+            .db_gone
+            .store(gone, Ordering::Release);
+    }
+}
+
+pub fn worker_db_gone() -> bool {
+    shared().is_ok_and(|s| {
+        unsafe { &(*s.header).worker }
+            .db_gone
+            .load(Ordering::Acquire)
+    })
+}
+
 /// Set the worker's latch, if a worker runs.
 pub fn wake_worker() {
     let Ok(s) = shared() else { return };
@@ -668,34 +719,56 @@ pub fn register_worker(latch: *mut pg_sys::Latch, pid: i32) {
     }
 }
 
-/// The worker's figures after a tick.
-pub fn note_tick(at: Micros, released: u64, dead: u64, queues: u64, lag_us: i64) {
+/// A tick failed (and was reported): counted, and the worker's liveness stays fresh.
+pub fn note_failed_tick() {
     if let Ok(s) = shared() {
         let w = unsafe { &(*s.header).worker };
-        w.last_tick_at.store(at, Ordering::Release);
+        w.failed.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// What one tick of the worker did.
+pub struct Tick {
+    pub at: Micros,
+    pub released: u64,
+    pub dead: u64,
+    /// Queues known and not parked.
+    pub queues: u64,
+    pub parked: u64,
+    /// How late the tick ran its due queues (0: it released nothing).
+    pub late_us: i64,
+}
+
+/// The worker's figures after a tick (idle ticks too: the worker ticks at least every
+/// `throttle.rescan_interval`, so `last_tick_at` is its liveness).
+pub fn note_tick(t: Tick) {
+    if let Ok(s) = shared() {
+        let w = unsafe { &(*s.header).worker };
+        w.last_tick_at.store(t.at, Ordering::Release);
         w.ticks.fetch_add(1, Ordering::AcqRel);
-        let total = w.released.fetch_add(released, Ordering::AcqRel) + released;
-        w.dead.fetch_add(dead, Ordering::AcqRel);
-        w.queues.store(queues, Ordering::Release);
-        if released > 0 {
-            w.lag_us.store(lag_us, Ordering::Release);
+        let total = w.released.fetch_add(t.released, Ordering::AcqRel) + t.released;
+        w.dead.fetch_add(t.dead, Ordering::AcqRel);
+        w.queues.store(t.queues, Ordering::Release);
+        w.parked.store(t.parked, Ordering::Release);
+        if t.released > 0 {
+            w.late_us.store(t.late_us, Ordering::Release);
         }
         // Only the worker writes these.
         let t0 = w.rate_t0.load(Ordering::Acquire);
-        if at - t0 >= 1_000_000 {
+        if t.at - t0 >= 1_000_000 {
             let n0 = w.rate_n0.load(Ordering::Acquire);
             if t0 != 0 {
-                let per_s = (total - n0) as u128 * 1_000_000_000 / (at - t0) as u128;
+                let per_s = (total - n0) as u128 * 1_000_000_000 / (t.at - t0) as u128;
                 w.per_s_milli.store(per_s as u64, Ordering::Release);
             }
-            w.rate_t0.store(at, Ordering::Release);
+            w.rate_t0.store(t.at, Ordering::Release);
             w.rate_n0.store(total, Ordering::Release);
         }
     }
 }
 
 /// The worker's figures: pid (0: none), last tick, ticks, released, dead-lettered, queues
-/// known, lag of the last release.
+/// known, queues parked, lateness of the last release, new ids not yet seen, release rate.
 pub struct WorkerFigures {
     pub pid: i32,
     pub last_tick_at: Micros,
@@ -703,12 +776,16 @@ pub struct WorkerFigures {
     pub released: u64,
     pub dead: u64,
     pub queues: u64,
-    pub lag_us: i64,
+    pub parked: u64,
+    pub failed: u64,
+    pub late_us: i64,
     pub ring_len: u64,
     pub per_s: f64,
 }
 
-pub fn worker_figures() -> Result<WorkerFigures, ShmemError> {
+/// The worker's figures as of `now`: the release rate is over the last second or more, and
+/// falls to 0 while nothing is released (it is measured to `now`, not to the last tick).
+pub fn worker_figures(now: Micros) -> Result<WorkerFigures, ShmemError> {
     let s = shared()?;
     unsafe {
         let w = &(*s.header).worker;
@@ -716,16 +793,27 @@ pub fn worker_figures() -> Result<WorkerFigures, ShmemError> {
         spin_lock(&(*r).locked);
         let ring_len = (*r).tail - (*r).head;
         (*r).locked.store(0, Ordering::Release);
+        let released = w.released.load(Ordering::Acquire);
+        let (t0, n0) = (
+            w.rate_t0.load(Ordering::Acquire),
+            w.rate_n0.load(Ordering::Acquire),
+        );
+        let mut per_s = w.per_s_milli.load(Ordering::Acquire) as f64 / 1000.0;
+        if t0 != 0 && now - t0 >= 2_000_000 {
+            per_s = released.saturating_sub(n0) as f64 * 1e6 / (now - t0) as f64;
+        }
         Ok(WorkerFigures {
             pid: w.pid.load(Ordering::Acquire),
             last_tick_at: w.last_tick_at.load(Ordering::Acquire),
             ticks: w.ticks.load(Ordering::Acquire),
-            released: w.released.load(Ordering::Acquire),
+            released,
             dead: w.dead.load(Ordering::Acquire),
             queues: w.queues.load(Ordering::Acquire),
-            lag_us: w.lag_us.load(Ordering::Acquire),
+            parked: w.parked.load(Ordering::Acquire),
+            failed: w.failed.load(Ordering::Acquire),
+            late_us: w.late_us.load(Ordering::Acquire),
             ring_len,
-            per_s: w.per_s_milli.load(Ordering::Acquire) as f64 / 1000.0,
+            per_s,
         })
     }
 }

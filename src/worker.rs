@@ -45,9 +45,18 @@ struct QueueKey {
     channel: String,
 }
 
-const SQL_DISCOVER_IDS: &str =
-    "SELECT DISTINCT sender, carrier, channel FROM throttle.pending WHERE id = ANY($1)";
-const SQL_DISCOVER_ALL: &str = "SELECT DISTINCT sender, carrier, channel FROM throttle.pending";
+/// Queues of new rows, and whether their sender is registered (a queue of an unknown sender
+/// is parked at once: it costs nothing until the sender is registered).
+const SQL_DISCOVER_IDS: &str = "
+    SELECT q.sender, q.carrier, q.channel,
+           EXISTS (SELECT 1 FROM throttle.sender s WHERE s.sender = q.sender)
+      FROM (SELECT DISTINCT sender, carrier, channel FROM throttle.pending WHERE id = ANY($1)) q";
+const SQL_DISCOVER_ALL: &str = "
+    SELECT q.sender, q.carrier, q.channel,
+           EXISTS (SELECT 1 FROM throttle.sender s WHERE s.sender = q.sender)
+      FROM (SELECT DISTINCT sender, carrier, channel FROM throttle.pending) q";
+/// Which of the senders of parked queues are registered now.
+const SQL_KNOWN: &str = "SELECT sender FROM throttle.sender WHERE sender = ANY($1)";
 const SQL_FETCH: &str = "
     SELECT q.i::int4, p.id, p.cost, p.priority
       FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[]) WITH ORDINALITY AS q(s, c, ch, n, i)
@@ -65,10 +74,8 @@ const SQL_MOVE: &str = "
                                              payload, not_before, expires_at, enqueued_at, released_at)
                  SELECT id, sender, carrier, channel, recipient, cost, priority,
                         payload, not_before, expires_at, enqueued_at, $2 FROM moved
-                 RETURNING sender, carrier, channel, greatest(enqueued_at, not_before) AS due)
-    SELECT sender, carrier, channel, count(*)::int8,
-           (extract(epoch FROM $2 - min(due)) * 1000000::numeric)::int8
-      FROM ins GROUP BY 1, 2, 3";
+                 RETURNING sender, carrier, channel)
+    SELECT sender, carrier, channel, count(*)::int8 FROM ins GROUP BY 1, 2, 3";
 const SQL_DEAD: &str = "
     WITH gone AS (DELETE FROM throttle.pending p
                    USING unnest($1::int8[], $2::text[], $4::text[]) AS d(id, reason, code)
@@ -145,6 +152,8 @@ const SQL_NEXT_DUE: &str = "
 struct Stmts {
     discover_ids: OwnedPreparedStatement,
     discover_all: OwnedPreparedStatement,
+    known: OwnedPreparedStatement,
+    limit_ids: OwnedPreparedStatement,
     fetch: OwnedPreparedStatement,
     mv: OwnedPreparedStatement,
     dead: OwnedPreparedStatement,
@@ -167,6 +176,10 @@ impl Stmts {
         Ok(Stmts {
             discover_ids: c.prepare(SQL_DISCOVER_IDS, &[oid(INT8ARRAYOID)])?.keep(),
             discover_all: c.prepare(SQL_DISCOVER_ALL, &[])?.keep(),
+            known: c.prepare(SQL_KNOWN, &[oid(TEXTARRAYOID)])?.keep(),
+            limit_ids: c
+                .prepare("SELECT limit_id FROM throttle.rate_limit", &[])?
+                .keep(),
             fetch: c
                 .prepare(
                     SQL_FETCH,
@@ -308,19 +321,15 @@ fn defer_local(
     Ok(())
 }
 
-/// Rows of (sender, carrier, channel, count[, lag]) from a statement that moved messages out
-/// of pending: their total, (if `keep`) each queue's count into `gone`, and the largest lag.
+/// Rows of (sender, carrier, channel, count) from a statement that moved messages out of
+/// pending: their total, and (if `keep`) each queue's count into `gone`.
 fn per_queue_counts(
     rows: pgrx::spi::SpiTupleTable<'_>,
     keep: bool,
     gone: &mut Vec<(String, String, String, i64)>,
-    mut lag: Option<&mut i64>,
 ) -> pgrx::spi::Result<u64> {
     let mut total = 0u64;
     for row in rows {
-        if let Some(l) = lag.as_deref_mut() {
-            *l = (*l).max(row.get::<i64>(5)?.unwrap_or(0));
-        }
         let n: i64 = row.get(4)?.unwrap_or(0);
         total += n.max(0) as u64;
         if keep {
@@ -408,11 +417,9 @@ fn load_ledger<'a>(
     Ok(ledgers.get_mut(&key).expect("just read"))
 }
 
-/// How often the worker re-reads every queue from the table, as a safety net for rows no
-/// trigger told it about (for example rows written with session_replication_role =
-/// replica, which fires no triggers).
-const REDISCOVER_EVERY_US: Micros = 60_000_000;
-
+/// The release worker's state between ticks. It re-reads every queue from the table at
+/// least every `throttle.rescan_interval`, a safety net for rows no trigger told it about
+/// (rows written with session_replication_role = replica fire no triggers).
 struct Worker {
     sched: Scheduler<QueueKey>,
     stmts: Option<Stmts>,
@@ -428,6 +435,8 @@ struct Worker {
     recount_tries: u32,
     /// The configuration changed: messages a cap held until a local time are looked at again.
     unhold: bool,
+    /// Look for buckets of deleted limits (after a configuration change, at every rescan).
+    sweep: bool,
     after: AfterCommit,
 }
 
@@ -462,6 +471,7 @@ impl Worker {
             queue_counted: 0,
             recount_tries: 0,
             unhold: true,
+            sweep: true,
             after: AfterCommit::default(),
         }
     }
@@ -473,10 +483,51 @@ impl Worker {
         if unsafe { pg_sys::RecoveryInProgress() } {
             return Some(Duration::from_secs(5));
         }
-        let sleep = BackgroundWorker::transaction(std::panic::AssertUnwindSafe(|| {
-            self.tick_in_transaction()
-        }));
-        // Committed (an error ends the process): hand out what the table now counts.
+        // New ids are taken before the transaction's snapshot: every row they name is then
+        // visible to the tick (taken after it, a row committed in between would be missed).
+        self.ids.clear();
+        if shmem::ring_drain(&mut self.ids) {
+            self.rediscover = true;
+        }
+        // An error in a tick (a lock wait over lock_timeout, a row no check foresaw) is
+        // reported and the tick is tried again a second later: one bad row or one lock held
+        // by a client never stops the worker, and the error is in the log.
+        let ctx = unsafe { pg_sys::CurrentMemoryContext };
+        let tick = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
+            Ok(BackgroundWorker::transaction(std::panic::AssertUnwindSafe(
+                || self.tick_in_transaction(),
+            )))
+        }))
+        .catch_others(|e| {
+            let r = match &e {
+                pg_sys::panic::CaughtError::PostgresError(r)
+                | pg_sys::panic::CaughtError::ErrorReport(r)
+                | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r,
+            };
+            Err(format!("{} ({:?})", r.message(), r.sql_error_code()))
+        })
+        .execute();
+        let sleep = match tick {
+            Ok(sleep) => sleep,
+            Err(message) => {
+                // SAFETY: the error left the tick's transaction open; this ends it, as
+                // PostgreSQL's own workers do, and returns to the loop's memory context.
+                unsafe {
+                    pg_sys::AbortCurrentTransaction();
+                    pg_sys::MemoryContextSwitchTo(ctx);
+                }
+                pgrx::warning!("pg_throttle: release tick failed, trying again in 1 s: {message}");
+                // What the tick decided is void: leases it granted were not counted, and the
+                // queues it held are looked at afresh (tokens it spent stay spent: safe).
+                self.after = AfterCommit::default();
+                self.stmts = None;
+                self.rediscover = true;
+                self.sched = Scheduler::new();
+                shmem::note_failed_tick();
+                return Some(Duration::from_secs(1));
+            }
+        };
+        // Committed: hand out what the table now counts.
         let after = std::mem::take(&mut self.after);
         let now = unsafe { pg_sys::GetCurrentTimestamp() };
         for (id, born, start, n, full) in after.grants {
@@ -506,6 +557,10 @@ impl Worker {
                 // not by the delete trigger (see queue_cap.rs).
                 c.update("SET pg_throttle.worker = on", None, &[])
                     .expect("set pg_throttle.worker");
+                // Never wait long on a lock a client holds: the tick fails, is reported, and
+                // is tried again.
+                c.update("SET lock_timeout = '1s'", None, &[])
+                    .expect("set lock_timeout");
                 self.stmts = Some(Stmts::prepare(c).expect("prepare the worker's statements"));
             }
             self.run(c).expect("release tick")
@@ -526,7 +581,9 @@ impl Worker {
             // Limits, caps, exemptions or groups changed: what held a queue may not any more.
             self.generation = generation;
             self.sched.wake_all(now);
+            self.unpark_known(c, st, now)?;
             self.unhold = true;
+            self.sweep = true;
         }
         // Fail closed: if the caps cannot be read, release nothing this tick.
         let (any_caps, any_queue_caps) = match (caps::any_caps(), caps::any_queue_caps()) {
@@ -591,19 +648,30 @@ impl Worker {
 
         // 1. New work: ids committed since the last tick, or everything after a restart or a
         //    full ring.
-        self.ids.clear();
-        let lost = shmem::ring_drain(&mut self.ids);
-        if lost || self.rediscover || now - self.last_rediscovery > REDISCOVER_EVERY_US {
+        if self.rediscover || now - self.last_rediscovery >= gucs::rescan_interval_us() {
             self.rediscover = false;
             self.last_rediscovery = now;
+            self.sweep = true;
             for row in c.select(&st.discover_all, None, &[])? {
-                self.touch(row.get(1)?, row.get(2)?, row.get(3)?, now);
+                self.touch(row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, now);
             }
         } else if !self.ids.is_empty() {
             let ids: Vec<i64> = std::mem::take(&mut self.ids);
             for row in c.select(&st.discover_ids, None, &[ids.into()])? {
-                self.touch(row.get(1)?, row.get(2)?, row.get(3)?, now);
+                self.touch(row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, now);
             }
+        }
+
+        // Buckets of deleted limits leave shared memory once refilled (looked at after a
+        // configuration change and at every rescan).
+        if std::mem::take(&mut self.sweep) {
+            let mut live = rustc_hash::FxHashSet::default();
+            for row in c.select(&st.limit_ids, None, &[])? {
+                if let Some(id) = row.get::<i64>(1)? {
+                    live.insert(id);
+                }
+            }
+            shmem::forget_unused(self.db, now, |id| live.contains(&id));
         }
 
         // 2. Expired messages leave for throttle.dead, with their error code.
@@ -612,7 +680,7 @@ impl Worker {
             let code = gucs::expiry_error_code();
             let mut gone: Vec<(String, String, String, i64)> = Vec::new();
             let rows = c.update(&st.expire, None, &[ts(now).into(), code.into()])?;
-            dead += per_queue_counts(rows, any_queue_caps, &mut gone, None)?;
+            dead += per_queue_counts(rows, any_queue_caps, &mut gone)?;
             for (s, ca, ch, n) in gone {
                 self.left_queue(&s, &ca, &ch, n);
             }
@@ -629,6 +697,7 @@ impl Worker {
                     .unwrap_or((1, now)),
                 None => (1, now),
             });
+        let lateness = self.sched.lateness();
         if any_caps {
             let mut need: Vec<(Rc<CapDef>, Micros)> = Vec::new();
             for (q, _) in &due {
@@ -867,7 +936,6 @@ impl Worker {
 
         // 6. Move what was admitted; dead-letter what never can be. One statement each.
         let mut moved = 0u64;
-        let mut lag = 0i64;
         // Messages that left, per queue (as the statements report them: a row deleted
         // meanwhile by someone else is not counted twice).
         let mut gone: Vec<(String, String, String, i64)> = Vec::new();
@@ -878,7 +946,7 @@ impl Worker {
                 .map(|&(b, r)| batches[b][r].id)
                 .collect();
             let rows = c.update(&st.mv, None, &[ids.into(), ts(now).into()])?;
-            moved += per_queue_counts(rows, any_queue_caps, &mut gone, Some(&mut lag))?;
+            moved += per_queue_counts(rows, any_queue_caps, &mut gone)?;
             if moved > 0 {
                 c.update(
                     "SELECT pg_notify('throttle_ready', $1)",
@@ -920,7 +988,7 @@ impl Worker {
                 None,
                 &[ids.into(), reasons.into(), ts(now).into(), codes.into()],
             )?;
-            dead += per_queue_counts(rows, any_queue_caps, &mut gone, None)?;
+            dead += per_queue_counts(rows, any_queue_caps, &mut gone)?;
         }
         for (s, ca, ch, n) in gone {
             self.left_queue(&s, &ca, &ch, n);
@@ -981,13 +1049,29 @@ impl Worker {
         let e: Option<TimestampWithTimeZone> =
             c.select(&st.next_expiry, None, &[])?.first().get(1)?;
         self.next_expiry = e.map(i64::from);
-        shmem::note_tick(now, moved, dead, self.sched.len() as u64, lag);
-        // An unspent lease is taken back once idle: wake for that too.
+        let parked = self.sched.parked_count();
+        shmem::note_tick(shmem::Tick {
+            at: now,
+            released: moved,
+            dead,
+            queues: (self.sched.len() - parked) as u64,
+            parked: parked as u64,
+            late_us: if moved > 0 { lateness } else { 0 },
+        });
+        // An unspent lease is taken back once idle: wake for that too. And at least every
+        // rescan interval, idle or not: rows written without the trigger are found then.
         let lease_idle = shmem::lease_oldest_touch(self.db).map(|t| t + gucs::lease_idle_us());
-        let wake = [self.sched.next_wake(), self.next_expiry, soon, lease_idle]
-            .into_iter()
-            .flatten()
-            .min();
+        let rescan = Some(self.last_rediscovery + gucs::rescan_interval_us());
+        let wake = [
+            self.sched.next_wake(),
+            self.next_expiry,
+            soon,
+            lease_idle,
+            rescan,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         Ok(wake.map(|at| {
             let now = unsafe { pg_sys::GetCurrentTimestamp() };
             Duration::from_micros(at.saturating_sub(now).clamp(0, 3_600_000_000) as u64)
@@ -1034,7 +1118,7 @@ impl Worker {
             queues.push((row.get(1)?, row.get(2)?, row.get(3)?));
         }
         for (s, ca, ch) in queues {
-            self.touch(s, ca, ch, now);
+            self.touch(s, ca, ch, None, now);
         }
         Ok(())
     }
@@ -1153,15 +1237,20 @@ impl Worker {
         // Never wait for the lock: an enqueuing transaction left open would hold the worker,
         // and behind the worker's request every new enqueue. Until the count succeeds (it is
         // tried every few milliseconds), enqueues use the counts they had.
+        // An enqueuing transaction left open must not keep a new cap uncounted (and every
+        // enqueue under it refused) for as long as it lasts: after a second of trying, count
+        // what is committed without the lock. Rows of transactions still open then are not
+        // counted under a cap created meanwhile (they were not checked against it either).
         let share = pg_sys::ShareLock as pg_sys::LOCKMODE;
-        if !unsafe { pg_sys::ConditionalLockRelationOid(relid, share) } {
+        let locked = unsafe { pg_sys::ConditionalLockRelationOid(relid, share) };
+        if !locked {
             self.recount_tries += 1;
-            if self.recount_tries % 500 == 0 {
-                pgrx::log!(
-                    "pg_throttle: queue caps not counted yet: throttle.pending is never free of enqueuing transactions"
-                );
+            if self.recount_tries < 50 {
+                return Ok(false);
             }
-            return Ok(false);
+            pgrx::log!(
+                "pg_throttle: queue caps counted without waiting for enqueuing transactions still open; their messages count under caps created after them only once they leave"
+            );
         }
         self.recount_tries = 0;
         let Ok(all) = caps::all_queue_caps() else {
@@ -1208,23 +1297,58 @@ impl Worker {
         Ok(true)
     }
 
+    /// A queue has new rows: due now, or parked if its sender is not registered.
     fn touch(
         &mut self,
         sender: Option<String>,
         carrier: Option<String>,
         channel: Option<String>,
+        registered: Option<bool>,
         now: Micros,
     ) {
         if let (Some(sender), Some(carrier), Some(channel)) = (sender, carrier, channel) {
-            self.sched.touch(
-                &QueueKey {
-                    sender,
-                    carrier,
-                    channel,
-                },
-                now,
-            );
+            let key = QueueKey {
+                sender,
+                carrier,
+                channel,
+            };
+            if registered == Some(false) {
+                self.sched.park_new(&key);
+            } else {
+                self.sched.touch(&key, now);
+            }
         }
+    }
+
+    /// Parked queues whose sender is registered now are due (one statement for all).
+    fn unpark_known(
+        &mut self,
+        c: &mut SpiClient<'_>,
+        st: &Stmts,
+        now: Micros,
+    ) -> pgrx::spi::Result<()> {
+        let parked = self.sched.parked();
+        if parked.is_empty() {
+            return Ok(());
+        }
+        let mut senders: Vec<String> = parked
+            .iter()
+            .map(|&q| self.sched.key(q).sender.clone())
+            .collect();
+        senders.sort_unstable();
+        senders.dedup();
+        let mut known = rustc_hash::FxHashSet::default();
+        for row in c.select(&st.known, None, &[senders.into()])? {
+            if let Some(s) = row.get::<String>(1)? {
+                known.insert(s);
+            }
+        }
+        for q in parked {
+            if known.contains(&self.sched.key(q).sender) {
+                self.sched.unpark(q, now);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1242,8 +1366,19 @@ unsafe extern "C-unwind" fn withdraw(_code: i32, _arg: pg_sys::Datum) {
 pub extern "C-unwind" fn pg_throttle_worker_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let db = gucs::database_name();
-    BackgroundWorker::connect_worker_to_spi(Some(&db), None);
     shmem::register_worker(unsafe { pg_sys::MyLatch }, unsafe { pg_sys::MyProcPid });
+    // Its database was dropped: wait, unconnected, until one of that name is created again
+    // (CREATE DATABASE sets the latch), rather than fail to connect every few seconds.
+    if shmem::worker_db_gone() {
+        pgrx::log!("pg_throttle release worker: database \"{db}\" was dropped; waiting for it to be created again");
+        while shmem::worker_db_gone() {
+            if !BackgroundWorker::wait_latch(Some(Duration::from_secs(10))) {
+                shmem::register_worker(std::ptr::null_mut(), 0);
+                unsafe { pg_sys::proc_exit(1) };
+            }
+        }
+    }
+    BackgroundWorker::connect_worker_to_spi(Some(&db), None);
     shmem::set_worker_database(unsafe { pg_sys::MyDatabaseId }.to_u32());
     // However the worker ends (an error exits the process), withdraw its latch.
     unsafe { pg_sys::before_shmem_exit(Some(withdraw), pg_sys::Datum::from(0usize)) };

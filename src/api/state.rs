@@ -109,10 +109,11 @@ fn shmem_usage() -> Result<
     Ok(TableIterator::once((live, max, to_ts(started))))
 }
 
-/// The release worker: its pid (NULL when none runs), last tick, ticks, rows released and
-/// dead-lettered since the server started, queues it knows, the lag of its last release
-/// (how long after its due time the oldest row of the batch left pending), and enqueued ids
-/// not yet looked at.
+/// The release worker: its pid (NULL when none runs), last tick and how long ago, whether it
+/// is healthy, ticks (and failed ones: reported in the log and tried again), rows released
+/// and dead-lettered since the server started, queues it works on and parked ones, how late
+/// its last release ran (after its queues became releasable), enqueued ids not yet looked
+/// at, and its release rate.
 #[pg_extern(volatile, parallel_safe)]
 fn worker_state() -> Result<
     TableIterator<
@@ -120,27 +121,41 @@ fn worker_state() -> Result<
         (
             name!(pid, Option<i32>),
             name!(last_tick_at, Option<TimestampWithTimeZone>),
+            name!(seconds_since_tick, Option<f64>),
+            name!(healthy, bool),
             name!(ticks, i64),
+            name!(failed_ticks, i64),
             name!(released, i64),
             name!(dead, i64),
             name!(queues, i64),
-            name!(last_lag_ms, f64),
+            name!(parked_queues, i64),
+            name!(late_ms, f64),
             name!(unseen_enqueues, i64),
             name!(released_per_s, f64),
         ),
     >,
 > {
-    let f = shmem::worker_figures().map_err(pgrx::pg_sys::panic::ErrorReport::from)?;
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let f = shmem::worker_figures(now).map_err(pgrx::pg_sys::panic::ErrorReport::from)?;
+    let since = (f.last_tick_at != 0).then(|| (now - f.last_tick_at).max(0) as f64 / 1e6);
+    // The worker ticks at least every rescan interval, idle or not: healthy while it runs
+    // and its last tick is no older than two intervals (plus a tick's own time).
+    let fresh = 2.0 * crate::gucs::rescan_interval_us() as f64 / 1e6 + 5.0;
+    let healthy = f.pid != 0 && since.is_some_and(|s| s <= fresh);
     Ok(TableIterator::once((
         (f.pid != 0).then_some(f.pid),
         (f.last_tick_at != 0)
             .then(|| to_ts(f.last_tick_at))
             .flatten(),
+        since,
+        healthy,
         f.ticks as i64,
+        f.failed as i64,
         f.released as i64,
         f.dead as i64,
         f.queues as i64,
-        f.lag_us as f64 / 1000.0,
+        f.parked as i64,
+        f.late_us as f64 / 1000.0,
         f.ring_len as i64,
         f.per_s,
     )))
