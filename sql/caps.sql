@@ -117,6 +117,22 @@ $$;
 CREATE TRIGGER queue_cap_check AFTER INSERT ON throttle.queue_cap
     FOR EACH STATEMENT EXECUTE FUNCTION throttle.check_queue_cap();
 
+-- A queue cap sized by validity needs a rate limit of its scope to be sized by.
+CREATE FUNCTION throttle.check_queue_cap_size() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NEW.max_waiting IS NULL AND NEW.validity IS NOT NULL AND NOT EXISTS (
+           SELECT 1 FROM throttle.rate_limit r WHERE r.scope = NEW.scope AND r.scope_id = NEW.scope_id) THEN
+        RAISE EXCEPTION 'queue cap on % % is sized by validity, but that % has no rate limit', NEW.scope, NEW.scope_id, NEW.scope
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'set max_waiting, or add a rate limit of that scope to throttle.rate_limit first';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER queue_cap_size_check BEFORE INSERT OR UPDATE ON throttle.queue_cap
+    FOR EACH ROW EXECUTE FUNCTION throttle.check_queue_cap_size();
+
 SELECT pg_catalog.pg_extension_config_dump('throttle.cap', '');
 SELECT pg_catalog.pg_extension_config_dump('throttle.cap_cap_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('throttle.cap_exemption', '');

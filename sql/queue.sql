@@ -15,7 +15,11 @@ CREATE TABLE throttle.pending (
     not_before  timestamptz,
     expires_at  timestamptz,
     enqueued_at timestamptz NOT NULL DEFAULT now(),
-    held_by     bigint      -- the calendar cap (defer_local) that set not_before: it lets go when raised
+    held_by     bigint,     -- the calendar cap (defer_local) that set not_before: it lets go when raised
+    -- Every time is a real one (the pending_check trigger says so first, with 22023; this
+    -- holds for rows written without triggers too).
+    CONSTRAINT pending_times_finite CHECK (isfinite(enqueued_at) AND isfinite(coalesce(not_before, enqueued_at))
+                                           AND isfinite(coalesce(expires_at, enqueued_at)))
 );
 -- Messages a cap holds until a local time, found again when the configuration changes.
 CREATE INDEX pending_held_idx ON throttle.pending (held_by) WHERE held_by IS NOT NULL;
@@ -70,17 +74,6 @@ AS $$
     INSERT INTO throttle.pending (sender, carrier, channel, recipient, cost, priority, payload, not_before, expires_at)
     VALUES (sender, carrier, channel, recipient, cost, priority, payload, not_before, expires_at)
     RETURNING id
-$$;
-
--- Take up to n released messages (oldest first), removing them from throttle.ready. Rows
--- other sessions hold are skipped; a rollback puts the taken rows back.
-CREATE FUNCTION throttle.take(n integer DEFAULT 100) RETURNS SETOF throttle.ready
-LANGUAGE sql VOLATILE STRICT PARALLEL UNSAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-    DELETE FROM throttle.ready
-     WHERE id = ANY (ARRAY(SELECT id FROM throttle.ready ORDER BY id LIMIT n FOR UPDATE SKIP LOCKED))
-    RETURNING *
 $$;
 
 -- Messages are data: pg_dump keeps them.

@@ -24,6 +24,17 @@ pub enum Action {
     Refuse,
 }
 
+impl Action {
+    /// As `throttle.cap.at_cap` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Defer => "defer",
+            Action::DeferLocal => "defer_local",
+            Action::Refuse => "refuse",
+        }
+    }
+}
+
 /// Which senders a cap (or queue cap) covers.
 #[derive(Debug, Clone)]
 pub struct Coverage {
@@ -484,7 +495,7 @@ fn next_local_time(
         .iter()
         .map(|z| match z {
             Some(z) => zone(z),
-            None => Err(error::null_value("a zone")),
+            None => Err(error::null_value("zone")),
         })
         .collect::<Result<_>>()?;
     let (h, m, s) = (at.hour() as u32, at.minute() as u32, at.second() as u32);

@@ -57,6 +57,15 @@ pub fn undefined(msg: impl Into<String>, hint: impl Into<String>) -> ErrorReport
     )
 }
 
+/// 42501: the role may not do this.
+pub fn forbidden(msg: impl Into<String>, hint: impl Into<String>) -> ErrorReport {
+    report(
+        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        msg.into(),
+        Some(hint.into()),
+    )
+}
+
 /// 53400: a fixed capacity is full.
 pub fn capacity(msg: impl Into<String>, hint: impl Into<String>) -> ErrorReport {
     report(
@@ -131,4 +140,56 @@ pub fn refuse_prepare(message: &'static str, hint: &'static str) {
             hint
         );
     });
+}
+
+/// A user's text as an error may show it: at most 40 characters, marked when cut (an error
+/// never copies a huge input whole into the message and the server log).
+pub fn shown(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(b);
+    let mut out: String = s.chars().take(40).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// 22023 unless `b` is a valid sender, carrier or channel (`what`): 1 to
+/// [`crate::gucs::max_identifier`] bytes, no control characters, and a channel in lowercase
+/// letters, digits and `_`. The same rule on every path: throttle_admit, throttle.pending.
+pub fn check_identifier(what: &str, b: &[u8]) -> std::result::Result<(), ErrorReport> {
+    let max = crate::gucs::max_identifier();
+    if b.is_empty() {
+        return Err(invalid(
+            format!("{what} must not be empty"),
+            format!("pass the {what} as registered in throttle.sender / throttle.rate_limit"),
+        ));
+    }
+    if b.len() > max {
+        return Err(invalid(
+            format!(
+                "{what} is too long: {} bytes (at most {max}), \"{}\"",
+                b.len(),
+                shown(b)
+            ),
+            format!("a {what} is at most {max} bytes"),
+        ));
+    }
+    let ok = if what == "channel" {
+        b.iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
+    } else {
+        b.iter().all(|&c| c >= 0x20 && c != 0x7f)
+    };
+    if !ok {
+        return Err(invalid(
+            format!("invalid {what} \"{}\"", shown(b)),
+            if what == "channel" {
+                "a channel is lowercase letters, digits and _ (sms, mms, whatsapp, imessage)"
+                    .to_string()
+            } else {
+                format!("a {what} has no control characters")
+            },
+        ));
+    }
+    Ok(())
 }

@@ -18,6 +18,13 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'pg_throttle_pending_changed';
 CREATE TRIGGER pending_changed AFTER INSERT OR UPDATE OF sender, carrier, channel, priority, not_before
     ON throttle.pending FOR EACH ROW EXECUTE FUNCTION throttle.pending_changed();
 
+-- Every new message is checked (22023 for a bad sender, carrier, channel or time) and gets
+-- its id from the sequence, whatever the INSERT said (only a superuser's restore keeps ids).
+CREATE FUNCTION throttle.pending_check() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'pg_throttle_pending_check';
+CREATE TRIGGER pending_check BEFORE INSERT ON throttle.pending
+    FOR EACH ROW EXECUTE FUNCTION throttle.pending_check();
+
 -- Messages deleted by hand free their place under queue caps (the worker uncounts what it
 -- moves itself).
 CREATE TRIGGER pending_deleted AFTER DELETE ON throttle.pending FOR EACH ROW
@@ -35,6 +42,9 @@ struct Noted {
     /// that later rolls back is noted again when inserted in another one.
     queues: FxHashSet<(u64, u32)>,
     registered: bool,
+    /// Rows were deleted after rows were noted: a noted id may be gone while its queue has
+    /// rows that were not noted (insert, delete, insert in one transaction).
+    rescan: bool,
 }
 
 static NOTED: BackendLocal<Option<Noted>> = BackendLocal::new(None);
@@ -101,6 +111,11 @@ pub unsafe extern "C-unwind" fn pg_throttle_pending_changed(
         let op = event & pg_sys::TRIGGER_EVENT_OPMASK;
         let caps_on = crate::error::or_raise(crate::caps::any_queue_caps().map_err(Box::new));
         if op == pg_sys::TRIGGER_EVENT_DELETE {
+            with_noted(|n| {
+                if n.registered {
+                    n.rescan = true;
+                }
+            });
             if caps_on {
                 let key = queue_key(&values);
                 if let Err(e) = queue_cap::leave(&key[0], &key[1], &key[2]) {
@@ -142,12 +157,12 @@ pub unsafe extern "C-unwind" fn pg_throttle_pending_changed(
         });
         if register {
             register_xact_callback(PgXactCallbackEvent::Commit, || {
-                let ids = with_noted(|n| {
+                let (ids, rescan) = with_noted(|n| {
                     n.queues.clear();
                     n.registered = false;
-                    std::mem::take(&mut n.ids)
+                    (std::mem::take(&mut n.ids), std::mem::take(&mut n.rescan))
                 });
-                shmem::ring_push(&ids);
+                shmem::ring_push(&ids, rescan);
             });
             // A prepared transaction's rows become visible at COMMIT PREPARED, in another
             // session, after any callback here: refuse rather than lose track of them.
@@ -160,6 +175,7 @@ pub unsafe extern "C-unwind" fn pg_throttle_pending_changed(
                     n.queues.clear();
                     n.ids.clear();
                     n.registered = false;
+                    n.rescan = false;
                 });
             });
         }
@@ -177,4 +193,108 @@ unsafe fn queue_key(values: &[pg_sys::Datum]) -> [String; 3] {
         }
         String::from_utf8_lossy(pgrx::varlena::varlena_to_byte_slice(p)).into_owned()
     })
+}
+
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_pg_throttle_pending_check() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// Earliest and latest time a message may carry (1970-01-01 and 9999-12-31 UTC, in
+/// PostgreSQL µs since 2000-01-01).
+const EARLIEST: i64 = -946_684_800_000_000;
+const LATEST: i64 = 252_455_615_999_000_000;
+
+/// BEFORE INSERT row trigger on throttle.pending: 22023 for a sender, carrier or channel that
+/// no path accepts (see `error::check_identifier`) or a time outside 1970..9999; and the id
+/// comes from the sequence unless a superuser (a restore) chose it: an id chosen by a caller
+/// could collide with one in ready or dead and stop the worker's moves for everyone.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn pg_throttle_pending_check(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: called by the trigger manager with TriggerData; the tuple is deformed with its
+    // own descriptor, and columns are found by name.
+    unsafe {
+        let td = (*fcinfo).context.cast::<pg_sys::TriggerData>();
+        if td.is_null() || (*td).type_ != pg_sys::NodeTag::T_TriggerData {
+            pgrx::error!("throttle.pending_check() must be called as a trigger");
+        }
+        let event = (*td).tg_event;
+        let tuple = (*td).tg_trigtuple;
+        if event & pg_sys::TRIGGER_EVENT_ROW == 0
+            || event & pg_sys::TRIGGER_EVENT_OPMASK != pg_sys::TRIGGER_EVENT_INSERT
+            || event & pg_sys::TRIGGER_EVENT_BEFORE == 0
+            || tuple.is_null()
+        {
+            pgrx::error!("throttle.pending_check() is the BEFORE INSERT row trigger of throttle.pending only");
+        }
+        let rel = (*td).tg_relation;
+        let desc = (*rel).rd_att;
+        let natts = (*desc).natts as usize;
+        let mut values = vec![pg_sys::Datum::from(0usize); natts];
+        let mut nulls = vec![true; natts];
+        pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+        let col = |name: &std::ffi::CStr| -> Option<usize> {
+            let n = pg_sys::SPI_fnumber(desc, name.as_ptr());
+            (n > 0).then(|| n as usize - 1)
+        };
+        for (name, what) in [
+            (c"sender", "sender"),
+            (c"carrier", "carrier"),
+            (c"channel", "channel"),
+        ] {
+            if let Some(i) = col(name) {
+                if !nulls[i] {
+                    let mut p = values[i].cast_mut_ptr::<pg_sys::varlena>();
+                    if pgrx::varlena::varatt_is_1b_e(p) || pgrx::varlena::varatt_is_4b_c(p) {
+                        p = pg_sys::pg_detoast_datum_packed(p);
+                    }
+                    let b = pgrx::varlena::varlena_to_byte_slice(p);
+                    if let Err(e) = crate::error::check_identifier(what, b) {
+                        e.report(pgrx::PgLogLevel::ERROR);
+                    }
+                }
+            }
+        }
+        for name in [c"not_before", c"expires_at", c"enqueued_at"] {
+            if let Some(i) = col(name) {
+                let t = values[i].value() as i64;
+                if !nulls[i] && !(EARLIEST..=LATEST).contains(&t) {
+                    crate::error::invalid(
+                        format!("{} is out of range", name.to_string_lossy()),
+                        "a message's times lie between 1970-01-01 and 9999-12-31 (infinity is refused)",
+                    )
+                    .report(pgrx::PgLogLevel::ERROR);
+                }
+            }
+        }
+        if pg_sys::superuser() {
+            return pg_sys::Datum::from(tuple);
+        }
+        let seq = pg_sys::getIdentitySequence((*rel).rd_id, 1, true);
+        if seq == pg_sys::InvalidOid {
+            return pg_sys::Datum::from(tuple);
+        }
+        let id: i64 = pgrx::direct_function_call(pg_sys::nextval_oid, &[seq.into_datum()])
+            .unwrap_or_else(|| {
+                pgrx::error!("pg_throttle: nextval of throttle.pending's sequence gave NULL")
+            });
+        let id = pg_sys::Datum::from(id);
+        let mut cols = [1i32];
+        let mut repl = [id];
+        let mut repl_null = [false];
+        let new = pg_sys::heap_modify_tuple_by_cols(
+            tuple,
+            desc,
+            1,
+            cols.as_mut_ptr(),
+            repl.as_mut_ptr(),
+            repl_null.as_mut_ptr(),
+        );
+        pg_sys::Datum::from(new)
+    }
 }

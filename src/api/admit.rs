@@ -67,12 +67,7 @@ unsafe fn text_arg<'a>(fcinfo: pg_sys::FunctionCallInfo, i: usize, what: &str) -
         }
         pgrx::varlena::varlena_to_byte_slice(p)
     };
-    if bytes.is_empty() {
-        return Err(Box::new(error::invalid(
-            format!("{what} must not be empty"),
-            format!("pass the {what} as registered in throttle.sender / throttle.rate_limit"),
-        )));
-    }
+    error::check_identifier(what, bytes).map_err(Box::new)?;
     Ok(bytes)
 }
 
@@ -135,14 +130,27 @@ fn decide<R>(
     }
     let mut then = Some(then);
     let mut caps_known = false;
-    let fast = config::with_plan(call.sender, call.carrier, call.channel, |plan| {
-        if plan.caps {
-            caps_known = plan.caps_known;
-            return None; // calendar caps may apply: the lease path below
+    let mut authorized = false;
+    let fast = loop {
+        let mut ask = false;
+        let fast = config::with_plan(call.sender, call.carrier, call.channel, |plan| {
+            if !authorized && !plan.allowed() {
+                ask = true; // tenant model: may this role act for the sender?
+                return None;
+            }
+            if plan.caps {
+                caps_known = plan.caps_known;
+                return None; // calendar caps may apply: the lease path below
+            }
+            let then = then.take()?;
+            Some(admit_plan(plan, call, headroom, then))
+        })?;
+        if !ask {
+            break fast;
         }
-        let then = then.take()?;
-        Some(admit_plan(plan, call, headroom, then))
-    })?;
+        config::authorize(call.sender, call.carrier, call.channel)?;
+        authorized = true;
+    };
     match (fast, then.take()) {
         (Some(r), _) => r,
         (None, Some(then)) => decide_with_caps(call, headroom, caps_known, then),
@@ -374,7 +382,7 @@ unsafe fn try_admit_fast(fcinfo: pg_sys::FunctionCallInfo) -> u8 {
             return 2;
         };
         config::with_cached_plan(sender, carrier, channel, |plan, hint| {
-            if plan.caps {
+            if plan.caps || !plan.allowed() {
                 return 2;
             }
             match shmem::admit_hinted(&plan.wants, plan.partitions, cost, now, false, hint) {

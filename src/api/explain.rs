@@ -267,12 +267,12 @@ fn constraints(c: &SpiClient<'_>, p: &Pending, now: Micros) -> Result<Vec<Constr
             limit_id: Some(-def.id),
             ready_at: Some(at),
             detail: format!(
-                "{} of {allowed} spent in the window that ends {}; at_cap = {:?}",
+                "{} of {allowed} spent in the window that ends {}; at_cap = {}",
                 l.spent(),
                 ts(l.window_end)
                     .map(|t| t.to_iso_string())
                     .unwrap_or_default(),
-                def.action
+                def.action.as_str()
             ),
         });
     }
@@ -405,6 +405,7 @@ fn explain_sender(
         ),
     >,
 > {
+    crate::config::authorize_sender(sender.as_bytes()).map_err(|e| *e)?;
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
     let out = Spi::connect(|c| -> Result<Vec<_>> {
         let t = c
@@ -521,7 +522,7 @@ fn plan_capacity(
         .into_iter()
         .map(|c| {
             c.filter(|c| !c.is_empty())
-                .ok_or_else(|| error::null_value("a carrier"))
+                .ok_or_else(|| error::null_value("carrier"))
         })
         .collect::<Result<_>>()?;
     if carriers.is_empty() {
