@@ -18,6 +18,8 @@ CREATE TRIGGER cap_exemption_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCAT
     FOR EACH STATEMENT EXECUTE FUNCTION throttle.config_changed();
 CREATE TRIGGER queue_cap_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON throttle.queue_cap
     FOR EACH STATEMENT EXECUTE FUNCTION throttle.config_changed();
+CREATE TRIGGER account_role_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON throttle.account_role
+    FOR EACH STATEMENT EXECUTE FUNCTION throttle.config_changed();
 -- A TRUNCATE of pending fires no row trigger: have the worker count the queue caps again.
 CREATE TRIGGER pending_truncated AFTER TRUNCATE ON throttle.pending
     FOR EACH STATEMENT EXECUTE FUNCTION throttle.config_changed();
@@ -39,7 +41,7 @@ SELECT l.limit_id, l.name, l.scope, l.scope_id, l.carrier, l.channel, l.sender_t
 
 -- Monitoring: every queue (sender, carrier, channel) with what waits in it. Reads the queue
 -- index (cost grows with what is pending).
-CREATE VIEW throttle.queue_state AS
+CREATE VIEW throttle.queue_state WITH (security_invoker = true) AS
 SELECT p.sender, p.carrier, p.channel,
        count(*) AS waiting,
        sum(p.cost) AS segments,
@@ -50,7 +52,7 @@ SELECT p.sender, p.carrier, p.channel,
  GROUP BY p.sender, p.carrier, p.channel;
 
 -- Monitoring: the same per group a sender belongs to.
-CREATE VIEW throttle.group_queue_state AS
+CREATE VIEW throttle.group_queue_state WITH (security_invoker = true) AS
 SELECT g.scope, g.scope_id, sum(q.waiting)::bigint AS waiting, sum(q.segments)::bigint AS segments,
        count(*) AS queues, min(q.oldest_enqueued_at) AS oldest_enqueued_at, max(q.oldest_wait) AS oldest_wait
   FROM throttle.queue_state q
@@ -105,10 +107,16 @@ COMMENT ON FUNCTION throttle.shmem_usage() IS 'Live buckets against throttle.max
 COMMENT ON FUNCTION throttle.note_config_change() IS 'Internal: called by the configuration tables'' triggers';
 COMMENT ON VIEW throttle.limit_state IS 'Every rate limit with its room now and when it next has room';
 COMMENT ON TABLE throttle.pending IS 'Messages waiting for their limits: INSERT here (or call throttle.enqueue) in the same transaction as your own writes';
-COMMENT ON TABLE throttle.ready IS 'Messages released by the worker, to be sent: consume with throttle.take() or DELETE ... FOR UPDATE SKIP LOCKED; LISTEN throttle_ready';
+COMMENT ON TABLE throttle.ready IS 'Messages released by the worker, to be sent: consume with throttle.take(); LISTEN throttle_ready';
 COMMENT ON TABLE throttle.dead IS 'Messages that will never be released (expired, cost over a burst), with the reason';
 COMMENT ON FUNCTION throttle.enqueue(text, text, text, jsonb, text, integer, smallint, timestamptz, timestamptz) IS 'Enqueue a message; returns its id';
-COMMENT ON FUNCTION throttle.take(integer) IS 'Take up to n released messages, oldest first';
+COMMENT ON FUNCTION throttle.take(integer) IS 'Take up to n released messages of the senders the calling role acts for, oldest first';
+COMMENT ON FUNCTION throttle.take_for(integer, bigint) IS 'Internal: take() as the owner, for the role its ticket names';
+COMMENT ON FUNCTION throttle.consumer_ticket() IS 'Internal: a one-time ticket naming the calling role, for take()';
+COMMENT ON FUNCTION throttle.ticket_role(bigint) IS 'Internal: the role a consumer ticket names, once';
+COMMENT ON TABLE throttle.account_role IS 'Tenants: the roles that act for each account''s senders (no rows: every role acts for every sender)';
+COMMENT ON FUNCTION throttle.acts_for(oid, text) IS 'Whether a role acts for a sender under throttle.account_role';
+COMMENT ON FUNCTION throttle.pending_check() IS 'Internal: validates a new message (22023) and gives it its id';
 COMMENT ON TABLE throttle.area_code_zone IS 'North American area code to IANA time zones, generated from libphonenumber (scripts/gen_area_code_zones.py)';
 COMMENT ON TABLE throttle.cap IS 'Calendar caps: at most cap per hour, day or month for a sender or a group, resetting at reset_at in time_zone; at_cap says what happens to messages over it';
 COMMENT ON TABLE throttle.cap_exemption IS 'Campaigns a calendar cap does not apply to';
@@ -132,13 +140,14 @@ COMMENT ON FUNCTION throttle.queue_caps_on() IS 'Internal: whether any queue cap
 COMMENT ON FUNCTION throttle.pending_enter() IS 'Internal: the enqueue trigger that enforces queue caps (SQLSTATE PT429)';
 COMMENT ON FUNCTION throttle.check_rate_limit() IS 'Internal: validates throttle.rate_limit rows (22023 with a hint)';
 COMMENT ON FUNCTION throttle.check_cap() IS 'Internal: validates throttle.cap rows (22023 with a hint)';
+COMMENT ON FUNCTION throttle.check_queue_cap_size() IS 'Internal: a queue cap sized by validity needs a rate limit of its scope (22023)';
 COMMENT ON FUNCTION throttle.check_queue_cap() IS 'Internal: bounds the number of queue caps (54000)';
 COMMENT ON FUNCTION throttle.pending_changed() IS 'Internal: hands new pending rows to the worker at commit; uncounts deleted ones from queue caps';
 COMMENT ON FUNCTION throttle.config_changed() IS 'Internal: tells every session to reread the configuration when the changing transaction ends';
 COMMENT ON TYPE throttle.scope IS 'What a limit or cap applies to: a sender, or every sender of a campaign, brand or account';
 COMMENT ON TYPE throttle.cap_period IS 'The window of a calendar cap: hour, day or month';
 COMMENT ON TYPE throttle.cap_action IS 'What the worker does with a message over a calendar cap: defer (to the reset), defer_local (to a local time in the recipient''s zone), refuse (dead-letter)';
-COMMENT ON FUNCTION throttle.worker_state() IS 'The release worker: last tick, released, lag';
+COMMENT ON FUNCTION throttle.worker_state() IS 'The release worker: liveness (healthy, seconds since its last tick), released, lateness';
 
 -- Grants: applications admit and read; changing limits is for the owner (or roles the owner
 -- grants INSERT/UPDATE/DELETE on the configuration tables).
@@ -152,9 +161,12 @@ GRANT SELECT ON throttle.cap, throttle.cap_exemption, throttle.cap_usage, thrott
 -- Applications enqueue and consume.
 GRANT SELECT, INSERT ON throttle.pending TO PUBLIC;
 GRANT USAGE ON SEQUENCE throttle.pending_id_seq TO PUBLIC;
-GRANT SELECT, DELETE ON throttle.ready TO PUBLIC;
+-- Consumers take() (no DELETE: a role with DELETE may LOCK the table and stall everyone).
+GRANT SELECT ON throttle.ready TO PUBLIC;
 GRANT SELECT ON throttle.dead TO PUBLIC;
 GRANT SELECT ON throttle.area_code_zone TO PUBLIC;
+GRANT SELECT ON throttle.account_role TO PUBLIC;
 REVOKE ALL ON FUNCTION throttle.note_config_change() FROM PUBLIC;
 REVOKE ALL ON FUNCTION throttle.config_changed() FROM PUBLIC;
 REVOKE ALL ON FUNCTION throttle.pending_changed() FROM PUBLIC;
+REVOKE ALL ON FUNCTION throttle.pending_check() FROM PUBLIC;

@@ -74,6 +74,7 @@ pub struct PlanView<'a> {
     pub caps_known: bool,
     /// The sender's weight (see [`SenderLimits::weight`]).
     pub weight: u16,
+    user: u32,
     idx: &'a [u32],
     arena: &'a [LimitInfo],
 }
@@ -99,9 +100,23 @@ struct PlanEntry {
     caps: u8,
     /// The sender's weight (see [`SenderLimits::weight`]).
     weight: u16,
+    /// The role this plan was authorized for (see [`authorize`]): 0 none yet, [`ANY_USER`]
+    /// every role (no tenant model is configured).
+    user: u32,
     wants: SmallVec<[Want; 2]>,
     limits: SmallVec<[u32; 2]>,
 }
+
+impl PlanView<'_> {
+    /// Whether the current role was authorized for this plan (see [`authorize`]).
+    #[inline]
+    pub fn allowed(&self) -> bool {
+        self.user == ANY_USER || self.user == unsafe { pg_sys::GetUserId() }.to_u32()
+    }
+}
+
+/// A plan's `user` when no tenant model is configured: every role may use it.
+const ANY_USER: u32 = u32::MAX;
 
 impl PlanEntry {
     #[inline]
@@ -172,6 +187,7 @@ impl PlanEntry {
             caps: self.caps != 0,
             caps_known: self.caps == 1,
             weight: self.weight,
+            user: self.user,
             idx: &self.limits,
             arena,
         }
@@ -184,6 +200,7 @@ impl PlanEntry {
             partitions: 0,
             caps: 0,
             weight: 1,
+            user: 0,
             wants: SmallVec::new(),
             limits: SmallVec::new(),
         }
@@ -273,6 +290,9 @@ struct Cache {
     stmt: Option<OwnedPreparedStatement>,
     /// Whether any calendar cap exists in this generation (None: not asked yet).
     any_caps: Option<bool>,
+    /// Whether a tenant model is configured (rows in throttle.account_role) in this
+    /// generation (None: not asked yet).
+    tenancy: Option<bool>,
     /// Per plan hash, where its first bucket was in shared memory (see `with_cached_plan`).
     hints: Box<[u32]>,
 }
@@ -280,6 +300,7 @@ struct Cache {
 impl Cache {
     fn clear(&mut self) {
         self.any_caps = None;
+        self.tenancy = None;
         self.plans.clear();
         self.arena.clear();
         self.arena_pos.clear();
@@ -303,6 +324,7 @@ fn with_cache<R>(f: impl FnOnce(&mut Cache) -> R) -> R {
             senders: FxHashMap::default(),
             stmt: None,
             any_caps: None,
+            tenancy: None,
             hints: Box::new([]),
         }))
     })
@@ -323,7 +345,7 @@ pub fn with_plan<R>(
 ) -> Result<R> {
     with_known_plan(sender, carrier, channel, f)?.ok_or_else(|| {
         Box::new(error::undefined(
-            format!("unknown sender \"{}\"", String::from_utf8_lossy(sender)),
+            format!("unknown sender \"{}\"", error::shown(sender)),
             "register it first: INSERT INTO throttle.sender (sender, ...) VALUES (...)",
         ))
     })
@@ -449,6 +471,7 @@ pub fn with_known_plan<R, F: FnOnce(&PlanView) -> R>(
             caps: any_caps,
             caps_known: false,
             weight: loaded.weight,
+            user: 0,
             idx: &idx,
             arena: &arena,
         };
@@ -486,6 +509,11 @@ fn add_plan(
         partitions,
         caps: if c.any_caps == Some(false) { 0 } else { 2 },
         weight: limits.weight,
+        user: if c.tenancy == Some(false) {
+            ANY_USER
+        } else {
+            0
+        },
         wants,
         limits: idx.into_iter().collect(),
     });
@@ -683,4 +711,97 @@ fn bucket_sub(l: &Limit, sender: &[u8]) -> u64 {
 /// Whether a bucket key belongs to one sender of a group (see [`bucket_sub`]).
 pub fn is_per_sender(key: &Key) -> bool {
     key.sub & 0xFFFF_FFFF != 0
+}
+
+/// Whether a tenant model is configured, and whether the current role may act for `sender`
+/// (a member of a role mapped to the sender's account in throttle.account_role). One
+/// statement; every name in it is schema-qualified.
+const TENANT_SQL: &str = "
+    SELECT EXISTS (SELECT 1 FROM throttle.account_role),
+           EXISTS (SELECT 1 FROM throttle.sender s WHERE s.sender OPERATOR(pg_catalog.=) $1),
+           throttle.acts_for($2, $1)";
+
+/// (tenant model configured, sender registered, current role may act for it).
+fn tenant_answer(sender: &[u8]) -> Result<(bool, bool, bool)> {
+    let sender = String::from_utf8_lossy(sender).into_owned();
+    let role = unsafe { pg_sys::GetUserId() };
+    Spi::connect(|c| {
+        let row = c
+            .select(TENANT_SQL, Some(1), &[sender.into(), role.into()])
+            .map_err(|e| Box::new(error::internal(e)))?
+            .first();
+        let get = |i| row.get::<bool>(i).map_err(|e| Box::new(error::internal(e)));
+        Ok((
+            get(1)?.unwrap_or(false),
+            get(2)?.unwrap_or(false),
+            get(3)?.unwrap_or(false),
+        ))
+    })
+}
+
+fn not_yours(sender: &[u8]) -> Box<pgrx::pg_sys::panic::ErrorReport> {
+    Box::new(error::forbidden(
+        format!(
+            "role \"{}\" may not act for sender \"{}\"",
+            current_role(),
+            error::shown(sender)
+        ),
+        "a role acts for the senders of the accounts throttle.account_role maps it to (or a role it is a member of)",
+    ))
+}
+
+fn current_role() -> String {
+    unsafe {
+        let name = pg_sys::GetUserNameFromId(pg_sys::GetUserId(), true);
+        if name.is_null() {
+            return String::new();
+        }
+        std::ffi::CStr::from_ptr(name)
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// 42501 unless the current role may admit for `sender` (tenant model: see
+/// `throttle.account_role`); 42704 for an unknown sender. The answer is kept in the plan, so
+/// the next admission of the same role asks nothing.
+pub fn authorize(sender: &[u8], carrier: &[u8], channel: &[u8]) -> Result<()> {
+    if with_plan(sender, carrier, channel, |p| p.allowed())? {
+        return Ok(());
+    }
+    let generation = shmem::config_generation();
+    let (tenancy, _, may) = tenant_answer(sender)?;
+    if tenancy && !may {
+        return Err(not_yours(sender));
+    }
+    let user = if tenancy {
+        unsafe { pg_sys::GetUserId() }.to_u32()
+    } else {
+        ANY_USER
+    };
+    let hash = plan_hash(sender, carrier, channel);
+    with_cache(|c| {
+        if c.generation == generation && !uses_transaction_snapshot() {
+            c.tenancy = Some(tenancy);
+            if let Some(e) = c.plans.find_mut(hash, sender, carrier, channel) {
+                e.user = user;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// 42704 for an unknown sender, 42501 if the current role may not act for it.
+pub fn authorize_sender(sender: &[u8]) -> Result<()> {
+    let (tenancy, known, may) = tenant_answer(sender)?;
+    if !known {
+        return Err(Box::new(error::undefined(
+            format!("unknown sender \"{}\"", error::shown(sender)),
+            "register it first: INSERT INTO throttle.sender (sender, ...) VALUES (...)",
+        )));
+    }
+    if tenancy && !may {
+        return Err(not_yours(sender));
+    }
+    Ok(())
 }

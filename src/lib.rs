@@ -10,9 +10,11 @@ mod caps;
 mod config;
 mod error;
 mod gucs;
+mod hooks;
 mod queue;
 mod queue_cap;
 mod shmem;
+mod tenancy;
 mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -30,6 +32,11 @@ pgrx::extension_sql_file!(
 );
 pgrx::extension_sql_file!("../sql/caps.sql", name = "caps", requires = ["schema"]);
 pgrx::extension_sql_file!(
+    "../sql/tenancy.sql",
+    name = "tenancy",
+    requires = ["schema", "queue_tables"]
+);
+pgrx::extension_sql_file!(
     "../sql/profiles.sql",
     name = "profiles",
     requires = ["schema", "queue_tables", "caps"]
@@ -44,7 +51,11 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init(preloading);
     if preloading {
         shmem::init();
-        worker::register();
+        hooks::install();
+        // Under pg_upgrade the server only restores the schema: no worker, nothing logged.
+        if !unsafe { pg_sys::IsBinaryUpgrade } {
+            worker::register();
+        }
     }
 }
 

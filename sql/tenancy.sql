@@ -1,0 +1,38 @@
+-- Tenants (optional): senders belong to accounts (throttle.sender.account), and a role acts
+-- for the accounts this table maps it to, or that a role it is a member of is mapped to.
+-- With no row here every role acts for every sender; with rows, row-level security limits
+-- what a role enqueues into, reads from and consumes of throttle.pending, throttle.ready and
+-- throttle.dead to its own senders, and throttle_admit / explain_sender refuse (42501) the
+-- senders of other accounts. The owner and superusers act for every sender.
+CREATE TABLE throttle.account_role (
+    account text NOT NULL CHECK (account <> ''),
+    role    name NOT NULL,
+    PRIMARY KEY (account, role)
+);
+CREATE INDEX account_role_role_idx ON throttle.account_role (role);
+
+-- Whether `role` acts for `sender`. Inlined into the policies: every name is qualified, so no
+-- object on a caller's search_path can change what it means.
+CREATE FUNCTION throttle.acts_for(role oid, sender text) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT NOT EXISTS (SELECT 1 FROM throttle.account_role)
+        OR EXISTS (SELECT 1
+                     FROM throttle.sender s
+                     JOIN throttle.account_role a ON a.account OPERATOR(pg_catalog.=) s.account
+                     JOIN pg_catalog.pg_roles r ON r.rolname OPERATOR(pg_catalog.=) a.role
+                    WHERE s.sender OPERATOR(pg_catalog.=) $2
+                      AND pg_catalog.pg_has_role($1, r.oid, 'MEMBER'))
+$$;
+
+ALTER TABLE throttle.pending ENABLE ROW LEVEL SECURITY;
+ALTER TABLE throttle.ready ENABLE ROW LEVEL SECURITY;
+ALTER TABLE throttle.dead ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_senders ON throttle.pending
+    USING (throttle.acts_for((SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER), sender))
+    WITH CHECK (throttle.acts_for((SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER), sender));
+CREATE POLICY own_senders ON throttle.ready
+    USING (throttle.acts_for((SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER), sender));
+CREATE POLICY own_senders ON throttle.dead
+    USING (throttle.acts_for((SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER), sender));
+
+SELECT pg_catalog.pg_extension_config_dump('throttle.account_role', '');
