@@ -188,6 +188,12 @@ impl Server {
             .unwrap_or_else(|e| panic!("run {bin}: {e}"))
     }
 
+    /// Run a PostgreSQL client program (pg_dump, pg_restore, ...) as the server's user;
+    /// panic with its stderr if it fails.
+    pub fn tool(&self, bin: &str, args: &[&str]) {
+        self.run_ok(bin, args)
+    }
+
     /// Run a PostgreSQL binary; panic with its stderr if it fails.
     fn run_ok(&self, bin: &str, args: &[&str]) {
         let out = self.run(bin, args);

@@ -1,6 +1,7 @@
-//! Upgrading a database from the released 0.1.0 (its install script kept in sql/) with
-//! `ALTER EXTENSION pg_throttle UPDATE`: everything in it is kept, the old default burst
-//! becomes window-exact, the schema is the same as a fresh install's, and it works.
+//! Upgrading a database from the released 0.1.0 and 0.2.0 (their install scripts kept in
+//! sql/) with `ALTER EXTENSION pg_throttle UPDATE`, through the chain of upgrade scripts:
+//! everything in it is kept, the old default burst becomes window-exact, the schema is the
+//! same as a fresh install's, and it works.
 
 use pg_throttle_tests::{count, wait_for, Client, Server};
 use std::time::Duration;
@@ -53,6 +54,15 @@ fn schema_of(c: &mut Client) -> Vec<String> {
           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE n.nspname = 'throttle' AND c.relkind IN ('r', 'v', 'S')
         UNION ALL
+        SELECT 'policy ' || tablename || ' ' || policyname || ' ' || cmd || ' ' || coalesce(qual, '')
+               || ' ' || coalesce(with_check, '')
+          FROM pg_policies WHERE schemaname = 'throttle'
+        UNION ALL
+        SELECT 'relation ' || c.relname || ' rls ' || c.relrowsecurity::text || ' '
+               || coalesce(c.reloptions::text, '')
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'throttle' AND c.relkind IN ('r', 'v')
+        UNION ALL
         SELECT 'profile_rule ' || r::text FROM throttle.profile_rule r
         ORDER BY 1";
     c.query(sql, &[])
@@ -60,6 +70,42 @@ fn schema_of(c: &mut Client) -> Vec<String> {
         .iter()
         .map(|r| r.get(0))
         .collect()
+}
+
+/// The version this build installs.
+const CURRENT: &str = "0.3.0";
+
+/// The schema of `c`'s database is exactly a fresh install's (made in a new database).
+fn assert_same_as_fresh(server: &Server, c: &mut Client, db: &str) {
+    let upgraded = schema_of(c);
+    c.batch_execute(&format!("CREATE DATABASE {db}"))
+        .expect("create db");
+    let mut f = postgres::Client::connect(
+        &server
+            .conninfo()
+            .replace("dbname=postgres", &format!("dbname={db}")),
+        postgres::NoTls,
+    )
+    .expect("connect fresh");
+    f.batch_execute("CREATE EXTENSION pg_throttle")
+        .expect("fresh install");
+    let fresh = schema_of(&mut f);
+    let only_upgraded: Vec<&String> = upgraded.iter().filter(|l| !fresh.contains(l)).collect();
+    let only_fresh: Vec<&String> = fresh.iter().filter(|l| !upgraded.contains(l)).collect();
+    assert!(
+        only_upgraded.is_empty() && only_fresh.is_empty(),
+        "schemas differ\nonly after the upgrade:\n{}\nonly in a fresh install:\n{}",
+        only_upgraded
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        only_fresh
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }
 
 fn version(c: &mut Client) -> String {
@@ -114,7 +160,7 @@ fn update_from_0_1_0_keeps_everything_and_matches_a_fresh_install() {
 
     c.batch_execute("ALTER EXTENSION pg_throttle UPDATE")
         .expect("ALTER EXTENSION UPDATE");
-    assert_eq!(version(&mut c), "0.2.0");
+    assert_eq!(version(&mut c), CURRENT);
 
     // Everything is still there; the old default burst is now window-exact, a chosen one kept.
     assert_eq!(count(&mut c, "SELECT count(*) FROM throttle.sender"), 3);
@@ -145,33 +191,8 @@ fn update_from_0_1_0_keeps_everything_and_matches_a_fresh_install() {
     let pending_after = pending_ids(&mut c);
     assert_eq!(pending_after, pending_before);
 
-    // The same schema as a fresh install of 0.2.0.
-    let upgraded = schema_of(&mut c);
-    c.batch_execute("CREATE DATABASE fresh").expect("create db");
-    let mut f = postgres::Client::connect(
-        &server.conninfo().replace("dbname=postgres", "dbname=fresh"),
-        postgres::NoTls,
-    )
-    .expect("connect fresh");
-    f.batch_execute("CREATE EXTENSION pg_throttle")
-        .expect("fresh install");
-    let fresh = schema_of(&mut f);
-    let only_upgraded: Vec<&String> = upgraded.iter().filter(|l| !fresh.contains(l)).collect();
-    let only_fresh: Vec<&String> = fresh.iter().filter(|l| !upgraded.contains(l)).collect();
-    assert!(
-        only_upgraded.is_empty() && only_fresh.is_empty(),
-        "schemas differ\nonly after the upgrade:\n{}\nonly in a fresh install:\n{}",
-        only_upgraded
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join("\n"),
-        only_fresh
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    // The same schema as a fresh install.
+    assert_same_as_fresh(&server, &mut c, "fresh");
 
     // And it works: the worker releases the waiting messages under the upgraded limits.
     c.batch_execute("ALTER SYSTEM SET throttle.worker_enabled = on")
@@ -203,4 +224,169 @@ fn update_from_0_1_0_keeps_everything_and_matches_a_fresh_install() {
         !admitted && by.as_deref() == Some("up camp") && when,
         "{admitted} {by:?} {when}"
     );
+}
+
+#[test]
+fn update_from_0_2_0_keeps_messages_and_dead_letters_impossible_times() {
+    let server = Server::start("upgrade2", &["throttle.worker_enabled = off"]);
+    let mut c = server.connect();
+    c.batch_execute(
+        "DROP EXTENSION pg_throttle;
+         CREATE EXTENSION pg_throttle VERSION '0.2.0';",
+    )
+    .expect("install 0.2.0");
+    assert_eq!(version(&mut c), "0.2.0");
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender, account, weight) VALUES ('u2-1', 'u2-acct', 3);
+         INSERT INTO throttle.rate_limit (name, scope, scope_id, rate, per)
+              VALUES ('u2 line', 'sender', 'u2-1', 5, '1 second');
+         INSERT INTO throttle.pending (sender, carrier) SELECT 'u2-1', 'att' FROM generate_series(1, 5);
+         -- 0.2.0 took an infinite time; such a row can never be released.
+         INSERT INTO throttle.pending (sender, carrier, not_before) VALUES ('u2-1', 'att', 'infinity');",
+    )
+    .expect("fill 0.2.0");
+    let before = pending_ids(&mut c);
+    assert_eq!(before.len(), 6);
+    c.batch_execute("ALTER EXTENSION pg_throttle UPDATE")
+        .expect("ALTER EXTENSION UPDATE");
+    assert_eq!(version(&mut c), CURRENT);
+    let after = pending_ids(&mut c);
+    assert_eq!(after.len(), 5, "the five real messages stay");
+    assert!(after.iter().all(|id| before.contains(id)));
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM throttle.dead WHERE reason LIKE 'a time out of range%'"
+        ),
+        1
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT weight::int8 FROM throttle.sender WHERE sender = 'u2-1'"
+        ),
+        3
+    );
+    assert_same_as_fresh(&server, &mut c, "fresh2");
+    // And it works: the worker releases the five under the kept limit.
+    c.batch_execute("ALTER SYSTEM SET throttle.worker_enabled = on")
+        .expect("worker on");
+    c.batch_execute("SELECT pg_reload_conf()").expect("reload");
+    let n = wait_for(
+        &mut c,
+        "SELECT count(*) FROM throttle.ready",
+        Duration::from_secs(10),
+        |n| n == 5,
+    );
+    assert_eq!(n, 5);
+}
+
+#[test]
+fn a_dump_and_restore_keeps_configuration_and_queue_and_counts_it_once() {
+    let a = Server::start("dump-a", &["throttle.worker_enabled = off"]);
+    let mut c = a.connect();
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender, account, weight) SELECT 'd-' || g, 'd-acct', g FROM generate_series(1, 3) g;
+         INSERT INTO throttle.rate_limit (name, scope, scope_id, rate, per) VALUES ('d acct', 'account', 'd-acct', 1, '1 hour');
+         INSERT INTO throttle.cap (name, scope, scope_id, cap, period, reset_at, time_zone)
+              VALUES ('d daily', 'account', 'd-acct', 1000, 'day', '00:00', 'UTC');
+         INSERT INTO throttle.account_role (account, role) VALUES ('d-acct', 'postgres');
+         INSERT INTO throttle.pending (sender, carrier, payload) SELECT 'd-' || (1 + g % 3), 'att', jsonb_build_object('n', g) FROM generate_series(1, 30) g;
+         -- After the messages: with the worker off here, nobody counts them under it.
+         INSERT INTO throttle.queue_cap (name, scope, scope_id, max_waiting) VALUES ('d queue', 'account', 'd-acct', 100);",
+    )
+    .expect("fill");
+    let dump = a.datadir().join("dump.custom");
+    let dump = dump.to_str().expect("utf8 path");
+    let host = a.datadir().to_str().expect("utf8 path").to_string();
+    let port = a.port.to_string();
+    a.tool(
+        "pg_dump",
+        &[
+            "-h", &host, "-p", &port, "-U", "postgres", "-Fc", "-f", dump, "postgres",
+        ],
+    );
+    let config = |c: &mut Client| -> Vec<String> {
+        c.query(
+            "SELECT 'sender ' || s::text FROM (SELECT sender, account, weight FROM throttle.sender) s
+             UNION ALL SELECT 'limit ' || l::text FROM (SELECT limit_id, name, scope, scope_id, rate, per, burst FROM throttle.rate_limit) l
+             UNION ALL SELECT 'cap ' || k::text FROM (SELECT cap_id, name, cap, period, reset_at, time_zone FROM throttle.cap) k
+             UNION ALL SELECT 'queue cap ' || q::text FROM (SELECT queue_cap_id, name, max_waiting FROM throttle.queue_cap) q
+             UNION ALL SELECT 'tenant ' || t::text FROM throttle.account_role t
+             UNION ALL SELECT 'pending ' || p::text FROM (SELECT id, sender, carrier, payload FROM throttle.pending) p
+             ORDER BY 1",
+            &[],
+        )
+        .expect("config")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+    let before = config(&mut c);
+    assert_eq!(
+        before.iter().filter(|l| l.starts_with("pending")).count(),
+        30
+    );
+
+    let b = Server::start("dump-b", &["throttle.worker_enabled = off"]);
+    let mut d = b.connect();
+    d.batch_execute("DROP EXTENSION pg_throttle; DROP SCHEMA throttle")
+        .expect("an empty database");
+    let bhost = b.datadir().to_str().expect("utf8 path").to_string();
+    let bport = b.port.to_string();
+    b.tool(
+        "pg_restore",
+        &[
+            "-h",
+            &bhost,
+            "-p",
+            &bport,
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "--exit-on-error",
+            dump,
+        ],
+    );
+    assert_eq!(
+        config(&mut d),
+        before,
+        "configuration and queue restored as they were"
+    );
+    let restored_max: i64 = d
+        .query_one("SELECT max(id) FROM throttle.pending", &[])
+        .expect("max")
+        .get(0);
+    // The worker runs (the account's 1 an hour holds every message: a new server starts
+    // each limit as just spent) and counts the queue cap: each restored message once, so
+    // exactly 70 more fit under its 100, with ids after the restored ones.
+    d.batch_execute("ALTER SYSTEM SET throttle.worker_enabled = on")
+        .expect("worker on");
+    d.batch_execute("SELECT pg_reload_conf()").expect("reload");
+    let mut fitted = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match d.query_one(
+            "INSERT INTO throttle.pending (sender, carrier) VALUES ('d-2', 'att') RETURNING id",
+            &[],
+        ) {
+            Ok(row) => {
+                let id: i64 = row.get(0);
+                assert!(id > restored_max, "{id} after {restored_max}");
+                fitted += 1
+            }
+            Err(e) if pg_throttle_tests::sqlstate(&e) == "PT429" => break,
+            // The worker has not counted the queue cap yet.
+            Err(e)
+                if pg_throttle_tests::sqlstate(&e) == "55000"
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => panic!("enqueue: {e}"),
+        }
+    }
+    assert_eq!(fitted, 70, "100 allowed, 30 waiting");
+    assert_eq!(count(&mut d, "SELECT count(*) FROM throttle.ready"), 0);
 }
