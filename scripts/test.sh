@@ -17,6 +17,8 @@ if [ -f "$work/pgrx-data/postmaster.pid" ]; then
     as_pg "$PG_BIN/pg_ctl" -D "$work/pgrx-data" -m immediate stop >/dev/null 2>&1 || true
 fi
 rm -rf "$work/pgrx-data"
+# cargo pgrx test installs its debug build in place: never into a file a server has mapped.
+unlink_installed_library
 cargo pgrx test "pg$PG_MAJOR" "${runas[@]}" --pgdata "$work/pgrx-data"
 
 echo "==> installing the release build into $($PG_CONFIG --pkglibdir)"
