@@ -15,7 +15,8 @@ data="$dir/data"
 psql_cmd=("$PG_BIN/psql" -X -q -h "$dir" -p "$port" -U postgres -d postgres)
 
 stop_server() {
-    if [ -f "$data/postmaster.pid" ]; then
+    # Only a server that runs (a machine that went down leaves a stale postmaster.pid).
+    if [ -f "$data/postmaster.pid" ] && as_pg "$PG_BIN/pg_ctl" -D "$data" status >/dev/null 2>&1; then
         as_pg "$PG_BIN/pg_ctl" -D "$data" -m fast -w stop
     fi
 }

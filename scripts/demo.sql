@@ -3,7 +3,10 @@
 \set QUIET on
 \pset footer off
 SET client_min_messages = warning;
+-- A fresh start each run: the last run's messages go with the extension.
+SET throttle.drop_with_messages = on;
 DROP EXTENSION IF EXISTS pg_throttle CASCADE;
+RESET throttle.drop_with_messages;
 DROP TABLE IF EXISTS public.demo_release;
 CREATE EXTENSION pg_throttle;
 

@@ -4,6 +4,10 @@
 //! - `DROP DATABASE` of the worker's database first stops the worker (it would otherwise hold
 //!   a connection and make the drop fail), and the worker waits, unconnected, until a
 //!   database of that name is created again.
+//!
+//! The hook itself is not guarded and keeps only plain values in its frame, so errors of the
+//! command pass through it exactly as PostgreSQL raised them; its checks run in guarded
+//! functions.
 
 use crate::{error, gucs, shmem};
 use pgrx::prelude::*;
@@ -172,11 +176,12 @@ unsafe fn check_drop_extension(stmt: *mut pg_sys::DropStmt) {
         }
     };
     if n > 0 {
-        pgrx::ereport!(
-            ERROR,
+        pgrx::pg_sys::panic::ErrorReport::new(
             PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
             format!("cannot drop extension pg_throttle: {n} messages are queued in throttle.pending and throttle.ready"),
-            "Let them be released and consumed first, or SET throttle.drop_with_messages = on in this session to delete them with the extension (pg_dump keeps them, if you want a copy)."
-        );
+            "pg_throttle",
+        )
+        .set_hint("Let them be released and consumed first, or SET throttle.drop_with_messages = on in this session to delete them with the extension (pg_dump keeps them, if you want a copy).")
+        .report(pgrx::PgLogLevel::ERROR);
     }
 }
