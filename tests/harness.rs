@@ -188,6 +188,73 @@ impl Server {
             .unwrap_or_else(|e| panic!("run {bin}: {e}"))
     }
 
+    /// `pg_upgrade` this cluster (stopped first) into a new one of the same version with
+    /// pg_throttle preloaded, keeping pg_upgrade's logs in the new data directory
+    /// (`pg_upgrade_output.d`); the new cluster is started.
+    pub fn pg_upgrade(&mut self, name: &str) -> Server {
+        self.stop("fast");
+        let mut new = Self::empty(name);
+        new.run_ok(
+            "initdb",
+            &[
+                "-D",
+                new.datadir.to_str().expect("utf8 path"),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ],
+        );
+        new.append_conf("shared_preload_libraries = 'pg_throttle'\nfsync = off");
+        let base = new.datadir.parent().expect("base dir").to_path_buf();
+        let bindir = self.bindir.to_str().expect("utf8 path").to_string();
+        let (old_port, new_port) = (self.port.to_string(), new.port.to_string());
+        let out = {
+            let path = self.bindir.join("pg_upgrade");
+            let mut cmd = match &self.runas {
+                Some(user) => {
+                    let mut c = Command::new("runuser");
+                    c.arg("-u").arg(user).arg("--").arg(&path);
+                    c
+                }
+                None => Command::new(&path),
+            };
+            cmd.current_dir(&base)
+                .args([
+                    "-b",
+                    &bindir,
+                    "-B",
+                    &bindir,
+                    "-d",
+                    self.datadir.to_str().expect("utf8 path"),
+                    "-D",
+                    new.datadir.to_str().expect("utf8 path"),
+                    "-p",
+                    &old_port,
+                    "-P",
+                    &new_port,
+                    "-U",
+                    "postgres",
+                    "--retain",
+                ])
+                .stdin(Stdio::null())
+                .output()
+                .expect("run pg_upgrade")
+        };
+        assert!(
+            out.status.success(),
+            "pg_upgrade failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        new.append_conf(&new.own_conf());
+        new.pg_ctl_start();
+        new
+    }
+
     /// Run a PostgreSQL client program (pg_dump, pg_restore, ...) as the server's user;
     /// panic with its stderr if it fails.
     pub fn tool(&self, bin: &str, args: &[&str]) {

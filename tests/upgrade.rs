@@ -390,3 +390,63 @@ fn a_dump_and_restore_keeps_configuration_and_queue_and_counts_it_once() {
     assert_eq!(fitted, 70, "100 allowed, 30 waiting");
     assert_eq!(count(&mut d, "SELECT count(*) FROM throttle.ready"), 0);
 }
+
+/// Every file under `dir`, read as text (pg_upgrade's logs).
+fn logs_under(dir: &std::path::Path) -> String {
+    let mut out = String::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.push_str(&logs_under(&p));
+            } else if let Ok(t) = std::fs::read_to_string(&p) {
+                out.push_str(&t);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn pg_upgrade_keeps_everything_and_starts_no_worker_meanwhile() {
+    let mut old = Server::start("pgup-old", &["throttle.worker_enabled = off"]);
+    let mut c = old.connect();
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender, account) VALUES ('pu-1', 'pu-acct');
+         INSERT INTO throttle.rate_limit (name, scope, scope_id, rate, per) VALUES ('pu line', 'sender', 'pu-1', 2, '1 second');
+         INSERT INTO throttle.account_role (account, role) VALUES ('pu-acct', 'postgres');
+         INSERT INTO throttle.pending (sender, carrier) SELECT 'pu-1', 'att' FROM generate_series(1, 6);",
+    )
+    .expect("fill");
+    let ids = pending_ids(&mut c);
+    drop(c);
+    let new = old.pg_upgrade("pgup-new");
+    let logs = logs_under(&new.datadir().join("pg_upgrade_output.d"));
+    assert!(
+        logs.contains("listening on Unix socket"),
+        "the servers' logs under pg_upgrade are kept"
+    );
+    assert!(
+        !logs.contains("pg_throttle release worker"),
+        "no worker runs under pg_upgrade: {}",
+        logs.lines()
+            .filter(|l| l.contains("pg_throttle"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let mut d = new.connect();
+    assert_eq!(version(&mut d), CURRENT);
+    assert_eq!(pending_ids(&mut d), ids, "the queue is kept");
+    assert_eq!(
+        count(&mut d, "SELECT count(*) FROM throttle.account_role"),
+        1
+    );
+    // Its worker (enabled in the new cluster) releases them.
+    let n = wait_for(
+        &mut d,
+        "SELECT count(*) FROM throttle.ready",
+        Duration::from_secs(15),
+        |n| n == 6,
+    );
+    assert_eq!(n, 6);
+}
