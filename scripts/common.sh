@@ -49,15 +49,16 @@ install_release() {
         place "$f" "$extdir/$(basename "$f")"
     done
 }
-# Remove the installed library file, so that the next install writes a new file rather than
-# into this one (cargo pgrx test copies its build over it in place; a running server has it
-# mapped and would crash). Running servers keep the file they mapped: PostgreSQL finds a
-# loaded library again by its path, never reloading it.
-unlink_installed_library() {
+# Give the installed library a new file of its own (a copy renamed over it), so that the
+# next install writes into that new file rather than into the one a running server has
+# mapped (cargo pgrx test copies its build over the installed library in place; a server
+# whose mapped file is written into crashes). The path never goes missing, and running
+# servers keep the file they loaded: PostgreSQL finds a loaded library again by its path.
+renew_installed_library() {
     local lib
     lib="$($PG_CONFIG --pkglibdir)/pg_throttle.so"
     [ -e "$lib" ] || return 0
-    if [ -w "$(dirname "$lib")" ]; then rm -f "$lib"; else sudo rm -f "$lib"; fi
+    place "$lib" "$lib"
 }
 # A directory for test clusters, owned by the server's user, exported for the Rust tests.
 test_dir() {

@@ -18,7 +18,7 @@ if [ -f "$work/pgrx-data/postmaster.pid" ]; then
 fi
 rm -rf "$work/pgrx-data"
 # cargo pgrx test installs its debug build in place: never into a file a server has mapped.
-unlink_installed_library
+renew_installed_library
 cargo pgrx test "pg$PG_MAJOR" "${runas[@]}" --pgdata "$work/pgrx-data"
 
 echo "==> installing the release build into $($PG_CONFIG --pkglibdir)"

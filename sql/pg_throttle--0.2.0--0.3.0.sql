@@ -54,29 +54,55 @@ CREATE TABLE throttle.account_role (
 );
 CREATE INDEX account_role_role_idx ON throttle.account_role (role);
 
--- Whether `role` acts for `sender`. Inlined into the policies: every name is qualified, so no
--- object on a caller's search_path can change what it means.
+-- Whether `role` acts for `sender` (for callers outside the policies; the policies below
+-- spell the same test out, so that the planner evaluates "no tenant model" once per
+-- statement rather than calling a function per row). Every name is qualified.
 CREATE FUNCTION throttle.acts_for(role oid, sender text) RETURNS boolean
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
     SELECT NOT EXISTS (SELECT 1 FROM throttle.account_role)
         OR EXISTS (SELECT 1
                      FROM throttle.sender s
-                     JOIN throttle.account_role a ON a.account OPERATOR(pg_catalog.=) s.account
-                     JOIN pg_catalog.pg_roles r ON r.rolname OPERATOR(pg_catalog.=) a.role
-                    WHERE s.sender OPERATOR(pg_catalog.=) $2
+                     JOIN throttle.account_role a ON a.account = s.account
+                     JOIN pg_catalog.pg_roles r ON r.rolname = a.role
+                    WHERE s.sender = $2
                       AND pg_catalog.pg_has_role($1, r.oid, 'MEMBER'))
 $$;
 
 ALTER TABLE throttle.pending ENABLE ROW LEVEL SECURITY;
 ALTER TABLE throttle.ready ENABLE ROW LEVEL SECURITY;
 ALTER TABLE throttle.dead ENABLE ROW LEVEL SECURITY;
+-- The current role acts for the row's sender (or no tenant model is configured).
 CREATE POLICY own_senders ON throttle.pending
-    USING (throttle.acts_for((SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER), sender))
-    WITH CHECK (throttle.acts_for((SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER), sender));
+    USING (NOT EXISTS (SELECT 1 FROM throttle.account_role)
+            OR EXISTS (SELECT 1
+                         FROM throttle.sender s
+                         JOIN throttle.account_role a ON a.account = s.account
+                         JOIN pg_catalog.pg_roles r ON r.rolname = a.role
+                        WHERE s.sender = pending.sender
+                          AND pg_catalog.pg_has_role(r.oid, 'MEMBER')))
+    WITH CHECK (NOT EXISTS (SELECT 1 FROM throttle.account_role)
+            OR EXISTS (SELECT 1
+                         FROM throttle.sender s
+                         JOIN throttle.account_role a ON a.account = s.account
+                         JOIN pg_catalog.pg_roles r ON r.rolname = a.role
+                        WHERE s.sender = pending.sender
+                          AND pg_catalog.pg_has_role(r.oid, 'MEMBER')));
 CREATE POLICY own_senders ON throttle.ready
-    USING (throttle.acts_for((SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER), sender));
+    USING (NOT EXISTS (SELECT 1 FROM throttle.account_role)
+            OR EXISTS (SELECT 1
+                         FROM throttle.sender s
+                         JOIN throttle.account_role a ON a.account = s.account
+                         JOIN pg_catalog.pg_roles r ON r.rolname = a.role
+                        WHERE s.sender = ready.sender
+                          AND pg_catalog.pg_has_role(r.oid, 'MEMBER')));
 CREATE POLICY own_senders ON throttle.dead
-    USING (throttle.acts_for((SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER), sender));
+    USING (NOT EXISTS (SELECT 1 FROM throttle.account_role)
+            OR EXISTS (SELECT 1
+                         FROM throttle.sender s
+                         JOIN throttle.account_role a ON a.account = s.account
+                         JOIN pg_catalog.pg_roles r ON r.rolname = a.role
+                        WHERE s.sender = dead.sender
+                          AND pg_catalog.pg_has_role(r.oid, 'MEMBER')));
 
 SELECT pg_catalog.pg_extension_config_dump('throttle.account_role', '');
 
@@ -115,9 +141,15 @@ BEGIN
     RETURN QUERY
     DELETE FROM throttle.ready
      WHERE id = ANY (ARRAY(
-               SELECT r.id FROM throttle.ready r
-                WHERE throttle.acts_for(caller, r.sender)
-                ORDER BY r.id LIMIT n FOR UPDATE SKIP LOCKED))
+               SELECT m.id FROM throttle.ready m
+                WHERE NOT EXISTS (SELECT 1 FROM throttle.account_role)
+                   OR EXISTS (SELECT 1
+                                FROM throttle.sender s
+                                JOIN throttle.account_role a ON a.account = s.account
+                                JOIN pg_catalog.pg_roles r ON r.rolname = a.role
+                               WHERE s.sender = m.sender
+                                 AND pg_catalog.pg_has_role(caller, r.oid, 'MEMBER'))
+                ORDER BY m.id LIMIT n FOR UPDATE SKIP LOCKED))
     RETURNING *;
 END
 $$;

@@ -66,9 +66,15 @@ BEGIN
     RETURN QUERY
     DELETE FROM throttle.ready
      WHERE id = ANY (ARRAY(
-               SELECT r.id FROM throttle.ready r
-                WHERE throttle.acts_for(caller, r.sender)
-                ORDER BY r.id LIMIT n FOR UPDATE SKIP LOCKED))
+               SELECT m.id FROM throttle.ready m
+                WHERE NOT EXISTS (SELECT 1 FROM throttle.account_role)
+                   OR EXISTS (SELECT 1
+                                FROM throttle.sender s
+                                JOIN throttle.account_role a ON a.account = s.account
+                                JOIN pg_catalog.pg_roles r ON r.rolname = a.role
+                               WHERE s.sender = m.sender
+                                 AND pg_catalog.pg_has_role(caller, r.oid, 'MEMBER'))
+                ORDER BY m.id LIMIT n FOR UPDATE SKIP LOCKED))
     RETURNING *;
 END
 $$;
