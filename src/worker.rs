@@ -139,6 +139,14 @@ const SQL_UNHOLD: &str = "
       FROM unnest($1::int8[], $2::timestamptz[]) AS u(cap_id, window_end)
      WHERE p.held_by = u.cap_id AND p.not_before >= u.window_end
     RETURNING p.sender, p.carrier, p.channel";
+/// Messages a cap held until a local time whose campaign is exempt from that cap now go back
+/// to their queues (the exemption was added after they were held).
+const SQL_UNHOLD_EXEMPT: &str = "
+    UPDATE throttle.pending p SET not_before = NULL, held_by = NULL
+      FROM throttle.sender s, throttle.cap_exemption e
+     WHERE p.held_by IS NOT NULL AND e.cap_id = p.held_by
+       AND s.sender = p.sender AND e.campaign = s.campaign
+    RETURNING p.sender, p.carrier, p.channel";
 const SQL_NEXT_EXPIRY: &str =
     "SELECT min(expires_at) FROM throttle.pending WHERE expires_at IS NOT NULL";
 const SQL_NEXT_DUE: &str = "
@@ -1079,8 +1087,8 @@ impl Worker {
     }
 
     /// Messages a `defer_local` cap held until a local time go back to their queues when that
-    /// cap has room again (it was raised, or its window turned), is gone, or holds no longer
-    /// (one statement for all of them; asked after configuration changes).
+    /// cap has room again (it was raised, or its window turned), is gone, holds no longer, or
+    /// exempts their campaign (a statement for all of them; asked after configuration changes).
     fn release_held(
         &mut self,
         c: &mut SpiClient<'_>,
@@ -1110,11 +1118,13 @@ impl Worker {
                 ends.push(ts(end.max(-211_813_488_000_000_000)));
             }
         }
-        if free.is_empty() {
-            return Ok(());
-        }
         let mut queues: Vec<(Option<String>, Option<String>, Option<String>)> = Vec::new();
-        for row in c.update(SQL_UNHOLD, None, &[free.into(), ends.into()])? {
+        if !free.is_empty() {
+            for row in c.update(SQL_UNHOLD, None, &[free.into(), ends.into()])? {
+                queues.push((row.get(1)?, row.get(2)?, row.get(3)?));
+            }
+        }
+        for row in c.update(SQL_UNHOLD_EXEMPT, None, &[])? {
             queues.push((row.get(1)?, row.get(2)?, row.get(3)?));
         }
         for (s, ca, ch) in queues {

@@ -552,3 +552,50 @@ fn bad_caps_are_refused() {
         Some("212")
     );
 }
+
+/// A campaign exempted from a defer_local cap after its messages were held until a local
+/// time: they go at once, not at 08:00.
+#[test]
+fn an_exemption_added_lets_held_messages_go() {
+    let server = Server::start("caps-exempt", &[]);
+    let mut c = server.connect();
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender, brand, campaign) VALUES ('ce-1', 'ce-brand', 'political');
+         INSERT INTO throttle.cap (scope, scope_id, cap, period, time_zone, at_cap, local_time)
+         VALUES ('brand', 'ce-brand', 1, 'day', 'America/Los_Angeles', 'defer_local', '08:00');",
+    )
+    .expect("configure");
+    let ids: Vec<i64> = c
+        .query(
+            "SELECT throttle.enqueue('ce-1', 'tmobile', '+12125550100') FROM generate_series(1, 3)",
+            &[],
+        )
+        .expect("enqueue")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let held = wait_for(
+        &mut c,
+        "SELECT count(*) FROM throttle.pending WHERE held_by IS NOT NULL",
+        Duration::from_secs(5),
+        |n| n == 2,
+    );
+    assert_eq!(held, 2, "one went, two are held until 08:00");
+    c.batch_execute(
+        "INSERT INTO throttle.cap_exemption (cap_id, campaign) SELECT cap_id, 'political' FROM throttle.cap",
+    )
+    .expect("exempt");
+    let n = wait_for(
+        &mut c,
+        &format!(
+            "SELECT count(*) FROM throttle.ready WHERE id IN ({})",
+            ids.iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        Duration::from_secs(5),
+        |n| n == 3,
+    );
+    assert_eq!(n, 3, "the exempt campaign's held messages went at once");
+}

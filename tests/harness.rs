@@ -61,20 +61,7 @@ impl Server {
     /// A new cluster; `preload` chooses whether pg_throttle is in shared_preload_libraries.
     pub fn start_with(name: &str, preload: bool, extra_conf: &[&str]) -> Server {
         let mut s = Self::empty(name);
-        s.run_ok(
-            "initdb",
-            &[
-                "-D",
-                s.datadir.to_str().expect("utf8 path"),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-sync",
-                "--no-instructions",
-            ],
-        );
+        s.initdb();
         let mut conf = vec![
             "listen_addresses = '127.0.0.1'".to_string(),
             "fsync = off".to_string(),
@@ -94,6 +81,24 @@ impl Server {
                 .expect("CREATE EXTENSION pg_throttle");
         }
         s
+    }
+
+    /// A new cluster in this (empty) data directory: user postgres, trust, UTF8.
+    fn initdb(&self) {
+        self.run_ok(
+            "initdb",
+            &[
+                "-D",
+                self.datadir.to_str().expect("utf8 path"),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ],
+        );
     }
 
     /// A streaming-replication standby of this server (pg_basebackup), started.
@@ -194,20 +199,7 @@ impl Server {
     pub fn pg_upgrade(&mut self, name: &str) -> Server {
         self.stop("fast");
         let mut new = Self::empty(name);
-        new.run_ok(
-            "initdb",
-            &[
-                "-D",
-                new.datadir.to_str().expect("utf8 path"),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-sync",
-                "--no-instructions",
-            ],
-        );
+        new.initdb();
         new.append_conf("shared_preload_libraries = 'pg_throttle'\nfsync = off");
         let base = new.datadir.parent().expect("base dir").to_path_buf();
         let bindir = self.bindir.to_str().expect("utf8 path").to_string();

@@ -117,6 +117,25 @@ fn version(c: &mut Client) -> String {
     .get(0)
 }
 
+/// A server (worker off) whose database has pg_throttle `old` installed.
+fn server_with(name: &str, old: &str) -> (Server, Client) {
+    let server = Server::start(name, &["throttle.worker_enabled = off"]);
+    let mut c = server.connect();
+    c.batch_execute(&format!(
+        "DROP EXTENSION pg_throttle; CREATE EXTENSION pg_throttle VERSION '{old}'"
+    ))
+    .expect("install the old version");
+    assert_eq!(version(&mut c), old);
+    (server, c)
+}
+
+/// Switch the worker on (it was off while the test set things up).
+fn worker_on(c: &mut Client) {
+    c.batch_execute("ALTER SYSTEM SET throttle.worker_enabled = on")
+        .expect("worker on");
+    c.batch_execute("SELECT pg_reload_conf()").expect("reload");
+}
+
 fn pending_ids(c: &mut Client) -> Vec<i64> {
     c.query("SELECT id FROM throttle.pending ORDER BY id", &[])
         .expect("pending")
@@ -127,14 +146,7 @@ fn pending_ids(c: &mut Client) -> Vec<i64> {
 
 #[test]
 fn update_from_0_1_0_keeps_everything_and_matches_a_fresh_install() {
-    let server = Server::start("upgrade", &["throttle.worker_enabled = off"]);
-    let mut c = server.connect();
-    c.batch_execute(
-        "DROP EXTENSION pg_throttle;
-         CREATE EXTENSION pg_throttle VERSION '0.1.0';",
-    )
-    .expect("install 0.1.0");
-    assert_eq!(version(&mut c), "0.1.0");
+    let (server, mut c) = server_with("upgrade", "0.1.0");
     // Fill it as a 0.1.0 user would: senders, limits (the old default burst, and a chosen
     // one), a cap with usage, a queue cap, and messages waiting.
     c.batch_execute(
@@ -195,9 +207,7 @@ fn update_from_0_1_0_keeps_everything_and_matches_a_fresh_install() {
     assert_same_as_fresh(&server, &mut c, "fresh");
 
     // And it works: the worker releases the waiting messages under the upgraded limits.
-    c.batch_execute("ALTER SYSTEM SET throttle.worker_enabled = on")
-        .expect("worker on");
-    c.batch_execute("SELECT pg_reload_conf()").expect("reload");
+    worker_on(&mut c);
     let n = wait_for(
         &mut c,
         "SELECT count(*) FROM throttle.ready",
@@ -228,14 +238,7 @@ fn update_from_0_1_0_keeps_everything_and_matches_a_fresh_install() {
 
 #[test]
 fn update_from_0_2_0_keeps_messages_and_dead_letters_impossible_times() {
-    let server = Server::start("upgrade2", &["throttle.worker_enabled = off"]);
-    let mut c = server.connect();
-    c.batch_execute(
-        "DROP EXTENSION pg_throttle;
-         CREATE EXTENSION pg_throttle VERSION '0.2.0';",
-    )
-    .expect("install 0.2.0");
-    assert_eq!(version(&mut c), "0.2.0");
+    let (server, mut c) = server_with("upgrade2", "0.2.0");
     c.batch_execute(
         "INSERT INTO throttle.sender (sender, account, weight) VALUES ('u2-1', 'u2-acct', 3);
          INSERT INTO throttle.rate_limit (name, scope, scope_id, rate, per)
@@ -269,9 +272,7 @@ fn update_from_0_2_0_keeps_messages_and_dead_letters_impossible_times() {
     );
     assert_same_as_fresh(&server, &mut c, "fresh2");
     // And it works: the worker releases the five under the kept limit.
-    c.batch_execute("ALTER SYSTEM SET throttle.worker_enabled = on")
-        .expect("worker on");
-    c.batch_execute("SELECT pg_reload_conf()").expect("reload");
+    worker_on(&mut c);
     let n = wait_for(
         &mut c,
         "SELECT count(*) FROM throttle.ready",
@@ -361,9 +362,7 @@ fn a_dump_and_restore_keeps_configuration_and_queue_and_counts_it_once() {
     // The worker runs (the account's 1 an hour holds every message: a new server starts
     // each limit as just spent) and counts the queue cap: each restored message once, so
     // exactly 70 more fit under its 100, with ids after the restored ones.
-    d.batch_execute("ALTER SYSTEM SET throttle.worker_enabled = on")
-        .expect("worker on");
-    d.batch_execute("SELECT pg_reload_conf()").expect("reload");
+    worker_on(&mut d);
     let mut fitted = 0;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
