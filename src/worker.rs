@@ -45,17 +45,12 @@ struct QueueKey {
     channel: String,
 }
 
-/// Queues of new rows, and whether their sender is registered (a queue of an unknown sender
-/// is parked at once: it costs nothing until the sender is registered).
-const SQL_DISCOVER_IDS: &str = "
-    SELECT q.sender, q.carrier, q.channel,
-           EXISTS (SELECT 1 FROM throttle.sender s WHERE s.sender = q.sender)
-      FROM (SELECT DISTINCT sender, carrier, channel FROM throttle.pending WHERE id = ANY($1)) q";
-const SQL_DISCOVER_ALL: &str = "
-    SELECT q.sender, q.carrier, q.channel,
-           EXISTS (SELECT 1 FROM throttle.sender s WHERE s.sender = q.sender)
-      FROM (SELECT DISTINCT sender, carrier, channel FROM throttle.pending) q";
-/// Which of the senders of parked queues are registered now.
+/// Queues of new rows (a queue the worker does not know yet is then checked for a registered
+/// sender, in one statement for all of them: see `discover`).
+const SQL_DISCOVER_IDS: &str =
+    "SELECT DISTINCT sender, carrier, channel FROM throttle.pending WHERE id = ANY($1)";
+const SQL_DISCOVER_ALL: &str = "SELECT DISTINCT sender, carrier, channel FROM throttle.pending";
+/// Which of these senders are registered.
 const SQL_KNOWN: &str = "SELECT sender FROM throttle.sender WHERE sender = ANY($1)";
 const SQL_FETCH: &str = "
     SELECT q.i::int4, p.id, p.cost, p.priority
@@ -660,14 +655,12 @@ impl Worker {
             self.rediscover = false;
             self.last_rediscovery = now;
             self.sweep = true;
-            for row in c.select(&st.discover_all, None, &[])? {
-                self.touch(row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, now);
-            }
+            let rows = c.select(&st.discover_all, None, &[])?;
+            self.discover(c, st, rows, now)?;
         } else if !self.ids.is_empty() {
             let ids: Vec<i64> = std::mem::take(&mut self.ids);
-            for row in c.select(&st.discover_ids, None, &[ids.into()])? {
-                self.touch(row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, now);
-            }
+            let rows = c.select(&st.discover_ids, None, &[ids.into()])?;
+            self.discover(c, st, rows, now)?;
         }
 
         // Buckets of deleted limits leave shared memory once refilled (looked at after a
@@ -1128,7 +1121,14 @@ impl Worker {
             queues.push((row.get(1)?, row.get(2)?, row.get(3)?));
         }
         for (s, ca, ch) in queues {
-            self.touch(s, ca, ch, None, now);
+            if let (Some(sender), Some(carrier), Some(channel)) = (s, ca, ch) {
+                let key = QueueKey {
+                    sender,
+                    carrier,
+                    channel,
+                };
+                self.sched.touch(&key, now);
+            }
         }
         Ok(())
     }
@@ -1307,27 +1307,65 @@ impl Worker {
         Ok(true)
     }
 
-    /// A queue has new rows: due now, or parked if its sender is not registered.
-    fn touch(
+    /// Queues with new rows, as (sender, carrier, channel) rows: a known queue is due now (a
+    /// parked one stays parked); a new one is due, or parked at once if its sender is not
+    /// registered (asked in one statement for all the new ones, so a crowd of queues the
+    /// worker already knows costs no query each).
+    fn discover(
         &mut self,
-        sender: Option<String>,
-        carrier: Option<String>,
-        channel: Option<String>,
-        registered: Option<bool>,
+        c: &mut SpiClient<'_>,
+        st: &Stmts,
+        rows: pgrx::spi::SpiTupleTable<'_>,
         now: Micros,
-    ) {
-        if let (Some(sender), Some(carrier), Some(channel)) = (sender, carrier, channel) {
+    ) -> pgrx::spi::Result<()> {
+        let mut new: Vec<QueueKey> = Vec::new();
+        for row in rows {
+            let (Some(sender), Some(carrier), Some(channel)) =
+                (row.get(1)?, row.get(2)?, row.get(3)?)
+            else {
+                continue;
+            };
             let key = QueueKey {
                 sender,
                 carrier,
                 channel,
             };
-            if registered == Some(false) {
-                self.sched.park_new(&key);
-            } else {
+            if self.sched.knows(&key) {
                 self.sched.touch(&key, now);
+            } else {
+                new.push(key);
             }
         }
+        if new.is_empty() {
+            return Ok(());
+        }
+        let known = self.registered(c, st, new.iter().map(|k| k.sender.clone()).collect())?;
+        for key in new {
+            if known.contains(&key.sender) {
+                self.sched.touch(&key, now);
+            } else {
+                self.sched.park_new(&key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Which of `senders` are registered (one statement).
+    fn registered(
+        &mut self,
+        c: &mut SpiClient<'_>,
+        st: &Stmts,
+        mut senders: Vec<String>,
+    ) -> pgrx::spi::Result<rustc_hash::FxHashSet<String>> {
+        senders.sort_unstable();
+        senders.dedup();
+        let mut known = rustc_hash::FxHashSet::default();
+        for row in c.select(&st.known, None, &[senders.into()])? {
+            if let Some(s) = row.get::<String>(1)? {
+                known.insert(s);
+            }
+        }
+        Ok(known)
     }
 
     /// Parked queues whose sender is registered now are due (one statement for all).
@@ -1341,18 +1379,11 @@ impl Worker {
         if parked.is_empty() {
             return Ok(());
         }
-        let mut senders: Vec<String> = parked
+        let senders: Vec<String> = parked
             .iter()
             .map(|&q| self.sched.key(q).sender.clone())
             .collect();
-        senders.sort_unstable();
-        senders.dedup();
-        let mut known = rustc_hash::FxHashSet::default();
-        for row in c.select(&st.known, None, &[senders.into()])? {
-            if let Some(s) = row.get::<String>(1)? {
-                known.insert(s);
-            }
-        }
+        let known = self.registered(c, st, senders)?;
         for q in parked {
             if known.contains(&self.sched.key(q).sender) {
                 self.sched.unpark(q, now);

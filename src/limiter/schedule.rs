@@ -206,6 +206,11 @@ impl<K: Clone + Eq + Hash> Scheduler<K> {
         self.done(q, Done::Parked);
     }
 
+    /// Whether the scheduler knows this queue (due, waiting, running or parked).
+    pub fn knows(&self, key: &K) -> bool {
+        self.by_key.contains_key(key)
+    }
+
     /// Every parked queue.
     pub fn parked(&self) -> Vec<QueueId> {
         self.queues
@@ -1037,6 +1042,7 @@ mod tests {
         s.unpark(q, SEC);
         assert_eq!(s.due(SEC, 10, |_| (0, 0)), vec![(q, None)]);
         // park_new leaves a known queue as it is.
+        assert!(s.knows(&5) && !s.knows(&6));
         s.park_new(&5);
         assert!(s.parked().is_empty());
     }
