@@ -140,12 +140,8 @@ pub unsafe extern "C-unwind" fn pg_throttle_pending_changed(
         }
         let id = values[0].value() as i64;
         let mut h = rustc_hash::FxHasher::default();
-        for d in &values[1..COLUMNS] {
-            let mut p = d.cast_mut_ptr::<pg_sys::varlena>();
-            if pgrx::varlena::varatt_is_1b_e(p) || pgrx::varlena::varatt_is_4b_c(p) {
-                p = pg_sys::pg_detoast_datum_packed(p);
-            }
-            h.write(pgrx::varlena::varlena_to_byte_slice(p));
+        for &d in &values[1..COLUMNS] {
+            h.write(text_bytes(d));
             h.write_u8(0);
         }
         let queue = (h.finish(), pg_sys::GetCurrentSubTransactionId());
@@ -184,14 +180,23 @@ pub unsafe extern "C-unwind" fn pg_throttle_pending_changed(
     }
 }
 
-/// (sender, carrier, channel) of a deformed pending row (columns 2 to 4, not null).
-unsafe fn queue_key(values: &[pg_sys::Datum]) -> [String; 3] {
-    std::array::from_fn(|i| unsafe {
-        let mut p = values[i + 1].cast_mut_ptr::<pg_sys::varlena>();
+/// The bytes of a non-null text datum of a deformed row (detoasted only when compressed or
+/// out of line).
+unsafe fn text_bytes<'a>(d: pg_sys::Datum) -> &'a [u8] {
+    // SAFETY: the caller passes a non-null text datum that lives as long as the row.
+    unsafe {
+        let mut p = d.cast_mut_ptr::<pg_sys::varlena>();
         if pgrx::varlena::varatt_is_1b_e(p) || pgrx::varlena::varatt_is_4b_c(p) {
             p = pg_sys::pg_detoast_datum_packed(p);
         }
-        String::from_utf8_lossy(pgrx::varlena::varlena_to_byte_slice(p)).into_owned()
+        pgrx::varlena::varlena_to_byte_slice(p)
+    }
+}
+
+/// (sender, carrier, channel) of a deformed pending row (columns 2 to 4, not null).
+unsafe fn queue_key(values: &[pg_sys::Datum]) -> [String; 3] {
+    std::array::from_fn(|i| {
+        String::from_utf8_lossy(unsafe { text_bytes(values[i + 1]) }).into_owned()
     })
 }
 
@@ -238,47 +243,35 @@ pub unsafe extern "C-unwind" fn pg_throttle_pending_check(
         let mut values = vec![pg_sys::Datum::from(0usize); natts];
         let mut nulls = vec![true; natts];
         pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
-        let col = |name: &std::ffi::CStr| -> Option<usize> {
-            let n = pg_sys::SPI_fnumber(desc, name.as_ptr());
-            (n > 0).then(|| n as usize - 1)
-        };
-        for (name, what) in [
-            (c"sender", "sender"),
-            (c"carrier", "carrier"),
-            (c"channel", "channel"),
-        ] {
-            if let Some(i) = col(name) {
-                if !nulls[i] {
-                    let mut p = values[i].cast_mut_ptr::<pg_sys::varlena>();
-                    if pgrx::varlena::varatt_is_1b_e(p) || pgrx::varlena::varatt_is_4b_c(p) {
-                        p = pg_sys::pg_detoast_datum_packed(p);
-                    }
-                    let b = pgrx::varlena::varlena_to_byte_slice(p);
-                    if let Err(e) = crate::error::check_identifier(what, b) {
-                        e.report(pgrx::PgLogLevel::ERROR);
-                    }
+        let shape = pending_shape(rel);
+        for (i, what) in [shape.sender, shape.carrier, shape.channel]
+            .into_iter()
+            .zip(["sender", "carrier", "channel"])
+        {
+            if let Some(i) = i.filter(|&i| !nulls[i]) {
+                if let Err(e) = crate::error::check_identifier(what, text_bytes(values[i])) {
+                    e.report(pgrx::PgLogLevel::ERROR);
                 }
             }
         }
-        for name in [c"not_before", c"expires_at", c"enqueued_at"] {
-            if let Some(i) = col(name) {
-                let t = values[i].value() as i64;
-                if !nulls[i] && !(EARLIEST..=LATEST).contains(&t) {
+        for (i, what) in [shape.not_before, shape.expires_at, shape.enqueued_at]
+            .into_iter()
+            .zip(["not_before", "expires_at", "enqueued_at"])
+        {
+            if let Some(i) = i.filter(|&i| !nulls[i]) {
+                if !(EARLIEST..=LATEST).contains(&(values[i].value() as i64)) {
                     crate::error::invalid(
-                        format!("{} is out of range", name.to_string_lossy()),
+                        format!("{what} is out of range"),
                         "a message's times lie between 1970-01-01 and 9999-12-31 (infinity is refused)",
                     )
                     .report(pgrx::PgLogLevel::ERROR);
                 }
             }
         }
-        if pg_sys::superuser() {
+        if pg_sys::superuser() || shape.sequence == pg_sys::InvalidOid {
             return pg_sys::Datum::from(tuple);
         }
-        let seq = pg_sys::getIdentitySequence((*rel).rd_id, 1, true);
-        if seq == pg_sys::InvalidOid {
-            return pg_sys::Datum::from(tuple);
-        }
+        let seq = shape.sequence;
         let id: i64 = pgrx::direct_function_call(pg_sys::nextval_oid, &[seq.into_datum()])
             .unwrap_or_else(|| {
                 pgrx::error!("pg_throttle: nextval of throttle.pending's sequence gave NULL")
@@ -297,4 +290,45 @@ pub unsafe extern "C-unwind" fn pg_throttle_pending_check(
         );
         pg_sys::Datum::from(new)
     }
+}
+
+/// Where the trigger finds what it checks in throttle.pending, and the sequence of its id:
+/// looked up once per backend and relation (the sequence's lookup is a catalog scan).
+#[derive(Clone, Copy)]
+struct PendingShape {
+    relid: pg_sys::Oid,
+    sender: Option<usize>,
+    carrier: Option<usize>,
+    channel: Option<usize>,
+    not_before: Option<usize>,
+    expires_at: Option<usize>,
+    enqueued_at: Option<usize>,
+    sequence: pg_sys::Oid,
+}
+
+static SHAPE: BackendLocal<Option<PendingShape>> = BackendLocal::new(None);
+
+unsafe fn pending_shape(rel: pg_sys::Relation) -> PendingShape {
+    // SAFETY: `rel` is the trigger's open relation.
+    let relid = unsafe { (*rel).rd_id };
+    if let Some(s) = SHAPE.with(|s| *s).filter(|s| s.relid == relid) {
+        return s;
+    }
+    let desc = unsafe { (*rel).rd_att };
+    let col = |name: &std::ffi::CStr| -> Option<usize> {
+        let n = unsafe { pg_sys::SPI_fnumber(desc, name.as_ptr()) };
+        (n > 0).then(|| n as usize - 1)
+    };
+    let shape = PendingShape {
+        relid,
+        sender: col(c"sender"),
+        carrier: col(c"carrier"),
+        channel: col(c"channel"),
+        not_before: col(c"not_before"),
+        expires_at: col(c"expires_at"),
+        enqueued_at: col(c"enqueued_at"),
+        sequence: unsafe { pg_sys::getIdentitySequence(relid, 1, true) },
+    };
+    SHAPE.with(|s| *s = Some(shape));
+    shape
 }
