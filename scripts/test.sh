@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test: the pure core's unit and property tests and the #[pg_test]s (cargo pgrx
-# test), then the client-side tests against real servers (tests/). Installs what is missing.
+# Runs every test: the pure core's unit and property tests (its own crate, no PostgreSQL
+# needed), the #[pg_test]s (cargo pgrx test), then the client-side tests against real servers
+# (tests/). Installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -9,7 +10,10 @@ source scripts/common.sh
 test_dir
 work=$PG_THROTTLE_TEST_DIR
 
-echo "==> unit, property and #[pg_test] tests"
+echo "==> the pure core: unit, property and simulation tests"
+cargo test -p pg_throttle_core
+
+echo "==> #[pg_test] tests"
 runas=()
 if is_root; then runas=(--runas "$RUNAS"); fi
 # A run that was cut short may have left its server behind: stop it by its data directory.

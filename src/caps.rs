@@ -17,23 +17,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 /// What the worker does with a message over a cap.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    Defer,
-    DeferLocal,
-    Refuse,
-}
-
-impl Action {
-    /// As `throttle.cap.at_cap` spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Defer => "defer",
-            Action::DeferLocal => "defer_local",
-            Action::Refuse => "refuse",
-        }
-    }
-}
+pub use crate::limiter::tick::AtCap as Action;
 
 /// Which senders a cap (or queue cap) covers.
 #[derive(Debug, Clone)]

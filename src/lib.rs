@@ -2,7 +2,9 @@
 
 use pgrx::prelude::*;
 
-pub mod limiter;
+/// The pure core (its own crate, free of pgrx): rate math, calendars, caps, scheduling and the
+/// release decisions.
+pub use pg_throttle_core as limiter;
 
 mod api;
 mod backend;

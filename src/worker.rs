@@ -10,9 +10,11 @@
 //! wastes tokens, never overspends them, and the rows stay in pending.
 
 use crate::caps::{self, Action, CapDef};
-use crate::limiter::cap::{CapFull, Ledger};
-use crate::limiter::schedule::{self, Done, Row, Scheduler, Verdict};
-use crate::limiter::{Micros, Outcome};
+use crate::limiter::calendar::Calendar;
+use crate::limiter::cap::CapRule;
+use crate::limiter::schedule::{self, Row, Scheduler, Verdict};
+use crate::limiter::tick::{self, CapWindow, DueQueue, Never, Released};
+use crate::limiter::{LimitRef, Micros, Outcome};
 use crate::{config, gucs, shmem};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
@@ -254,35 +256,108 @@ impl Stmts {
     }
 }
 
+/// The time now (PostgreSQL µs).
+fn clock_now() -> Micros {
+    // SAFETY: GetCurrentTimestamp reads the system clock; it touches no shared state and
+    // cannot raise an error.
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
+/// A snapshot taken now, active for the statements run while this lives, and popped when it
+/// goes (on every path: an error that unwinds through it pops it too; the abort that follows
+/// forgets whatever else was pushed).
+struct LatestSnapshot;
+
+impl LatestSnapshot {
+    fn push() -> LatestSnapshot {
+        // SAFETY: called inside the tick's transaction (a snapshot may be taken and pushed);
+        // the guard pops exactly what this pushed.
+        unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot()) };
+        LatestSnapshot
+    }
+}
+
+impl Drop for LatestSnapshot {
+    fn drop(&mut self) {
+        // SAFETY: `push` pushed a snapshot that is still on the active stack: statements run
+        // in between pop what they push, on success and on error alike.
+        unsafe { pg_sys::PopActiveSnapshot() };
+    }
+}
+
 fn ts(us: Micros) -> TimestampWithTimeZone {
     TimestampWithTimeZone::try_from(us)
         .unwrap_or_else(|_| TimestampWithTimeZone::try_from(0i64).expect("epoch"))
 }
 
-/// One queue taken this tick: which, how many rows it may release, its buckets and its
-/// calendar caps (each with the start of its current window).
-struct Taken {
-    q: schedule::QueueId,
-    n: u64,
+/// The windows of calendar caps a tick touches.
+type Ledgers = tick::Ledgers<Rc<CapDef>>;
+
+impl tick::Cap for CapDef {
+    fn id(&self) -> i64 {
+        self.id
+    }
+    fn action(&self) -> Action {
+        self.action
+    }
+    fn calendar(&self) -> &Calendar {
+        &self.cal
+    }
+    fn rule(&self) -> &CapRule {
+        &self.rule
+    }
+}
+
+/// A queue's buckets, as shared memory keys them.
+struct QueuePlan {
     wants: Vec<shmem::Want>,
     partitions: u32,
-    caps: Vec<(Rc<CapDef>, Micros)>,
-    /// Over this cap, whose action is to refuse: every row taken is dead-lettered.
-    refuse: Option<i64>,
 }
 
-/// One cap's usage in one window as this tick sees it: read from `throttle.cap_usage`, plus
-/// what this tick adds (written back before the commit).
-struct TickLedger {
-    def: Rc<CapDef>,
-    ledger: Ledger,
-    read_spent: u64,
-    used: u64,
-    /// Leased (granted) less leases taken back, this tick.
-    leased: i64,
-}
+/// The rate limits of queues: the shared-memory buckets `throttle_admit` uses too.
+struct SharedBuckets;
 
-type Ledgers = FxHashMap<(i64, Micros), TickLedger>;
+impl tick::Buckets for SharedBuckets {
+    type Plan = QueuePlan;
+
+    fn shared(&self, plan: &QueuePlan) -> Vec<LimitRef> {
+        plan.wants
+            .iter()
+            .filter(|w| !config::is_per_sender(&w.key))
+            .map(|w| LimitRef::Rate(w.key.limit_id))
+            .collect()
+    }
+
+    fn room(&mut self, plan: &QueuePlan, now: Micros) -> (u64, LimitRef, Micros) {
+        match shmem::room(&plan.wants, now) {
+            Ok((k, limit, next)) => (k, LimitRef::Rate(limit), next),
+            // Shared memory full: try again a little later.
+            Err(_) => (0, LimitRef::Memory, now + 100_000),
+        }
+    }
+
+    fn admit(&mut self, plan: &QueuePlan, cost: u64, now: Micros) -> Verdict {
+        let limit = |i: usize| LimitRef::Rate(plan.wants[i].key.limit_id);
+        match shmem::admit(&plan.wants, plan.partitions, cost, now, false) {
+            Ok(Outcome::Admitted { .. }) => Verdict::Admitted,
+            Ok(Outcome::Refused {
+                blocker,
+                retry_at: Some(until),
+                ..
+            }) => Verdict::Blocked {
+                limit: limit(blocker),
+                until,
+            },
+            Ok(Outcome::Refused { blocker, .. }) => Verdict::Never {
+                limit: limit(blocker),
+            },
+            Err(_) => Verdict::Blocked {
+                limit: LimitRef::Memory,
+                until: now + 100_000,
+            },
+        }
+    }
+}
 
 /// What the worker does once a tick's transaction has committed.
 #[derive(Default)]
@@ -379,26 +454,12 @@ fn read_ledgers(
         let leased = row.get::<i64>(4)?.unwrap_or(0).max(0) as u64;
         found.insert((id, start), (used, leased));
     }
-    for (def, window_start, window_end) in missing {
-        let (used, leased) = found
-            .get(&(def.id, window_start))
-            .copied()
-            .unwrap_or((0, 0));
-        let ledger = Ledger {
-            window_start,
-            window_end,
-            used,
-            leased,
-        };
+    for (def, start, end) in missing {
+        let (used, leased) = found.get(&(def.id, start)).copied().unwrap_or((0, 0));
+        let id = def.id;
         ledgers.insert(
-            (def.id, window_start),
-            TickLedger {
-                def,
-                ledger,
-                read_spent: ledger.spent(),
-                used: 0,
-                leased: 0,
-            },
+            (id, start),
+            CapWindow::read(def, (start, end), used, leased),
         );
     }
     Ok(())
@@ -412,7 +473,7 @@ fn load_ledger<'a>(
     ledgers: &'a mut Ledgers,
     def: &Rc<CapDef>,
     at: Micros,
-) -> pgrx::spi::Result<&'a mut TickLedger> {
+) -> pgrx::spi::Result<&'a mut CapWindow<Rc<CapDef>>> {
     let key = (def.id, def.window_of(at).0);
     if !ledgers.contains_key(&key) {
         read_ledgers(c, st, ledgers, &[(def.clone(), at)])?;
@@ -443,22 +504,90 @@ struct Worker {
     after: AfterCommit,
 }
 
-/// What becomes of a queue a limit holds until `until`: it waits its turn on a limit it shares
-/// with other queues; a bucket of its sender's own (a group limit each sender has on its own)
-/// it shares with no one, so it is just due again then.
-fn held(wants: &[shmem::Want], limit: i64, until: Micros) -> Done {
-    let own = wants
-        .iter()
-        .any(|w| w.key.limit_id == limit && config::is_per_sender(&w.key));
-    if own {
-        Done::Deferred { until }
-    } else {
-        Done::Blocked { limit, until }
+/// What a tick asks of the loop: how long to sleep (None: until the latch is set).
+type Sleep = Option<Duration>;
+
+/// Whether any calendar caps and any queue caps exist (read once per tick).
+#[derive(Clone, Copy)]
+struct Flags {
+    caps: bool,
+    queue_caps: bool,
+}
+
+/// A queue's plan (its buckets and weight) and its calendar caps (if `any_caps`); None if
+/// its sender is not registered or its plan cannot be read (the queue is parked).
+fn queue_plan(key: &QueueKey, any_caps: bool) -> Option<(QueuePlan, Vec<Rc<CapDef>>, u32)> {
+    let (s, ca, ch) = (
+        key.sender.as_bytes(),
+        key.carrier.as_bytes(),
+        key.channel.as_bytes(),
+    );
+    let plan = config::with_known_plan(s, ca, ch, |p| {
+        let plan = QueuePlan {
+            wants: p.wants.to_vec(),
+            partitions: p.partitions,
+        };
+        (plan, p.weight as u32)
+    });
+    let (plan, weight) = match plan {
+        Ok(found) => found?,
+        Err(e) => {
+            pgrx::warning!(
+                "pg_throttle: queue {key:?} cannot be judged: {}",
+                e.message()
+            );
+            return None;
+        }
+    };
+    if !any_caps {
+        return Some((plan, Vec::new(), weight));
+    }
+    match caps::caps_for_queue(s, ca, ch) {
+        Ok(Some(defs)) => Some((plan, defs.to_vec(), weight)),
+        Ok(None) => None,
+        Err(e) => {
+            pgrx::warning!(
+                "pg_throttle: caps of queue {key:?} cannot be read: {}",
+                e.message()
+            );
+            None
+        }
     }
 }
 
-/// What a tick asks of the loop: how long to sleep (None: until the latch is set).
-type Sleep = Option<Duration>;
+/// The reason and error code a dead-lettered row gets.
+fn dead_reason(why: Never, ledgers: &Ledgers) -> (String, Option<String>) {
+    let cap = |id: i64| ledgers.values().find(|w| w.cap.id == id).map(|w| &w.cap);
+    match why {
+        Never::OverCap { cap: id, cost } => match cap(id) {
+            Some(def) => (
+                format!(
+                    "cost {cost} exceeds all that {} allows in a window",
+                    def.label
+                ),
+                def.error_code.clone(),
+            ),
+            None => (
+                format!("cost {cost} exceeds all that cap {id} allows in a window"),
+                None,
+            ),
+        },
+        Never::Refused { cap: id } => match cap(id) {
+            Some(def) => (
+                format!("over {} (at_cap = refuse)", def.label),
+                def.error_code.clone(),
+            ),
+            None => (format!("over cap {id} (at_cap = refuse)"), None),
+        },
+        Never::OverBurst { limit, cost } => {
+            let id = match limit {
+                LimitRef::Rate(id) | LimitRef::Cap(id) => id,
+                LimitRef::Memory => 0,
+            };
+            (format!("cost {cost} exceeds the burst of limit {id}"), None)
+        }
+    }
+}
 
 impl Worker {
     fn new() -> Worker {
@@ -483,6 +612,7 @@ impl Worker {
         if !gucs::worker_enabled() {
             return None; // SIGHUP sets the latch
         }
+        // SAFETY: RecoveryInProgress reads shared state under its own spin lock.
         if unsafe { pg_sys::RecoveryInProgress() } {
             return Some(Duration::from_secs(5));
         }
@@ -495,6 +625,7 @@ impl Worker {
         // An error in a tick (a lock wait over lock_timeout, a row no check foresaw) is
         // reported and the tick is tried again a second later: one bad row or one lock held
         // by a client never stops the worker, and the error is in the log.
+        // SAFETY: a backend-local global, read in the worker's own process.
         let ctx = unsafe { pg_sys::CurrentMemoryContext };
         let tick = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
             Ok(BackgroundWorker::transaction(std::panic::AssertUnwindSafe(
@@ -532,7 +663,7 @@ impl Worker {
         };
         // Committed: hand out what the table now counts.
         let after = std::mem::take(&mut self.after);
-        let now = unsafe { pg_sys::GetCurrentTimestamp() };
+        let now = clock_now();
         for (id, born, start, n, full) in after.grants {
             shmem::lease_grant(self.db, id, born, start, n, full, now);
         }
@@ -544,6 +675,7 @@ impl Worker {
 
     fn tick_in_transaction(&mut self) -> Sleep {
         // Wait (without a poll per message) for CREATE EXTENSION in this database.
+        // SAFETY: inside a transaction (catalog access is allowed); missing_ok: no error.
         let ext = unsafe { pg_sys::get_extension_oid(c"pg_throttle".as_ptr(), true) };
         if ext == pg_sys::InvalidOid {
             self.stmts = None;
@@ -577,33 +709,68 @@ impl Worker {
         r
     }
 
+    /// One tick: follow the configuration, serve the caps' leases and queue counts, find new
+    /// work, dead-letter what expired, release what is due, and say when to wake.
     fn run_with(&mut self, c: &mut SpiClient<'_>, st: &Stmts) -> pgrx::spi::Result<Sleep> {
-        let now = unsafe { pg_sys::GetCurrentTimestamp() };
+        let now = clock_now();
+        self.follow_config(c, st, now)?;
+        // Fail closed: if the caps cannot be read, release nothing this tick.
+        let flags = match (caps::any_caps(), caps::any_queue_caps()) {
+            (Ok(caps), Ok(queue_caps)) => Flags { caps, queue_caps },
+            (Err(e), _) | (_, Err(e)) => {
+                pgrx::warning!("pg_throttle: caps cannot be read: {}", e.message());
+                return Ok(Some(Duration::from_secs(1)));
+            }
+        };
+        let mut ledgers = Ledgers::default();
+        if flags.caps {
+            self.reclaim_leases(c, st, &mut ledgers, now)?;
+        }
+        self.grant_leases(c, st, &mut ledgers, now)?;
+        let counted = self.count_queue_caps(c, flags.queue_caps)?;
+        if std::mem::take(&mut self.unhold) {
+            self.release_held(c, st, &mut ledgers, now)?;
+        }
+        self.find_work(c, st, now)?;
+        if std::mem::take(&mut self.sweep) {
+            self.sweep_buckets(c, st, now)?;
+        }
+        let expired = self.expire(c, st, flags, now)?;
+        let mut tick = self.release(c, st, &mut ledgers, flags, now)?;
+        tick.dead += expired;
+        self.write_usage(c, st, &ledgers, now)?;
+        self.note(tick);
+        let soon = (!counted).then_some(now + 20_000);
+        self.next_wake(c, st, soon)
+    }
+
+    /// Limits, caps, exemptions or groups changed: what held a queue may not any more.
+    fn follow_config(
+        &mut self,
+        c: &mut SpiClient<'_>,
+        st: &Stmts,
+        now: Micros,
+    ) -> pgrx::spi::Result<()> {
         let generation = shmem::config_generation();
         if generation != self.generation {
-            // Limits, caps, exemptions or groups changed: what held a queue may not any more.
             self.generation = generation;
             self.sched.wake_all(now);
             self.unpark_known(c, st, now)?;
             self.unhold = true;
             self.sweep = true;
         }
-        // Fail closed: if the caps cannot be read, release nothing this tick.
-        let (any_caps, any_queue_caps) = match (caps::any_caps(), caps::any_queue_caps()) {
-            (Ok(a), Ok(q)) => (a, q),
-            (Err(e), _) | (_, Err(e)) => {
-                pgrx::warning!("pg_throttle: caps cannot be read: {}", e.message());
-                return Ok(Some(Duration::from_secs(1)));
-            }
-        };
-        let mut ledgers: Ledgers = FxHashMap::default();
-        let mut soon: Option<Micros> = None;
+        Ok(())
+    }
 
-        // 0. Leases nobody spends from come back to the table; then leases asked for by
-        //    throttle_admit (their usage read in one statement), and queue caps to count.
-        if any_caps {
-            self.reclaim_leases(c, st, &mut ledgers, now)?;
-        }
+    /// Leases asked for by `throttle_admit`: granted from their windows (read in one
+    /// statement), handed out once the tick commits.
+    fn grant_leases(
+        &mut self,
+        c: &mut SpiClient<'_>,
+        st: &Stmts,
+        ledgers: &mut Ledgers,
+        now: Micros,
+    ) -> pgrx::spi::Result<()> {
         let requests: Vec<_> = shmem::lease_requests(self.db)
             .into_iter()
             .map(|(id, born, start, want, at)| {
@@ -615,42 +782,44 @@ impl Worker {
             .iter()
             .filter_map(|r| r.5.clone().map(|d| (d, r.4)))
             .collect();
-        read_ledgers(c, st, &mut ledgers, &need)?;
+        read_ledgers(c, st, ledgers, &need)?;
         for (id, born, start, want, at, def) in requests {
-            match def {
+            let (n, full) = match def {
                 Some(def) => {
-                    let tl = load_ledger(c, st, &mut ledgers, &def, at)?;
-                    if tl.ledger.window_start != start || tl.ledger.window_end <= now {
-                        // That window is over (or the cap's calendar changed): nothing more.
-                        self.after.grants.push((id, born, start, 0, true));
-                        continue;
-                    }
-                    let n = tl.ledger.lease(&def.cal, &def.rule, want.max(0) as u64, at);
-                    tl.leased += n as i64;
-                    let full = tl.ledger.left(&def.rule) == 0;
-                    self.after.grants.push((id, born, start, n as i64, full));
+                    load_ledger(c, st, ledgers, &def, at)?.lease(start, want.max(0) as u64, at, now)
                 }
                 // Gone: the asking backend reads the configuration again.
-                None => self.after.grants.push((id, born, start, 0, false)),
-            }
+                None => (0, false),
+            };
+            self.after.grants.push((id, born, start, n as i64, full));
         }
-        if self.queue_counted != generation {
-            if !any_queue_caps {
-                shmem::queue_counts_set(self.db, &[]);
-                self.queue_counted = generation;
-            } else if self.count_queues(c)? {
-                self.queue_counted = generation;
-            } else {
-                soon = Some(now + 20_000);
-            }
-        }
+        Ok(())
+    }
 
-        if std::mem::take(&mut self.unhold) {
-            self.release_held(c, st, &mut ledgers, now)?;
+    /// Count the queue caps once per configuration generation. Returns false if the count
+    /// must be tried again soon (its lock was not free).
+    fn count_queue_caps(&mut self, c: &mut SpiClient<'_>, any: bool) -> pgrx::spi::Result<bool> {
+        let generation = self.generation;
+        if self.queue_counted == generation {
+            return Ok(true);
         }
+        if !any {
+            shmem::queue_counts_set(self.db, &[]);
+        } else if !self.count_queues(c)? {
+            return Ok(false);
+        }
+        self.queue_counted = generation;
+        Ok(true)
+    }
 
-        // 1. New work: ids committed since the last tick, or everything after a restart or a
-        //    full ring.
+    /// New work: the queues of ids committed since the last tick, or of every row after a
+    /// restart, a full ring, or a rescan interval.
+    fn find_work(
+        &mut self,
+        c: &mut SpiClient<'_>,
+        st: &Stmts,
+        now: Micros,
+    ) -> pgrx::spi::Result<()> {
         if self.rediscover || now - self.last_rediscovery >= gucs::rescan_interval_us() {
             self.rediscover = false;
             self.last_rediscovery = now;
@@ -662,292 +831,185 @@ impl Worker {
             let rows = c.select(&st.discover_ids, None, &[ids.into()])?;
             self.discover(c, st, rows, now)?;
         }
+        Ok(())
+    }
 
-        // Buckets of deleted limits leave shared memory once refilled (looked at after a
-        // configuration change and at every rescan).
-        if std::mem::take(&mut self.sweep) {
-            let mut live = rustc_hash::FxHashSet::default();
-            for row in c.select(&st.limit_ids, None, &[])? {
-                if let Some(id) = row.get::<i64>(1)? {
-                    live.insert(id);
-                }
-            }
-            shmem::forget_unused(self.db, now, |id| live.contains(&id));
-        }
-
-        // 2. Expired messages leave for throttle.dead, with their error code.
-        let mut dead = 0u64;
-        if self.next_expiry.is_some_and(|t| t <= now) {
-            let code = gucs::expiry_error_code();
-            let mut gone: Vec<(String, String, String, i64)> = Vec::new();
-            let rows = c.update(&st.expire, None, &[ts(now).into(), code.into()])?;
-            dead += per_queue_counts(rows, any_queue_caps, &mut gone)?;
-            for (s, ca, ch, n) in gone {
-                self.left_queue(&s, &ca, &ch, n);
+    /// Buckets of deleted limits leave shared memory once refilled.
+    fn sweep_buckets(
+        &mut self,
+        c: &mut SpiClient<'_>,
+        st: &Stmts,
+        now: Micros,
+    ) -> pgrx::spi::Result<()> {
+        let mut live = rustc_hash::FxHashSet::default();
+        for row in c.select(&st.limit_ids, None, &[])? {
+            if let Some(id) = row.get::<i64>(1)? {
+                live.insert(id);
             }
         }
+        shmem::forget_unused(self.db, now, |id| live.contains(&id));
+        Ok(())
+    }
 
-        // 3. Due queues, each with as many rows as its buckets and caps have room for.
-        let budget = gucs::release_batch();
-        let per_queue = gucs::queue_batch();
+    /// Expired messages leave for throttle.dead, with their error code.
+    fn expire(
+        &mut self,
+        c: &mut SpiClient<'_>,
+        st: &Stmts,
+        flags: Flags,
+        now: Micros,
+    ) -> pgrx::spi::Result<u64> {
+        if !self.next_expiry.is_some_and(|t| t <= now) {
+            return Ok(0);
+        }
+        let code = gucs::expiry_error_code();
+        let mut gone = Vec::new();
+        let rows = c.update(&st.expire, None, &[ts(now).into(), code.into()])?;
+        let dead = per_queue_counts(rows, flags.queue_caps, &mut gone)?;
+        self.left_queues(gone);
+        Ok(dead)
+    }
+
+    /// Release what is due: read the due queues' plans, caps and windows, let the core
+    /// decide how many rows each may give, fetch them (one statement), let the core decide
+    /// which go, and write that.
+    fn release(
+        &mut self,
+        c: &mut SpiClient<'_>,
+        st: &Stmts,
+        ledgers: &mut Ledgers,
+        flags: Flags,
+        now: Micros,
+    ) -> pgrx::spi::Result<shmem::Tick> {
+        let budget = tick::Budget {
+            rows: gucs::release_batch() as u64,
+            per_queue: gucs::queue_batch(),
+        };
         let due = self
             .sched
-            .due(now, budget, |limit| match config::cached_want(limit) {
-                Some(w) => shmem::room(&[w], now)
-                    .map(|(k, _, next)| (k, next))
-                    .unwrap_or((1, now)),
-                None => (1, now),
+            .due(now, budget.rows as usize, |limit| match limit {
+                LimitRef::Rate(id) => config::cached_want(id)
+                    .and_then(|w| shmem::room(&[w], now).ok())
+                    .map_or((1, now), |(k, _, next)| (k, next)),
+                _ => (1, now),
             });
         let lateness = self.sched.lateness();
-        if any_caps {
-            let mut need: Vec<(Rc<CapDef>, Micros)> = Vec::new();
-            for (q, _) in &due {
-                let k = self.sched.key(*q);
-                let key = (
-                    k.sender.as_bytes(),
-                    k.carrier.as_bytes(),
-                    k.channel.as_bytes(),
-                );
-                if let Ok(Some(defs)) = caps::caps_for_queue(key.0, key.1, key.2) {
-                    need.extend(defs.iter().map(|d| (d.clone(), now)));
-                }
+        let queues = self.read_due(c, st, due, ledgers, flags.caps, now)?;
+        let take = tick::take(
+            &mut self.sched,
+            queues,
+            ledgers,
+            &mut SharedBuckets,
+            budget,
+            now,
+        );
+        let batches = self.fetch(c, st, &take.taken, now)?;
+        let r = tick::release(
+            &mut self.sched,
+            take,
+            &batches,
+            ledgers,
+            &mut SharedBuckets,
+            now,
+        );
+        let (released, dead) = self.write_release(c, st, &r, ledgers, flags, now)?;
+        for h in &r.hold {
+            let key = self.sched.key(h.q).clone();
+            if let Some(w) = ledgers.values().find(|w| w.cap.id == h.cap) {
+                defer_local(c, st, &key, &w.cap, h.until, now)?;
             }
-            read_ledgers(c, st, &mut ledgers, &need)?;
         }
-        let mut taken: Vec<Taken> = Vec::new();
-        let mut deferred: Vec<schedule::QueueId> = Vec::new();
-        let mut left = budget as u64;
-        'queues: for (q, woken_by) in due {
-            // The tick's rows are spoken for: look at this queue next tick, without reading
-            // its plan or its buckets now.
-            if left == 0 {
-                self.sched.done(q, Done::More);
-                continue;
-            }
-            let key = self.sched.key(q).clone();
-            let plan = config::with_known_plan(
-                key.sender.as_bytes(),
-                key.carrier.as_bytes(),
-                key.channel.as_bytes(),
-                |p| (p.wants.to_vec(), p.partitions, p.weight),
-            );
-            let (wants, partitions) = match plan {
-                Ok(Some((w, p, weight))) => {
-                    self.sched.set_weight(q, weight as u32);
-                    (w, p)
-                }
-                Ok(None) => {
-                    self.sched.done(q, Done::Parked);
-                    continue;
-                }
-                Err(e) => {
-                    pgrx::warning!(
-                        "pg_throttle: queue {key:?} cannot be judged: {}",
-                        e.message()
-                    );
-                    self.sched.done(q, Done::Parked);
-                    continue;
-                }
-            };
-            // Queue behind others waiting on a shared limit: no jumping the line.
-            for w in wants.iter().filter(|w| !config::is_per_sender(&w.key)) {
-                let l = w.key.limit_id;
-                if Some(l) != woken_by {
-                    if let Some(until) = self.sched.waiting_on(l) {
-                        self.sched.done(q, Done::Blocked { limit: l, until });
-                        continue 'queues;
-                    }
-                }
-            }
-            // Calendar caps: the room left in each one's window.
-            let mut cap_room = u64::MAX;
-            let mut caps_of: Vec<(Rc<CapDef>, Micros)> = Vec::new();
-            let mut refuse = None;
-            if any_caps {
-                let defs = match caps::caps_for_queue(
-                    key.sender.as_bytes(),
-                    key.carrier.as_bytes(),
-                    key.channel.as_bytes(),
-                ) {
-                    Ok(Some(d)) => d,
-                    Ok(None) => {
-                        self.sched.done(q, Done::Parked);
-                        continue;
-                    }
-                    Err(e) => {
-                        pgrx::warning!(
-                            "pg_throttle: caps of queue {key:?} cannot be read: {}",
-                            e.message()
-                        );
-                        self.sched.done(q, Done::Parked);
-                        continue;
-                    }
-                };
-                for def in defs.iter() {
-                    let tl = load_ledger(c, st, &mut ledgers, def, now)?;
-                    let room = tl.ledger.left(&def.rule);
-                    caps_of.push((def.clone(), tl.ledger.window_start));
-                    if room == 0 && refuse.is_none() {
-                        let until = tl.ledger.window_end;
-                        match def.action {
-                            Action::Defer => {
-                                self.sched.done(
-                                    q,
-                                    Done::Blocked {
-                                        limit: -def.id,
-                                        until,
-                                    },
-                                );
-                                continue 'queues;
-                            }
-                            Action::DeferLocal => {
-                                defer_local(c, st, &key, def, until, now)?;
-                                deferred.push(q);
-                                continue 'queues;
-                            }
-                            Action::Refuse => refuse = Some(def.id),
-                        }
-                    }
-                    cap_room = cap_room.min(room);
-                }
-            }
-            let (tokens, blocker, next) = shmem::room(&wants, now).unwrap_or((0, 0, now));
-            if tokens == 0 && refuse.is_none() {
-                self.sched.done(q, held(&wants, blocker, next));
-                continue;
-            }
-            let n = if refuse.is_some() {
-                per_queue.min(left)
-            } else {
-                tokens.min(per_queue).min(left).min(cap_room)
-            };
-            left -= n;
-            taken.push(Taken {
-                q,
-                n,
-                wants,
-                partitions,
-                caps: caps_of,
-                refuse,
-            });
-        }
+        self.settle(c, st, &r.short, now)?;
+        Ok(shmem::Tick {
+            at: now,
+            released,
+            dead,
+            queues: 0,
+            parked: 0,
+            late_us: if released > 0 { lateness } else { 0 },
+        })
+    }
 
-        // 4. Fetch the head rows of those queues: one statement.
+    /// Each due queue's plan (its buckets and weight) and calendar caps, and the usage of
+    /// those caps' windows (one statement for all).
+    fn read_due(
+        &mut self,
+        c: &mut SpiClient<'_>,
+        st: &Stmts,
+        due: Vec<(schedule::QueueId, Option<LimitRef>)>,
+        ledgers: &mut Ledgers,
+        any_caps: bool,
+        now: Micros,
+    ) -> pgrx::spi::Result<Vec<DueQueue<QueuePlan, Rc<CapDef>>>> {
+        let mut out = Vec::with_capacity(due.len());
+        let mut need: Vec<(Rc<CapDef>, Micros)> = Vec::new();
+        for (q, woken_by) in due {
+            let key = self.sched.key(q);
+            let found = queue_plan(key, any_caps);
+            if let Some((_, caps, _)) = &found {
+                need.extend(caps.iter().map(|d| (d.clone(), now)));
+            }
+            out.push(DueQueue { q, woken_by, found });
+        }
+        read_ledgers(c, st, ledgers, &need)?;
+        Ok(out)
+    }
+
+    /// The head rows of the queues taken: one statement.
+    fn fetch(
+        &mut self,
+        c: &mut SpiClient<'_>,
+        st: &Stmts,
+        taken: &[tick::Taken<QueuePlan>],
+        now: Micros,
+    ) -> pgrx::spi::Result<Vec<Vec<Row>>> {
         let mut batches: Vec<Vec<Row>> = vec![Vec::new(); taken.len()];
-        if !taken.is_empty() {
-            let (mut s, mut ca, mut ch, mut n) = (vec![], vec![], vec![], vec![]);
-            for t in &taken {
-                let k = self.sched.key(t.q);
-                s.push(k.sender.clone());
-                ca.push(k.carrier.clone());
-                ch.push(k.channel.clone());
-                n.push(t.n as i32);
-            }
-            let args: [DatumWithOid; 5] =
-                [s.into(), ca.into(), ch.into(), n.into(), ts(now).into()];
-            for row in c.select(&st.fetch, None, &args)? {
-                let i: i32 = row.get(1)?.unwrap_or(0);
-                let id: i64 = row.get(2)?.unwrap_or(0);
-                let cost: i32 = row.get(3)?.unwrap_or(1);
-                let priority: i16 = row.get(4)?.unwrap_or(0);
-                if let Some(b) = batches.get_mut((i - 1) as usize) {
-                    b.push(Row {
-                        id,
-                        priority,
-                        cost: cost.max(1) as u64,
-                    });
-                }
+        if taken.is_empty() {
+            return Ok(batches);
+        }
+        let (mut s, mut ca, mut ch, mut n) = (vec![], vec![], vec![], vec![]);
+        for t in taken {
+            let k = self.sched.key(t.q);
+            s.push(k.sender.clone());
+            ca.push(k.carrier.clone());
+            ch.push(k.channel.clone());
+            n.push(t.n as i32);
+        }
+        let args: [DatumWithOid; 5] = [s.into(), ca.into(), ch.into(), n.into(), ts(now).into()];
+        for row in c.select(&st.fetch, None, &args)? {
+            let i: i32 = row.get(1)?.unwrap_or(0);
+            let id: i64 = row.get(2)?.unwrap_or(0);
+            let cost: i32 = row.get(3)?.unwrap_or(1);
+            let priority: i16 = row.get(4)?.unwrap_or(0);
+            if let Some(b) = batches.get_mut((i - 1) as usize) {
+                b.push(Row {
+                    id,
+                    priority,
+                    cost: cost.max(1) as u64,
+                });
             }
         }
+        Ok(batches)
+    }
 
-        // 5. Admit in priority, round-robin order, through the calendar caps and the shared
-        //    buckets.
-        let qids: Vec<schedule::QueueId> = taken.iter().map(|t| t.q).collect();
-        let more: Vec<bool> = taken
-            .iter()
-            .zip(&batches)
-            .map(|(t, b)| b.len() as u64 >= t.n)
-            .collect();
-        let order = self.sched.order(&qids, &batches, &more);
-        // Queues that filled a defer_local cap during this release: (batch, cap, reset).
-        let mut local_hits: Vec<(usize, Rc<CapDef>, Micros)> = Vec::new();
-        let released = schedule::release(&batches, &order, |b, row| {
-            let t = &taken[b];
-            if let Some(id) = t.refuse {
-                return Verdict::Never { limit: -id };
-            }
-            for (def, start) in &t.caps {
-                let Some(tl) = ledgers.get_mut(&(def.id, *start)) else {
-                    continue;
-                };
-                match tl.ledger.check(&def.cal, &def.rule, row.cost, now) {
-                    Ok(()) => {}
-                    Err(CapFull::Until { until }) if def.action != Action::Refuse => {
-                        if def.action == Action::DeferLocal
-                            && local_hits.last().is_none_or(|h| h.0 != b)
-                        {
-                            local_hits.push((b, def.clone(), until));
-                        }
-                        return Verdict::Blocked {
-                            limit: -def.id,
-                            until,
-                        };
-                    }
-                    Err(_) => return Verdict::Never { limit: -def.id },
-                }
-            }
-            let verdict = match shmem::admit(&t.wants, t.partitions, row.cost, now, false) {
-                Ok(Outcome::Admitted { .. }) => Verdict::Admitted,
-                Ok(Outcome::Refused {
-                    blocker,
-                    retry_at: Some(until),
-                    ..
-                }) => Verdict::Blocked {
-                    limit: t.wants[blocker].key.limit_id,
-                    until,
-                },
-                Ok(Outcome::Refused {
-                    blocker,
-                    retry_at: None,
-                    ..
-                }) => Verdict::Never {
-                    limit: t.wants[blocker].key.limit_id,
-                },
-                // Shared memory full: try again a little later.
-                Err(_) => Verdict::Blocked {
-                    limit: 0,
-                    until: now + 100_000,
-                },
-            };
-            if verdict == Verdict::Admitted {
-                for (def, start) in &t.caps {
-                    if let Some(tl) = ledgers.get_mut(&(def.id, *start)) {
-                        tl.ledger.used += row.cost;
-                        tl.used += row.cost;
-                    }
-                }
-            }
-            verdict
-        });
-
-        // Each queue's share of what it shares moves on by what it released.
-        for &(b, r) in &released.admitted {
-            self.sched.charge(taken[b].q, batches[b][r].cost);
-        }
-
-        // 6. Move what was admitted; dead-letter what never can be. One statement each.
-        let mut moved = 0u64;
-        // Messages that left, per queue (as the statements report them: a row deleted
-        // meanwhile by someone else is not counted twice).
-        let mut gone: Vec<(String, String, String, i64)> = Vec::new();
-        if !released.admitted.is_empty() {
-            let ids: Vec<i64> = released
-                .admitted
-                .iter()
-                .map(|&(b, r)| batches[b][r].id)
-                .collect();
+    /// Move what was admitted and dead-letter what never can go: one statement each.
+    /// Returns (released, dead) as the statements counted them (a row deleted meanwhile by
+    /// someone else is not counted).
+    fn write_release(
+        &mut self,
+        c: &mut SpiClient<'_>,
+        st: &Stmts,
+        r: &Released,
+        ledgers: &Ledgers,
+        flags: Flags,
+        now: Micros,
+    ) -> pgrx::spi::Result<(u64, u64)> {
+        let (mut moved, mut dead) = (0, 0);
+        let mut gone = Vec::new();
+        if !r.admitted.is_empty() {
+            let ids = r.admitted.clone();
             let rows = c.update(&st.mv, None, &[ids.into(), ts(now).into()])?;
-            moved += per_queue_counts(rows, any_queue_caps, &mut gone)?;
+            moved = per_queue_counts(rows, flags.queue_caps, &mut gone)?;
             if moved > 0 {
                 c.update(
                     "SELECT pg_notify('throttle_ready', $1)",
@@ -956,111 +1018,77 @@ impl Worker {
                 )?;
             }
         }
-        if !released.never.is_empty() {
-            let mut ids = Vec::new();
-            let mut reasons = Vec::new();
-            let mut codes: Vec<Option<String>> = Vec::new();
-            for &(b, r, l) in &released.never {
-                let row = &batches[b][r];
-                ids.push(row.id);
-                let cap = (l < 0)
-                    .then(|| taken[b].caps.iter().find(|(d, _)| d.id == -l))
-                    .flatten();
-                match cap {
-                    Some((def, _)) if row.cost > def.rule.allowed() => {
-                        reasons.push(format!(
-                            "cost {} exceeds all that {} allows in a window",
-                            row.cost, def.label
-                        ));
-                        codes.push(def.error_code.clone());
-                    }
-                    Some((def, _)) => {
-                        reasons.push(format!("over {} (at_cap = refuse)", def.label));
-                        codes.push(def.error_code.clone());
-                    }
-                    None => {
-                        reasons.push(format!("cost {} exceeds the burst of limit {l}", row.cost));
-                        codes.push(None);
-                    }
-                }
+        if !r.dead.is_empty() {
+            let mut ids = Vec::with_capacity(r.dead.len());
+            let mut reasons = Vec::with_capacity(r.dead.len());
+            let mut codes: Vec<Option<String>> = Vec::with_capacity(r.dead.len());
+            for &(id, why) in &r.dead {
+                let (reason, code) = dead_reason(why, ledgers);
+                ids.push(id);
+                reasons.push(reason);
+                codes.push(code);
             }
-            let rows = c.update(
-                &st.dead,
-                None,
-                &[ids.into(), reasons.into(), ts(now).into(), codes.into()],
-            )?;
-            dead += per_queue_counts(rows, any_queue_caps, &mut gone)?;
+            let args: [DatumWithOid; 4] =
+                [ids.into(), reasons.into(), ts(now).into(), codes.into()];
+            let rows = c.update(&st.dead, None, &args)?;
+            dead = per_queue_counts(rows, flags.queue_caps, &mut gone)?;
         }
-        for (s, ca, ch, n) in gone {
-            self.left_queue(&s, &ca, &ch, n);
-        }
+        self.left_queues(gone);
+        Ok((moved, dead))
+    }
 
-        // 6b. Count what the caps gave, in this same transaction, and announce thresholds.
-        self.write_usage(c, st, &ledgers, now)?;
-        // 6c. What a defer_local cap stopped waits for the local time, from now on.
-        let mut local_batches: Vec<usize> = Vec::new();
-        for (b, def, until) in &local_hits {
-            let key = self.sched.key(taken[*b].q).clone();
-            defer_local(c, st, &key, def, *until, now)?;
-            local_batches.push(*b);
+    /// Queues that gave fewer rows than asked, or whose due rows are held: each is drained,
+    /// due again, or deferred to its next row (asked in one statement).
+    fn settle(
+        &mut self,
+        c: &mut SpiClient<'_>,
+        st: &Stmts,
+        short: &[schedule::QueueId],
+        now: Micros,
+    ) -> pgrx::spi::Result<()> {
+        if short.is_empty() {
+            return Ok(());
         }
+        let (mut s, mut ca, mut ch) = (vec![], vec![], vec![]);
+        for &q in short {
+            let k = self.sched.key(q);
+            s.push(k.sender.clone());
+            ca.push(k.carrier.clone());
+            ch.push(k.channel.clone());
+        }
+        let args: [DatumWithOid; 4] = [s.into(), ca.into(), ch.into(), ts(now).into()];
+        let mut next: Vec<Option<Micros>> = vec![None; short.len()];
+        for row in c.select(&st.next_due, None, &args)? {
+            let i: i32 = row.get(1)?.unwrap_or(0);
+            let at: Option<TimestampWithTimeZone> = row.get(2)?;
+            if let Some(slot) = next.get_mut((i - 1) as usize) {
+                *slot = at.map(i64::from);
+            }
+        }
+        tick::settle(&mut self.sched, short, &next, now);
+        Ok(())
+    }
 
-        // 7. Reschedule every queue taken: blocked ones wait on their limit; those that gave
-        //    fewer rows than asked are drained or deferred (asked in one statement).
-        let mut short: Vec<schedule::QueueId> = deferred;
-        for (b, t) in taken.iter().enumerate() {
-            if local_batches.contains(&b) {
-                short.push(t.q);
-            } else if let Some((limit, until)) = released.blocked[b] {
-                self.sched.done(t.q, held(&t.wants, limit, until));
-            } else if (batches[b].len() as u64) < t.n {
-                short.push(t.q);
-            } else {
-                self.sched.done(t.q, Done::More);
-            }
-        }
-        if !short.is_empty() {
-            let (mut s, mut ca, mut ch) = (vec![], vec![], vec![]);
-            for &q in &short {
-                let k = self.sched.key(q);
-                s.push(k.sender.clone());
-                ca.push(k.carrier.clone());
-                ch.push(k.channel.clone());
-            }
-            let args: [DatumWithOid; 4] = [s.into(), ca.into(), ch.into(), ts(now).into()];
-            let mut next: Vec<Option<Micros>> = vec![None; short.len()];
-            for row in c.select(&st.next_due, None, &args)? {
-                let i: i32 = row.get(1)?.unwrap_or(0);
-                let at: Option<TimestampWithTimeZone> = row.get(2)?;
-                if let Some(slot) = next.get_mut((i - 1) as usize) {
-                    *slot = at.map(i64::from);
-                }
-            }
-            for (j, &q) in short.iter().enumerate() {
-                let done = match next[j] {
-                    None => Done::Drained,
-                    Some(t) if t <= now => Done::More,
-                    Some(t) => Done::Deferred { until: t },
-                };
-                self.sched.done(q, done);
-            }
-        }
+    /// Publish the tick's figures (for `worker_state()`).
+    fn note(&self, mut t: shmem::Tick) {
+        let parked = self.sched.parked_count();
+        t.queues = (self.sched.len() - parked) as u64;
+        t.parked = parked as u64;
+        shmem::note_tick(t);
+    }
 
-        // 8. When to wake: the next due queue or limit, or the next expiry.
+    /// When to wake: the next due queue or limit, the next expiry, an unspent lease to take
+    /// back once idle, and at least every rescan interval (rows written without the trigger
+    /// are found then).
+    fn next_wake(
+        &mut self,
+        c: &mut SpiClient<'_>,
+        st: &Stmts,
+        soon: Option<Micros>,
+    ) -> pgrx::spi::Result<Sleep> {
         let e: Option<TimestampWithTimeZone> =
             c.select(&st.next_expiry, None, &[])?.first().get(1)?;
         self.next_expiry = e.map(i64::from);
-        let parked = self.sched.parked_count();
-        shmem::note_tick(shmem::Tick {
-            at: now,
-            released: moved,
-            dead,
-            queues: (self.sched.len() - parked) as u64,
-            parked: parked as u64,
-            late_us: if moved > 0 { lateness } else { 0 },
-        });
-        // An unspent lease is taken back once idle: wake for that too. And at least every
-        // rescan interval, idle or not: rows written without the trigger are found then.
         let lease_idle = shmem::lease_oldest_touch(self.db).map(|t| t + gucs::lease_idle_us());
         let rescan = Some(self.last_rediscovery + gucs::rescan_interval_us());
         let wake = [
@@ -1074,7 +1102,7 @@ impl Worker {
         .flatten()
         .min();
         Ok(wake.map(|at| {
-            let now = unsafe { pg_sys::GetCurrentTimestamp() };
+            let now = clock_now();
             Duration::from_micros(at.saturating_sub(now).clamp(0, 3_600_000_000) as u64)
         }))
     }
@@ -1147,24 +1175,22 @@ impl Worker {
             let Some(def) = caps::cap(id).ok().flatten().filter(|d| d.born == born) else {
                 continue;
             };
-            let tl = load_ledger(c, st, ledgers, &def, start)?;
-            if tl.ledger.window_start != start || tl.ledger.window_end <= now {
-                continue;
+            if load_ledger(c, st, ledgers, &def, start)?.reclaim(start, n.max(0) as u64, now) {
+                // Queues told to wait for this cap's reset may go now.
+                self.sched.wake_waiters(LimitRef::Cap(id), now);
             }
-            let n = (n.max(0) as u64).min(tl.ledger.leased);
-            tl.ledger.leased -= n;
-            tl.leased -= n as i64;
-            // Queues told to wait for this cap's reset may go now.
-            self.sched.wake_waiters(-id, now);
         }
         Ok(())
     }
 
-    /// Count `n` messages of a queue as gone from the queue caps that count it, at commit.
-    fn left_queue(&mut self, sender: &str, carrier: &str, channel: &str, n: i64) {
-        if let Ok(qcaps) = caps::queue_caps_for(sender, carrier, channel) {
-            for qc in qcaps {
-                self.after.left_queue.push((qc.id, n));
+    /// Count the messages that left each queue as gone from the queue caps that count it,
+    /// at commit.
+    fn left_queues(&mut self, gone: Vec<(String, String, String, i64)>) {
+        for (sender, carrier, channel, n) in gone {
+            if let Ok(qcaps) = caps::queue_caps_for(&sender, &carrier, &channel) {
+                for qc in qcaps {
+                    self.after.left_queue.push((qc.id, n));
+                }
             }
         }
     }
@@ -1178,14 +1204,11 @@ impl Worker {
         ledgers: &Ledgers,
         now: Micros,
     ) -> pgrx::spi::Result<()> {
-        let dirty: Vec<&TickLedger> = ledgers
-            .values()
-            .filter(|t| t.used > 0 || t.leased != 0)
-            .collect();
+        let dirty: Vec<&CapWindow<Rc<CapDef>>> = ledgers.values().filter(|w| w.dirty()).collect();
         if dirty.is_empty() {
             return Ok(());
         }
-        let ids: Vec<i64> = dirty.iter().map(|t| t.def.id).collect();
+        let ids: Vec<i64> = dirty.iter().map(|t| t.cap.id).collect();
         let starts: Vec<TimestampWithTimeZone> =
             dirty.iter().map(|t| ts(t.ledger.window_start)).collect();
         let ends: Vec<TimestampWithTimeZone> =
@@ -1202,14 +1225,14 @@ impl Worker {
         ];
         c.update(&st.usage_add, None, &args)?;
         for t in dirty {
-            let after = (t.read_spent as i64 + t.used as i64 + t.leased).max(0) as u64;
-            for pct in t.def.rule.crossed(t.read_spent, after) {
+            let after = t.spent_after();
+            for pct in t.cap.rule.crossed(t.read_spent, after) {
                 let args: [DatumWithOid; 6] = [
-                    t.def.id.into(),
-                    t.def.label.clone().into(),
+                    t.cap.id.into(),
+                    t.cap.label.clone().into(),
                     (pct as i32).into(),
                     (after as i64).into(),
-                    (t.def.rule.cap as i64).into(),
+                    (t.cap.rule.cap as i64).into(),
                     ts(t.ledger.window_start).into(),
                 ];
                 c.update(
@@ -1252,6 +1275,8 @@ impl Worker {
         // what is committed without the lock. Rows of transactions still open then are not
         // counted under a cap created meanwhile (they were not checked against it either).
         let share = pg_sys::ShareLock as pg_sys::LOCKMODE;
+        // SAFETY: inside the tick's transaction, which releases the lock when it ends
+        // (commit or abort): no path leaves it held.
         let locked = unsafe { pg_sys::ConditionalLockRelationOid(relid, share) };
         if !locked {
             self.recount_tries += 1;
@@ -1276,7 +1301,7 @@ impl Worker {
             .collect();
         // Count under a snapshot taken now that the lock is held (the transaction's own is
         // older: enqueues that committed while the worker waited would be missed).
-        unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot()) };
+        let snapshot = LatestSnapshot::push();
         let rows = c.select(
             "SELECT p.sender, p.carrier, p.channel, s.campaign, s.brand, s.account, s.sender_type,
                     count(*)::int8
@@ -1285,7 +1310,7 @@ impl Worker {
             None,
             &[],
         );
-        unsafe { pg_sys::PopActiveSnapshot() };
+        drop(snapshot);
         for row in rows? {
             let g = caps::Groups {
                 sender: row.get::<String>(1)?.unwrap_or_default().into(),
@@ -1398,6 +1423,7 @@ unsafe extern "C-unwind" fn withdraw(_code: i32, _arg: pg_sys::Datum) {
     shmem::register_worker(std::ptr::null_mut(), 0);
     // Exit status 1: the postmaster restarts the worker after a pg_terminate_backend (exit 0
     // would unregister it for good); at shutdown nothing is restarted anyway.
+    // SAFETY: proc_exit runs the exit callbacks and never returns.
     unsafe { pg_sys::proc_exit(1) };
 }
 
@@ -1407,7 +1433,9 @@ unsafe extern "C-unwind" fn withdraw(_code: i32, _arg: pg_sys::Datum) {
 pub extern "C-unwind" fn pg_throttle_worker_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let db = gucs::database_name();
-    shmem::register_worker(unsafe { pg_sys::MyLatch }, unsafe { pg_sys::MyProcPid });
+    // SAFETY: the process's own latch and pid, set before a background worker's main runs.
+    let (latch, pid) = unsafe { (pg_sys::MyLatch, pg_sys::MyProcPid) };
+    shmem::register_worker(latch, pid);
     // Its database was dropped: wait, unconnected, until one of that name is created again
     // (CREATE DATABASE sets the latch), rather than fail to connect every few seconds.
     if shmem::worker_db_gone() {
@@ -1415,19 +1443,24 @@ pub extern "C-unwind" fn pg_throttle_worker_main(_arg: pg_sys::Datum) {
         while shmem::worker_db_gone() {
             if !BackgroundWorker::wait_latch(Some(Duration::from_secs(10))) {
                 shmem::register_worker(std::ptr::null_mut(), 0);
+                // SAFETY: proc_exit runs the exit callbacks and never returns.
                 unsafe { pg_sys::proc_exit(1) };
             }
         }
     }
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
-    shmem::set_worker_database(unsafe { pg_sys::MyDatabaseId }.to_u32());
+    // SAFETY: set by connect_worker_to_spi just above, read in this process.
+    let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    shmem::set_worker_database(database);
     // However the worker ends (an error exits the process), withdraw its latch.
+    // SAFETY: registers a callback with a static lifetime and no argument to keep alive.
     unsafe { pg_sys::before_shmem_exit(Some(withdraw), pg_sys::Datum::from(0usize)) };
     pgrx::log!("pg_throttle release worker started for database \"{db}\"");
     let mut w = Worker::new();
-    w.db = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    w.db = database;
     loop {
         if BackgroundWorker::sighup_received() {
+            // SAFETY: outside any transaction, in the main loop, as PostgreSQL's own workers do.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         let sleep = w.tick();
@@ -1441,5 +1474,6 @@ pub extern "C-unwind" fn pg_throttle_worker_main(_arg: pg_sys::Datum) {
     shmem::register_worker(std::ptr::null_mut(), 0);
     // Exit status 1: the postmaster restarts the worker after a pg_terminate_backend (exit 0
     // would unregister it for good); at shutdown nothing is restarted anyway.
+    // SAFETY: proc_exit runs the exit callbacks and never returns.
     unsafe { pg_sys::proc_exit(1) };
 }

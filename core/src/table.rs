@@ -176,7 +176,7 @@ impl Table<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limiter::Rate;
+    use crate::Rate;
     use proptest::prelude::*;
     use std::collections::HashMap;
 

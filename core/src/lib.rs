@@ -3,15 +3,28 @@
 
 pub mod calendar;
 pub mod cap;
+pub mod capacity;
 pub mod gcra;
 pub mod schedule;
+#[cfg(test)]
+mod sim;
 pub mod table;
+pub mod tick;
 pub mod window;
 
 pub use gcra::{Bucket, Check, Mode, Rate, RateError};
 
 /// Integer microseconds. The glue uses PostgreSQL's epoch (2000-01-01 UTC).
 pub type Micros = i64;
+
+/// What holds a queue: a rate limit, a calendar cap (each by its row's id), or shared memory
+/// that has no room for another bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LimitRef {
+    Rate(i64),
+    Cap(i64),
+    Memory,
+}
 
 /// The answer to one admission over several limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
