@@ -9,6 +9,7 @@
 //! latch: never a fixed poll. Buckets are debited before the commit: a crash in between
 //! wastes tokens, never overspends them, and the rows stay in pending.
 
+use crate::backend::LatestSnapshot;
 use crate::caps::{self, Action, CapDef};
 use crate::limiter::calendar::Calendar;
 use crate::limiter::cap::CapRule;
@@ -54,25 +55,38 @@ const SQL_DISCOVER_IDS: &str =
 const SQL_DISCOVER_ALL: &str = "SELECT DISTINCT sender, carrier, channel FROM throttle.pending";
 /// Which of these senders are registered.
 const SQL_KNOWN: &str = "SELECT sender FROM throttle.sender WHERE sender = ANY($1)";
+/// The head rows of each queue taken (`$4` rows at most), with where each row is (its ctid:
+/// the move deletes by it, with no index descent per row).
 const SQL_FETCH: &str = "
-    SELECT q.i::int4, p.id, p.cost, p.priority
+    SELECT q.i::int4, p.ctid, p.id, p.cost, p.priority
       FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[]) WITH ORDINALITY AS q(s, c, ch, n, i)
      CROSS JOIN LATERAL (
-           SELECT id, cost, priority FROM throttle.pending p
+           SELECT ctid, id, cost, priority FROM throttle.pending p
             WHERE p.sender = q.s AND p.carrier = q.c AND p.channel = q.ch
               AND (p.not_before IS NULL OR p.not_before <= $5)
               AND (p.expires_at IS NULL OR p.expires_at > $5)
             ORDER BY p.priority DESC, p.id
             LIMIT q.n) p
      ORDER BY q.i, p.priority DESC, p.id";
-const SQL_MOVE: &str = "
-    WITH moved AS (DELETE FROM throttle.pending WHERE id = ANY($1) RETURNING *),
+/// Move the rows at these ctids (fetched in this transaction: a row updated meanwhile by
+/// someone else has moved on and stays, its token wasted, never overspent) and count them per
+/// queue (for the queue caps).
+const SQL_MOVE_COUNTED: &str = "
+    WITH moved AS (DELETE FROM throttle.pending WHERE ctid = ANY($1::tid[]) RETURNING *),
          ins AS (INSERT INTO throttle.ready (id, sender, carrier, channel, recipient, cost, priority,
                                              payload, not_before, expires_at, enqueued_at, released_at)
                  SELECT id, sender, carrier, channel, recipient, cost, priority,
                         payload, not_before, expires_at, enqueued_at, $2 FROM moved
                  RETURNING sender, carrier, channel)
     SELECT sender, carrier, channel, count(*)::int8 FROM ins GROUP BY 1, 2, 3";
+/// The same when no queue cap counts them: only the number moved is needed (no rows come
+/// back, nothing is grouped).
+const SQL_MOVE: &str = "
+    WITH moved AS (DELETE FROM throttle.pending WHERE ctid = ANY($1::tid[]) RETURNING *)
+    INSERT INTO throttle.ready (id, sender, carrier, channel, recipient, cost, priority,
+                                payload, not_before, expires_at, enqueued_at, released_at)
+    SELECT id, sender, carrier, channel, recipient, cost, priority,
+           payload, not_before, expires_at, enqueued_at, $2 FROM moved";
 const SQL_DEAD: &str = "
     WITH gone AS (DELETE FROM throttle.pending p
                    USING unnest($1::int8[], $2::text[], $4::text[]) AS d(id, reason, code)
@@ -161,6 +175,7 @@ struct Stmts {
     limit_ids: OwnedPreparedStatement,
     fetch: OwnedPreparedStatement,
     mv: OwnedPreparedStatement,
+    mv_counted: OwnedPreparedStatement,
     dead: OwnedPreparedStatement,
     expire: OwnedPreparedStatement,
     next_expiry: OwnedPreparedStatement,
@@ -198,7 +213,10 @@ impl Stmts {
                 )?
                 .keep(),
             mv: c
-                .prepare_mut(SQL_MOVE, &[oid(INT8ARRAYOID), oid(TIMESTAMPTZOID)])?
+                .prepare_mut(SQL_MOVE, &[oid(TIDARRAYOID), oid(TIMESTAMPTZOID)])?
+                .keep(),
+            mv_counted: c
+                .prepare_mut(SQL_MOVE_COUNTED, &[oid(TIDARRAYOID), oid(TIMESTAMPTZOID)])?
                 .keep(),
             dead: c
                 .prepare_mut(
@@ -263,32 +281,13 @@ fn clock_now() -> Micros {
     unsafe { pg_sys::GetCurrentTimestamp() }
 }
 
-/// A snapshot taken now, active for the statements run while this lives, and popped when it
-/// goes (on every path: an error that unwinds through it pops it too; the abort that follows
-/// forgets whatever else was pushed).
-struct LatestSnapshot;
-
-impl LatestSnapshot {
-    fn push() -> LatestSnapshot {
-        // SAFETY: called inside the tick's transaction (a snapshot may be taken and pushed);
-        // the guard pops exactly what this pushed.
-        unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot()) };
-        LatestSnapshot
-    }
-}
-
-impl Drop for LatestSnapshot {
-    fn drop(&mut self) {
-        // SAFETY: `push` pushed a snapshot that is still on the active stack: statements run
-        // in between pop what they push, on success and on error alike.
-        unsafe { pg_sys::PopActiveSnapshot() };
-    }
-}
-
 fn ts(us: Micros) -> TimestampWithTimeZone {
     TimestampWithTimeZone::try_from(us)
         .unwrap_or_else(|_| TimestampWithTimeZone::try_from(0i64).expect("epoch"))
 }
+
+/// Where each fetched row is, by id.
+type Ctids = FxHashMap<i64, pg_sys::ItemPointerData>;
 
 /// The windows of calendar caps a tick touches.
 type Ledgers = tick::Ledgers<Rc<CapDef>>;
@@ -903,7 +902,21 @@ impl Worker {
             budget,
             now,
         );
-        let batches = self.fetch(c, st, &take.taken, now)?;
+        let (batches, ctids) = self.fetch(c, st, &take.taken, now)?;
+        // The configuration changed while this tick read: rows it fetched may have been
+        // enqueued under limits or caps it has not read (a cap created, then messages sent).
+        // Release nothing; the next tick (at once: the change set the latch) reads both anew.
+        if shmem::config_generation() != self.generation {
+            tick::abandon(&mut self.sched, take);
+            return Ok(shmem::Tick {
+                at: now,
+                released: 0,
+                dead: 0,
+                queues: 0,
+                parked: 0,
+                late_us: 0,
+            });
+        }
         let r = tick::release(
             &mut self.sched,
             take,
@@ -912,7 +925,7 @@ impl Worker {
             &mut SharedBuckets,
             now,
         );
-        let (released, dead) = self.write_release(c, st, &r, ledgers, flags, now)?;
+        let (released, dead) = self.write_release(c, st, &r, &ctids, ledgers, flags, now)?;
         for h in &r.hold {
             let key = self.sched.key(h.q).clone();
             if let Some(w) = ledgers.values().find(|w| w.cap.id == h.cap) {
@@ -962,10 +975,11 @@ impl Worker {
         st: &Stmts,
         taken: &[tick::Taken<QueuePlan>],
         now: Micros,
-    ) -> pgrx::spi::Result<Vec<Vec<Row>>> {
+    ) -> pgrx::spi::Result<(Vec<Vec<Row>>, Ctids)> {
         let mut batches: Vec<Vec<Row>> = vec![Vec::new(); taken.len()];
+        let mut ctids = Ctids::default();
         if taken.is_empty() {
-            return Ok(batches);
+            return Ok((batches, ctids));
         }
         let (mut s, mut ca, mut ch, mut n) = (vec![], vec![], vec![], vec![]);
         for t in taken {
@@ -978,10 +992,12 @@ impl Worker {
         let args: [DatumWithOid; 5] = [s.into(), ca.into(), ch.into(), n.into(), ts(now).into()];
         for row in c.select(&st.fetch, None, &args)? {
             let i: i32 = row.get(1)?.unwrap_or(0);
-            let id: i64 = row.get(2)?.unwrap_or(0);
-            let cost: i32 = row.get(3)?.unwrap_or(1);
-            let priority: i16 = row.get(4)?.unwrap_or(0);
-            if let Some(b) = batches.get_mut((i - 1) as usize) {
+            let ctid: Option<pg_sys::ItemPointerData> = row.get(2)?;
+            let id: i64 = row.get(3)?.unwrap_or(0);
+            let cost: i32 = row.get(4)?.unwrap_or(1);
+            let priority: i16 = row.get(5)?.unwrap_or(0);
+            if let (Some(b), Some(ctid)) = (batches.get_mut((i - 1) as usize), ctid) {
+                ctids.insert(id, ctid);
                 b.push(Row {
                     id,
                     priority,
@@ -989,7 +1005,7 @@ impl Worker {
                 });
             }
         }
-        Ok(batches)
+        Ok((batches, ctids))
     }
 
     /// Move what was admitted and dead-letter what never can go: one statement each.
@@ -1000,6 +1016,7 @@ impl Worker {
         c: &mut SpiClient<'_>,
         st: &Stmts,
         r: &Released,
+        ctids: &Ctids,
         ledgers: &Ledgers,
         flags: Flags,
         now: Micros,
@@ -1007,9 +1024,18 @@ impl Worker {
         let (mut moved, mut dead) = (0, 0);
         let mut gone = Vec::new();
         if !r.admitted.is_empty() {
-            let ids = r.admitted.clone();
-            let rows = c.update(&st.mv, None, &[ids.into(), ts(now).into()])?;
-            moved = per_queue_counts(rows, flags.queue_caps, &mut gone)?;
+            let at: Vec<pg_sys::ItemPointerData> = r
+                .admitted
+                .iter()
+                .filter_map(|id| ctids.get(id).copied())
+                .collect();
+            let args: [DatumWithOid; 2] = [at.into(), ts(now).into()];
+            moved = if flags.queue_caps {
+                let rows = c.update(&st.mv_counted, None, &args)?;
+                per_queue_counts(rows, true, &mut gone)?
+            } else {
+                c.update(&st.mv, None, &args)?.len() as u64
+            };
             if moved > 0 {
                 c.update(
                     "SELECT pg_notify('throttle_ready', $1)",

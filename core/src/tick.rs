@@ -333,6 +333,19 @@ fn held<B: Buckets>(buckets: &B, plan: &B::Plan, limit: LimitRef, until: Micros)
     }
 }
 
+/// Release nothing of what [`take`] took (the configuration changed while the tick read): every
+/// queue it took or held is due again at once, as it was.
+pub fn abandon<K: Clone + Eq + Hash, P>(sched: &mut Scheduler<K>, take: Take<P>) {
+    for q in take
+        .taken
+        .iter()
+        .map(|t| t.q)
+        .chain(take.hold.iter().map(|h| h.q))
+    {
+        sched.done(q, Done::More);
+    }
+}
+
 /// Why a row can never be released.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Never {
