@@ -8,7 +8,9 @@ use std::cell::UnsafeCell;
 /// A value private to this backend process.
 pub struct BackendLocal<T>(UnsafeCell<T>);
 
-// SAFETY: a backend touches these only from its single thread.
+// SAFETY: PostgreSQL runs a backend's code on one thread and none of ours starts another, so
+// a value is only ever reached from that thread: sharing the static between threads never
+// happens.
 unsafe impl<T> Sync for BackendLocal<T> {}
 
 impl<T> BackendLocal<T> {
@@ -20,7 +22,9 @@ impl<T> BackendLocal<T> {
     /// (the callers keep these sections free of SPI and of other `with` calls on it).
     #[inline]
     pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        // SAFETY: single-threaded, and no caller re-enters `with` on the same value.
+        // SAFETY: only the backend's one thread reaches the value (see the Sync impl), and no
+        // caller re-enters `with` on the same value from `f`, so this is the only reference to
+        // it while `f` runs.
         f(unsafe { &mut *self.0.get() })
     }
 }
@@ -31,13 +35,52 @@ static XACT_START: BackendLocal<(u32, i64)> = BackendLocal::new((0, 0));
 /// The current transaction's start time (`now()`), without a guarded call into PostgreSQL
 /// per admission: looked up once per local transaction id.
 pub fn transaction_start() -> i64 {
-    // SAFETY: MyProc is this backend's PGPROC, valid for the life of the backend.
+    // SAFETY: MyProc is this backend's PGPROC, set before any of our code runs and valid for
+    // the life of the backend; only this backend writes its `lxid`.
     let lxid = unsafe { (*pg_sys::MyProc).lxid };
     XACT_START.with(|(id, start)| {
         if *id != lxid || *start == 0 {
             *id = lxid;
+            // SAFETY: GetCurrentTransactionStartTimestamp only reads backend-local transaction
+            // state, and raises no error.
             *start = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
         }
         *start
     })
+}
+
+/// The latest snapshot, pushed as the active snapshot for as long as this guard lives: queries
+/// run meanwhile read the tables as committed now, not as the calling statement's snapshot
+/// saw them. The guard pops it on drop, so every path out of the scope does, a Rust panic or a
+/// PostgreSQL error unwinding through pgrx included.
+pub struct LatestSnapshot(pg_sys::Snapshot);
+
+impl LatestSnapshot {
+    /// Push the latest snapshot. Called in a transaction (every caller runs in a statement).
+    pub fn push() -> LatestSnapshot {
+        // SAFETY: in a transaction, GetLatestSnapshot takes a fresh snapshot and
+        // PushActiveSnapshot pushes a copy of it, which GetActiveSnapshot then returns; an
+        // error (such as a parallel operation) comes back as a panic, before anything is
+        // pushed.
+        unsafe {
+            pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot());
+            LatestSnapshot(pg_sys::GetActiveSnapshot())
+        }
+    }
+}
+
+impl Drop for LatestSnapshot {
+    fn drop(&mut self) {
+        // SAFETY: ActiveSnapshotSet and GetActiveSnapshot only read the active snapshot stack,
+        // and PopActiveSnapshot (which raises no error) runs only while the stack's top holds
+        // the snapshot `push` put there, so it never pops an entry of our caller. After an
+        // error, code that pushed on top of ours may not have popped; then this pops nothing
+        // or one entry of that same snapshot, and the abort that follows the error pops
+        // whatever the (sub)transaction pushed and left, ours included.
+        unsafe {
+            if pg_sys::ActiveSnapshotSet() && pg_sys::GetActiveSnapshot() == self.0 {
+                pg_sys::PopActiveSnapshot();
+            }
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! configuration generation (caps are few), and each sender's groups read on first use.
 //! Also the SQL helpers for calendars and zones.
 
-use crate::backend::BackendLocal;
+use crate::backend::{BackendLocal, LatestSnapshot};
 use crate::error::{self, Result};
 use crate::limiter::calendar::{self, Calendar, Period};
 use crate::limiter::cap::CapRule;
@@ -155,7 +155,7 @@ fn parse_time(s: &str) -> Result<NaiveTime> {
 }
 
 fn load_defs(generation: u64) -> Result<Defs> {
-    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot()) };
+    let snapshot = LatestSnapshot::push();
     let r = Spi::connect(|c| {
         let mut caps = Vec::new();
         for row in c.select(CAPS_SQL, None, &[])? {
@@ -233,7 +233,7 @@ fn load_defs(generation: u64) -> Result<Defs> {
             for_queue: FxHashMap::default(),
         })
     });
-    unsafe { pg_sys::PopActiveSnapshot() };
+    drop(snapshot);
     r.map_err(error::internal)
 }
 
@@ -288,7 +288,7 @@ fn groups(sender: &str) -> Result<Option<Rc<Groups>>> {
     if let Some(g) = DEFS.with(|d| d.as_ref().and_then(|d| d.senders.get(sender).cloned())) {
         return Ok(g);
     }
-    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot()) };
+    let snapshot = LatestSnapshot::push();
     let r = Spi::connect(|c| {
         let t = c.select(GROUPS_SQL, Some(1), &[sender.into()])?;
         if t.is_empty() {
@@ -303,7 +303,7 @@ fn groups(sender: &str) -> Result<Option<Rc<Groups>>> {
             sender_type: row.get::<String>(4)?.map(Into::into),
         })))
     });
-    unsafe { pg_sys::PopActiveSnapshot() };
+    drop(snapshot);
     let g = r.map_err(error::internal)?;
     DEFS.with(|d| {
         if let Some(d) = d.as_mut() {

@@ -111,6 +111,8 @@ impl PlanView<'_> {
     /// Whether the current role was authorized for this plan (see [`authorize`]).
     #[inline]
     pub fn allowed(&self) -> bool {
+        // SAFETY: GetUserId only reads backend-local state (the current user id, always set
+        // in a backend that runs SQL).
         self.user == ANY_USER || self.user == unsafe { pg_sys::GetUserId() }.to_u32()
     }
 }
@@ -589,6 +591,8 @@ const LOAD_SQL: &str = "
      ORDER BY l.limit_id";
 
 fn uses_transaction_snapshot() -> bool {
+    // SAFETY: XactIsoLevel is a plain backend-local int, written only by this backend's one
+    // thread.
     unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 }
 }
 
@@ -611,8 +615,8 @@ fn load(sender: &[u8]) -> Result<Option<SenderLimits>> {
     // it: a long query that misses the cache after a change must not cache the old limits
     // under the new generation. (A transaction that already wrote under REPEATABLE READ
     // still reads its own snapshot: such reads are not cached, see `with_known_plan`.)
-    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot()) };
-    let rows: Option<Vec<(u16, Option<Row>)>> = Spi::connect(|client| {
+    let snapshot = crate::backend::LatestSnapshot::push();
+    let rows = Spi::connect(|client| {
         let stmt = with_cache(|c| c.stmt.take());
         let stmt = match stmt {
             Some(s) => s,
@@ -651,9 +655,9 @@ fn load(sender: &[u8]) -> Result<Option<SenderLimits>> {
         })();
         with_cache(|c| c.stmt = Some(stmt));
         result.map(|v| if v.is_empty() { None } else { Some(v) })
-    })
-    .map_err(error::internal)?;
-    unsafe { pg_sys::PopActiveSnapshot() };
+    });
+    drop(snapshot);
+    let rows: Option<Vec<(u16, Option<Row>)>> = rows.map_err(error::internal)?;
     let Some(rows) = rows else { return Ok(None) };
     let weight = rows.first().map_or(1, |r| r.0);
     let mut limits = Vec::with_capacity(rows.len());
@@ -692,6 +696,8 @@ pub fn cached_want(limit_id: i64) -> Option<Want> {
 
 /// Buckets are keyed by this database too: two databases with the extension never share one.
 fn database_key() -> u64 {
+    // SAFETY: MyDatabaseId is a plain backend-local value, set when the backend connects and
+    // written only by this backend's one thread.
     (unsafe { pg_sys::MyDatabaseId }.to_u32() as u64) << 32
 }
 
@@ -724,6 +730,8 @@ const TENANT_SQL: &str = "
 /// (tenant model configured, sender registered, current role may act for it).
 fn tenant_answer(sender: &[u8]) -> Result<(bool, bool, bool)> {
     let sender = String::from_utf8_lossy(sender).into_owned();
+    // SAFETY: GetUserId only reads backend-local state (the current user id, always set in a
+    // backend that runs SQL).
     let role = unsafe { pg_sys::GetUserId() };
     Spi::connect(|c| {
         let row = c
@@ -751,6 +759,10 @@ fn not_yours(sender: &[u8]) -> Box<pgrx::pg_sys::panic::ErrorReport> {
 }
 
 fn current_role() -> String {
+    // SAFETY: GetUserId only reads backend-local state. GetUserNameFromId looks the role up
+    // in the catalog cache, which is usable here (this runs in a statement, in a
+    // transaction); with `noerr` it gives a palloc'd NUL-terminated copy of the name, or null
+    // for a role that is gone, which is checked before the name is read.
     unsafe {
         let name = pg_sys::GetUserNameFromId(pg_sys::GetUserId(), true);
         if name.is_null() {
@@ -775,6 +787,8 @@ pub fn authorize(sender: &[u8], carrier: &[u8], channel: &[u8]) -> Result<()> {
         return Err(not_yours(sender));
     }
     let user = if tenancy {
+        // SAFETY: GetUserId only reads backend-local state (the current user id, always set
+        // in a backend that runs SQL).
         unsafe { pg_sys::GetUserId() }.to_u32()
     } else {
         ANY_USER

@@ -139,7 +139,9 @@ pub fn max_buckets() -> usize {
 /// Read on every admission: the raw value, without pgrx's per-read thread check (backends
 /// are single-threaded; the check and its thread-local cost more than the admission math).
 pub fn max_future_us() -> i64 {
-    // SAFETY: PostgreSQL writes this int only from this backend's one thread.
+    // SAFETY: `as_ptr` points at the int inside the static, alive for the life of the
+    // process; PostgreSQL, to which `init` registered it, writes it (on SET or a reload) only
+    // from this backend's one thread, never while this read runs.
     (unsafe { *MAX_FUTURE_MS.as_ptr() }) as i64 * 1_000
 }
 

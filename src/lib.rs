@@ -49,12 +49,16 @@ pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 pub extern "C-unwind" fn _PG_init() {
     // Shared memory and postmaster settings only exist when the postmaster loads the
     // library; loaded later, the functions answer 55000 (not preloaded).
+    // SAFETY: a plain flag PostgreSQL sets while it loads shared_preload_libraries, read here
+    // in the process's one thread, which is the only one that writes it.
     let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
     gucs::init(preloading);
     if preloading {
         shmem::init();
         hooks::install();
         // Under pg_upgrade the server only restores the schema: no worker, nothing logged.
+        // SAFETY: a plain flag PostgreSQL sets from its command line before it loads any
+        // library, read here in the process's one thread.
         if !unsafe { pg_sys::IsBinaryUpgrade } {
             worker::register();
         }

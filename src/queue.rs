@@ -64,11 +64,23 @@ pub extern "C" fn pg_finfo_pg_throttle_pending_changed() -> &'static pg_sys::Pg_
 const COLUMNS: usize = 4;
 
 /// AFTER INSERT OR UPDATE row trigger on throttle.pending.
+///
+/// # Safety
+/// Called only by PostgreSQL's function manager, with a valid `fcinfo`, as the function of
+/// `throttle.pending_changed()`.
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn pg_throttle_pending_changed(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
+    // SAFETY: `fcinfo` is valid (the function manager calls us). Its context is read as
+    // TriggerData only once it is checked to be non-null and tagged T_TriggerData, and the
+    // trigger manager then gives an open relation with its descriptor, and the event's rows
+    // (the new or deleted row is checked for null; an UPDATE always has its old row). A row
+    // is deformed with that descriptor into arrays of `natts` entries; its first COLUMNS
+    // attributes are checked to be int8, then text, and not dropped, and their nulls are
+    // checked before any is read as a bigint or as text (by `text_bytes` and `queue_key`).
+    // MyDatabaseId and GetCurrentSubTransactionId only read backend-local state.
     unsafe {
         let td = (*fcinfo).context.cast::<pg_sys::TriggerData>();
         if td.is_null() || (*td).type_ != pg_sys::NodeTag::T_TriggerData {
@@ -182,8 +194,14 @@ pub unsafe extern "C-unwind" fn pg_throttle_pending_changed(
 
 /// The bytes of a non-null text datum of a deformed row (detoasted only when compressed or
 /// out of line).
+///
+/// # Safety
+/// `d` is a non-null text datum, and it (or its detoasted copy, made in the current memory
+/// context) stays valid for `'a`.
 unsafe fn text_bytes<'a>(d: pg_sys::Datum) -> &'a [u8] {
-    // SAFETY: the caller passes a non-null text datum that lives as long as the row.
+    // SAFETY: the caller gives a non-null text datum, so `p` is a varlena: its header says
+    // whether it is compressed or external, in which case pg_detoast_datum_packed gives a
+    // plain copy; the bytes stay valid for `'a`, as the caller promises.
     unsafe {
         let mut p = d.cast_mut_ptr::<pg_sys::varlena>();
         if pgrx::varlena::varatt_is_1b_e(p) || pgrx::varlena::varatt_is_4b_c(p) {
@@ -194,9 +212,16 @@ unsafe fn text_bytes<'a>(d: pg_sys::Datum) -> &'a [u8] {
 }
 
 /// (sender, carrier, channel) of a deformed pending row (columns 2 to 4, not null).
+///
+/// # Safety
+/// `values` is a deformed row of throttle.pending whose columns 2 to 4 are non-null text
+/// datums, valid for the call.
 unsafe fn queue_key(values: &[pg_sys::Datum]) -> [String; 3] {
     std::array::from_fn(|i| {
-        String::from_utf8_lossy(unsafe { text_bytes(values[i + 1]) }).into_owned()
+        // SAFETY: the caller gives a row whose columns 2 to 4 are non-null text, valid while
+        // they are copied here.
+        let bytes = unsafe { text_bytes(values[i + 1]) };
+        String::from_utf8_lossy(bytes).into_owned()
     })
 }
 
@@ -216,13 +241,24 @@ const LATEST: i64 = 252_455_615_999_000_000;
 /// no path accepts (see `error::check_identifier`) or a time outside 1970..9999; and the id
 /// comes from the sequence unless a superuser (a restore) chose it: an id chosen by a caller
 /// could collide with one in ready or dead and stop the worker's moves for everyone.
+///
+/// # Safety
+/// Called only by PostgreSQL's function manager, with a valid `fcinfo`, as the function of
+/// `throttle.pending_check()`.
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn pg_throttle_pending_check(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    // SAFETY: called by the trigger manager with TriggerData; the tuple is deformed with its
-    // own descriptor, and columns are found by name.
+    // SAFETY: `fcinfo` is valid (the function manager calls us). Its context is read as
+    // TriggerData only once it is checked to be non-null and tagged T_TriggerData, and the
+    // trigger manager then gives the open relation and the new row (checked for null). The
+    // row is deformed with the relation's own descriptor into arrays of `natts` entries.
+    // Columns are found by name, and each is read only when it is not null: sender, carrier
+    // and channel as text (by `text_bytes`; they are text columns of the extension's own
+    // table, which only its owner could alter), the times as plain integers. nextval_oid gets
+    // the identity sequence's oid, and heap_modify_tuple_by_cols gets one-entry arrays for the
+    // one column it replaces.
     unsafe {
         let td = (*fcinfo).context.cast::<pg_sys::TriggerData>();
         if td.is_null() || (*td).type_ != pg_sys::NodeTag::T_TriggerData {
@@ -308,14 +344,21 @@ struct PendingShape {
 
 static SHAPE: BackendLocal<Option<PendingShape>> = BackendLocal::new(None);
 
+/// Where the trigger finds its columns in `rel` (see [`PendingShape`]).
+///
+/// # Safety
+/// `rel` is an open relation (the trigger's) for the duration of the call.
 unsafe fn pending_shape(rel: pg_sys::Relation) -> PendingShape {
-    // SAFETY: `rel` is the trigger's open relation.
+    // SAFETY: the caller gives an open relation.
     let relid = unsafe { (*rel).rd_id };
     if let Some(s) = SHAPE.with(|s| *s).filter(|s| s.relid == relid) {
         return s;
     }
+    // SAFETY: the caller gives an open relation, whose descriptor lives as long as it is open.
     let desc = unsafe { (*rel).rd_att };
     let col = |name: &std::ffi::CStr| -> Option<usize> {
+        // SAFETY: SPI_fnumber only reads `desc`, the open relation's descriptor, and the
+        // NUL-terminated name; it needs no SPI connection.
         let n = unsafe { pg_sys::SPI_fnumber(desc, name.as_ptr()) };
         (n > 0).then(|| n as usize - 1)
     };
@@ -327,6 +370,8 @@ unsafe fn pending_shape(rel: pg_sys::Relation) -> PendingShape {
         not_before: col(c"not_before"),
         expires_at: col(c"expires_at"),
         enqueued_at: col(c"enqueued_at"),
+        // SAFETY: getIdentitySequence reads pg_depend in the trigger's transaction; with
+        // `missing_ok` it answers InvalidOid when column 1 has no identity sequence.
         sequence: unsafe { pg_sys::getIdentitySequence(relid, 1, true) },
     };
     SHAPE.with(|s| *s = Some(shape));

@@ -34,9 +34,16 @@ fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> R {
 }
 
 fn db() -> u32 {
+    // SAFETY: MyDatabaseId is a plain backend-local value, set when the backend connects and
+    // written only by this backend's one thread.
     unsafe { pg_sys::MyDatabaseId }.to_u32()
 }
 
+/// At the end of the transaction: give back what it counted (abort) or uncount what left
+/// (commit).
+///
+/// # Safety
+/// Called only by PostgreSQL, as the transaction callback [`note`] registered.
 #[pg_guard]
 unsafe extern "C-unwind" fn xact_callback(
     event: pg_sys::XactEvent::Type,
@@ -61,6 +68,11 @@ unsafe extern "C-unwind" fn xact_callback(
     }
 }
 
+/// At the end of a subtransaction: its counts pass to its parent (commit), or what it counted
+/// is given back (abort).
+///
+/// # Safety
+/// Called only by PostgreSQL, as the subtransaction callback [`note`] registered.
 #[pg_guard]
 unsafe extern "C-unwind" fn subxact_callback(
     event: pg_sys::SubXactEvent::Type,
@@ -97,17 +109,18 @@ unsafe extern "C-unwind" fn subxact_callback(
 }
 
 fn note(id: i64, reserved: bool) {
+    // SAFETY: GetCurrentSubTransactionId only reads backend-local transaction state.
+    let sub = unsafe { pg_sys::GetCurrentSubTransactionId() };
     let first = with_state(|s| {
-        s.entries.push(Entry {
-            sub: unsafe { pg_sys::GetCurrentSubTransactionId() },
-            id,
-            reserved,
-        });
+        s.entries.push(Entry { sub, id, reserved });
         let register = !std::mem::replace(&mut s.callbacks, true);
         let refuse = !std::mem::replace(&mut s.prepare_refused, true);
         (register, refuse)
     });
     if first.0 {
+        // SAFETY: registers each callback once per backend (`callbacks` is set first), with a
+        // null argument that neither reads; both are guarded functions with the signatures
+        // PostgreSQL calls, in this library, which PostgreSQL never unloads.
         unsafe {
             pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
             pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
@@ -181,6 +194,10 @@ pub extern "C" fn pg_finfo_pg_throttle_queue_caps_on() -> &'static pg_sys::Pg_fi
 
 /// Internal, for the enqueue trigger's WHEN, evaluated for every enqueued row: whether any
 /// queue cap is configured. A plain V1 function (pgrx's wrapper cost more than the check).
+///
+/// # Safety
+/// Called only by PostgreSQL's function manager, as `throttle.queue_caps_on()`; it reads
+/// nothing of `fcinfo`.
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn pg_throttle_queue_caps_on(

@@ -11,7 +11,9 @@
 //! cannot raise an error, which is what PostgreSQL's own spinlocks are for. Every pgrx call
 //! into PostgreSQL costs a `sigsetjmp`; two LWLock calls per partition were a third of an
 //! admission's time. A backend that dies holding one cannot leave it held: PostgreSQL
-//! reinitialises shared memory after any backend crash.
+//! reinitialises shared memory after any backend crash. A live one cannot either: every lock
+//! is held by a guard (`Locked`, `SpinGuard`, `LwLockGuard`) that releases it on drop, so a
+//! panic unwinding through a critical section releases it too.
 
 use crate::gucs;
 use crate::limiter::table::{Full, Key, Slot, Table};
@@ -88,6 +90,8 @@ struct PartLock {
     len: u32,
 }
 
+/// Where the segment's parts are. Once [`shared`] returns it, every pointer is into our
+/// segment, which stays mapped at the same address for the life of the process.
 struct Shared {
     header: *mut Header,
     slots: *mut Slot,
@@ -140,6 +144,9 @@ fn segment_size(max_buckets: usize) -> usize {
 /// Install the hooks that reserve and set up shared memory. Called from `_PG_init` while
 /// the postmaster loads `shared_preload_libraries`.
 pub fn init() {
+    // SAFETY: `_PG_init` runs in the postmaster while it loads shared_preload_libraries: one
+    // thread, before any backend exists and before either hook can run, so nothing else reads
+    // or writes these hook variables meanwhile.
     unsafe {
         PREV_REQUEST_HOOK = pg_sys::shmem_request_hook;
         pg_sys::shmem_request_hook = Some(request_hook);
@@ -148,41 +155,120 @@ pub fn init() {
     }
 }
 
-#[pgrx::pg_guard]
-unsafe extern "C-unwind" fn request_hook() {
-    unsafe {
-        if let Some(prev) = PREV_REQUEST_HOOK {
-            prev();
-        }
-        pg_sys::RequestAddinShmemSpace(segment_size(gucs::max_buckets()));
+/// Holds an LWLock; releases it on drop, so an error raised while it is held (which pgrx
+/// turns into a panic that unwinds through the holder) never leaves it held.
+struct LwLockGuard(*mut pg_sys::LWLock);
+
+impl LwLockGuard {
+    /// Acquire `lock` in `mode`.
+    ///
+    /// # Safety
+    /// `lock` points at an initialised LWLock in shared memory that this process does not
+    /// hold yet.
+    unsafe fn acquire(lock: *mut pg_sys::LWLock, mode: pg_sys::LWLockMode::Type) -> LwLockGuard {
+        // SAFETY: the caller gives an initialised LWLock this process does not hold.
+        unsafe { pg_sys::LWLockAcquire(lock, mode) };
+        LwLockGuard(lock)
     }
 }
 
+impl Drop for LwLockGuard {
+    fn drop(&mut self) {
+        // SAFETY: `acquire` took this lock and only this drop releases it, so it is still held
+        // here (PostgreSQL releases every LWLock only later, when it aborts after an error);
+        // LWLockRelease raises no error for a lock that is held.
+        unsafe { pg_sys::LWLockRelease(self.0) };
+    }
+}
+
+/// PostgreSQL's `shmem_request_hook`: reserve room for the segment.
+///
+/// # Safety
+/// Called only by PostgreSQL, in the postmaster (or a single-user backend) while it sizes
+/// shared memory, after [`init`] installed it.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn request_hook() {
+    // SAFETY: PREV_REQUEST_HOOK was written in `init`, before this hook could run, and is
+    // only read afterwards, by this one-threaded process.
+    if let Some(prev) = unsafe { PREV_REQUEST_HOOK } {
+        // SAFETY: the hook that was installed before ours, called as PostgreSQL would call
+        // it, at the same point; an error it raises crosses only this frame, which holds
+        // nothing to drop.
+        unsafe { prev() };
+    }
+    // SAFETY: PostgreSQL runs shmem_request_hook exactly where RequestAddinShmemSpace is
+    // allowed (it raises an error anywhere else).
+    unsafe { pg_sys::RequestAddinShmemSpace(segment_size(gucs::max_buckets())) };
+}
+
+/// PostgreSQL's `shmem_startup_hook`: find the segment, or create and initialise it.
+///
+/// # Safety
+/// Called only by PostgreSQL, once shared memory exists and the room [`request_hook`] asked
+/// for was reserved: in the postmaster at start and after every crash restart (and in each
+/// backend of an EXEC_BACKEND build).
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn startup_hook() {
-    unsafe {
-        if let Some(prev) = PREV_STARTUP_HOOK {
-            prev();
-        }
-        let max = gucs::max_buckets();
-        let size = segment_size(max);
-        // AddinShmemInitLock
-        let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
-        pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-        let mut found = false;
-        let raw = pg_sys::ShmemInitStruct(SEGMENT.as_ptr(), size, &mut found).cast::<u8>();
+    // SAFETY: PREV_STARTUP_HOOK was written in `init`, before this hook could run, and is
+    // only read afterwards, by this one-threaded process.
+    if let Some(prev) = unsafe { PREV_STARTUP_HOOK } {
+        // SAFETY: the hook that was installed before ours, called as PostgreSQL would call
+        // it, at the same point; an error it raises crosses only this frame, which holds
+        // nothing to drop.
+        unsafe { prev() };
+    }
+    let max = gucs::max_buckets();
+    let size = segment_size(max);
+    // SAFETY: MainLWLockArray is initialised before shmem_startup_hook runs, and its entry
+    // 21 is AddinShmemInitLock (PostgreSQL 15's lwlocknames.txt), which this process does not
+    // hold: PostgreSQL expects it held around ShmemInitStruct in this hook.
+    let init_lock = unsafe {
+        LwLockGuard::acquire(
+            &raw mut (*pg_sys::MainLWLockArray.add(21)).lock,
+            pg_sys::LWLockMode::LW_EXCLUSIVE,
+        )
+    };
+    let mut found = false;
+    // SAFETY: called with AddinShmemInitLock held, for the size `request_hook` reserved: it
+    // returns that many bytes of shared memory (or raises an error), and says in `found`
+    // whether another process made them already.
+    let raw = unsafe { pg_sys::ShmemInitStruct(SEGMENT.as_ptr(), size, &mut found) }.cast::<u8>();
+    // SAFETY: `segment_size` counts 64 bytes of slack for this alignment, and the header,
+    // slots, ring and caps area lie within the rest at these offsets.
+    let (header, slots, ring, caps) = unsafe {
         let base = raw.add(raw.align_offset(64));
-        let header = base.cast::<Header>();
-        let slots = base.add(slots_offset()).cast::<Slot>();
-        let ring = base.add(ring_offset(max)).cast::<i64>();
-        let caps = base.add(caps_offset(max)).cast::<CapsShared>();
-        if !found {
-            let spp = slots_per_part(max);
+        (
+            base.cast::<Header>(),
+            base.add(slots_offset()).cast::<Slot>(),
+            base.add(ring_offset(max)).cast::<i64>(),
+            base.add(caps_offset(max)).cast::<CapsShared>(),
+        )
+    };
+    if !found {
+        let spp = slots_per_part(max);
+        // SAFETY: GetCurrentTimestamp only reads the system clock.
+        let started_at = unsafe { pg_sys::GetCurrentTimestamp() };
+        let empty = Slot {
+            key: Key::EMPTY,
+            bucket: Bucket::full_at(
+                Rate {
+                    count: 1,
+                    period_us: 1_000_000,
+                    burst: 1,
+                },
+                0,
+            ),
+        };
+        // SAFETY: the segment was just made (`found` is false) and no other process uses it
+        // before AddinShmemInitLock is released; the pointers are aligned (the header to 64
+        // bytes, the others by their offsets) and within the segment, which holds the header,
+        // PARTITIONS * spp slots and the caps area.
+        unsafe {
             header.write(Header {
                 magic: MAGIC,
                 slots_per_part: spp as u64,
                 max_buckets: max as u64,
-                started_at: pg_sys::GetCurrentTimestamp(),
+                started_at,
                 config_gen: AtomicU64::new(1),
                 live: AtomicI64::new(0),
                 parts: std::array::from_fn(|_| PartLock {
@@ -213,31 +299,24 @@ unsafe extern "C-unwind" fn startup_hook() {
                     tail: 0,
                 },
             });
-            let empty = Slot {
-                key: Key::EMPTY,
-                bucket: Bucket::full_at(
-                    Rate {
-                        count: 1,
-                        period_us: 1_000_000,
-                        burst: 1,
-                    },
-                    0,
-                ),
-            };
             for i in 0..PARTITIONS * spp {
                 slots.add(i).write(empty);
             }
             // All zeroes is the empty state: no leases, no queue counts.
             std::ptr::write_bytes(caps, 0, 1);
         }
+    }
+    // SAFETY: only this hook writes SHARED, in the postmaster (one thread) before it forks
+    // any backend, or in a backend of an EXEC_BACKEND build before it reads SHARED.
+    unsafe {
         SHARED = Shared {
             header,
             slots,
             ring,
             caps,
         };
-        pg_sys::LWLockRelease(init_lock);
     }
+    drop(init_lock);
 }
 
 /// Shared memory is not there: the library was not in `shared_preload_libraries`.
@@ -248,7 +327,8 @@ pub enum ShmemError {
 }
 
 fn shared() -> Result<&'static Shared, ShmemError> {
-    // SAFETY: written once by the postmaster before any backend exists.
+    // SAFETY: SHARED is written only by `startup_hook`, in the postmaster before it forks any
+    // backend (which inherits it), and only read afterwards, from the process's one thread.
     let s = unsafe { &*(&raw const SHARED) };
     if s.header.is_null() {
         return Err(ShmemError::NotLoaded);
@@ -264,6 +344,8 @@ pub fn is_loaded() -> bool {
 #[inline]
 pub fn config_generation() -> u64 {
     match shared() {
+        // SAFETY: `s.header` points at the header in our segment, mapped for the life of the
+        // process; the counter is atomic.
         Ok(s) => unsafe { (*s.header).config_gen.load(Ordering::Acquire) },
         Err(_) => 0,
     }
@@ -271,6 +353,8 @@ pub fn config_generation() -> u64 {
 
 pub fn bump_config_generation() {
     if let Ok(s) = shared() {
+        // SAFETY: `s.header` points at the header in our segment, mapped for the life of the
+        // process; the counter is atomic.
         unsafe { (*s.header).config_gen.fetch_add(1, Ordering::AcqRel) };
     }
 }
@@ -278,6 +362,8 @@ pub fn bump_config_generation() {
 /// When shared memory was made: a bucket first seen afterwards starts empty at this time, so
 /// a restart never grants a burst on top of what was admitted just before it.
 pub fn started_at() -> Result<Micros, ShmemError> {
+    // SAFETY: `s.header` points at the header in our segment, mapped for the life of the
+    // process; `started_at` is written when the segment is made and never again.
     shared().map(|s| unsafe { (*s.header).started_at })
 }
 
@@ -300,6 +386,8 @@ impl Locked {
         while wanted != 0 {
             let p = wanted.trailing_zeros() as usize;
             wanted &= wanted - 1;
+            // SAFETY: `s.header` points at the header in our segment, mapped for the life of
+            // the process, and `p` < PARTITIONS; the lock word is atomic.
             spin_lock(unsafe { &(*s.header).parts[p].locked });
             l.parts[l.n] = p as u8;
             l.n += 1;
@@ -329,10 +417,43 @@ fn spin_lock(flag: &AtomicU32) {
     }
 }
 
+/// Holds one spinlock of the segment other than a partition's (the ring's or the caps
+/// area's); releases it on drop, so every path out of the critical section releases it, a
+/// panic unwinding through it included.
+///
+/// It keeps a raw pointer, not a reference: the critical section may borrow the structure
+/// that holds the lock word mutably, and the release must not depend on a reference that
+/// borrow has invalidated.
+struct SpinGuard(*const AtomicU32);
+
+impl SpinGuard {
+    /// Take the spinlock at `flag`.
+    ///
+    /// # Safety
+    /// `flag` points at a lock word in our segment (mapped for the life of the process) that
+    /// this backend does not hold.
+    unsafe fn lock(flag: *const AtomicU32) -> SpinGuard {
+        // SAFETY: the caller gives a lock word of our segment, which stays mapped; it is
+        // atomic, so a shared reference is sound while other backends use it.
+        spin_lock(unsafe { &*flag });
+        SpinGuard(flag)
+    }
+}
+
+impl Drop for SpinGuard {
+    fn drop(&mut self) {
+        // SAFETY: `lock` was given a lock word of our segment, which stays mapped, and took
+        // it: this store releases our own lock.
+        unsafe { (*self.0).store(0, Ordering::Release) };
+    }
+}
+
 impl Drop for Locked {
     fn drop(&mut self) {
         for i in (0..self.n).rev() {
-            // SAFETY: header points at shared memory for the life of the process.
+            // SAFETY: `header` points at the header in our segment, mapped for the life of the
+            // process; `acquire` locked partition `parts[i]`, so this store releases our own
+            // lock, and nothing of the partition is reached after it.
             unsafe {
                 (*self.header).parts[self.parts[i] as usize]
                     .locked
@@ -350,6 +471,10 @@ fn partition_of(hash: u64) -> usize {
 /// bucket's home slot.
 #[inline]
 fn prefetch(s: &Shared, wants: &[Want]) {
+    // SAFETY: `s` points into our segment, mapped for the life of the process. Each address is
+    // a partition's lock (`parts[p]` is bounds-checked) or a slot of that partition (its home
+    // index is below spp), so every offset stays within the segment; a prefetch only hints
+    // the cache and reads or writes nothing, so no lock is needed.
     #[cfg(target_arch = "x86_64")]
     unsafe {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
@@ -371,14 +496,23 @@ fn prefetch(s: &Shared, wants: &[Want]) {
     let _ = (s, wants);
 }
 
-/// A partition's table view. Caller holds the partition's lock, and keeps no pointer into
-/// the partition from before this view across its use.
+/// A partition's table view.
+///
+/// # Safety
+/// The caller holds partition `p`'s lock for as long as it uses the view, and uses no other
+/// view or pointer into the partition meanwhile (the view borrows its slots and count
+/// mutably).
 unsafe fn table(s: &Shared, p: usize) -> Table<'static> {
+    // SAFETY: `s` points into our segment, mapped for the life of the process. `parts[p]` is
+    // bounds-checked first, so `p` < PARTITIONS and the partition's `spp` slots lie within the
+    // segment; the caller holds its lock, so no other backend reads or writes them or its
+    // count while the view is in use.
     unsafe {
+        let len = &mut (*s.header).parts[p].len;
         let spp = (*s.header).slots_per_part as usize;
         Table {
             slots: std::slice::from_raw_parts_mut(s.slots.add(p * spp), spp),
-            len: &mut (*s.header).parts[p].len,
+            len,
         }
     }
 }
@@ -438,6 +572,8 @@ pub fn admit(
 
 /// The hint for slot `idx` of partition `p`: its position in the whole table, plus one.
 fn slot_hint(s: &Shared, p: usize, idx: usize) -> u32 {
+    // SAFETY: `s.header` points at the header in our segment, mapped for the life of the
+    // process; `slots_per_part` is written when the segment is made and never again.
     let spp = unsafe { (*s.header).slots_per_part } as usize;
     (p * spp + idx + 1).try_into().unwrap_or(0)
 }
@@ -450,6 +586,10 @@ pub fn prefetch_hint(hint: u32) {
     #[cfg(target_arch = "x86_64")]
     if hint != 0 {
         let Ok(s) = shared() else { return };
+        // SAFETY: `s` points into our segment, mapped for the life of the process, and a
+        // stale or wrong hint is checked against the table's size before any address is
+        // computed from it, so every address is a slot or a partition lock in the segment; a
+        // prefetch only hints the cache and reads or writes nothing, so no lock is needed.
         unsafe {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
             let spp = (*s.header).slots_per_part as usize;
@@ -479,6 +619,7 @@ pub fn admit_hinted(
 ) -> Result<Outcome, ShmemError> {
     let s = shared()?;
     debug_assert!(wants.len() <= MAX_WANTS);
+    debug_assert!(wants.iter().all(|w| partitions & (1 << w.partition) != 0));
     if let [w] = wants {
         return Ok(admit_one(s, w, cost, now, headroom, hint)?);
     }
@@ -491,23 +632,33 @@ pub fn admit_hinted(
     let _locks = Locked::acquire(s, mask);
     // Pass 1: make sure every bucket exists (inserting may move others in its partition).
     for w in wants {
+        // SAFETY: `_locks` holds the lock of every want's partition (`partitions` has a bit set
+        // for each, as `admit` requires and the assertion above checks), and the previous view
+        // is gone.
         let mut t = unsafe { table(s, w.partition as usize) };
         ensure(s, &mut t, w, now, keep)?;
     }
     // Pass 2: nothing moves any more. Find every slot first (each look-up borrows its
     // partition briefly), then reach the buckets only through raw pointers from the base of
     // shared memory, so no later borrow invalidates an earlier pointer.
+    // SAFETY: `s.header` points at the header in our segment, mapped for the life of the
+    // process; `slots_per_part` is written when the segment is made and never again.
     let spp = unsafe { (*s.header).slots_per_part } as usize;
     let mut at = [0usize; MAX_WANTS];
     for (i, w) in wants.iter().enumerate() {
+        // SAFETY: `_locks` holds the lock of every want's partition, and the previous view is
+        // gone.
         let t = unsafe { table(s, w.partition as usize) };
         at[i] = w.partition as usize * spp + t.find(w.key, w.hash).ok_or(ShmemError::Full)?;
     }
     *hint = (at[0] + 1).try_into().unwrap_or(0);
     let mut refs = [BucketPtr(null_mut()); MAX_WANTS];
     for (i, w) in wants.iter().enumerate() {
-        // SAFETY: `at[i]` is a live slot of a partition whose lock we hold.
+        // SAFETY: `at[i]` is the index of a live slot, found above, of a partition whose lock
+        // `_locks` holds; the pointer is taken without making a reference.
         let b = unsafe { &raw mut (*s.slots.add(at[i])).bucket };
+        // SAFETY: `b` points at that slot's bucket, which no other backend touches while
+        // `_locks` is held, and no other reference to it is live here.
         unsafe { (*b).rebase(w.rate, now) };
         refs[i] = BucketPtr(b);
     }
@@ -522,7 +673,11 @@ pub fn admit_hinted(
 /// The global cap on live buckets, as [`Table::find_or_insert`] asks it: +n to add (false
 /// when that would pass `throttle.max_buckets`), -n after dropping.
 fn budget(s: &Shared) -> impl FnMut(i64) -> bool + '_ {
+    // SAFETY: `s.header` points at the header in our segment, mapped for the life of the
+    // process; `max_buckets` is written when the segment is made and never again.
     let max = unsafe { (*s.header).max_buckets } as i64;
+    // SAFETY: as above; the count is atomic, so a shared reference to it is sound while other
+    // backends update it.
     let live = unsafe { &(*s.header).live };
     move |d: i64| {
         if d > 0 && live.fetch_add(d, Ordering::AcqRel) + d > max {
@@ -550,6 +705,8 @@ fn ensure(
     if let Some(i) = t.find(w.key, w.hash) {
         return Ok(i);
     }
+    // SAFETY: `s.header` points at the header in our segment, mapped for the life of the
+    // process; `started_at` is written when the segment is made and never again.
     let started = unsafe { (*s.header).started_at };
     let evict_at = now.min(crate::backend::transaction_start());
     t.find_or_insert(
@@ -576,6 +733,7 @@ fn admit_one(
     // would otherwise hold the load back until it completes.
     prefetch(s, std::slice::from_ref(w));
     let _lock = Locked::acquire(s, 1 << w.partition);
+    // SAFETY: `_lock` holds the want's partition, and this is the only view of it.
     let mut t = unsafe { table(s, w.partition as usize) };
     let idx = ensure(s, &mut t, w, now, |_| false)?;
     *hint = slot_hint(s, w.partition as usize, idx);
@@ -595,8 +753,9 @@ struct BucketPtr(*mut Bucket);
 
 impl AsMut<Bucket> for BucketPtr {
     fn as_mut(&mut self) -> &mut Bucket {
-        // SAFETY: only built in `admit` from a live slot, distinct per key, used under the
-        // partition locks that `admit` holds until it returns.
+        // SAFETY: only made in `admit_hinted`, from a live slot of a partition whose lock it
+        // holds until these pointers are dropped, after `admit_opt` returns; `admit_opt` uses
+        // one bucket at a time, so the reference returned is the only one live to its bucket.
         unsafe { &mut *self.0 }
     }
 }
@@ -607,6 +766,7 @@ pub fn snapshot() -> Result<Vec<(Key, Bucket)>, ShmemError> {
     let mut out = Vec::new();
     for p in 0..PARTITIONS {
         let _lock = Locked::acquire(s, 1 << p);
+        // SAFETY: `_lock` holds partition `p`, and this is the only view of it.
         let t = unsafe { table(s, p) };
         out.extend(t.iter().map(|slot| (slot.key, slot.bucket)));
     }
@@ -621,7 +781,7 @@ pub fn forget_unused(db: u32, now: Micros, live: impl Fn(i64) -> bool) -> usize 
     let mut forgotten = 0;
     for p in 0..PARTITIONS {
         let _lock = Locked::acquire(s, 1 << p);
-        // SAFETY: the partition's lock is held.
+        // SAFETY: `_lock` holds partition `p`, and this is the only view of it.
         let mut t = unsafe { table(s, p) };
         let n = t.forget_full(now, |k| (k.sub >> 32) as u32 != db || live(k.limit_id));
         budget(s)(-(n as i64));
@@ -633,6 +793,9 @@ pub fn forget_unused(db: u32, now: Micros, live: impl Fn(i64) -> bool) -> usize 
 /// (live buckets, capacity).
 pub fn usage() -> Result<(i64, i64), ShmemError> {
     let s = shared()?;
+    // SAFETY: `s.header` points at the header in our segment, mapped for the life of the
+    // process; `live` is atomic and `max_buckets` is written when the segment is made and
+    // never again.
     unsafe {
         Ok((
             (*s.header).live.load(Ordering::Acquire),
@@ -647,9 +810,14 @@ pub fn usage() -> Result<(i64, i64), ShmemError> {
 /// gone while its queue has others: the worker looks at the whole table then too.
 pub fn ring_push(ids: &[i64], rescan: bool) {
     let Ok(s) = shared() else { return };
+    // SAFETY: `s.header` and `s.ring` point into our segment, mapped for the life of the
+    // process. `_lock` takes the ring's lock (no caller holds it: no function that takes it
+    // calls another) and holds it until the block ends, so no other backend reads or writes
+    // the head, the tail, the flag or the ring meanwhile; the index taken modulo RING_CAP
+    // stays within the ring's RING_CAP entries.
     unsafe {
         let r = &raw mut (*s.header).ring;
-        spin_lock(&(*r).locked);
+        let _lock = SpinGuard::lock(&raw const (*r).locked);
         if rescan {
             (*r).overflowed = true;
         }
@@ -661,7 +829,6 @@ pub fn ring_push(ids: &[i64], rescan: bool) {
             *s.ring.add(((*r).tail % RING_CAP as u64) as usize) = id;
             (*r).tail += 1;
         }
-        (*r).locked.store(0, Ordering::Release);
     }
     wake_worker();
 }
@@ -670,22 +837,28 @@ pub fn ring_push(ids: &[i64], rescan: bool) {
 /// drain (the caller must rediscover queues from the table).
 pub fn ring_drain(out: &mut Vec<i64>) -> bool {
     let Ok(s) = shared() else { return false };
+    // SAFETY: `s.header` and `s.ring` point into our segment, mapped for the life of the
+    // process. `_lock` takes the ring's lock (no caller holds it: no function that takes it
+    // calls another) and holds it until the block ends, so no other backend reads or writes
+    // the head, the tail, the flag or the ring meanwhile; the index taken modulo RING_CAP
+    // stays within the ring's RING_CAP entries.
     unsafe {
         let r = &raw mut (*s.header).ring;
-        spin_lock(&(*r).locked);
+        let _lock = SpinGuard::lock(&raw const (*r).locked);
         while (*r).head < (*r).tail {
             out.push(*s.ring.add(((*r).head % RING_CAP as u64) as usize));
             (*r).head += 1;
         }
-        let lost = std::mem::replace(&mut (*r).overflowed, false);
-        (*r).locked.store(0, Ordering::Release);
-        lost
+        std::mem::replace(&mut (*r).overflowed, false)
     }
 }
 
 /// The worker's database is being dropped (true), or exists again (false).
 pub fn set_worker_db_gone(gone: bool) {
     if let Ok(s) = shared() {
+        // SAFETY: `s.header` points at the header in our segment, mapped for the life of the
+        // process; the worker's fields are all atomic, so a shared reference to them is sound
+        // while other backends update them.
         unsafe { &(*s.header).worker }
             .db_gone
             .store(gone, Ordering::Release);
@@ -694,6 +867,9 @@ pub fn set_worker_db_gone(gone: bool) {
 
 pub fn worker_db_gone() -> bool {
     shared().is_ok_and(|s| {
+        // SAFETY: `s.header` points at the header in our segment, mapped for the life of the
+        // process; the worker's fields are all atomic, so a shared reference to them is sound
+        // while other backends update them.
         unsafe { &(*s.header).worker }
             .db_gone
             .load(Ordering::Acquire)
@@ -703,8 +879,13 @@ pub fn worker_db_gone() -> bool {
 /// Set the worker's latch, if a worker runs.
 pub fn wake_worker() {
     let Ok(s) = shared() else { return };
+    // SAFETY: `s.header` points at the header in our segment, mapped for the life of the
+    // process; the latch pointer is atomic.
     let latch = unsafe { (*s.header).worker.latch.load(Ordering::Acquire) };
     if !latch.is_null() {
+        // SAFETY: a non-null latch is the one the worker published, its process latch in its
+        // PGPROC, which is in shared memory for the life of the server: even when the worker
+        // has just exited, setting it only wakes whatever process owns it now, if any.
         unsafe { pg_sys::SetLatch(latch) };
     }
 }
@@ -712,6 +893,8 @@ pub fn wake_worker() {
 /// Called by the worker: publish (or, with null, withdraw) its latch and pid.
 pub fn register_worker(latch: *mut pg_sys::Latch, pid: i32) {
     if let Ok(s) = shared() {
+        // SAFETY: `s.header` points at the header in our segment, mapped for the life of the
+        // process; the pid and the latch pointer are atomic.
         unsafe {
             (*s.header).worker.pid.store(pid, Ordering::Release);
             (*s.header).worker.latch.store(latch, Ordering::Release);
@@ -722,6 +905,9 @@ pub fn register_worker(latch: *mut pg_sys::Latch, pid: i32) {
 /// A tick failed (and was reported): counted, and the worker's liveness stays fresh.
 pub fn note_failed_tick() {
     if let Ok(s) = shared() {
+        // SAFETY: `s.header` points at the header in our segment, mapped for the life of the
+        // process; the worker's fields are all atomic, so a shared reference to them is sound
+        // while other backends update them.
         let w = unsafe { &(*s.header).worker };
         w.failed.fetch_add(1, Ordering::AcqRel);
     }
@@ -743,6 +929,9 @@ pub struct Tick {
 /// `throttle.rescan_interval`, so `last_tick_at` is its liveness).
 pub fn note_tick(t: Tick) {
     if let Ok(s) = shared() {
+        // SAFETY: `s.header` points at the header in our segment, mapped for the life of the
+        // process; the worker's fields are all atomic, so a shared reference to them is sound
+        // while other backends update them.
         let w = unsafe { &(*s.header).worker };
         w.last_tick_at.store(t.at, Ordering::Release);
         w.ticks.fetch_add(1, Ordering::AcqRel);
@@ -787,35 +976,41 @@ pub struct WorkerFigures {
 /// falls to 0 while nothing is released (it is measured to `now`, not to the last tick).
 pub fn worker_figures(now: Micros) -> Result<WorkerFigures, ShmemError> {
     let s = shared()?;
-    unsafe {
-        let w = &(*s.header).worker;
-        let r = &raw mut (*s.header).ring;
-        spin_lock(&(*r).locked);
-        let ring_len = (*r).tail - (*r).head;
-        (*r).locked.store(0, Ordering::Release);
-        let released = w.released.load(Ordering::Acquire);
-        let (t0, n0) = (
-            w.rate_t0.load(Ordering::Acquire),
-            w.rate_n0.load(Ordering::Acquire),
-        );
-        let mut per_s = w.per_s_milli.load(Ordering::Acquire) as f64 / 1000.0;
-        if t0 != 0 && now - t0 >= 2_000_000 {
-            per_s = released.saturating_sub(n0) as f64 * 1e6 / (now - t0) as f64;
-        }
-        Ok(WorkerFigures {
-            pid: w.pid.load(Ordering::Acquire),
-            last_tick_at: w.last_tick_at.load(Ordering::Acquire),
-            ticks: w.ticks.load(Ordering::Acquire),
-            released,
-            dead: w.dead.load(Ordering::Acquire),
-            queues: w.queues.load(Ordering::Acquire),
-            parked: w.parked.load(Ordering::Acquire),
-            failed: w.failed.load(Ordering::Acquire),
-            late_us: w.late_us.load(Ordering::Acquire),
-            ring_len,
-            per_s,
-        })
+    // SAFETY: `s.header` points at the header in our segment, mapped for the life of the
+    // process; the worker's fields are all atomic, so a shared reference to them is sound
+    // while other backends update them.
+    let w = unsafe { &(*s.header).worker };
+    // SAFETY: `s.header` points at the header in our segment, mapped for the life of the
+    // process; `_lock` takes the ring's lock (no caller holds it: no function that takes it
+    // calls another) and holds it while the counters are read, so no other backend writes
+    // them meanwhile.
+    let ring_len = unsafe {
+        let r = &raw const (*s.header).ring;
+        let _lock = SpinGuard::lock(&raw const (*r).locked);
+        (*r).tail - (*r).head
+    };
+    let released = w.released.load(Ordering::Acquire);
+    let (t0, n0) = (
+        w.rate_t0.load(Ordering::Acquire),
+        w.rate_n0.load(Ordering::Acquire),
+    );
+    let mut per_s = w.per_s_milli.load(Ordering::Acquire) as f64 / 1000.0;
+    if t0 != 0 && now - t0 >= 2_000_000 {
+        per_s = released.saturating_sub(n0) as f64 * 1e6 / (now - t0) as f64;
     }
+    Ok(WorkerFigures {
+        pid: w.pid.load(Ordering::Acquire),
+        last_tick_at: w.last_tick_at.load(Ordering::Acquire),
+        ticks: w.ticks.load(Ordering::Acquire),
+        released,
+        dead: w.dead.load(Ordering::Acquire),
+        queues: w.queues.load(Ordering::Acquire),
+        parked: w.parked.load(Ordering::Acquire),
+        failed: w.failed.load(Ordering::Acquire),
+        late_us: w.late_us.load(Ordering::Acquire),
+        ring_len,
+        per_s,
+    })
 }
 
 /// Whole tokens each wanted bucket has at `now` (as `admit` would see them, creating none),
@@ -823,10 +1018,13 @@ pub fn worker_figures(now: Micros) -> Result<WorkerFigures, ShmemError> {
 /// the worker to fetch no more rows than it can release.
 pub fn room(wants: &[Want], now: Micros) -> Result<(u64, i64, Micros), ShmemError> {
     let s = shared()?;
+    // SAFETY: `s.header` points at the header in our segment, mapped for the life of the
+    // process; `started_at` is written when the segment is made and never again.
     let started = unsafe { (*s.header).started_at };
     let mut best: (u64, i64, Micros) = (u64::MAX, 0, now);
     for w in wants {
         let _lock = Locked::acquire(s, 1 << w.partition);
+        // SAFETY: `_lock` holds the want's partition, and this is the only view of it.
         let t = unsafe { table(s, w.partition as usize) };
         let mut b = match t.find(w.key, w.hash) {
             Some(i) => t.slots[i].bucket,
@@ -848,6 +1046,8 @@ pub fn room(wants: &[Want], now: Micros) -> Result<(u64, i64, Micros), ShmemErro
 /// The worker's pid (0: none runs).
 pub fn worker_pid() -> i32 {
     match shared() {
+        // SAFETY: `s.header` points at the header in our segment, mapped for the life of the
+        // process; the pid is atomic.
         Ok(s) => unsafe { (*s.header).worker.pid.load(Ordering::Acquire) },
         Err(_) => 0,
     }
@@ -857,9 +1057,12 @@ pub fn worker_pid() -> i32 {
 /// as each is there (see [`Bucket::eta`]), as the bucket stands now.
 pub fn eta(w: &Want, n: u64, now: Micros) -> Result<Micros, ShmemError> {
     let s = shared()?;
+    // SAFETY: `s.header` points at the header in our segment, mapped for the life of the
+    // process; `started_at` is written when the segment is made and never again.
     let started = unsafe { (*s.header).started_at };
     let mut b = {
         let _lock = Locked::acquire(s, 1 << w.partition);
+        // SAFETY: `_lock` holds the want's partition, and this is the only view of it.
         let t = unsafe { table(s, w.partition as usize) };
         match t.find(w.key, w.hash) {
             Some(i) => t.slots[i].bucket,
@@ -873,6 +1076,8 @@ pub fn eta(w: &Want, n: u64, now: Micros) -> Result<Micros, ShmemError> {
 /// Called by the worker once connected: the database whose enqueues it wants to hear of.
 pub fn set_worker_database(oid: u32) {
     if let Ok(s) = shared() {
+        // SAFETY: `s.header` points at the header in our segment, mapped for the life of the
+        // process; the database oid is atomic.
         unsafe { (*s.header).worker.database.store(oid, Ordering::Release) };
     }
 }
@@ -881,6 +1086,8 @@ pub fn set_worker_database(oid: u32) {
 pub fn worker_serves(oid: u32) -> bool {
     match shared() {
         Ok(s) => {
+            // SAFETY: `s.header` points at the header in our segment, mapped for the life of
+            // the process; the database oid is atomic.
             let db = unsafe { (*s.header).worker.database.load(Ordering::Acquire) };
             db == 0 || db == oid
         }
@@ -941,13 +1148,15 @@ struct CapsShared {
 /// Runs `f` with the caps area locked.
 fn with_caps<R>(f: impl FnOnce(&mut CapsShared) -> R) -> Result<R, ShmemError> {
     let s = shared()?;
-    unsafe {
-        let c = &mut *s.caps;
-        spin_lock(&c.lock);
-        let r = f(c);
-        c.lock.store(0, Ordering::Release);
-        Ok(r)
-    }
+    // SAFETY: `s.caps` points at the caps area in our segment, mapped for the life of the
+    // process, and this backend does not hold its lock yet (no `f` calls `with_caps`).
+    let _lock = unsafe { SpinGuard::lock(&raw const (*s.caps).lock) };
+    // SAFETY: as above; `_lock` holds the caps area's lock until `f` has returned and `c` is
+    // gone, so no other backend reads or writes the entries meanwhile (others only spin on
+    // the lock word, which is atomic and which `f` leaves alone), and this is the only
+    // reference to the area in this backend.
+    let c = unsafe { &mut *s.caps };
+    Ok(f(c))
 }
 
 /// One cap an admission needs: its id, the window of the admission's time, and the cost.

@@ -20,7 +20,8 @@ static TICKET: BackendLocal<Option<(i64, pg_sys::Oid)>> = BackendLocal::new(None
 #[pg_extern(volatile, parallel_unsafe)]
 fn consumer_ticket() -> i64 {
     let mut n = 0i64;
-    // SAFETY: writes 8 bytes into `n`.
+    // SAFETY: pg_strong_random writes exactly the given length into the buffer: here the 8
+    // bytes of `n`, a live local.
     let ok = unsafe {
         pg_sys::pg_strong_random(
             (&raw mut n).cast::<std::ffi::c_void>(),
@@ -30,6 +31,8 @@ fn consumer_ticket() -> i64 {
     if !ok {
         pgrx::error!("pg_throttle: no random number for a consumer ticket");
     }
+    // SAFETY: GetUserId only reads backend-local state (the current user id, always set in a
+    // backend that runs SQL).
     let role = unsafe { pg_sys::GetUserId() };
     TICKET.with(|t| *t = Some((n, role)));
     n
