@@ -13,6 +13,9 @@ work=$PG_THROTTLE_TEST_DIR
 echo "==> the pure core: unit, property and simulation tests"
 cargo test -p pg_throttle_core
 
+echo "==> clippy: every unsafe block says why it is sound"
+cargo clippy -q -p pg_throttle --lib
+
 echo "==> #[pg_test] tests"
 runas=()
 if is_root; then runas=(--runas "$RUNAS"); fi
