@@ -17,6 +17,7 @@ use crate::limiter::{Micros, Outcome};
 use crate::shmem;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
+use std::rc::Rc;
 
 pgrx::extension_sql!(
     r#"
@@ -48,8 +49,14 @@ struct Call<'a> {
 }
 
 /// Argument `i` of the call, or None for SQL NULL.
+///
+/// # Safety
+/// `fcinfo` is the call information PostgreSQL passed to the V1 function running now.
 #[inline]
 unsafe fn arg(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> Option<pg_sys::Datum> {
+    // SAFETY: `fcinfo` points to this call's live FunctionCallInfo (the caller's contract),
+    // whose trailing `args` array holds exactly `nargs` initialized entries: the slice covers
+    // no more than that, and `get` bounds `i`.
     unsafe {
         let args = (*fcinfo).args.as_slice((*fcinfo).nargs as usize);
         args.get(i).filter(|a| !a.isnull).map(|a| a.value)
@@ -57,9 +64,19 @@ unsafe fn arg(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> Option<pg_sys::Datu
 }
 
 /// A text argument as bytes (detoasted only when it is compressed or out of line).
+///
+/// # Safety
+/// `fcinfo` is the call information of the V1 function running now, argument `i` of which is
+/// declared `text`; the bytes are used only while the call lasts (`'a`).
 #[inline]
 unsafe fn text_arg<'a>(fcinfo: pg_sys::FunctionCallInfo, i: usize, what: &str) -> Result<&'a [u8]> {
+    // SAFETY: `fcinfo` is this call's live FunctionCallInfo (the caller's contract).
     let d = unsafe { arg(fcinfo, i) }.ok_or_else(|| error::null_value(what))?;
+    // SAFETY: argument `i` is declared `text` and is not NULL, so `d` points to a varlena
+    // that PostgreSQL keeps alive for the call. The `varatt_is_*` tests read only its header;
+    // `pg_detoast_datum_packed` returns it, or an in-line uncompressed copy palloc'd in the
+    // call's memory context (which outlives the call's use of the bytes); the slice covers
+    // exactly that varlena's data bytes.
     let bytes = unsafe {
         let mut p = d.cast_mut_ptr::<pg_sys::varlena>();
         if pgrx::varlena::varatt_is_1b_e(p) || pgrx::varlena::varatt_is_4b_c(p) {
@@ -71,7 +88,16 @@ unsafe fn text_arg<'a>(fcinfo: pg_sys::FunctionCallInfo, i: usize, what: &str) -
     Ok(bytes)
 }
 
+/// The checked arguments of a call of `throttle_admit` or `try_admit`.
+///
+/// # Safety
+/// `fcinfo` is the call information of one of those two functions, running now; the
+/// `Call` is used only while it lasts (`'a`).
 unsafe fn read_call<'a>(fcinfo: pg_sys::FunctionCallInfo) -> Result<Call<'a>> {
+    // SAFETY: `fcinfo` is the live call information of `throttle_admit` or `try_admit` (the
+    // caller's contract), declared in SQL above as (text, text, timestamptz, integer, text):
+    // arguments 0, 1 and 4 are text, as `text_arg` needs, and `ts` and `cost` are pass-by-value
+    // int8 and int4 datums, read as such.
     unsafe {
         let sender = text_arg(fcinfo, 0, "sender")?;
         let carrier = text_arg(fcinfo, 1, "carrier")?;
@@ -165,7 +191,7 @@ fn admit_plan<R>(
     headroom: bool,
     then: impl FnOnce(usize, Outcome, Option<(i64, &str)>) -> Result<R>,
 ) -> Result<R> {
-    let outcome = shmem::admit(&plan.wants, plan.partitions, call.cost, call.now, headroom)
+    let outcome = shmem::admit(plan.wants, plan.partitions, call.cost, call.now, headroom)
         .map_err(ErrorReport::from)?;
     then(plan.wants.len(), outcome, blocker_of(plan, &outcome))
 }
@@ -196,139 +222,191 @@ fn decide_with_caps<R>(
 ) -> Result<R> {
     let mut waited = 0u32;
     loop {
-        let defs = match caps::caps_for_queue(call.sender, call.carrier, call.channel)
-            .map_err(Box::new)?
-        {
-            Some(d) if !d.is_empty() => {
-                if !caps_known {
-                    config::note_plan_caps(call.sender, call.carrier, call.channel, true);
-                }
-                d
-            }
-            // Unknown sender (with_plan says so), or no cap applies: the plan says so from
-            // now on, and the next call takes the fast path.
-            found => {
-                if found.is_some() {
-                    config::note_plan_caps(call.sender, call.carrier, call.channel, false);
-                }
-                return config::with_plan(call.sender, call.carrier, call.channel, |plan| {
-                    admit_plan(plan, call, headroom, then)
-                })?;
-            }
+        let Some(defs) = caps_that_apply(call, caps_known)? else {
+            return config::with_plan(call.sender, call.carrier, call.channel, |plan| {
+                admit_plan(plan, call, headroom, then)
+            })?;
         };
+        // SAFETY: `MyDatabaseId` is a plain global PostgreSQL sets once when this backend
+        // connects to its database, before any SQL function runs; the backend is
+        // single-threaded, so this read of a `Copy` value races with no write.
         let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
-        if defs.len() > shmem::MAX_CAP_WANTS {
-            return Err(Box::new(error::too_many(
-                format!(
-                    "more than {} calendar caps apply to sender \"{}\"",
-                    shmem::MAX_CAP_WANTS,
-                    String::from_utf8_lossy(call.sender)
-                ),
-                "merge or remove caps in throttle.cap",
-            )));
-        }
-        if !gucs::worker_enabled() || !shmem::worker_serves(db) || shmem::worker_pid() == 0 {
-            return Err(Box::new(error::no_worker(
-                "calendar caps need the release worker running in this database",
-            )));
-        }
-        let limits = |plan_len: usize| plan_len + defs.len();
+        check_caps_usable(call, &defs, db)?;
         // A cost more than a whole window allows never passes.
         if let Some(d) = defs.iter().find(|d| call.cost > d.rule.allowed()) {
-            let n = config::with_plan(call.sender, call.carrier, call.channel, |p| p.wants.len())?;
-            let refused = Outcome::Refused {
-                blocker: 0,
-                retry_at: None,
-                headroom: 0,
-            };
-            return then(limits(n), refused, Some((-d.id, &d.label)));
+            return refused_by_cap(call, defs.len(), d, None, then);
         }
-        // A cap counts in the window of the admission's time, but never in a window before
-        // the transaction's: an old timestamp cannot spend a window that is over.
-        let at = call.now.max(backend::transaction_start());
-        let mut wants: smallvec::SmallVec<[shmem::CapWant; 4]> = defs
-            .iter()
-            .map(|d| {
-                let (window_start, window_end) = d.window_of(at);
-                shmem::CapWant {
-                    cap_id: d.id,
-                    born: d.born,
-                    hint: d.lease_hint.get(),
-                    window_start,
-                    window_end,
-                    at,
-                    chunk: lease_chunk(&d.rule, call.cost) as i64,
-                }
-            })
-            .collect();
-        let cost = call.cost as i64;
-        let answer = shmem::lease_take(db, &mut wants, cost).map_err(|e| match e {
-            shmem::ShmemError::Full => error::capacity(
-                format!(
-                    "all {} calendar-cap lease entries in shared memory hold unspent leases",
-                    shmem::MAX_LEASES
-                ),
-                "fewer caps on senders admitted with throttle_admit (cap their campaign, brand or account instead)",
-            ),
-            e => ErrorReport::from(e),
-        })?;
-        for (d, w) in defs.iter().zip(&wants) {
-            d.lease_hint.set(w.hint);
-        }
+        let (answer, wants) = take_leases(call, &defs, db)?;
         match answer {
             shmem::LeaseAnswer::Taken => {
-                return config::with_plan(call.sender, call.carrier, call.channel, |plan| {
-                    let outcome = match shmem::admit(
-                        &plan.wants,
-                        plan.partitions,
-                        call.cost,
-                        call.now,
-                        headroom,
-                    ) {
-                        Ok(o) => o,
-                        Err(e) => {
-                            shmem::lease_refund(db, &wants, cost);
-                            return Err(Box::new(ErrorReport::from(e)));
-                        }
-                    };
-                    if matches!(outcome, Outcome::Refused { .. }) {
-                        shmem::lease_refund(db, &wants, cost);
-                    }
-                    let blocker = blocker_of(plan, &outcome);
-                    then(limits(plan.wants.len()), outcome, blocker)
-                })?;
+                return admit_leased(call, headroom, db, &wants, defs.len(), then);
             }
             shmem::LeaseAnswer::Full { i, until } => {
-                let n =
-                    config::with_plan(call.sender, call.carrier, call.channel, |p| p.wants.len())?;
-                let refused = Outcome::Refused {
-                    blocker: 0,
-                    retry_at: Some(until),
-                    headroom: 0,
-                };
-                return then(limits(n), refused, Some((-defs[i].id, &defs[i].label)));
+                return refused_by_cap(call, defs.len(), &defs[i], Some(until), then);
             }
-            shmem::LeaseAnswer::Asked => {
-                if waited >= LEASE_WAIT_MS {
-                    return Err(Box::new(error::no_worker(
-                        "the release worker did not lease capacity of a calendar cap in time",
-                    )));
-                }
-                unsafe {
-                    pg_sys::WaitLatch(
-                        pg_sys::MyLatch,
-                        (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH)
-                            as i32,
-                        1,
-                        pg_sys::PG_WAIT_EXTENSION,
-                    );
-                    pg_sys::ResetLatch(pg_sys::MyLatch);
-                }
-                pgrx::check_for_interrupts!();
-                waited += 1;
-            }
+            shmem::LeaseAnswer::Asked => wait_for_lease(&mut waited)?,
         }
     }
+}
+
+/// The calendar caps on `call`'s queue (None when none applies, or the sender is unknown:
+/// `with_plan` says so), noting in the queue's plan whether any does.
+fn caps_that_apply(call: &Call, caps_known: bool) -> Result<Option<Rc<[Rc<caps::CapDef>]>>> {
+    match caps::caps_for_queue(call.sender, call.carrier, call.channel).map_err(Box::new)? {
+        Some(d) if !d.is_empty() => {
+            if !caps_known {
+                config::note_plan_caps(call.sender, call.carrier, call.channel, true);
+            }
+            Ok(Some(d))
+        }
+        // Unknown sender (with_plan says so), or no cap applies: the plan says so from
+        // now on, and the next call takes the fast path.
+        found => {
+            if found.is_some() {
+                config::note_plan_caps(call.sender, call.carrier, call.channel, false);
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// Whether the caps `defs` can be leased in database `db`: not too many of them, and the
+/// release worker (which leases their capacity) runs there.
+fn check_caps_usable(call: &Call, defs: &[Rc<caps::CapDef>], db: u32) -> Result<()> {
+    if defs.len() > shmem::MAX_CAP_WANTS {
+        return Err(Box::new(error::too_many(
+            format!(
+                "more than {} calendar caps apply to sender \"{}\"",
+                shmem::MAX_CAP_WANTS,
+                String::from_utf8_lossy(call.sender)
+            ),
+            "merge or remove caps in throttle.cap",
+        )));
+    }
+    if !gucs::worker_enabled() || !shmem::worker_serves(db) || shmem::worker_pid() == 0 {
+        return Err(Box::new(error::no_worker(
+            "calendar caps need the release worker running in this database",
+        )));
+    }
+    Ok(())
+}
+
+/// Hand `then` a refusal by cap `d` (one of `n_caps` caps that apply), retrying at
+/// `retry_at` (None: never).
+fn refused_by_cap<R>(
+    call: &Call,
+    n_caps: usize,
+    d: &caps::CapDef,
+    retry_at: Option<Micros>,
+    then: impl FnOnce(usize, Outcome, Option<(i64, &str)>) -> Result<R>,
+) -> Result<R> {
+    let n = config::with_plan(call.sender, call.carrier, call.channel, |p| p.wants.len())?;
+    let refused = Outcome::Refused {
+        blocker: 0,
+        retry_at,
+        headroom: 0,
+    };
+    then(n + n_caps, refused, Some((-d.id, &d.label)))
+}
+
+/// The lease wants of one admission, one per cap.
+type CapWants = smallvec::SmallVec<[shmem::CapWant; 4]>;
+
+/// Take `call`'s cost from the leases of every cap in `defs` at once (all or none), and
+/// remember where each lease was found for the next call.
+fn take_leases(
+    call: &Call,
+    defs: &[Rc<caps::CapDef>],
+    db: u32,
+) -> Result<(shmem::LeaseAnswer, CapWants)> {
+    // A cap counts in the window of the admission's time, but never in a window before
+    // the transaction's: an old timestamp cannot spend a window that is over.
+    let at = call.now.max(backend::transaction_start());
+    let mut wants: CapWants = defs
+        .iter()
+        .map(|d| {
+            let (window_start, window_end) = d.window_of(at);
+            shmem::CapWant {
+                cap_id: d.id,
+                born: d.born,
+                hint: d.lease_hint.get(),
+                window_start,
+                window_end,
+                at,
+                chunk: lease_chunk(&d.rule, call.cost) as i64,
+            }
+        })
+        .collect();
+    let answer = shmem::lease_take(db, &mut wants, call.cost as i64).map_err(|e| match e {
+        shmem::ShmemError::Full => error::capacity(
+            format!(
+                "all {} calendar-cap lease entries in shared memory hold unspent leases",
+                shmem::MAX_LEASES
+            ),
+            "fewer caps on senders admitted with throttle_admit (cap their campaign, brand or account instead)",
+        ),
+        e => ErrorReport::from(e),
+    })?;
+    for (d, w) in defs.iter().zip(&wants) {
+        d.lease_hint.set(w.hint);
+    }
+    Ok((answer, wants))
+}
+
+/// With the caps' leases `wants` taken (`n_caps` of them), admit `call` through its plan's
+/// buckets and hand the answer to `then`; the leases are refunded if the buckets refuse, or
+/// fail.
+fn admit_leased<R>(
+    call: &Call,
+    headroom: bool,
+    db: u32,
+    wants: &[shmem::CapWant],
+    n_caps: usize,
+    then: impl FnOnce(usize, Outcome, Option<(i64, &str)>) -> Result<R>,
+) -> Result<R> {
+    let cost = call.cost as i64;
+    config::with_plan(call.sender, call.carrier, call.channel, |plan| {
+        let outcome = match shmem::admit(plan.wants, plan.partitions, call.cost, call.now, headroom)
+        {
+            Ok(o) => o,
+            Err(e) => {
+                shmem::lease_refund(db, wants, cost);
+                return Err(Box::new(ErrorReport::from(e)));
+            }
+        };
+        if matches!(outcome, Outcome::Refused { .. }) {
+            shmem::lease_refund(db, wants, cost);
+        }
+        let blocker = blocker_of(plan, &outcome);
+        then(plan.wants.len() + n_caps, outcome, blocker)
+    })?
+}
+
+/// Wait a millisecond for the worker to lease more capacity, or fail once `waited` reaches
+/// [`LEASE_WAIT_MS`].
+fn wait_for_lease(waited: &mut u32) -> Result<()> {
+    if *waited >= LEASE_WAIT_MS {
+        return Err(Box::new(error::no_worker(
+            "the release worker did not lease capacity of a calendar cap in time",
+        )));
+    }
+    // SAFETY: `MyLatch` points to this backend's own process latch, set up when the backend
+    // started and valid for its whole life; we are in an ordinary SQL function call (not a
+    // signal handler) on the backend's only thread, which is where a latch may be waited on
+    // and reset. WL_EXIT_ON_PM_DEATH is given, as WaitLatch requires of a backend, and a
+    // PostgreSQL error inside either call is turned into a Rust panic by pgrx's bindings.
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            1,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+    pgrx::check_for_interrupts!();
+    *waited += 1;
+    Ok(())
 }
 
 #[unsafe(no_mangle)]
@@ -339,11 +417,19 @@ pub extern "C" fn pg_finfo_pg_throttle_try_admit() -> &'static pg_sys::Pg_finfo_
 }
 
 /// A plain (not compressed, not out-of-line) text argument's bytes, or None.
+///
+/// # Safety
+/// `a` is an argument, declared `text`, of the V1 function running now; the bytes are used
+/// only while the call lasts (`'a`).
 #[inline(always)]
 unsafe fn plain_text<'a>(a: &pg_sys::NullableDatum) -> Option<&'a [u8]> {
     if a.isnull {
         return None;
     }
+    // SAFETY: `a` is a non-NULL `text` argument of the running call (the caller's contract),
+    // so its value points to a varlena PostgreSQL keeps alive for the call. Only its header is
+    // read before compressed and out-of-line values are refused, so the slice covers in-line
+    // data bytes of the datum itself.
     unsafe {
         let p = a.value.cast_mut_ptr::<pg_sys::varlena>();
         if pgrx::varlena::varatt_is_1b_e(p) || pgrx::varlena::varatt_is_4b_c(p) {
@@ -358,8 +444,15 @@ unsafe fn plain_text<'a>(a: &pg_sys::NullableDatum) -> Option<&'a [u8]> {
 /// back through memory cost more than the admission's arithmetic): 0 refused, 1 admitted,
 /// 2 take the general path, which handles everything else (NULLs, bad values, detoasting,
 /// a plan not cached yet, calendar caps, shared-memory errors) with its proper error.
+///
+/// # Safety
+/// `fcinfo` is the call information of `try_admit`, running now.
 #[inline(never)]
 unsafe fn try_admit_fast(fcinfo: pg_sys::FunctionCallInfo) -> u8 {
+    // SAFETY: `fcinfo` is the live call information of `try_admit` (the caller's contract).
+    // `nargs` is checked to be 5 before the five entries of `args` are viewed; arguments 0, 1
+    // and 4 are declared `text` (as `plain_text` needs) and 2 and 3 are pass-by-value
+    // timestamptz and integer datums, read as such after their NULL flags are checked.
     unsafe {
         if (*fcinfo).nargs != 5 {
             return 2;
@@ -385,7 +478,7 @@ unsafe fn try_admit_fast(fcinfo: pg_sys::FunctionCallInfo) -> u8 {
             if plan.caps || !plan.allowed() {
                 return 2;
             }
-            match shmem::admit_hinted(&plan.wants, plan.partitions, cost, now, false, hint) {
+            match shmem::admit_hinted(plan.wants, plan.partitions, cost, now, false, hint) {
                 Ok(Outcome::Admitted { .. }) => 1,
                 Ok(Outcome::Refused { .. }) => 0,
                 Err(_) => 2,
@@ -402,11 +495,15 @@ unsafe fn try_admit_fast(fcinfo: pg_sys::FunctionCallInfo) -> u8 {
 pub unsafe extern "C-unwind" fn pg_throttle_try_admit(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
+    // SAFETY: PostgreSQL calls this V1 function with the call information of
+    // `throttle.try_admit`, whose SQL declaration (above) has the arguments it reads.
     match unsafe { try_admit_fast(fcinfo) } {
         0 => return pg_sys::Datum::from(false),
         1 => return pg_sys::Datum::from(true),
         _ => {}
     }
+    // SAFETY: `fcinfo` is the call information of `throttle.try_admit`, running now; the
+    // `Call` borrowed from its arguments is dropped before this function returns.
     let r: Result<bool> = unsafe { read_call(fcinfo) }.and_then(|call| {
         decide(&call, false, |_, o, _| {
             Ok(matches!(o, Outcome::Admitted { .. }))
@@ -431,21 +528,30 @@ pub extern "C" fn pg_finfo_pg_throttle_admit() -> &'static pg_sys::Pg_finfo_reco
 pub unsafe extern "C-unwind" fn pg_throttle_admit(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
+    // SAFETY: `fcinfo` is the call information of `throttle.throttle_admit`, running now; the
+    // `Call` borrowed from its arguments is dropped before this function returns.
     let r = unsafe { read_call(fcinfo) }.and_then(|call| {
-        decide(&call, true, |limits, outcome, blocker| unsafe {
-            admission_datum(fcinfo, limits, outcome, blocker)
+        decide(&call, true, |limits, outcome, blocker| {
+            // SAFETY: `fcinfo` is the live call information of `throttle.throttle_admit`,
+            // whose result type is the composite `throttle.admission` it forms.
+            unsafe { admission_datum(fcinfo, limits, outcome, blocker) }
         })
     });
     error::or_raise(r)
 }
 
 /// Form a `throttle.admission` row.
+///
+/// # Safety
+/// `fcinfo` is the call information of `throttle_admit`, running now.
 unsafe fn admission_datum(
     fcinfo: pg_sys::FunctionCallInfo,
     limits: usize,
     outcome: Outcome,
     blocked: Option<(i64, &str)>,
 ) -> Result<pg_sys::Datum> {
+    // SAFETY: `fcinfo` is the live call information of `throttle_admit` (the caller's
+    // contract), a function returning the composite `throttle.admission`.
     let desc = unsafe { admission_desc(fcinfo)? };
     let mut values = [pg_sys::Datum::from(0usize); 6];
     let mut nulls = [true; 6];
@@ -478,6 +584,11 @@ unsafe fn admission_datum(
             set(4, pg_sys::Datum::from(headroom as i64));
         }
     }
+    // SAFETY: `desc` is the blessed descriptor of `throttle.admission`, whose six columns
+    // (boolean, timestamptz, bigint, text, bigint, integer) match `values` and `nulls`, six
+    // entries each, every non-NULL one a datum of its column's type (the text a fresh palloc'd
+    // varlena). `heap_form_tuple` copies them into a new tuple palloc'd in the current memory
+    // context; it never returns NULL (it raises an error instead), so `t_data` is readable.
     unsafe {
         let tuple = pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
         // No field is toasted, so the tuple header is the composite datum.
@@ -487,7 +598,15 @@ unsafe fn admission_datum(
 
 /// The blessed descriptor of the function's result type, cached for the life of the call site
 /// in `flinfo->fn_extra` (the usual C idiom: one catalog look-up per query, not per row).
+///
+/// # Safety
+/// `fcinfo` is the call information of `throttle_admit`, running now.
 unsafe fn admission_desc(fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::TupleDesc> {
+    // SAFETY: `fcinfo` and its `flinfo` are live for this call (the caller's contract), and
+    // only this function uses `fn_extra` of `throttle_admit`'s flinfo: it is NULL or the
+    // descriptor stored below. `get_call_result_type` writes through pointers to two locals.
+    // The copy is made in `fn_mcxt`, which lives as long as the flinfo, so the cached pointer
+    // stays valid for every later call through it; the old memory context is restored.
     unsafe {
         let flinfo = (*fcinfo).flinfo;
         if !(*flinfo).fn_extra.is_null() {

@@ -5,6 +5,7 @@ use crate::caps;
 use crate::config;
 use crate::error::{self, Result};
 use crate::limiter::cap::Ledger;
+use crate::limiter::capacity;
 use crate::limiter::Micros;
 use crate::shmem::{self, Want};
 use pgrx::prelude::*;
@@ -141,16 +142,51 @@ fn pending(c: &SpiClient<'_>, id: i64) -> Result<Option<Pending>> {
 /// (when the bucket will have given the queue's messages ahead of it and it), each calendar
 /// cap (the window in which it fits), and the worker.
 fn constraints(c: &SpiClient<'_>, p: &Pending, now: Micros) -> Result<Vec<Constraint>> {
-    let mut out = Vec::new();
-    if let Some(nb) = p.not_before.filter(|&t| t > now) {
+    let mut out: Vec<Constraint> = not_before_constraint(p, now).into_iter().collect();
+    let (ahead, ahead_cost) = ahead_in_queue(c, p)?;
+    out.push(Constraint {
+        kind: "queue",
+        name: format!("{} → {} ({})", p.sender, p.carrier, p.channel),
+        limit_id: None,
+        ready_at: None,
+        detail: format!("{ahead} messages ({ahead_cost} segments) ahead of it in its queue"),
+    });
+    let need = (ahead_cost + p.cost).max(1) as u64;
+    let Some(limits) = plan_limits(&p.sender, &p.carrier, &p.channel)? else {
         out.push(Constraint {
-            kind: "not_before",
-            name: "not_before".into(),
+            kind: "sender",
+            name: p.sender.clone(),
             limit_id: None,
-            ready_at: Some(nb),
-            detail: "held until its not_before (set by the sender, or by a defer_local cap)".into(),
+            ready_at: None,
+            detail: "the sender is not registered in throttle.sender: the worker holds its messages until it is".into(),
         });
+        return Ok(out);
+    };
+    for limit in limits {
+        out.push(rate_constraint(c, p, need, limit, now)?);
     }
+    for def in caps::caps_for(&p.sender, &p.carrier, &p.channel)?.unwrap_or_default() {
+        out.push(cap_constraint(c, &def, need, now)?);
+    }
+    out.extend(worker_constraint());
+    Ok(out)
+}
+
+/// `p`'s not-before, if it is still ahead of `now`.
+fn not_before_constraint(p: &Pending, now: Micros) -> Option<Constraint> {
+    let nb = p.not_before.filter(|&t| t > now)?;
+    Some(Constraint {
+        kind: "not_before",
+        name: "not_before".into(),
+        limit_id: None,
+        ready_at: Some(nb),
+        detail: "held until its not_before (set by the sender, or by a defer_local cap)".into(),
+    })
+}
+
+/// The messages ahead of `p` in its queue (releasable now, and before it in priority and id
+/// order), and their segments.
+fn ahead_in_queue(c: &SpiClient<'_>, p: &Pending) -> Result<(i64, i64)> {
     let t = c
         .select(
             "SELECT count(*)::int8, coalesce(sum(cost), 0)::int8 FROM throttle.pending
@@ -171,122 +207,118 @@ fn constraints(c: &SpiClient<'_>, p: &Pending, now: Micros) -> Result<Vec<Constr
     let r = t.first();
     let ahead: i64 = r.get(1).map_err(error::internal)?.unwrap_or(0);
     let ahead_cost: i64 = r.get(2).map_err(error::internal)?.unwrap_or(0);
-    out.push(Constraint {
-        kind: "queue",
-        name: format!("{} → {} ({})", p.sender, p.carrier, p.channel),
+    Ok((ahead, ahead_cost))
+}
+
+/// Rate limit `(w, id, label)` on `p`: when its bucket will have passed the `need` segments
+/// of `p`'s queue up to `p`. Other senders with messages waiting under this limit share it
+/// by cost, in proportion to the weights: this queue's part of it is weight / (sum of weights).
+fn rate_constraint(
+    c: &SpiClient<'_>,
+    p: &Pending,
+    need: u64,
+    (w, id, label): (Want, i64, String),
+    now: Micros,
+) -> Result<Constraint> {
+    let (others, their_weight, weight) = sharing(c, id, p)?;
+    let scaled = capacity::weighted_need(need, others, their_weight, weight);
+    let at = shmem::eta(&w, scaled, now).map_err(pgrx::pg_sys::panic::ErrorReport::from)?;
+    let how = if w.rate.is_window() {
+        format!(
+            "at most {} per {} µs in every window",
+            w.rate.count, w.rate.period_us
+        )
+    } else {
+        format!(
+            "a token bucket of {} per {} µs (burst {})",
+            w.rate.count, w.rate.period_us, w.rate.burst
+        )
+    };
+    let share = if others > 0 {
+        format!(
+            "; {others} other senders wait under it too (weight {their_weight} against this sender's {weight}): its share is {:.0} % while they all wait",
+            100.0 * weight as f64 / (weight + their_weight) as f64
+        )
+    } else {
+        "; no other sender waits under it".to_string()
+    };
+    Ok(Constraint {
+        kind: "rate_limit",
+        name: label,
+        limit_id: Some(id),
+        ready_at: Some(at),
+        detail: format!("{need} segments through {how}{share}"),
+    })
+}
+
+/// Calendar cap `def`: the window of it in which `need` more segments fit.
+fn cap_constraint(
+    c: &SpiClient<'_>,
+    def: &caps::CapDef,
+    need: u64,
+    now: Micros,
+) -> Result<Constraint> {
+    let l = cap_ledger(c, def, now)?;
+    let allowed = def.rule.allowed().max(1);
+    let at = capacity::cap_ready_at(&def.cal, allowed, l.spent(), need, l.window_end, now);
+    Ok(Constraint {
+        kind: "cap",
+        name: def.label.clone(),
+        limit_id: Some(-def.id),
+        ready_at: Some(at),
+        detail: format!(
+            "{} of {allowed} spent in the window that ends {}; at_cap = {}",
+            l.spent(),
+            ts(l.window_end)
+                .map(|t| t.to_iso_string())
+                .unwrap_or_default(),
+            def.action.as_str()
+        ),
+    })
+}
+
+/// Cap `def`'s usage in its window that contains `now`, as `throttle.cap_usage` counts it.
+fn cap_ledger(c: &SpiClient<'_>, def: &caps::CapDef, now: Micros) -> Result<Ledger> {
+    let mut l = Ledger::new(&def.cal, now);
+    let u = c
+        .select(
+            "SELECT used, leased FROM throttle.cap_usage WHERE cap_id = $1 AND window_start = $2",
+            Some(1),
+            &[def.id.into(), ts(l.window_start).into()],
+        )
+        .map_err(error::internal)?;
+    if !u.is_empty() {
+        let r = u.first();
+        l.used = r
+            .get::<i64>(1)
+            .map_err(error::internal)?
+            .unwrap_or(0)
+            .max(0) as u64;
+        l.leased = r
+            .get::<i64>(2)
+            .map_err(error::internal)?
+            .unwrap_or(0)
+            .max(0) as u64;
+    }
+    Ok(l)
+}
+
+/// The worker, when none runs for this database (then nothing is released).
+fn worker_constraint() -> Option<Constraint> {
+    // SAFETY: `MyDatabaseId` is a plain global PostgreSQL sets once when this backend
+    // connects to its database, before any SQL function runs; the backend is single-threaded,
+    // so this read of a `Copy` value races with no write.
+    let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    if shmem::worker_pid() != 0 && shmem::worker_serves(db) {
+        return None;
+    }
+    Some(Constraint {
+        kind: "worker",
+        name: "release worker".into(),
         limit_id: None,
         ready_at: None,
-        detail: format!("{ahead} messages ({ahead_cost} segments) ahead of it in its queue"),
-    });
-    let need = (ahead_cost + p.cost).max(1) as u64;
-    let Some(limits) = plan_limits(&p.sender, &p.carrier, &p.channel)? else {
-        out.push(Constraint {
-            kind: "sender",
-            name: p.sender.clone(),
-            limit_id: None,
-            ready_at: None,
-            detail: "the sender is not registered in throttle.sender: the worker holds its messages until it is".into(),
-        });
-        return Ok(out);
-    };
-    for (w, id, label) in limits {
-        // Other senders with messages waiting under this limit share it by cost, in
-        // proportion to the weights: this queue's part of it is weight / (sum of weights).
-        let (others, their_weight, weight) = sharing(c, id, p)?;
-        let scaled = if others > 0 {
-            ((need as u128 * (weight + their_weight) as u128).div_ceil(weight.max(1) as u128))
-                .min(u64::MAX as u128) as u64
-        } else {
-            need
-        };
-        let at = shmem::eta(&w, scaled, now).map_err(pgrx::pg_sys::panic::ErrorReport::from)?;
-        let how = if w.rate.is_window() {
-            format!(
-                "at most {} per {} µs in every window",
-                w.rate.count, w.rate.period_us
-            )
-        } else {
-            format!(
-                "a token bucket of {} per {} µs (burst {})",
-                w.rate.count, w.rate.period_us, w.rate.burst
-            )
-        };
-        let share = if others > 0 {
-            format!(
-                "; {others} other senders wait under it too (weight {their_weight} against this sender's {weight}): its share is {:.0} % while they all wait",
-                100.0 * weight as f64 / (weight + their_weight) as f64
-            )
-        } else {
-            "; no other sender waits under it".to_string()
-        };
-        out.push(Constraint {
-            kind: "rate_limit",
-            name: label,
-            limit_id: Some(id),
-            ready_at: Some(at),
-            detail: format!("{need} segments through {how}{share}"),
-        });
-    }
-    for def in caps::caps_for(&p.sender, &p.carrier, &p.channel)?.unwrap_or_default() {
-        let mut l = Ledger::new(&def.cal, now);
-        let u = c
-            .select(
-                "SELECT used, leased FROM throttle.cap_usage WHERE cap_id = $1 AND window_start = $2",
-                Some(1),
-                &[def.id.into(), ts(l.window_start).into()],
-            )
-            .map_err(error::internal)?;
-        if !u.is_empty() {
-            let r = u.first();
-            l.used = r
-                .get::<i64>(1)
-                .map_err(error::internal)?
-                .unwrap_or(0)
-                .max(0) as u64;
-            l.leased = r
-                .get::<i64>(2)
-                .map_err(error::internal)?
-                .unwrap_or(0)
-                .max(0) as u64;
-        }
-        let allowed = def.rule.allowed().max(1);
-        let mut at = now;
-        let mut over = (l.spent() + need).saturating_sub(allowed);
-        let mut end = l.window_end;
-        // Each later window gives a whole allowance.
-        let mut windows = 0;
-        while over > 0 && windows < 400 {
-            at = end;
-            end = def.cal.window_end(end);
-            over = over.saturating_sub(allowed);
-            windows += 1;
-        }
-        out.push(Constraint {
-            kind: "cap",
-            name: def.label.clone(),
-            limit_id: Some(-def.id),
-            ready_at: Some(at),
-            detail: format!(
-                "{} of {allowed} spent in the window that ends {}; at_cap = {}",
-                l.spent(),
-                ts(l.window_end)
-                    .map(|t| t.to_iso_string())
-                    .unwrap_or_default(),
-                def.action.as_str()
-            ),
-        });
-    }
-    let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
-    if shmem::worker_pid() == 0 || !shmem::worker_serves(db) {
-        out.push(Constraint {
-            kind: "worker",
-            name: "release worker".into(),
-            limit_id: None,
-            ready_at: None,
-            detail: "no release worker runs for this database: nothing is released (see throttle.worker_state())".into(),
-        });
-    }
-    Ok(out)
+        detail: "no release worker runs for this database: nothing is released (see throttle.worker_state())".into(),
+    })
 }
 
 fn rows(cs: Vec<Constraint>, now: Micros) -> Vec<ExplainRow> {
@@ -334,6 +366,8 @@ fn explain(
         ),
     >,
 > {
+    // SAFETY: `GetCurrentTimestamp` only reads the system clock; it has no preconditions and
+    // is called on this backend's own thread.
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
     let out = Spi::connect(|c| -> Result<Vec<ExplainRow>> {
         if let Some(p) = pending(c, id)? {
@@ -406,6 +440,8 @@ fn explain_sender(
     >,
 > {
     crate::config::authorize_sender(sender.as_bytes()).map_err(|e| *e)?;
+    // SAFETY: `GetCurrentTimestamp` only reads the system clock; it has no preconditions and
+    // is called on this backend's own thread.
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
     let out = Spi::connect(|c| -> Result<Vec<_>> {
         let t = c
@@ -466,20 +502,8 @@ fn explain_sender(
     Ok(TableIterator::new(out))
 }
 
-/// The start of the window `k` windows after the one that starts at `start` (past a thousand,
-/// at the average length of the first thousand).
-fn window_after(cal: &crate::limiter::calendar::Calendar, start: Micros, k: u64) -> Micros {
-    let mut t = start;
-    let n = k.min(1_000);
-    for _ in 0..n {
-        t = cal.window_end(t);
-    }
-    if k > n {
-        let avg = (t - start) / n as i64;
-        t = t.saturating_add(avg.saturating_mul((k - n) as i64));
-    }
-    t
-}
+/// One row of `plan_capacity`: (limit_name, scope, volume, time_needed, senders_needed, note).
+type PlanRow = (String, String, i64, Option<Interval>, Option<i64>, String);
 
 /// Capacity planning: how long `messages` from `sender` (split over `carriers` by `shares`,
 /// equal shares if NULL) would take under the configured limits and caps, starting from full
@@ -507,7 +531,51 @@ fn plan_capacity(
         ),
     >,
 > {
-    if !(0..=1_000_000_000_000).contains(&messages)
+    check_volume(messages, cost)?;
+    let carriers = checked_carriers(carriers)?;
+    let shares = checked_shares(shares, carriers.len())?;
+    let deadline_us = checked_deadline(&deadline)?;
+    // SAFETY: `GetCurrentTimestamp` only reads the system clock; it has no preconditions and
+    // is called on this backend's own thread.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let volume = Volume {
+        messages,
+        cost: cost as u64,
+    };
+    let loads = plan_loads(sender, &carriers, &shares, channel, volume)?;
+    let scopes = limit_scopes()?;
+    let mut tally = Tally {
+        worst: 0,
+        senders: 1,
+        impossible: None,
+    };
+    let mut out: Vec<PlanRow> = loads
+        .iter()
+        .map(|l| {
+            load_row(
+                l,
+                scope_of(&scopes, l.scope_id()),
+                volume,
+                deadline_us,
+                now,
+                &mut tally,
+            )
+        })
+        .collect();
+    out.push(total_row(volume, deadline_us, &tally));
+    Ok(TableIterator::new(out))
+}
+
+/// What a plan sends: `messages` messages of `cost` segments each.
+#[derive(Clone, Copy)]
+struct Volume {
+    messages: i64,
+    cost: u64,
+}
+
+/// `messages` and `cost` within bounds.
+fn check_volume(messages: i64, cost: i32) -> Result<()> {
+    if !(0..=capacity::MAX_MESSAGES).contains(&messages)
         || !(1..=crate::limiter::gcra::MAX_COST as i64).contains(&(cost as i64))
     {
         return Err(error::invalid(
@@ -518,6 +586,11 @@ fn plan_capacity(
             "pass how many messages, and their segments each",
         ));
     }
+    Ok(())
+}
+
+/// The carriers, none NULL or empty, at least one.
+fn checked_carriers(carriers: Vec<Option<String>>) -> Result<Vec<String>> {
     let carriers: Vec<String> = carriers
         .into_iter()
         .map(|c| {
@@ -528,8 +601,14 @@ fn plan_capacity(
     if carriers.is_empty() {
         return Err(error::invalid("no carriers", "pass at least one carrier"));
     }
+    Ok(carriers)
+}
+
+/// The carriers' shares (equal ones when none is given): finite, not negative, one per
+/// carrier, and not all 0.
+fn checked_shares(shares: Vec<Option<f64>>, carriers: usize) -> Result<Vec<f64>> {
     let shares: Vec<f64> = match shares.is_empty() {
-        true => vec![1.0; carriers.len()],
+        true => vec![1.0; carriers],
         false => shares
             .into_iter()
             .map(|x| {
@@ -543,37 +622,92 @@ fn plan_capacity(
             .collect::<Result<_>>()?,
     };
     let sum: f64 = shares.iter().sum();
-    if shares.len() != carriers.len() || !(sum > 0.0 && sum.is_finite()) {
+    if shares.len() != carriers || !(sum > 0.0 && sum.is_finite()) {
         return Err(error::invalid(
             "shares must match carriers, one each, and not all be 0",
             "for example carriers => ARRAY['att', 'tmobile'], shares => ARRAY[0.5, 0.5]",
         ));
     }
-    let total_share: f64 = shares.iter().sum();
-    // At most 100 years; '0' (the default) means none.
-    let deadline_us: Option<i64> = match deadline.as_micros() {
-        0 => None,
-        us if (1..=100 * 366 * 86_400_000_000).contains(&us) => Some(us as i64),
-        _ => {
-            return Err(error::invalid(
-                "deadline must be positive and at most 100 years",
-                "for example '8 hours'; '0' for none",
-            ))
-        }
-    };
-    // Volume per constraint (in segments): a limit or cap sees the messages of every carrier
-    // it applies to.
-    struct Load {
-        name: String,
-        scope: String,
-        rate: Option<crate::limiter::Rate>,
-        cap: Option<std::rc::Rc<caps::CapDef>>,
-        volume: u64,
+    Ok(shares)
+}
+
+/// The deadline in microseconds: at most 100 years; '0' (the default) means none.
+fn checked_deadline(deadline: &Interval) -> Result<Option<Micros>> {
+    match deadline.as_micros() {
+        0 => Ok(None),
+        us if (1..=capacity::MAX_DEADLINE_US as i128).contains(&us) => Ok(Some(us as i64)),
+        _ => Err(error::invalid(
+            "deadline must be positive and at most 100 years",
+            "for example '8 hours'; '0' for none",
+        )),
     }
+}
+
+/// What a load of a plan goes through: a rate limit (by its id) or a calendar cap.
+enum Source {
+    Rate { id: i64, rate: crate::limiter::Rate },
+    Cap(std::rc::Rc<caps::CapDef>),
+}
+
+/// The volume (in segments) that one limit or cap of a plan sees: a limit or cap sees the
+/// messages of every carrier it applies to.
+struct Load {
+    name: String,
+    source: Source,
+    volume: u64,
+}
+
+impl Load {
+    /// The limit's id, or the cap's negated (as `limit_id` in `explain`).
+    fn scope_id(&self) -> i64 {
+        match &self.source {
+            Source::Rate { id, .. } => *id,
+            Source::Cap(def) => -def.id,
+        }
+    }
+
+    /// Whether `other` is the same limit or cap.
+    fn same_source(&self, other: &Source) -> bool {
+        match (&self.source, other) {
+            (Source::Rate { id: a, .. }, Source::Rate { id: b, .. }) => a == b,
+            (Source::Cap(a), Source::Cap(b)) => a.id == b.id,
+            _ => false,
+        }
+    }
+
+    /// Whether a message of `cost` is more than the limit or cap ever allows at once.
+    fn never(&self, cost: u64) -> bool {
+        match &self.source {
+            Source::Rate { rate, .. } => cost > rate.max_at_once(),
+            Source::Cap(def) => cost > def.rule.allowed(),
+        }
+    }
+
+    /// How long the volume takes from `now`, and what one sender passes within the deadline.
+    fn estimate(&self, now: Micros, deadline_us: Option<Micros>) -> capacity::Estimate {
+        match &self.source {
+            Source::Rate { rate, .. } => capacity::rate_estimate(rate, self.volume, deadline_us),
+            Source::Cap(def) => {
+                capacity::cap_estimate(&def.cal, def.rule.allowed(), self.volume, now, deadline_us)
+            }
+        }
+    }
+}
+
+/// Every limit and cap that `volume` from `sender` over `carriers` (by `shares`) goes
+/// through, in the order they first apply, with the segments each sees.
+fn plan_loads(
+    sender: &str,
+    carriers: &[String],
+    shares: &[f64],
+    channel: &str,
+    volume: Volume,
+) -> Result<Vec<Load>> {
+    let total_share: f64 = shares.iter().sum();
     let mut loads: Vec<Load> = Vec::new();
-    let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    for (carrier, share) in carriers.iter().zip(&shares) {
-        let n = ((messages as f64) * share / total_share).round() as u64 * cost as u64; // <= 1e18
+    for (carrier, share) in carriers.iter().zip(shares) {
+        // At most 1e18.
+        let n = capacity::share_volume(volume.messages, *share, total_share, volume.cost);
         let wants = plan_limits(sender, carrier, channel)?.ok_or_else(|| {
             error::undefined(
                 format!("unknown sender \"{sender}\""),
@@ -581,34 +715,32 @@ fn plan_capacity(
             )
         })?;
         for (w, id, label) in wants {
-            let key = format!("limit {id}");
-            match loads.iter_mut().find(|l| l.scope.ends_with(&key)) {
-                Some(l) => l.volume = l.volume.saturating_add(n),
-                None => loads.push(Load {
-                    name: label,
-                    scope: key,
-                    rate: Some(w.rate),
-                    cap: None,
-                    volume: n,
-                }),
-            }
+            let source = Source::Rate { id, rate: w.rate };
+            add_load(&mut loads, label, source, n);
         }
         for def in caps::caps_for(sender, carrier, channel)?.unwrap_or_default() {
-            let key = format!("cap {}", def.id);
-            match loads.iter_mut().find(|l| l.scope.ends_with(&key)) {
-                Some(l) => l.volume = l.volume.saturating_add(n),
-                None => loads.push(Load {
-                    name: def.label.clone(),
-                    scope: key,
-                    rate: None,
-                    cap: Some(def.clone()),
-                    volume: n,
-                }),
-            }
+            add_load(&mut loads, def.label.clone(), Source::Cap(def), n);
         }
     }
-    // Which limits are the sender's own (more senders like it split their volume).
-    let scopes: Vec<(i64, String)> = Spi::connect(|c| {
+    Ok(loads)
+}
+
+/// Add `n` segments to the load of `source`, made (named `name`) if it is not there yet.
+fn add_load(loads: &mut Vec<Load>, name: String, source: Source, n: u64) {
+    match loads.iter_mut().find(|l| l.same_source(&source)) {
+        Some(l) => l.volume = l.volume.saturating_add(n),
+        None => loads.push(Load {
+            name,
+            source,
+            volume: n,
+        }),
+    }
+}
+
+/// The scope of every rate limit (by id) and calendar cap (by negated id): whether a limit is
+/// the sender's own (more senders like it split their volume).
+fn limit_scopes() -> Result<Vec<(i64, String)>> {
+    Spi::connect(|c| {
         let mut v = Vec::new();
         for r in c.select(
             "SELECT limit_id, scope::text FROM throttle.rate_limit
@@ -623,124 +755,105 @@ fn plan_capacity(
         }
         Ok::<_, pgrx::spi::SpiError>(v)
     })
-    .map_err(error::internal)?;
-    let scope_of = |id: i64| {
-        scopes
-            .iter()
-            .find(|(i, _)| *i == id)
-            .map(|(_, s)| s.clone())
-            .unwrap_or_default()
-    };
-    let interval =
-        |us: i64| Interval::new(0, (us / 86_400_000_000) as i32, us % 86_400_000_000).ok();
-    let mut out = Vec::new();
-    let (mut worst, mut senders) = (0i64, 1i64);
-    let mut impossible: Option<String> = None;
-    for l in &loads {
-        let (id, time, per_sender_room) = if let Some(r) = l.rate {
-            let id: i64 = l.scope.trim_start_matches("limit ").parse().unwrap_or(0);
-            let t = l.volume.saturating_sub(r.max_at_once()) as i128 * r.period_us as i128
-                / r.count as i128;
-            // What one sender's bucket passes within the deadline.
-            let room = deadline_us.map(|d| {
-                r.max_at_once() as i128 + d as i128 * r.count as i128 / r.period_us as i128
-            });
-            (id, t.min(i64::MAX as i128) as i64, room)
-        } else if let Some(def) = &l.cap {
-            let allowed = def.rule.allowed().max(1);
-            // Whole windows after the current one that the volume needs.
-            let start = Ledger::new(&def.cal, now);
-            let k = l.volume.saturating_sub(allowed).div_ceil(allowed);
-            let at = if k == 0 {
-                now
-            } else {
-                window_after(&def.cal, start.window_end, k - 1)
-            };
-            let room = deadline_us.map(|d| {
-                // Windows that start before the deadline, the current one included.
-                let end = now.saturating_add(d);
-                let mut n = 1i128;
-                let mut e = start.window_end;
-                while e < end && n < 1_000 {
-                    e = def.cal.window_end(e);
-                    n += 1;
-                }
-                if e < end {
-                    // Past a thousand windows: the rest at the average length so far.
-                    let avg = ((e - start.window_end) / (n as i64 - 1)).max(1);
-                    n += ((end - e) / avg) as i128 + 1;
-                }
-                n * allowed as i128
-            });
-            (-def.id, at.saturating_sub(now), room)
-        } else {
-            continue;
-        };
-        let scope = scope_of(id);
-        let mut needed = None;
-        let mut note = String::new();
-        let never = match (&l.rate, &l.cap) {
-            (Some(r), _) => cost as u64 > r.max_at_once(),
-            (_, Some(def)) => cost as u64 > def.rule.allowed(),
-            _ => false,
-        };
-        if never {
-            impossible.get_or_insert(l.name.clone());
-            out.push((
-                l.name.clone(),
-                scope,
-                l.volume.min(i64::MAX as u64) as i64,
-                None,
-                None,
-                format!(
-                    "never: a message of cost {cost} is more than this limit ever allows at once"
-                ),
-            ));
-            continue;
-        }
-        if let Some(room) = per_sender_room {
-            if scope == "sender" {
-                let room = room.max(1);
-                let k = ((l.volume as i128 + room - 1) / room) as i64;
-                needed = Some(k.max(1));
-                senders = senders.max(k.max(1));
-                note = if k <= 1 {
-                    "this sender alone finishes within the deadline".to_string()
-                } else {
-                    format!("{k} senders like this one finish within the deadline")
-                };
-            } else if l.volume as i128 > room {
-                note = format!("shared by the whole {scope}: more senders do not help; it alone misses the deadline");
-                impossible.get_or_insert(l.name.clone());
-            } else {
-                note = format!("shared by the whole {scope}; fits the deadline");
-            }
-        }
-        worst = worst.max(time);
-        out.push((
-            l.name.clone(),
-            scope,
-            l.volume.min(i64::MAX as u64) as i64,
-            interval(time),
-            needed,
-            note,
-        ));
+    .map_err(error::internal)
+}
+
+/// The scope of limit `id` in `scopes` (empty if it is not there).
+fn scope_of(scopes: &[(i64, String)], id: i64) -> String {
+    scopes
+        .iter()
+        .find(|(i, _)| *i == id)
+        .map(|(_, s)| s.clone())
+        .unwrap_or_default()
+}
+
+/// `us` microseconds as an interval of days and microseconds.
+fn interval(us: Micros) -> Option<Interval> {
+    Interval::new(0, (us / 86_400_000_000) as i32, us % 86_400_000_000).ok()
+}
+
+/// What the rows of a plan add up to: the longest time, the most senders needed, and the
+/// first limit that cannot meet the deadline however many senders there are.
+struct Tally {
+    worst: Micros,
+    senders: i64,
+    impossible: Option<String>,
+}
+
+/// The row of load `l` (whose limit has scope `scope`), counted in `tally`.
+fn load_row(
+    l: &Load,
+    scope: String,
+    volume: Volume,
+    deadline_us: Option<Micros>,
+    now: Micros,
+    tally: &mut Tally,
+) -> PlanRow {
+    let estimate = l.estimate(now, deadline_us);
+    let segments = l.volume.min(i64::MAX as u64) as i64;
+    if l.never(volume.cost) {
+        tally.impossible.get_or_insert(l.name.clone());
+        let note = format!(
+            "never: a message of cost {} is more than this limit ever allows at once",
+            volume.cost
+        );
+        return (l.name.clone(), scope, segments, None, None, note);
     }
-    let note = match (&impossible, deadline_us) {
+    let (needed, note) = match estimate.room {
+        Some(room) => deadline_note(l, &scope, room, tally),
+        None => (None, String::new()),
+    };
+    tally.worst = tally.worst.max(estimate.time);
+    (
+        l.name.clone(),
+        scope,
+        segments,
+        interval(estimate.time),
+        needed,
+        note,
+    )
+}
+
+/// How load `l` stands against the deadline, through a limit of `scope` that one sender
+/// passes `room` of within it: the senders needed (its own limit only) and a note.
+fn deadline_note(l: &Load, scope: &str, room: i128, tally: &mut Tally) -> (Option<i64>, String) {
+    match capacity::against_deadline(l.volume, room, scope == "sender") {
+        capacity::Verdict::Senders(k) => {
+            tally.senders = tally.senders.max(k);
+            let note = if k <= 1 {
+                "this sender alone finishes within the deadline".to_string()
+            } else {
+                format!("{k} senders like this one finish within the deadline")
+            };
+            (Some(k), note)
+        }
+        capacity::Verdict::Misses => {
+            tally.impossible.get_or_insert(l.name.clone());
+            (None, format!("shared by the whole {scope}: more senders do not help; it alone misses the deadline"))
+        }
+        capacity::Verdict::Fits => (
+            None,
+            format!("shared by the whole {scope}; fits the deadline"),
+        ),
+    }
+}
+
+/// The last row of a plan: the whole volume, the longest time, and the senders needed.
+fn total_row(volume: Volume, deadline_us: Option<Micros>, tally: &Tally) -> PlanRow {
+    let note = match (&tally.impossible, deadline_us) {
         (Some(name), _) => {
             format!("the deadline cannot be met: {name} is shared, and alone takes longer")
         }
-        (None, Some(_)) if senders <= 1 => "this sender alone meets the deadline".to_string(),
-        (None, Some(_)) => format!("{senders} senders like this one meet the deadline"),
+        (None, Some(_)) if tally.senders <= 1 => "this sender alone meets the deadline".to_string(),
+        (None, Some(_)) => format!("{} senders like this one meet the deadline", tally.senders),
         (None, None) => "time for this sender alone, from full buckets and unused windows".into(),
     };
-    out.push((
+    (
         "total".into(),
         String::new(),
-        messages.saturating_mul(cost as i64),
-        interval(worst),
-        deadline_us.map(|_| senders),
+        volume.messages.saturating_mul(volume.cost as i64),
+        interval(tally.worst),
+        deadline_us.map(|_| tally.senders),
         note,
-    ));
-    Ok(TableIterator::new(out))
+    )
 }

@@ -135,6 +135,8 @@ fn worker_state() -> Result<
         ),
     >,
 > {
+    // SAFETY: `GetCurrentTimestamp` only reads the system clock; it has no preconditions and
+    // is called on this backend's own thread.
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
     let f = shmem::worker_figures(now).map_err(pgrx::pg_sys::panic::ErrorReport::from)?;
     let since = (f.last_tick_at != 0).then(|| (now - f.last_tick_at).max(0) as f64 / 1e6);
