@@ -1282,55 +1282,93 @@ pub fn lease_refund(db: u32, wants: &[CapWant], cost: i64) {
         });
 }
 
-/// For the worker: every lease asked for in database `db` (cap, its created_at, window
-/// start, how much, a time in that window).
-pub fn lease_requests(db: u32) -> Vec<(i64, Micros, Micros, i64, Micros)> {
+/// The window of a cap that a lease is for: the cap (its id, and its row's created_at, which
+/// together name it across DROP/CREATE EXTENSION) and the window's start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseKey {
+    pub cap_id: i64,
+    pub born: Micros,
+    pub window_start: Micros,
+}
+
+/// A backend asks the worker for `want` more of a lease, for an admission at `at`.
+#[derive(Clone, Copy, Debug)]
+pub struct LeaseRequest {
+    pub key: LeaseKey,
+    pub want: i64,
+    pub at: Micros,
+}
+
+/// What the worker granted a lease (counted in `throttle.cap_usage`): `n` more, and whether
+/// the window has no more.
+#[derive(Clone, Copy, Debug)]
+pub struct LeaseGrant {
+    pub key: LeaseKey,
+    pub n: i64,
+    pub full: bool,
+}
+
+/// The unspent part (`n`) of an idle lease, taken back.
+#[derive(Clone, Copy, Debug)]
+pub struct LeaseBack {
+    pub key: LeaseKey,
+    pub n: i64,
+}
+
+fn lease_key(l: &Lease) -> LeaseKey {
+    LeaseKey {
+        cap_id: l.cap_id,
+        born: l.born,
+        window_start: l.window_start,
+    }
+}
+
+/// For the worker: the leases of database `db` that backends asked more of.
+pub fn lease_requests(db: u32) -> Vec<LeaseRequest> {
     with_caps(|c| {
         c.leases
             .iter()
             .filter(|l| l.db == db && l.cap_id != 0 && l.want > 0)
-            .map(|l| (l.cap_id, l.born, l.window_start, l.want, l.want_at))
+            .map(|l| LeaseRequest {
+                key: lease_key(l),
+                want: l.want,
+                at: l.want_at,
+            })
             .collect()
     })
     .unwrap_or_default()
 }
 
 /// For the worker, after the transaction that counted it in `throttle.cap_usage` committed:
-/// `n` more for the window of `cap_id` that starts at `start`; `full` when the table has no
-/// more for it.
-pub fn lease_grant(
-    db: u32,
-    cap_id: i64,
-    born: Micros,
-    start: Micros,
-    n: i64,
-    full: bool,
-    now: Micros,
-) {
-    let _ =
-        with_caps(|c| {
-            if let Some(l) = c.leases.iter_mut().find(|l| {
-                l.db == db && l.cap_id == cap_id && l.born == born && l.window_start == start
-            }) {
-                l.left += n;
-                l.full = full;
-                l.want = 0;
-                l.touched = now;
-            }
-        });
+/// hand out what it granted.
+pub fn lease_grant(db: u32, g: &LeaseGrant, now: Micros) {
+    let _ = with_caps(|c| {
+        if let Some(l) = c
+            .leases
+            .iter_mut()
+            .find(|l| l.db == db && lease_key(l) == g.key)
+        {
+            l.left += g.n;
+            l.full = g.full;
+            l.want = 0;
+            l.touched = now;
+        }
+    });
 }
 
 /// For the worker: take back the unspent part of every lease of database `db` that nobody
 /// has spent from or asked more of since `idle_since` (a lease must not sit on room that
-/// queued messages need). Returns (cap, its created_at, window start, how much). The caller
-/// uncounts them from `throttle.cap_usage.leased`; if its transaction fails, that room is
-/// lost for the window, never spent twice.
-pub fn lease_reclaim(db: u32, idle_since: Micros) -> Vec<(i64, Micros, Micros, i64)> {
+/// queued messages need). The caller uncounts them from `throttle.cap_usage.leased`; if its
+/// transaction fails, that room is lost for the window, never spent twice.
+pub fn lease_reclaim(db: u32, idle_since: Micros) -> Vec<LeaseBack> {
     with_caps(|c| {
         let mut back = Vec::new();
         for l in c.leases.iter_mut() {
             if l.db == db && l.cap_id != 0 && l.left > 0 && l.want == 0 && l.touched <= idle_since {
-                back.push((l.cap_id, l.born, l.window_start, l.left));
+                back.push(LeaseBack {
+                    key: lease_key(l),
+                    n: l.left,
+                });
                 l.left = 0;
                 l.full = false;
             }

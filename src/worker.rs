@@ -361,9 +361,9 @@ impl tick::Buckets for SharedBuckets {
 /// What the worker does once a tick's transaction has committed.
 #[derive(Default)]
 struct AfterCommit {
-    /// Leases counted in the table: (cap, its created_at, window start, how much, full).
-    grants: Vec<(i64, Micros, Micros, i64, bool)>,
-    /// Messages that left pending, per queue cap.
+    /// Leases counted in the table.
+    grants: Vec<shmem::LeaseGrant>,
+    /// Messages that left pending: (queue cap, how many).
     left_queue: Vec<(i64, i64)>,
 }
 
@@ -505,6 +505,14 @@ struct Worker {
 
 /// What a tick asks of the loop: how long to sleep (None: until the latch is set).
 type Sleep = Option<Duration>;
+
+/// The cap a lease names, if it still exists (the same id made again is another cap).
+fn cap_named(key: &shmem::LeaseKey) -> Option<Rc<CapDef>> {
+    caps::cap(key.cap_id)
+        .ok()
+        .flatten()
+        .filter(|d| d.born == key.born)
+}
 
 /// Whether any calendar caps and any queue caps exist (read once per tick).
 #[derive(Clone, Copy)]
@@ -663,8 +671,8 @@ impl Worker {
         // Committed: hand out what the table now counts.
         let after = std::mem::take(&mut self.after);
         let now = clock_now();
-        for (id, born, start, n, full) in after.grants {
-            shmem::lease_grant(self.db, id, born, start, n, full, now);
+        for g in &after.grants {
+            shmem::lease_grant(self.db, g, now);
         }
         for (id, n) in after.left_queue {
             shmem::queue_unreserve(self.db, id, n);
@@ -772,25 +780,30 @@ impl Worker {
     ) -> pgrx::spi::Result<()> {
         let requests: Vec<_> = shmem::lease_requests(self.db)
             .into_iter()
-            .map(|(id, born, start, want, at)| {
-                let def = caps::cap(id).ok().flatten().filter(|d| d.born == born);
-                (id, born, start, want, at, def)
-            })
+            .map(|r| (r, cap_named(&r.key)))
             .collect();
         let need: Vec<(Rc<CapDef>, Micros)> = requests
             .iter()
-            .filter_map(|r| r.5.clone().map(|d| (d, r.4)))
+            .filter_map(|(r, def)| def.clone().map(|d| (d, r.at)))
             .collect();
         read_ledgers(c, st, ledgers, &need)?;
-        for (id, born, start, want, at, def) in requests {
+        for (r, def) in requests {
+            let start = r.key.window_start;
             let (n, full) = match def {
-                Some(def) => {
-                    load_ledger(c, st, ledgers, &def, at)?.lease(start, want.max(0) as u64, at, now)
-                }
+                Some(def) => load_ledger(c, st, ledgers, &def, r.at)?.lease(
+                    start,
+                    r.want.max(0) as u64,
+                    r.at,
+                    now,
+                ),
                 // Gone: the asking backend reads the configuration again.
                 None => (0, false),
             };
-            self.after.grants.push((id, born, start, n as i64, full));
+            self.after.grants.push(shmem::LeaseGrant {
+                key: r.key,
+                n: n as i64,
+                full,
+            });
         }
         Ok(())
     }
@@ -1197,13 +1210,14 @@ impl Worker {
         now: Micros,
     ) -> pgrx::spi::Result<()> {
         let back = shmem::lease_reclaim(self.db, now - gucs::lease_idle_us());
-        for (id, born, start, n) in back {
-            let Some(def) = caps::cap(id).ok().flatten().filter(|d| d.born == born) else {
+        for b in back {
+            let Some(def) = cap_named(&b.key) else {
                 continue;
             };
-            if load_ledger(c, st, ledgers, &def, start)?.reclaim(start, n.max(0) as u64, now) {
+            let start = b.key.window_start;
+            if load_ledger(c, st, ledgers, &def, start)?.reclaim(start, b.n.max(0) as u64, now) {
                 // Queues told to wait for this cap's reset may go now.
-                self.sched.wake_waiters(LimitRef::Cap(id), now);
+                self.sched.wake_waiters(LimitRef::Cap(def.id), now);
             }
         }
         Ok(())
