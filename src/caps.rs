@@ -19,10 +19,49 @@ use std::rc::Rc;
 /// What the worker does with a message over a cap.
 pub use crate::limiter::tick::AtCap as Action;
 
+/// The group a cap, queue cap or rate limit applies to (`throttle.scope`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Sender,
+    Campaign,
+    Brand,
+    Account,
+}
+
+impl Scope {
+    /// From `throttle.scope`'s text (None: a label this build does not know).
+    pub fn parse(s: &str) -> Option<Scope> {
+        match s {
+            "sender" => Some(Scope::Sender),
+            "campaign" => Some(Scope::Campaign),
+            "brand" => Some(Scope::Brand),
+            "account" => Some(Scope::Account),
+            _ => None,
+        }
+    }
+
+    /// As `throttle.scope` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Sender => "sender",
+            Scope::Campaign => "campaign",
+            Scope::Brand => "brand",
+            Scope::Account => "account",
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Which senders a cap (or queue cap) covers.
 #[derive(Debug, Clone)]
 pub struct Coverage {
-    pub scope: Box<str>,
+    /// None: a scope this build does not know (it covers no one).
+    pub scope: Option<Scope>,
     pub scope_id: Box<str>,
     pub carrier: Option<Box<str>>,
     pub channel: Option<Box<str>>,
@@ -33,12 +72,12 @@ pub struct Coverage {
 
 impl Coverage {
     fn covers(&self, g: &Groups, carrier: &str, channel: &str) -> bool {
-        let id = match &*self.scope {
-            "sender" => Some(&g.sender),
-            "campaign" => g.campaign.as_ref(),
-            "brand" => g.brand.as_ref(),
-            "account" => g.account.as_ref(),
-            _ => None,
+        let id = match self.scope {
+            Some(Scope::Sender) => Some(&g.sender),
+            Some(Scope::Campaign) => g.campaign.as_ref(),
+            Some(Scope::Brand) => g.brand.as_ref(),
+            Some(Scope::Account) => g.account.as_ref(),
+            None => None,
         };
         id.is_some_and(|id| **id == *self.scope_id)
             && self.carrier.as_deref().is_none_or(|c| c == carrier)
@@ -173,7 +212,7 @@ fn load_defs(generation: u64) -> Result<Defs> {
             caps.push(Rc::new(CapDef {
                 id,
                 coverage: Coverage {
-                    scope: row.get::<String>(2)?.unwrap_or_default().into(),
+                    scope: row.get::<String>(2)?.as_deref().and_then(Scope::parse),
                     scope_id: row.get::<String>(3)?.unwrap_or_default().into(),
                     carrier: row.get::<String>(4)?.map(Into::into),
                     channel: row.get::<String>(5)?.map(Into::into),
@@ -213,7 +252,7 @@ fn load_defs(generation: u64) -> Result<Defs> {
             queue_caps.push(Rc::new(QueueCapDef {
                 id: row.get(1)?.unwrap_or(0),
                 coverage: Coverage {
-                    scope: row.get::<String>(2)?.unwrap_or_default().into(),
+                    scope: row.get::<String>(2)?.as_deref().and_then(Scope::parse),
                     scope_id: row.get::<String>(3)?.unwrap_or_default().into(),
                     carrier: row.get::<String>(4)?.map(Into::into),
                     channel: row.get::<String>(5)?.map(Into::into),

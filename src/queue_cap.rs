@@ -157,7 +157,11 @@ fn enter(sender: &str, carrier: &str, channel: &str) -> Result<Option<Vec<Option
             let q = qcaps.iter().find(|q| q.id == count.id).unwrap_or(&qcaps[0]);
             Ok(Some(vec![
                 Some(q.label.clone()),
-                Some(format!("{} {}", q.coverage.scope, q.coverage.scope_id)),
+                Some(format!(
+                    "{} {}",
+                    q.coverage.scope.map_or("?", |s| s.as_str()),
+                    q.coverage.scope_id
+                )),
                 Some(count.limit.to_string()),
                 Some(count.waiting.to_string()),
                 q.error_code.clone(),
