@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
-# Benchmarks against a real server (release build). Prints figures; never fails on time.
-#   scripts/bench.sh [admit] [--rows N] [--runs N] [--caps] [--window]
-#   scripts/bench.sh release | fidelity | throughput | accuracy | latency | scale | enqueue
+# Benchmarks against real servers (release build, installed first). Prints figures, then one
+# summary table: each figure, this build, the ceiling it is compared with (measured in the
+# same run), the ratio, the 0.3.0 figure (bench/baseline-0.3.0.tsv) and the issue's target.
+# Never fails on time.
+#   scripts/bench.sh                  every section but fidelity (5-7 minutes on 2 cores, after the build)
+#   scripts/bench.sh SECTION ...      admit | throughput | accuracy | latency | scale | enqueue |
+#                                     clients | fidelity (over 3 minutes alone: only when named) |
+#                                     release (throughput, accuracy, latency, scale, enqueue) | all
+#   options: --rows N --runs N --caps --window --conf 'name = value' (admit);
+#            --baseline FILE (figures to print beside this build's); --save FILE (write this
+#            run's figures in the baseline's format)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
