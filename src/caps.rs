@@ -152,6 +152,8 @@ struct Defs {
     caps: Vec<Rc<CapDef>>,
     queue_caps: Vec<Rc<QueueCapDef>>,
     senders: FxHashMap<Box<str>, Option<Rc<Groups>>>,
+    /// Every sender's groups were read at once (or there were too many to).
+    senders_preloaded: bool,
     /// `caps_for` per `sender \0 carrier \0 channel` (None: unknown sender).
     for_queue: FxHashMap<Box<[u8]>, Option<Rc<[Rc<CapDef>]>>>,
 }
@@ -269,6 +271,7 @@ fn load_defs(generation: u64) -> Result<Defs> {
             caps,
             queue_caps,
             senders: FxHashMap::default(),
+            senders_preloaded: false,
             for_queue: FxHashMap::default(),
         })
     });
@@ -327,6 +330,24 @@ fn groups(sender: &str) -> Result<Option<Rc<Groups>>> {
     if let Some(g) = DEFS.with(|d| d.as_ref().and_then(|d| d.senders.get(sender).cloned())) {
         return Ok(g);
     }
+    if DEFS.with(|d| {
+        d.as_mut()
+            .is_some_and(|d| !std::mem::replace(&mut d.senders_preloaded, true))
+    }) {
+        if let Some(all) = preload_groups()? {
+            DEFS.with(|d| {
+                if let Some(d) = d.as_mut() {
+                    for g in all {
+                        d.senders.entry(g.sender.clone()).or_insert(Some(g));
+                    }
+                }
+            });
+            if let Some(g) = DEFS.with(|d| d.as_ref().and_then(|d| d.senders.get(sender).cloned()))
+            {
+                return Ok(g);
+            }
+        }
+    }
     let snapshot = LatestSnapshot::push();
     let r = Spi::connect(|c| {
         let t = c.select(GROUPS_SQL, Some(1), &[sender.into()])?;
@@ -350,6 +371,47 @@ fn groups(sender: &str) -> Result<Option<Rc<Groups>>> {
         }
     });
     Ok(g)
+}
+
+/// Every registered sender's groups, read in one statement (as committed now), if there are
+/// at most `throttle.preload_senders`; None if there are more (read one sender at a time).
+fn preload_groups() -> Result<Option<Vec<Rc<Groups>>>> {
+    let max = crate::gucs::preload_senders();
+    if max == 0 {
+        return Ok(None);
+    }
+    let snapshot = LatestSnapshot::push();
+    let r = Spi::connect(|c| {
+        let n: i64 = c
+            .select(
+                "SELECT count(*) FROM (SELECT 1 FROM throttle.sender LIMIT $1) s",
+                None,
+                &[(max + 1).into()],
+            )?
+            .first()
+            .get(1)?
+            .unwrap_or(0);
+        if n > max {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        for row in c.select(
+            "SELECT sender, campaign, brand, account, sender_type FROM throttle.sender",
+            None,
+            &[],
+        )? {
+            out.push(Rc::new(Groups {
+                sender: row.get::<String>(1)?.unwrap_or_default().into(),
+                campaign: row.get::<String>(2)?.map(Into::into),
+                brand: row.get::<String>(3)?.map(Into::into),
+                account: row.get::<String>(4)?.map(Into::into),
+                sender_type: row.get::<String>(5)?.map(Into::into),
+            }));
+        }
+        Ok::<_, pgrx::spi::SpiError>(Some(out))
+    });
+    drop(snapshot);
+    r.map_err(error::internal)
 }
 
 /// The calendar caps that apply to messages of `sender` to `carrier` on `channel` (None: the

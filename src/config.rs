@@ -297,6 +297,8 @@ struct Cache {
     tenancy: Option<bool>,
     /// Per plan hash, where its first bucket was in shared memory (see `with_cached_plan`).
     hints: Box<[u32]>,
+    /// The generation whose senders were (or were tried to be) read all at once.
+    preloaded: u64,
 }
 
 impl Cache {
@@ -328,6 +330,7 @@ fn with_cache<R>(f: impl FnOnce(&mut Cache) -> R) -> R {
             any_caps: None,
             tenancy: None,
             hints: Box::new([]),
+            preloaded: 0,
         }))
     })
 }
@@ -442,11 +445,28 @@ pub fn with_known_plan<R, F: FnOnce(&PlanView) -> R>(
             return r.map(Some);
         }
     }
+    let cacheable = !uses_transaction_snapshot();
+    // The first miss of a generation reads every sender's limits at once, if they are few.
+    if cacheable && with_cache(|c| c.generation == generation && c.preloaded != generation) {
+        with_cache(|c| c.preloaded = generation);
+        if let Some(all) = preload()? {
+            with_cache(|c| {
+                if c.generation == generation {
+                    c.any_caps.get_or_insert(any_caps);
+                    for (s, l) in all {
+                        c.senders.entry(s).or_insert_with(|| Rc::new(l));
+                    }
+                }
+            });
+            if let Some(r) = attempt(&mut f) {
+                return r.map(Some);
+            }
+        }
+    }
     let Some(loaded) = load(sender)? else {
         return Ok(None);
     };
     let loaded = Rc::new(loaded);
-    let cacheable = !uses_transaction_snapshot();
     with_cache(|c| {
         // Cache only what was read under the generation checked above; a reader in a
         // REPEATABLE READ transaction may see an older snapshot, so it does not cache.
@@ -568,7 +588,12 @@ pub fn invalidate_local() {
 
 /// Every operator here has an exact match in pg_catalog for its argument types, so no
 /// operator a user creates in a schema on the search path can be chosen instead.
-const LOAD_SQL: &str = "
+/// The limits that may apply to senders (`$where`), one row per limit (a sender with none:
+/// one row of NULLs), with the sender's weight and name.
+macro_rules! load_sql {
+    ($where:literal, $order:literal) => {
+        concat!(
+            "
     SELECT l.limit_id, l.carrier, l.channel, l.rate,
            (extract(epoch FROM l.per) * 1000000::numeric)::bigint, l.burst,
            coalesce(l.name, l.scope::text || ' ' || l.scope_id
@@ -576,7 +601,7 @@ const LOAD_SQL: &str = "
                     || coalesce(' channel ' || l.channel, '')
                     || coalesce(' sender_type ' || l.sender_type, '')
                     || ' ' || l.rate::text || '/' || l.per::text),
-           l.created_at, l.each_sender, s.weight
+           l.created_at, l.each_sender, s.weight, s.sender
       FROM throttle.sender s
       LEFT JOIN LATERAL (
             SELECT * FROM throttle.rate_limit r WHERE r.scope = 'sender'::throttle.scope AND r.scope_id = s.sender
@@ -587,78 +612,59 @@ const LOAD_SQL: &str = "
             UNION ALL
             SELECT * FROM throttle.rate_limit r WHERE r.scope = 'account'::throttle.scope AND r.scope_id = s.account
       ) l ON l.sender_type IS NULL OR l.sender_type IS NOT DISTINCT FROM s.sender_type
-     WHERE s.sender = $1
-     ORDER BY l.limit_id";
-
-fn uses_transaction_snapshot() -> bool {
-    // SAFETY: XactIsoLevel is a plain backend-local int, written only by this backend's one
-    // thread.
-    unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 }
+     ",
+            $where,
+            "
+     ORDER BY ",
+            $order
+        )
+    };
 }
 
-/// The limits of `sender` from the tables; None if the sender is not registered.
-fn load(sender: &[u8]) -> Result<Option<SenderLimits>> {
-    let sender = String::from_utf8_lossy(sender);
-    let sender: &str = &sender;
-    type Row = (
-        i64,
-        Option<String>,
-        Option<String>,
-        i64,
-        i64,
-        Option<i64>,
-        String,
-        i64,
-        bool,
-    );
-    // Read the configuration as committed now, not as the calling statement's snapshot saw
-    // it: a long query that misses the cache after a change must not cache the old limits
-    // under the new generation. (A transaction that already wrote under REPEATABLE READ
-    // still reads its own snapshot: such reads are not cached, see `with_known_plan`.)
-    let snapshot = crate::backend::LatestSnapshot::push();
-    let rows = Spi::connect(|client| {
-        let stmt = with_cache(|c| c.stmt.take());
-        let stmt = match stmt {
-            Some(s) => s,
-            None => client
-                .prepare(
-                    LOAD_SQL,
-                    &[pgrx::PgOid::BuiltIn(pgrx::PgBuiltInOids::TEXTOID)],
-                )?
-                .keep(),
-        };
-        let result = (|| {
-            let table = client.select(&stmt, None, &[sender.into()])?;
-            let mut out = Vec::with_capacity(table.len());
-            for row in table {
-                let id: Option<i64> = row.get(1)?;
-                let weight = row.get::<i32>(10)?.unwrap_or(1).clamp(1, u16::MAX as i32) as u16;
-                out.push((
-                    weight,
-                    match id {
-                        None => None,
-                        Some(id) => Some((
-                            id,
-                            row.get::<String>(2)?,
-                            row.get::<String>(3)?,
-                            row.get::<i64>(4)?.unwrap_or(0),
-                            row.get::<i64>(5)?.unwrap_or(0),
-                            row.get::<i64>(6)?,
-                            row.get::<String>(7)?.unwrap_or_default(),
-                            row.get::<TimestampWithTimeZone>(8)?.map_or(0, i64::from),
-                            row.get::<bool>(9)?.unwrap_or(false),
-                        )),
-                    },
-                ));
-            }
-            Ok::<_, pgrx::spi::SpiError>(out)
-        })();
-        with_cache(|c| c.stmt = Some(stmt));
-        result.map(|v| if v.is_empty() { None } else { Some(v) })
-    });
-    drop(snapshot);
-    let rows: Option<Vec<(u16, Option<Row>)>> = rows.map_err(error::internal)?;
-    let Some(rows) = rows else { return Ok(None) };
+/// One sender's limits.
+const LOAD_SQL: &str = load_sql!("WHERE s.sender = $1", "l.limit_id");
+/// Every sender's limits, sender by sender.
+const LOAD_ALL_SQL: &str = load_sql!("", "s.sender, l.limit_id");
+
+/// A limit row as read: id, carrier, channel, rate, period (µs), burst, label, created_at,
+/// each_sender.
+type LimitRow = (
+    i64,
+    Option<String>,
+    Option<String>,
+    i64,
+    i64,
+    Option<i64>,
+    String,
+    i64,
+    bool,
+);
+
+/// One row of [`load_sql!`]: the sender's weight, and the limit (None: the sender has none).
+fn read_limit_row(
+    row: &pgrx::spi::SpiHeapTupleData<'_>,
+) -> pgrx::spi::Result<(u16, Option<LimitRow>)> {
+    let id: Option<i64> = row.get(1)?;
+    let weight = row.get::<i32>(10)?.unwrap_or(1).clamp(1, u16::MAX as i32) as u16;
+    let limit = match id {
+        None => None,
+        Some(id) => Some((
+            id,
+            row.get::<String>(2)?,
+            row.get::<String>(3)?,
+            row.get::<i64>(4)?.unwrap_or(0),
+            row.get::<i64>(5)?.unwrap_or(0),
+            row.get::<i64>(6)?,
+            row.get::<String>(7)?.unwrap_or_default(),
+            row.get::<TimestampWithTimeZone>(8)?.map_or(0, i64::from),
+            row.get::<bool>(9)?.unwrap_or(false),
+        )),
+    };
+    Ok((weight, limit))
+}
+
+/// A sender's limits from its rows of [`load_sql!`].
+fn limits_from(rows: Vec<(u16, Option<LimitRow>)>) -> Result<SenderLimits> {
     let weight = rows.first().map_or(1, |r| r.0);
     let mut limits = Vec::with_capacity(rows.len());
     for (id, carrier, channel, count, period_us, burst, label, created_at, each_sender) in
@@ -681,7 +687,94 @@ fn load(sender: &[u8]) -> Result<Option<SenderLimits>> {
             each_sender,
         });
     }
-    Ok(Some(SenderLimits { limits, weight }))
+    Ok(SenderLimits { limits, weight })
+}
+
+/// Every registered sender's limits, read in one statement (as committed now), if there are
+/// at most `throttle.preload_senders` of them; None if there are more (they are read one
+/// sender at a time, as each is first used). A session admitting for many senders then pays
+/// one statement after a configuration change, not one per sender.
+fn preload() -> Result<Option<Vec<(Box<[u8]>, SenderLimits)>>> {
+    let max = crate::gucs::preload_senders();
+    if max == 0 {
+        return Ok(None);
+    }
+    let snapshot = crate::backend::LatestSnapshot::push();
+    let read = Spi::connect(|client| {
+        let n: i64 = client
+            .select(
+                "SELECT count(*) FROM (SELECT 1 FROM throttle.sender LIMIT $1) s",
+                None,
+                &[(max + 1).into()],
+            )?
+            .first()
+            .get(1)?
+            .unwrap_or(0);
+        if n > max {
+            return Ok(None);
+        }
+        let mut out: Vec<(String, Vec<(u16, Option<LimitRow>)>)> = Vec::new();
+        for row in client.select(LOAD_ALL_SQL, None, &[])? {
+            let sender: String = row.get(11)?.unwrap_or_default();
+            let r = read_limit_row(&row)?;
+            match out.last_mut() {
+                Some((s, rows)) if *s == sender => rows.push(r),
+                _ => out.push((sender, vec![r])),
+            }
+        }
+        Ok::<_, pgrx::spi::SpiError>(Some(out))
+    });
+    drop(snapshot);
+    let Some(senders) = read.map_err(error::internal)? else {
+        return Ok(None);
+    };
+    senders
+        .into_iter()
+        .map(|(s, rows)| Ok((s.into_bytes().into_boxed_slice(), limits_from(rows)?)))
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
+fn uses_transaction_snapshot() -> bool {
+    // SAFETY: XactIsoLevel is a plain backend-local int, written only by this backend's one
+    // thread.
+    unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 }
+}
+
+/// The limits of `sender` from the tables; None if the sender is not registered.
+fn load(sender: &[u8]) -> Result<Option<SenderLimits>> {
+    let sender = String::from_utf8_lossy(sender);
+    let sender: &str = &sender;
+    // Read the configuration as committed now, not as the calling statement's snapshot saw
+    // it: a long query that misses the cache after a change must not cache the old limits
+    // under the new generation. (A transaction that already wrote under REPEATABLE READ
+    // still reads its own snapshot: such reads are not cached, see `with_known_plan`.)
+    let snapshot = crate::backend::LatestSnapshot::push();
+    let rows = Spi::connect(|client| {
+        let stmt = with_cache(|c| c.stmt.take());
+        let stmt = match stmt {
+            Some(s) => s,
+            None => client
+                .prepare(
+                    LOAD_SQL,
+                    &[pgrx::PgOid::BuiltIn(pgrx::PgBuiltInOids::TEXTOID)],
+                )?
+                .keep(),
+        };
+        let result = (|| {
+            let table = client.select(&stmt, None, &[sender.into()])?;
+            let mut out = Vec::with_capacity(table.len());
+            for row in table {
+                out.push(read_limit_row(&row)?);
+            }
+            Ok::<_, pgrx::spi::SpiError>(out)
+        })();
+        with_cache(|c| c.stmt = Some(stmt));
+        result.map(|v| if v.is_empty() { None } else { Some(v) })
+    });
+    drop(snapshot);
+    let rows = rows.map_err(error::internal)?;
+    rows.map(limits_from).transpose()
 }
 
 /// The bucket a limit this backend has cached wants (for the worker's per-limit room). A

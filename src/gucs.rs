@@ -15,6 +15,7 @@ static MAX_FUTURE_MS: GucSetting<i32> = GucSetting::<i32>::new(3_600_000);
 static LEASE_IDLE_MS: GucSetting<i32> = GucSetting::<i32>::new(1_000);
 static RESCAN_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000);
 static DROP_WITH_MESSAGES: GucSetting<bool> = GucSetting::<bool>::new(false);
+static PRELOAD_SENDERS: GucSetting<i32> = GucSetting::<i32>::new(20_000);
 const MAX_IDENTIFIER: usize = 128;
 
 /// Define the settings. Postmaster-context settings can only be defined while the postmaster
@@ -93,6 +94,16 @@ fn define_postmaster() {
         3_600_000,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"throttle.preload_senders",
+        c"Most registered senders whose limits a session reads in one statement, on its first admission after a configuration change.",
+        c"With at most this many senders, a session reads every sender's limits at once (one statement) instead of one statement per sender it has not seen yet; with more, it reads them one sender at a time. 0: always one at a time.",
+        &PRELOAD_SENDERS,
+        0,
+        10_000_000,
+        GucContext::Userset,
+        GucFlags::default(),
     );
 }
 
@@ -176,6 +187,11 @@ pub fn expiry_error_code() -> Option<String> {
 }
 
 /// Longest the worker sleeps before looking at throttle.pending again, µs.
+/// Most senders whose limits a session reads all at once (see `config::preload`).
+pub fn preload_senders() -> i64 {
+    PRELOAD_SENDERS.get().max(0) as i64
+}
+
 pub fn rescan_interval_us() -> i64 {
     RESCAN_INTERVAL_MS.get().max(1_000) as i64 * 1_000
 }
