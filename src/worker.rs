@@ -56,7 +56,8 @@ const SQL_DISCOVER_ALL: &str = "SELECT DISTINCT sender, carrier, channel FROM th
 /// Which of these senders are registered.
 const SQL_KNOWN: &str = "SELECT sender FROM throttle.sender WHERE sender = ANY($1)";
 /// The head rows of each queue taken (`$4` rows at most), with where each row is (its ctid:
-/// the move deletes by it, with no index descent per row).
+/// the move deletes by it, with no index descent per row). Each queue's rows are put in its
+/// order (priority, then id) by the worker, not by a sort here.
 const SQL_FETCH: &str = "
     SELECT q.i::int4, p.ctid, p.id, p.cost, p.priority
       FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[]) WITH ORDINALITY AS q(s, c, ch, n, i)
@@ -66,8 +67,7 @@ const SQL_FETCH: &str = "
               AND (p.not_before IS NULL OR p.not_before <= $5)
               AND (p.expires_at IS NULL OR p.expires_at > $5)
             ORDER BY p.priority DESC, p.id
-            LIMIT q.n) p
-     ORDER BY q.i, p.priority DESC, p.id";
+            LIMIT q.n) p";
 /// Move the rows at these ctids (fetched in this transaction: a row updated meanwhile by
 /// someone else has moved on and stays, its token wasted, never overspent) and count them per
 /// queue (for the queue caps).
@@ -1017,6 +1017,10 @@ impl Worker {
                     cost: cost.max(1) as u64,
                 });
             }
+        }
+        // Each batch in its queue's order (the rows mostly come in it: a sort of sorted rows).
+        for b in &mut batches {
+            b.sort_by_key(|r| (std::cmp::Reverse(r.priority), r.id));
         }
         Ok((batches, ctids))
     }
