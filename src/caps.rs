@@ -382,16 +382,7 @@ fn preload_groups() -> Result<Option<Vec<Rc<Groups>>>> {
     }
     let snapshot = LatestSnapshot::push();
     let r = Spi::connect(|c| {
-        let n: i64 = c
-            .select(
-                "SELECT count(*) FROM (SELECT 1 FROM throttle.sender LIMIT $1) s",
-                None,
-                &[(max + 1).into()],
-            )?
-            .first()
-            .get(1)?
-            .unwrap_or(0);
-        if n > max {
+        if !crate::config::few_senders(c, max)? {
             return Ok(None);
         }
         let mut out = Vec::new();

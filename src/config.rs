@@ -690,6 +690,20 @@ fn limits_from(rows: Vec<(u16, Option<LimitRow>)>) -> Result<SenderLimits> {
     Ok(SenderLimits { limits, weight })
 }
 
+/// Whether at most `max` senders are registered (counted no further than one past it).
+pub fn few_senders(client: &pgrx::spi::SpiClient<'_>, max: i64) -> pgrx::spi::Result<bool> {
+    let n: i64 = client
+        .select(
+            "SELECT count(*) FROM (SELECT 1 FROM throttle.sender LIMIT $1) s",
+            None,
+            &[(max + 1).into()],
+        )?
+        .first()
+        .get(1)?
+        .unwrap_or(0);
+    Ok(n <= max)
+}
+
 /// Every registered sender's limits, read in one statement (as committed now), if there are
 /// at most `throttle.preload_senders` of them; None if there are more (they are read one
 /// sender at a time, as each is first used). A session admitting for many senders then pays
@@ -701,16 +715,7 @@ fn preload() -> Result<Option<Vec<(Box<[u8]>, SenderLimits)>>> {
     }
     let snapshot = crate::backend::LatestSnapshot::push();
     let read = Spi::connect(|client| {
-        let n: i64 = client
-            .select(
-                "SELECT count(*) FROM (SELECT 1 FROM throttle.sender LIMIT $1) s",
-                None,
-                &[(max + 1).into()],
-            )?
-            .first()
-            .get(1)?
-            .unwrap_or(0);
-        if n > max {
+        if !few_senders(client, max)? {
             return Ok(None);
         }
         let mut out: Vec<(String, Vec<(u16, Option<LimitRow>)>)> = Vec::new();
