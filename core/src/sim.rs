@@ -728,4 +728,35 @@ mod tests {
             .map(|r| r.2.cost)
             .sum()
     }
+
+    /// A tick that finds the configuration changed after it read releases nothing: every
+    /// queue it took is due again at once, and no bucket was debited.
+    #[test]
+    fn an_abandoned_tick_releases_nothing_and_leaves_every_queue_due() {
+        let mut s = Sim::new();
+        s.limit(1, rate(10, SEC as u64, 10));
+        s.enqueue(1, &[1], 5, 0, 0);
+        s.enqueue(2, &[1], 5, 0, 0);
+        let due = s.sched.due(0, 10, |_| (1, 0));
+        let queues = due
+            .into_iter()
+            .map(|(q, woken_by)| DueQueue {
+                q,
+                woken_by,
+                found: Some((*s.sched.key(q), Vec::<SimCap>::new(), 1)),
+            })
+            .collect();
+        let budget = Budget {
+            rows: 100,
+            per_queue: 10,
+        };
+        let ledgers = Ledgers::new();
+        let take = tick::take(&mut s.sched, queues, &ledgers, &mut s.limits, budget, 0);
+        assert_eq!(take.taken.len(), 2);
+        tick::abandon(&mut s.sched, take);
+        assert!(s.sched.next_wake().is_some_and(|t| t <= 0), "due again at once");
+        assert_eq!(s.limits.buckets[&1].available(0), 10, "nothing debited");
+        s.run(0, SEC);
+        assert_eq!(s.released.len(), 10, "and the next ticks release them");
+    }
 }
