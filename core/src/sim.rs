@@ -754,7 +754,10 @@ mod tests {
         let take = tick::take(&mut s.sched, queues, &ledgers, &mut s.limits, budget, 0);
         assert_eq!(take.taken.len(), 2);
         tick::abandon(&mut s.sched, take);
-        assert!(s.sched.next_wake().is_some_and(|t| t <= 0), "due again at once");
+        assert!(
+            s.sched.next_wake().is_some_and(|t| t <= 0),
+            "due again at once"
+        );
         assert_eq!(s.limits.buckets[&1].available(0), 10, "nothing debited");
         s.run(0, SEC);
         assert_eq!(s.released.len(), 10, "and the next ticks release them");
