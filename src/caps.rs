@@ -152,7 +152,9 @@ struct Defs {
     caps: Vec<Rc<CapDef>>,
     queue_caps: Vec<Rc<QueueCapDef>>,
     senders: FxHashMap<Box<str>, Option<Rc<Groups>>>,
-    /// Every sender's groups were read at once (or there were too many to).
+    /// Senders whose groups were read one at a time, and whether all were then read at once
+    /// (or tried to be: there were too many).
+    senders_missed: u32,
     senders_preloaded: bool,
     /// `caps_for` per `sender \0 carrier \0 channel` (None: unknown sender).
     for_queue: FxHashMap<Box<[u8]>, Option<Rc<[Rc<CapDef>]>>>,
@@ -271,6 +273,7 @@ fn load_defs(generation: u64) -> Result<Defs> {
             caps,
             queue_caps,
             senders: FxHashMap::default(),
+            senders_missed: 0,
             senders_preloaded: false,
             for_queue: FxHashMap::default(),
         })
@@ -330,10 +333,19 @@ fn groups(sender: &str) -> Result<Option<Rc<Groups>>> {
     if let Some(g) = DEFS.with(|d| d.as_ref().and_then(|d| d.senders.get(sender).cloned())) {
         return Ok(g);
     }
-    if DEFS.with(|d| {
-        d.as_mut()
-            .is_some_and(|d| !std::mem::replace(&mut d.senders_preloaded, true))
-    }) {
+    // As with limits (see config::PRELOAD_AFTER_MISSES): a session that keeps meeting new
+    // senders reads all the others' groups at once.
+    let due = DEFS.with(|d| {
+        d.as_mut().is_some_and(|d| {
+            if !d.senders_preloaded {
+                d.senders_missed += 1;
+                d.senders_preloaded = d.senders_missed > crate::config::PRELOAD_AFTER_MISSES;
+                return d.senders_preloaded;
+            }
+            false
+        })
+    });
+    if due {
         if let Some(all) = preload_groups()? {
             DEFS.with(|d| {
                 if let Some(d) = d.as_mut() {

@@ -297,8 +297,10 @@ struct Cache {
     tenancy: Option<bool>,
     /// Per plan hash, where its first bucket was in shared memory (see `with_cached_plan`).
     hints: Box<[u32]>,
-    /// The generation whose senders were (or were tried to be) read all at once.
-    preloaded: u64,
+    /// Senders read one at a time in this generation, and whether all were then read at
+    /// once (or tried to be: there were too many).
+    misses: u32,
+    preloaded: bool,
 }
 
 impl Cache {
@@ -309,6 +311,8 @@ impl Cache {
         self.arena.clear();
         self.arena_pos.clear();
         self.senders.clear();
+        self.misses = 0;
+        self.preloaded = false;
     }
 }
 
@@ -330,9 +334,27 @@ fn with_cache<R>(f: impl FnOnce(&mut Cache) -> R) -> R {
             any_caps: None,
             tenancy: None,
             hints: Box::new([]),
-            preloaded: 0,
+            misses: 0,
+            preloaded: false,
         }))
     })
+}
+
+/// Senders a session reads one at a time in a generation before it reads them all at once
+/// (see `preload`).
+pub const PRELOAD_AFTER_MISSES: u32 = 32;
+
+impl Cache {
+    /// Count a sender read alone; true once (per generation) when enough were to read the
+    /// rest at once.
+    fn preload_due(&mut self) -> bool {
+        if self.preloaded {
+            return false;
+        }
+        self.misses += 1;
+        self.preloaded = self.misses > PRELOAD_AFTER_MISSES;
+        self.preloaded
+    }
 }
 
 /// Plans cached per backend before they are forgotten and rebuilt on demand (at most
@@ -446,9 +468,9 @@ pub fn with_known_plan<R, F: FnOnce(&PlanView) -> R>(
         }
     }
     let cacheable = !uses_transaction_snapshot();
-    // The first miss of a generation reads every sender's limits at once, if they are few.
-    if cacheable && with_cache(|c| c.generation == generation && c.preloaded != generation) {
-        with_cache(|c| c.preloaded = generation);
+    // A session that keeps meeting senders it has not read reads all the others at once, if
+    // they are few; one that admits for a handful of senders never pays for reading them all.
+    if cacheable && with_cache(|c| c.generation == generation && c.preload_due()) {
         if let Some(all) = preload()? {
             with_cache(|c| {
                 if c.generation == generation {
@@ -707,7 +729,7 @@ pub fn few_senders(client: &pgrx::spi::SpiClient<'_>, max: i64) -> pgrx::spi::Re
 /// Every registered sender's limits, read in one statement (as committed now), if there are
 /// at most `throttle.preload_senders` of them; None if there are more (they are read one
 /// sender at a time, as each is first used). A session admitting for many senders then pays
-/// one statement after a configuration change, not one per sender.
+/// one statement after a configuration change, not one per sender (see `Cache::preload_due`).
 fn preload() -> Result<Option<Vec<(Box<[u8]>, SenderLimits)>>> {
     let max = crate::gucs::preload_senders();
     if max == 0 {

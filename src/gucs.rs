@@ -97,8 +97,8 @@ fn define_postmaster() {
     );
     GucRegistry::define_int_guc(
         c"throttle.preload_senders",
-        c"Most registered senders whose limits a session reads in one statement, on its first admission after a configuration change.",
-        c"With at most this many senders, a session reads every sender's limits at once (one statement) instead of one statement per sender it has not seen yet; with more, it reads them one sender at a time. 0: always one at a time.",
+        c"Most registered senders whose limits a session reads in one statement once it has met many it had not read.",
+        c"After a configuration change a session reads each sender's limits as it first meets the sender; one that has met 32 reads all the others at once (one statement) if there are at most this many, else it goes on one sender at a time. 0: always one at a time.",
         &PRELOAD_SENDERS,
         0,
         10_000_000,
