@@ -8,7 +8,14 @@ source scripts/common.sh
 log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 as_root() {
-    if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+    if [ "$(id -u)" = 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null; then
+        sudo "$@"
+    else
+        echo "setup.sh: installing Debian packages needs root: run it as root (or install sudo)" >&2
+        exit 1
+    fi
 }
 
 # 1. Debian packages: the server, its headers, libclang for bindgen, sudo for pgrx's --runas,
@@ -24,13 +31,20 @@ if [ ${#missing[@]} -gt 0 ]; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# 2. cargo-pgrx at exactly the version Cargo.toml pins.
+# 2. clippy (scripts/test.sh checks that every unsafe block says why it is sound), if the
+#    toolchain was installed without it.
+if ! cargo clippy --version >/dev/null 2>&1 && command -v rustup >/dev/null; then
+    log "installing clippy"
+    rustup component add clippy || log "clippy could not be installed: scripts/test.sh will say so"
+fi
+
+# 3. cargo-pgrx at exactly the version Cargo.toml pins.
 if [ "$(cargo pgrx --version 2>/dev/null | awk '{print $2}')" != "$PGRX_VERSION" ]; then
     log "installing cargo-pgrx $PGRX_VERSION (takes several minutes once)"
     cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
 fi
 
-# 3. Point pgrx at the system PostgreSQL (re-running init forces a full rebuild: only once).
+# 4. Point pgrx at the system PostgreSQL (re-running init forces a full rebuild: only once).
 if ! grep -qs "^pg$PG_MAJOR *=" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
     log "cargo pgrx init --pg$PG_MAJOR $PG_CONFIG"
     cargo pgrx init --pg$PG_MAJOR "$PG_CONFIG"
