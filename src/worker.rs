@@ -305,6 +305,9 @@ impl tick::Cap for CapDef {
     fn rule(&self) -> &CapRule {
         &self.rule
     }
+    fn window_start(&self, at: Micros) -> Micros {
+        self.window_of(at).0
+    }
 }
 
 /// A queue's buckets, as shared memory keys them.

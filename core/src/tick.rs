@@ -48,6 +48,11 @@ pub trait Cap {
     fn action(&self) -> AtCap;
     fn calendar(&self) -> &Calendar;
     fn rule(&self) -> &CapRule;
+    /// The start of the window that contains `at` (a cap may remember its last window: a
+    /// time zone conversion per queue and tick is not free).
+    fn window_start(&self, at: Micros) -> Micros {
+        self.calendar().window_start(at)
+    }
 }
 
 /// A shared cap is a cap.
@@ -63,6 +68,9 @@ impl<T: Cap + ?Sized> Cap for std::rc::Rc<T> {
     }
     fn rule(&self) -> &CapRule {
         (**self).rule()
+    }
+    fn window_start(&self, at: Micros) -> Micros {
+        (**self).window_start(at)
     }
 }
 
@@ -292,7 +300,7 @@ fn cap_room<C: Cap>(caps: &[C], ledgers: &Ledgers<C>, now: Micros) -> CapRoom {
     let mut windows = Vec::with_capacity(caps.len());
     let mut refuse = None;
     for cap in caps {
-        let start = cap.calendar().window_start(now);
+        let start = cap.window_start(now);
         let Some(w) = ledgers.get(&(cap.id(), start)) else {
             continue;
         };
