@@ -613,9 +613,8 @@ pub fn invalidate_local() {
 /// The limits that may apply to senders (`$where`), one row per limit (a sender with none:
 /// one row of NULLs), with the sender's weight and name.
 macro_rules! load_sql {
-    ($where:literal, $order:literal) => {
-        concat!(
-            "
+    (@columns) => {
+        "
     SELECT l.limit_id, l.carrier, l.channel, l.rate,
            (extract(epoch FROM l.per) * 1000000::numeric)::bigint, l.burst,
            coalesce(l.name, l.scope::text || ' ' || l.scope_id
@@ -623,7 +622,12 @@ macro_rules! load_sql {
                     || coalesce(' channel ' || l.channel, '')
                     || coalesce(' sender_type ' || l.sender_type, '')
                     || ' ' || l.rate::text || '/' || l.per::text),
-           l.created_at, l.each_sender, s.weight, s.sender
+           l.created_at, l.each_sender, s.weight, s.sender"
+    };
+    ($where:literal, $order:literal) => {
+        concat!(
+            load_sql!(@columns),
+            "
       FROM throttle.sender s
       LEFT JOIN LATERAL (
             SELECT * FROM throttle.rate_limit r WHERE r.scope = 'sender'::throttle.scope AND r.scope_id = s.sender
@@ -645,8 +649,23 @@ macro_rules! load_sql {
 
 /// One sender's limits.
 const LOAD_SQL: &str = load_sql!("WHERE s.sender = $1", "l.limit_id");
-/// Every sender's limits, sender by sender.
-const LOAD_ALL_SQL: &str = load_sql!("", "s.sender, l.limit_id");
+/// Every sender's limits, in no order (grouped by sender in Rust). Read once per backend and
+/// configuration generation by a session meeting many senders, so shaped for a hash join of
+/// each sender's four scopes with every limit (10,000 senders: 16 ms analysed, 35 ms not),
+/// where the per-sender lookups of [`LOAD_SQL`] would probe the index four times per sender
+/// (42 and 59 ms). A sender none of whose limits apply still yields its `sender` row of NULLs.
+const LOAD_ALL_SQL: &str = concat!(
+    load_sql!(@columns),
+    "
+      FROM throttle.sender s
+     CROSS JOIN LATERAL (VALUES ('sender'::throttle.scope, s.sender),
+                                ('campaign'::throttle.scope, s.campaign),
+                                ('brand'::throttle.scope, s.brand),
+                                ('account'::throttle.scope, s.account)) k(scope, scope_id)
+      LEFT JOIN throttle.rate_limit l ON l.scope = k.scope AND l.scope_id = k.scope_id
+            AND (l.sender_type IS NULL OR l.sender_type IS NOT DISTINCT FROM s.sender_type)
+     WHERE l.limit_id IS NOT NULL OR k.scope = 'sender'::throttle.scope"
+);
 
 /// A limit row as read: id, carrier, channel, rate, period (µs), burst, label, created_at,
 /// each_sender.
@@ -740,14 +759,10 @@ fn preload() -> Result<Option<Vec<(Box<[u8]>, SenderLimits)>>> {
         if !few_senders(client, max)? {
             return Ok(None);
         }
-        let mut out: Vec<(String, Vec<(u16, Option<LimitRow>)>)> = Vec::new();
+        let mut out: FxHashMap<String, Vec<(u16, Option<LimitRow>)>> = FxHashMap::default();
         for row in client.select(LOAD_ALL_SQL, None, &[])? {
             let sender: String = row.get(11)?.unwrap_or_default();
-            let r = read_limit_row(&row)?;
-            match out.last_mut() {
-                Some((s, rows)) if *s == sender => rows.push(r),
-                _ => out.push((sender, vec![r])),
-            }
+            out.entry(sender).or_default().push(read_limit_row(&row)?);
         }
         Ok::<_, pgrx::spi::SpiError>(Some(out))
     });
@@ -757,7 +772,11 @@ fn preload() -> Result<Option<Vec<(Box<[u8]>, SenderLimits)>>> {
     };
     senders
         .into_iter()
-        .map(|(s, rows)| Ok((s.into_bytes().into_boxed_slice(), limits_from(rows)?)))
+        .map(|(s, mut rows)| {
+            // In limit order, as `load` reads one sender's (a limit's place in a plan follows).
+            rows.sort_unstable_by_key(|r| r.1.as_ref().map(|l| l.0));
+            Ok((s.into_bytes().into_boxed_slice(), limits_from(rows)?))
+        })
         .collect::<Result<Vec<_>>>()
         .map(Some)
 }
