@@ -50,8 +50,12 @@ struct QueueKey {
 
 /// Queues of new rows (a queue the worker does not know yet is then checked for a registered
 /// sender, in one statement for all of them: see `discover`).
-const SQL_DISCOVER_IDS: &str =
-    "SELECT DISTINCT sender, carrier, channel FROM throttle.pending WHERE id = ANY($1)";
+/// Queues of these new rows, each with the first of them in the queue's order (a queue whose
+/// fetch resumes after that row fetches from its start again, see [`tick::Resume`]).
+const SQL_DISCOVER_IDS: &str = "
+    SELECT DISTINCT ON (sender, carrier, channel) sender, carrier, channel, priority, id
+      FROM throttle.pending WHERE id = ANY($1)
+     ORDER BY sender, carrier, channel, priority DESC, id";
 const SQL_DISCOVER_ALL: &str = "SELECT DISTINCT sender, carrier, channel FROM throttle.pending";
 /// Which of these senders are registered.
 const SQL_KNOWN: &str = "SELECT sender FROM throttle.sender WHERE sender = ANY($1)";
@@ -67,6 +71,22 @@ const SQL_FETCH: &str = "
               AND (p.not_before IS NULL OR p.not_before <= $5)
               AND (p.expires_at IS NULL OR p.expires_at > $5)
             ORDER BY p.priority DESC, p.id
+            LIMIT q.n) p";
+/// The same for queues with a point to resume at (see [`tick::Resume`]): the rows of the
+/// point's priority after it, found by the index without stepping over the entries of rows
+/// released before. (A queue that has fewer such rows than asked loses its point, and its
+/// lower priorities are fetched from its start on the next tick.)
+const SQL_FETCH_AFTER: &str = "
+    SELECT q.i::int4, p.ctid, p.id, p.cost, p.priority
+      FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $6::int2[], $7::int8[])
+           WITH ORDINALITY AS q(s, c, ch, n, rp, ri, i)
+     CROSS JOIN LATERAL (
+           SELECT ctid, id, cost, priority FROM throttle.pending p
+            WHERE p.sender = q.s AND p.carrier = q.c AND p.channel = q.ch
+              AND p.priority = q.rp AND p.id > q.ri
+              AND (p.not_before IS NULL OR p.not_before <= $5)
+              AND (p.expires_at IS NULL OR p.expires_at > $5)
+            ORDER BY p.id
             LIMIT q.n) p";
 /// Move the rows at these ctids (fetched in this transaction: a row updated meanwhile by
 /// someone else has moved on and stays, its token wasted, never overspent) and count them per
@@ -174,6 +194,7 @@ struct Stmts {
     known: OwnedPreparedStatement,
     limit_ids: OwnedPreparedStatement,
     fetch: OwnedPreparedStatement,
+    fetch_after: OwnedPreparedStatement,
     mv: OwnedPreparedStatement,
     mv_counted: OwnedPreparedStatement,
     dead: OwnedPreparedStatement,
@@ -209,6 +230,20 @@ impl Stmts {
                         texts[2],
                         oid(INT4ARRAYOID),
                         oid(TIMESTAMPTZOID),
+                    ],
+                )?
+                .keep(),
+            fetch_after: c
+                .prepare(
+                    SQL_FETCH_AFTER,
+                    &[
+                        texts[0],
+                        texts[1],
+                        texts[2],
+                        oid(INT4ARRAYOID),
+                        oid(TIMESTAMPTZOID),
+                        oid(INT2ARRAYOID),
+                        oid(INT8ARRAYOID),
                     ],
                 )?
                 .keep(),
@@ -289,6 +324,14 @@ fn ts(us: Micros) -> TimestampWithTimeZone {
 /// Where each fetched row is, by id.
 type Ctids = FxHashMap<i64, pg_sys::ItemPointerData>;
 
+/// What a tick fetched: per queue taken, its rows in its order and where its fetch started
+/// (None: at its start); and where each row is.
+struct Fetched {
+    batches: Vec<Vec<Row>>,
+    ctids: Ctids,
+    from: Vec<Option<tick::Resume>>,
+}
+
 /// The windows of calendar caps a tick touches.
 type Ledgers = tick::Ledgers<Rc<CapDef>>;
 
@@ -368,6 +411,8 @@ struct AfterCommit {
     grants: Vec<shmem::LeaseGrant>,
     /// Messages that left pending: (queue cap, how many).
     left_queue: Vec<(i64, i64)>,
+    /// Where queues' next fetches start (see [`tick::Resume`]).
+    resume: Vec<(QueueKey, Option<tick::Resume>)>,
 }
 
 /// Hold every due message of a queue over `def` until `def.local_time` in its recipient's
@@ -504,6 +549,8 @@ struct Worker {
     /// Look for buckets of deleted limits (after a configuration change, at every rescan).
     sweep: bool,
     after: AfterCommit,
+    /// Where each queue's next fetch starts, if not at its start (see [`tick::Resume`]).
+    resume: FxHashMap<QueueKey, tick::Resume>,
 }
 
 /// What a tick asks of the loop: how long to sleep (None: until the latch is set).
@@ -615,6 +662,7 @@ impl Worker {
             unhold: true,
             sweep: true,
             after: AfterCommit::default(),
+            resume: FxHashMap::default(),
         }
     }
 
@@ -664,6 +712,7 @@ impl Worker {
                 // What the tick decided is void: leases it granted were not counted, and the
                 // queues it held are looked at afresh (tokens it spent stay spent: safe).
                 self.after = AfterCommit::default();
+                self.resume.clear();
                 self.stmts = None;
                 self.rediscover = true;
                 self.sched = Scheduler::new();
@@ -679,6 +728,12 @@ impl Worker {
         }
         for (id, n) in after.left_queue {
             shmem::queue_unreserve(self.db, id, n);
+        }
+        for (key, at) in after.resume {
+            match at {
+                Some(r) => self.resume.insert(key, r),
+                None => self.resume.remove(&key),
+            };
         }
         sleep
     }
@@ -839,6 +894,9 @@ impl Worker {
             self.rediscover = false;
             self.last_rediscovery = now;
             self.sweep = true;
+            // Rows may have come without a note (written with triggers off): every queue is
+            // fetched from its start again.
+            self.resume.clear();
             let rows = c.select(&st.discover_all, None, &[])?;
             self.discover(c, st, rows, now)?;
         } else if !self.ids.is_empty() {
@@ -918,7 +976,7 @@ impl Worker {
             budget,
             now,
         );
-        let (batches, ctids) = self.fetch(c, st, &take.taken, now)?;
+        let fetched = self.fetch(c, st, &take.taken, now)?;
         // The configuration changed while this tick read: rows it fetched may have been
         // enqueued under limits or caps it has not read (a cap created, then messages sent).
         // Release nothing; the next tick (at once: the change set the latch) reads both anew.
@@ -933,17 +991,31 @@ impl Worker {
                 late_us: 0,
             });
         }
+        let asked: Vec<(schedule::QueueId, u64)> = take.taken.iter().map(|t| (t.q, t.n)).collect();
         let r = tick::release(
             &mut self.sched,
             take,
-            &batches,
+            &fetched.batches,
             ledgers,
             &mut SharedBuckets,
             now,
         );
-        let (released, dead) = self.write_release(c, st, &r, &ctids, ledgers, flags, now)?;
+        let (released, dead) =
+            self.write_release(c, st, &r, &fetched.ctids, ledgers, flags, now)?;
+        if released == r.admitted.len() as u64 && dead == r.dead.len() as u64 {
+            self.resume_after(&asked, &fetched, &r, now);
+        } else {
+            // Some row moved on meanwhile (updated or deleted by a client): fetch every
+            // queue of this tick from its start next time.
+            for &(q, _) in &asked {
+                let key = self.sched.key(q).clone();
+                self.after.resume.push((key, None));
+            }
+        }
         for h in &r.hold {
             let key = self.sched.key(h.q).clone();
+            // Its due rows are held until a local time: fetched from its start once due.
+            self.after.resume.push((key.clone(), None));
             if let Some(w) = ledgers.values().find(|w| w.cap.id == h.cap) {
                 defer_local(c, st, &key, &w.cap, h.until, now)?;
             }
@@ -984,48 +1056,104 @@ impl Worker {
         Ok(out)
     }
 
-    /// The head rows of the queues taken: one statement.
+    /// The head rows of the queues taken: one statement for those fetched from their start,
+    /// one for those that resume where their last fetch left (see [`tick::Resume`]). Returns
+    /// each queue's rows in its order, where each row is, and where each fetch started.
     fn fetch(
         &mut self,
         c: &mut SpiClient<'_>,
         st: &Stmts,
         taken: &[tick::Taken<QueuePlan>],
         now: Micros,
-    ) -> pgrx::spi::Result<(Vec<Vec<Row>>, Ctids)> {
-        let mut batches: Vec<Vec<Row>> = vec![Vec::new(); taken.len()];
-        let mut ctids = Ctids::default();
-        if taken.is_empty() {
-            return Ok((batches, ctids));
+    ) -> pgrx::spi::Result<Fetched> {
+        let mut f = Fetched {
+            batches: vec![Vec::new(); taken.len()],
+            ctids: Ctids::default(),
+            from: vec![None; taken.len()],
+        };
+        // Per statement: the queues' positions in `taken`, then the statement's arguments.
+        let mut start: Vec<usize> = Vec::new();
+        let mut resume: Vec<usize> = Vec::new();
+        for (i, t) in taken.iter().enumerate() {
+            let at = self
+                .resume
+                .get(self.sched.key(t.q))
+                .filter(|r| r.fresh(now));
+            f.from[i] = at.copied();
+            if at.is_some() {
+                resume.push(i);
+            } else {
+                start.push(i);
+            }
         }
-        let (mut s, mut ca, mut ch, mut n) = (vec![], vec![], vec![], vec![]);
-        for t in taken {
-            let k = self.sched.key(t.q);
-            s.push(k.sender.clone());
-            ca.push(k.carrier.clone());
-            ch.push(k.channel.clone());
-            n.push(t.n as i32);
-        }
-        let args: [DatumWithOid; 5] = [s.into(), ca.into(), ch.into(), n.into(), ts(now).into()];
-        for row in c.select(&st.fetch, None, &args)? {
-            let i: i32 = row.get(1)?.unwrap_or(0);
-            let ctid: Option<pg_sys::ItemPointerData> = row.get(2)?;
-            let id: i64 = row.get(3)?.unwrap_or(0);
-            let cost: i32 = row.get(4)?.unwrap_or(1);
-            let priority: i16 = row.get(5)?.unwrap_or(0);
-            if let (Some(b), Some(ctid)) = (batches.get_mut((i - 1) as usize), ctid) {
-                ctids.insert(id, ctid);
-                b.push(Row {
-                    id,
-                    priority,
-                    cost: cost.max(1) as u64,
-                });
+        for (stmt, which) in [(&st.fetch, &start), (&st.fetch_after, &resume)] {
+            if which.is_empty() {
+                continue;
+            }
+            let (mut s, mut ca, mut ch, mut n) = (vec![], vec![], vec![], vec![]);
+            let (mut rp, mut ri) = (vec![], vec![]);
+            for &i in which {
+                let k = self.sched.key(taken[i].q);
+                s.push(k.sender.clone());
+                ca.push(k.carrier.clone());
+                ch.push(k.channel.clone());
+                n.push(taken[i].n as i32);
+                if let Some(r) = f.from[i] {
+                    rp.push(r.priority);
+                    ri.push(r.id);
+                }
+            }
+            let mut args: Vec<DatumWithOid> =
+                vec![s.into(), ca.into(), ch.into(), n.into(), ts(now).into()];
+            if !rp.is_empty() {
+                args.extend([rp.into(), ri.into()]);
+            }
+            for row in c.select(stmt, None, &args)? {
+                let k: i32 = row.get(1)?.unwrap_or(0);
+                let ctid: Option<pg_sys::ItemPointerData> = row.get(2)?;
+                let id: i64 = row.get(3)?.unwrap_or(0);
+                let cost: i32 = row.get(4)?.unwrap_or(1);
+                let priority: i16 = row.get(5)?.unwrap_or(0);
+                let at = (k as usize).checked_sub(1).and_then(|k| which.get(k));
+                if let (Some(&i), Some(ctid)) = (at, ctid) {
+                    f.ctids.insert(id, ctid);
+                    f.batches[i].push(Row {
+                        id,
+                        priority,
+                        cost: cost.max(1) as u64,
+                    });
+                }
             }
         }
         // Each batch in its queue's order (the rows mostly come in it: a sort of sorted rows).
-        for b in &mut batches {
+        for b in &mut f.batches {
             b.sort_by_key(|r| (std::cmp::Reverse(r.priority), r.id));
         }
-        Ok((batches, ctids))
+        Ok(f)
+    }
+
+    /// Where each queue taken resumes its next fetch, once this tick commits: after the rows
+    /// it released or dead-lettered (all of them left: the statements counted every one).
+    fn resume_after(
+        &mut self,
+        asked: &[(schedule::QueueId, u64)],
+        f: &Fetched,
+        r: &Released,
+        now: Micros,
+    ) {
+        let gone: rustc_hash::FxHashSet<i64> = r
+            .admitted
+            .iter()
+            .copied()
+            .chain(r.dead.iter().map(|d| d.0))
+            .collect();
+        for (i, &(q, n)) in asked.iter().enumerate() {
+            let at = tick::Resume::after(f.from[i], &f.batches[i], n, |id| gone.contains(&id), now);
+            if at != f.from[i] {
+                let key = self.sched.key(q).clone();
+                self.after.resume.push((key, at));
+            }
+        }
     }
 
     /// Move what was admitted and dead-letter what never can go: one statement each.
@@ -1201,6 +1329,8 @@ impl Worker {
                     carrier,
                     channel,
                 };
+                // Its held rows are due again, before where its fetch would resume.
+                self.resume.remove(&key);
                 self.sched.touch(&key, now);
             }
         }
@@ -1402,6 +1532,16 @@ impl Worker {
                 carrier,
                 channel,
             };
+            // A new or updated row may sort before where the queue's fetch would resume (one
+            // drawn its id early, or of a higher priority): from its start, then. (The rows
+            // of a rescan come without one: every point was dropped.)
+            let first: (Option<i16>, Option<i64>) =
+                (row.get(4).ok().flatten(), row.get(5).ok().flatten());
+            if let Some(r) = self.resume.get(&key) {
+                if first.0.zip(first.1).is_none_or(|(p, id)| r.passed(p, id)) {
+                    self.resume.remove(&key);
+                }
+            }
             if self.sched.knows(&key) {
                 self.sched.touch(&key, now);
             } else {

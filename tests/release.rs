@@ -161,6 +161,96 @@ fn priority_goes_first_and_take_consumes() {
     assert_eq!(left, 7);
 }
 
+/// Under a backlog the worker resumes each queue's fetch after the rows it released (see
+/// `tick::Resume`); rows that sort before that point must not wait for the backlog to drain:
+/// one whose id was drawn before the backlog's but committed during it, one of a higher
+/// priority, one whose `not_before` passes during it.
+#[test]
+fn rows_sorting_before_a_resumed_fetch_go_during_the_backlog() {
+    let server = Server::start("release-resume", &[]);
+    let mut c = server.connect();
+    let mut early = server.connect();
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender) VALUES ('rs-line');
+         INSERT INTO throttle.rate_limit (scope, scope_id, rate, per, burst) VALUES ('sender', 'rs-line', 200, '1 second', 1);",
+    )
+    .expect("configure");
+    early.batch_execute("BEGIN").expect("begin");
+    let early_id: i64 = early
+        .query_one(
+            "INSERT INTO throttle.pending (sender, carrier, payload) VALUES ('rs-line', 'att', '{\"early\": true}') RETURNING id",
+            &[],
+        )
+        .expect("early row")
+        .get(0);
+    let held_id: i64 = c
+        .query_one(
+            "INSERT INTO throttle.pending (sender, carrier, payload, not_before)
+             VALUES ('rs-line', 'att', '{\"held\": true}', now() + interval '1.5 seconds') RETURNING id",
+            &[],
+        )
+        .expect("held row")
+        .get(0);
+    let backlog: Vec<i64> = c
+        .query(
+            "INSERT INTO throttle.pending (sender, carrier, payload)
+             SELECT 'rs-line', 'att', jsonb_build_object('n', g) FROM generate_series(1, 1000) g RETURNING id",
+            &[],
+        )
+        .expect("backlog")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(early_id < held_id && held_id < backlog[0]);
+    wait_for(
+        &mut c,
+        "SELECT count(*) FROM throttle.ready",
+        Duration::from_secs(30),
+        |n| n >= 200,
+    );
+    early.batch_execute("COMMIT").expect("commit the early row");
+    let urgent_id: i64 = c
+        .query_one(
+            "INSERT INTO throttle.pending (sender, carrier, payload, priority)
+             VALUES ('rs-line', 'att', '{\"urgent\": true}', 10) RETURNING id",
+            &[],
+        )
+        .expect("urgent row")
+        .get(0);
+    let n = wait_for(
+        &mut c,
+        "SELECT count(*) FROM throttle.ready",
+        Duration::from_secs(60),
+        |n| n == 1003,
+    );
+    assert_eq!(n, 1003, "every row released once");
+    let distinct: i64 = c
+        .query_one("SELECT count(DISTINCT id) FROM throttle.ready", &[])
+        .expect("distinct")
+        .get(0);
+    assert_eq!(distinct, 1003);
+    // Each of the three went while at least 100 backlog rows (half a second of it) still
+    // waited, not when the queue ran short at its end.
+    for (what, id) in [
+        ("early", early_id),
+        ("held", held_id),
+        ("urgent", urgent_id),
+    ] {
+        let after: i64 = c
+            .query_one(
+                "SELECT count(*) FROM throttle.ready b, throttle.ready r
+                  WHERE r.id = $1 AND b.id = ANY($2) AND (b.released_at, b.id) > (r.released_at, r.id)",
+                &[&id, &backlog],
+            )
+            .expect("backlog after")
+            .get(0);
+        assert!(
+            after >= 100,
+            "the {what} row went with only {after} backlog rows after it"
+        );
+    }
+}
+
 #[test]
 fn nothing_lost_or_doubled_across_crashes_and_no_limit_exceeded() {
     let mut server = Server::start("release-crash", &["throttle.release_batch = 500"]);

@@ -542,3 +542,135 @@ pub fn settle<K: Clone + Eq + Hash>(
         sched.done(q, done);
     }
 }
+
+/// Where the next fetch of a queue may start in the queue's order (priority descending, then
+/// id): every row of the queue before it left in a committed tick of this worker. A fetch that
+/// starts there skips the index entries of the rows released before, which stay in the index
+/// until vacuum and which a fetch from the queue's start steps over again on every tick.
+///
+/// A row can still come to be before the point: one enqueued with a higher priority or by a
+/// transaction that drew its id earlier and committed later, one updated into the queue, one
+/// whose `not_before` passed. The first three are noted to the worker at commit, and a noted
+/// queue forgets its point (the worker's business); for the last, and as a net under all, a
+/// point is trusted for [`Resume::FOR`] after it was first set, and a fetch that finds fewer
+/// rows after it than asked drops it. A row before the point is therefore released late (by at
+/// most that long under a backlog), never lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resume {
+    pub priority: i16,
+    pub id: i64,
+    /// When the queue was last fetched from its start.
+    pub since: Micros,
+}
+
+impl Resume {
+    /// How long a point is trusted after the fetch from the queue's start that set it.
+    pub const FOR: Micros = 1_000_000;
+
+    /// Whether a row at (`priority`, `id`) sorts before the point, or at it, in the queue's
+    /// order: a fetch resuming there would not see it.
+    pub fn passed(&self, priority: i16, id: i64) -> bool {
+        priority > self.priority || (priority == self.priority && id <= self.id)
+    }
+
+    /// Whether the point may still be used at `now` (never when the clock went back).
+    pub fn fresh(&self, now: Micros) -> bool {
+        now >= self.since && now - self.since < Self::FOR
+    }
+
+    /// The point after a fetch of `asked` rows that returned `batch` (in the queue's order),
+    /// the fetch having started at `used` (None: at the queue's start), once `gone(id)` says
+    /// which rows left the queue in the committed tick: after the last of the batch's leading
+    /// rows that left; `used` when none did; None when the batch was short (rows may wait
+    /// before the point: the next fetch starts at the queue's start).
+    pub fn after(
+        used: Option<Resume>,
+        batch: &[Row],
+        asked: u64,
+        gone: impl Fn(i64) -> bool,
+        now: Micros,
+    ) -> Option<Resume> {
+        if (batch.len() as u64) < asked {
+            return None;
+        }
+        let last = batch.iter().take_while(|r| gone(r.id)).last();
+        match last {
+            None => used,
+            Some(r) => Some(Resume {
+                priority: r.priority,
+                id: r.id,
+                since: used.map_or(now, |u| u.since),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod resume_tests {
+    use super::*;
+
+    fn row(id: i64, priority: i16) -> Row {
+        Row {
+            id,
+            priority,
+            cost: 1,
+        }
+    }
+
+    #[test]
+    fn the_point_follows_the_leading_rows_that_left() {
+        let batch = [row(1, 5), row(2, 5), row(7, 0), row(9, 0)];
+        let gone = |id| id != 9;
+        let r = Resume::after(None, &batch, 4, gone, 100).expect("a point");
+        assert_eq!((r.priority, r.id, r.since), (0, 7, 100));
+        // A row that stayed stops the point, whatever left after it.
+        let r = Resume::after(None, &batch, 4, |id| id != 2, 100).expect("a point");
+        assert_eq!((r.priority, r.id), (5, 1));
+    }
+
+    #[test]
+    fn nothing_left_keeps_the_point_used_and_a_short_fetch_drops_it() {
+        let used = Resume {
+            priority: 0,
+            id: 3,
+            since: 10,
+        };
+        let batch = [row(4, 0), row(5, 0)];
+        assert_eq!(
+            Resume::after(Some(used), &batch, 2, |_| false, 50),
+            Some(used)
+        );
+        assert_eq!(Resume::after(None, &batch, 2, |_| false, 50), None);
+        // Fewer rows than asked: rows may wait before any point.
+        assert_eq!(Resume::after(Some(used), &batch, 3, |_| true, 50), None);
+        assert_eq!(Resume::after(Some(used), &[], 1, |_| true, 50), None);
+    }
+
+    #[test]
+    fn a_point_moved_on_keeps_the_time_of_the_fetch_from_the_start() {
+        let used = Resume {
+            priority: 0,
+            id: 3,
+            since: 10,
+        };
+        let r = Resume::after(Some(used), &[row(4, 0)], 1, |_| true, 500).expect("a point");
+        assert_eq!((r.id, r.since), (4, 10));
+        assert!(r.fresh(10 + Resume::FOR - 1));
+        assert!(!r.fresh(10 + Resume::FOR));
+        assert!(!r.fresh(9), "a clock that went back trusts no point");
+    }
+
+    #[test]
+    fn a_row_passed_is_one_of_a_higher_priority_or_an_earlier_id() {
+        let r = Resume {
+            priority: 3,
+            id: 100,
+            since: 0,
+        };
+        assert!(r.passed(4, 500));
+        assert!(r.passed(3, 99));
+        assert!(r.passed(3, 100));
+        assert!(!r.passed(3, 101));
+        assert!(!r.passed(2, 1), "a lower priority comes after the point's");
+    }
+}
