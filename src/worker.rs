@@ -195,6 +195,7 @@ struct Stmts {
     limit_ids: OwnedPreparedStatement,
     fetch: OwnedPreparedStatement,
     fetch_after: OwnedPreparedStatement,
+    notify_ready: OwnedPreparedStatement,
     mv: OwnedPreparedStatement,
     mv_counted: OwnedPreparedStatement,
     dead: OwnedPreparedStatement,
@@ -246,6 +247,9 @@ impl Stmts {
                         oid(INT8ARRAYOID),
                     ],
                 )?
+                .keep(),
+            notify_ready: c
+                .prepare_mut("SELECT pg_notify('throttle_ready', $1)", &[oid(TEXTOID)])?
                 .keep(),
             mv: c
                 .prepare_mut(SQL_MOVE, &[oid(TIDARRAYOID), oid(TIMESTAMPTZOID)])?
@@ -1185,11 +1189,7 @@ impl Worker {
                 c.update(&st.mv, None, &args)?.len() as u64
             };
             if moved > 0 {
-                c.update(
-                    "SELECT pg_notify('throttle_ready', $1)",
-                    None,
-                    &[moved.to_string().into()],
-                )?;
+                c.update(&st.notify_ready, None, &[moved.to_string().into()])?;
             }
         }
         if !r.dead.is_empty() {
