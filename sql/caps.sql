@@ -102,14 +102,16 @@ $$;
 CREATE TRIGGER cap_check BEFORE INSERT OR UPDATE ON throttle.cap
     FOR EACH ROW EXECUTE FUNCTION throttle.check_cap();
 
--- Queue caps are counted in shared memory, which holds 1,024.
+-- Queue caps are counted in shared memory, which holds throttle.max_queue_caps of them.
 CREATE FUNCTION throttle.check_queue_cap() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    room integer := coalesce(current_setting('throttle.max_queue_caps', true), '10000')::integer;
 BEGIN
-    IF (SELECT count(*) FROM throttle.queue_cap) > 1024 THEN
-        RAISE EXCEPTION 'at most 1024 queue caps'
-            USING ERRCODE = 'program_limit_exceeded',
-                  HINT = 'cap a group (campaign, brand, account) instead of each sender';
+    IF (SELECT count(*) FROM throttle.queue_cap) > room THEN
+        RAISE EXCEPTION 'at most % queue caps (throttle.max_queue_caps)', room
+            USING ERRCODE = 'configuration_limit_exceeded',
+                  HINT = format('raise throttle.max_queue_caps (now %s; 24 bytes of shared memory each) in postgresql.conf and restart', room);
     END IF;
     RETURN NULL;
 END

@@ -122,8 +122,11 @@ impl From<crate::shmem::ShmemError> for ErrorReport {
         match e {
             crate::shmem::ShmemError::NotLoaded => not_preloaded(),
             crate::shmem::ShmemError::Full => capacity(
-                "no free limit bucket in shared memory",
-                "raise throttle.max_buckets (needs a restart), or remove limits that are not used",
+                format!(
+                    "no free limit bucket in shared memory (throttle.max_buckets = {})",
+                    crate::gucs::max_buckets()
+                ),
+                "raise throttle.max_buckets in postgresql.conf and restart, or remove limits that are not used",
             ),
         }
     }

@@ -4,6 +4,9 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
 
 static MAX_BUCKETS: GucSetting<i32> = GucSetting::<i32>::new(100_000);
+static MAX_QUEUE_CAPS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+static MAX_CAP_LEASES: GucSetting<i32> = GucSetting::<i32>::new(4_096);
+static ENQUEUE_RING: GucSetting<i32> = GucSetting::<i32>::new(262_144);
 static DATABASE_NAME: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
 static WORKER_ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
@@ -36,6 +39,36 @@ fn define_postmaster() {
         &MAX_BUCKETS,
         1_024,
         50_000_000,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"throttle.max_queue_caps",
+        c"Queue caps (rows of throttle.queue_cap) counted in shared memory.",
+        c"24 bytes each. Creating more queue caps than this fails with SQLSTATE 53400.",
+        &MAX_QUEUE_CAPS,
+        16,
+        10_000_000,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"throttle.max_cap_leases",
+        c"Calendar-cap windows that throttle_admit sessions can hold leases on at once.",
+        c"80 bytes each. When every entry holds an unspent lease, admissions under a calendar cap that needs a new one fail with SQLSTATE 53400.",
+        &MAX_CAP_LEASES,
+        16,
+        10_000_000,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"throttle.enqueue_ring",
+        c"Enqueued messages handed to the release worker through shared memory before it reads them.",
+        c"8 bytes each. When it is full, the worker finds new messages by scanning throttle.pending instead (slower, never lost).",
+        &ENQUEUE_RING,
+        1_024,
+        100_000_000,
         GucContext::Postmaster,
         GucFlags::default(),
     );
@@ -144,6 +177,21 @@ fn define_runtime() {
 /// Capacity of the shared bucket table (read once, at postmaster start).
 pub fn max_buckets() -> usize {
     MAX_BUCKETS.get().max(1) as usize
+}
+
+/// Capacity of the queue-cap counts (read once, at postmaster start).
+pub fn max_queue_caps() -> usize {
+    MAX_QUEUE_CAPS.get().max(1) as usize
+}
+
+/// Capacity of the calendar-cap leases (read once, at postmaster start).
+pub fn max_cap_leases() -> usize {
+    MAX_CAP_LEASES.get().max(1) as usize
+}
+
+/// Capacity of the enqueue ring (read once, at postmaster start).
+pub fn enqueue_ring() -> usize {
+    ENQUEUE_RING.get().max(1) as usize
 }
 
 /// Largest allowed distance into the future of an admission timestamp, in µs (0: unbounded).

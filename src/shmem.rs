@@ -96,7 +96,13 @@ struct Shared {
     header: *mut Header,
     slots: *mut Slot,
     ring: *mut i64,
-    caps: *mut CapsShared,
+    /// Entries of the ring.
+    ring_cap: usize,
+    caps: *mut CapsHeader,
+    leases: *mut Lease,
+    max_leases: usize,
+    queue: *mut QueueCount,
+    max_queue_caps: usize,
 }
 
 // Postmaster-set pointers, inherited by every backend through fork; only touched from the
@@ -105,7 +111,12 @@ static mut SHARED: Shared = Shared {
     header: null_mut(),
     slots: null_mut(),
     ring: null_mut(),
+    ring_cap: 0,
     caps: null_mut(),
+    leases: null_mut(),
+    max_leases: 0,
+    queue: null_mut(),
+    max_queue_caps: 0,
 };
 static mut PREV_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
 static mut PREV_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
@@ -121,24 +132,50 @@ fn slots_per_part(max_buckets: usize) -> usize {
         .next_power_of_two()
 }
 
-/// Enqueued row ids waiting for the worker to look at (see [`ring_push`]).
-pub const RING_CAP: usize = 1 << 18;
-
-fn slots_offset() -> usize {
-    size_of::<Header>().next_multiple_of(64)
+/// Where each table lies in the segment, sized by the postmaster settings
+/// (`throttle.max_buckets`, `throttle.enqueue_ring`, `throttle.max_cap_leases`,
+/// `throttle.max_queue_caps`): byte offsets from the segment's 64-byte aligned start.
+struct Layout {
+    max_buckets: usize,
+    ring_cap: usize,
+    max_leases: usize,
+    max_queue_caps: usize,
+    slots: usize,
+    ring: usize,
+    caps: usize,
+    leases: usize,
+    queue: usize,
+    /// Bytes to ask for: 64 of slack to align the start to a cache line ourselves.
+    size: usize,
 }
 
-fn ring_offset(max_buckets: usize) -> usize {
-    slots_offset() + PARTITIONS * slots_per_part(max_buckets) * size_of::<Slot>()
-}
-
-fn caps_offset(max_buckets: usize) -> usize {
-    (ring_offset(max_buckets) + RING_CAP * size_of::<i64>()).next_multiple_of(64)
-}
-
-fn segment_size(max_buckets: usize) -> usize {
-    // 64 bytes of slack to align the header to a cache line ourselves.
-    64 + caps_offset(max_buckets) + size_of::<CapsShared>()
+impl Layout {
+    fn of_settings() -> Layout {
+        let max_buckets = gucs::max_buckets();
+        let (ring_cap, max_leases, max_queue_caps) = (
+            gucs::enqueue_ring(),
+            gucs::max_cap_leases(),
+            gucs::max_queue_caps(),
+        );
+        let slots = size_of::<Header>().next_multiple_of(64);
+        let ring = slots + PARTITIONS * slots_per_part(max_buckets) * size_of::<Slot>();
+        let caps = (ring + ring_cap * size_of::<i64>()).next_multiple_of(64);
+        let leases = (caps + size_of::<CapsHeader>()).next_multiple_of(64);
+        let queue = (leases + max_leases * size_of::<Lease>()).next_multiple_of(64);
+        let end = queue + max_queue_caps * size_of::<QueueCount>();
+        Layout {
+            max_buckets,
+            ring_cap,
+            max_leases,
+            max_queue_caps,
+            slots,
+            ring,
+            caps,
+            leases,
+            queue,
+            size: 64 + end,
+        }
+    }
 }
 
 /// Install the hooks that reserve and set up shared memory. Called from `_PG_init` while
@@ -198,7 +235,7 @@ unsafe extern "C-unwind" fn request_hook() {
     }
     // SAFETY: PostgreSQL runs shmem_request_hook exactly where RequestAddinShmemSpace is
     // allowed (it raises an error anywhere else).
-    unsafe { pg_sys::RequestAddinShmemSpace(segment_size(gucs::max_buckets())) };
+    unsafe { pg_sys::RequestAddinShmemSpace(Layout::of_settings().size) };
 }
 
 /// PostgreSQL's `shmem_startup_hook`: find the segment, or create and initialise it.
@@ -217,8 +254,8 @@ unsafe extern "C-unwind" fn startup_hook() {
         // nothing to drop.
         unsafe { prev() };
     }
-    let max = gucs::max_buckets();
-    let size = segment_size(max);
+    let layout = Layout::of_settings();
+    let (max, size) = (layout.max_buckets, layout.size);
     // SAFETY: MainLWLockArray is initialised before shmem_startup_hook runs, and its entry
     // 21 is AddinShmemInitLock (PostgreSQL 15's lwlocknames.txt), which this process does not
     // hold: PostgreSQL expects it held around ShmemInitStruct in this hook.
@@ -233,15 +270,18 @@ unsafe extern "C-unwind" fn startup_hook() {
     // returns that many bytes of shared memory (or raises an error), and says in `found`
     // whether another process made them already.
     let raw = unsafe { pg_sys::ShmemInitStruct(SEGMENT.as_ptr(), size, &mut found) }.cast::<u8>();
-    // SAFETY: `segment_size` counts 64 bytes of slack for this alignment, and the header,
-    // slots, ring and caps area lie within the rest at these offsets.
-    let (header, slots, ring, caps) = unsafe {
+    // SAFETY: the layout's size counts 64 bytes of slack for this alignment, and the
+    // header, slots, ring, caps header, leases and queue counts lie within the rest at its
+    // offsets (each a multiple of 64 or of its entry's alignment).
+    let (header, slots, ring, caps, leases, queue) = unsafe {
         let base = raw.add(raw.align_offset(64));
         (
             base.cast::<Header>(),
-            base.add(slots_offset()).cast::<Slot>(),
-            base.add(ring_offset(max)).cast::<i64>(),
-            base.add(caps_offset(max)).cast::<CapsShared>(),
+            base.add(layout.slots).cast::<Slot>(),
+            base.add(layout.ring).cast::<i64>(),
+            base.add(layout.caps).cast::<CapsHeader>(),
+            base.add(layout.leases).cast::<Lease>(),
+            base.add(layout.queue).cast::<QueueCount>(),
         )
     };
     if !found {
@@ -304,6 +344,8 @@ unsafe extern "C-unwind" fn startup_hook() {
             }
             // All zeroes is the empty state: no leases, no queue counts.
             std::ptr::write_bytes(caps, 0, 1);
+            std::ptr::write_bytes(leases, 0, layout.max_leases);
+            std::ptr::write_bytes(queue, 0, layout.max_queue_caps);
         }
     }
     // SAFETY: only this hook writes SHARED, in the postmaster (one thread) before it forks
@@ -313,7 +355,12 @@ unsafe extern "C-unwind" fn startup_hook() {
             header,
             slots,
             ring,
+            ring_cap: layout.ring_cap,
             caps,
+            leases,
+            max_leases: layout.max_leases,
+            queue,
+            max_queue_caps: layout.max_queue_caps,
         };
     }
     drop(init_lock);
@@ -813,8 +860,8 @@ pub fn ring_push(ids: &[i64], rescan: bool) {
     // SAFETY: `s.header` and `s.ring` point into our segment, mapped for the life of the
     // process. `_lock` takes the ring's lock (no caller holds it: no function that takes it
     // calls another) and holds it until the block ends, so no other backend reads or writes
-    // the head, the tail, the flag or the ring meanwhile; the index taken modulo RING_CAP
-    // stays within the ring's RING_CAP entries.
+    // the head, the tail, the flag or the ring meanwhile; the index taken modulo `s.ring_cap`
+    // stays within the ring's `s.ring_cap` entries.
     unsafe {
         let r = &raw mut (*s.header).ring;
         let _lock = SpinGuard::lock(&raw const (*r).locked);
@@ -822,11 +869,11 @@ pub fn ring_push(ids: &[i64], rescan: bool) {
             (*r).overflowed = true;
         }
         for &id in ids {
-            if (*r).tail - (*r).head >= RING_CAP as u64 {
+            if (*r).tail - (*r).head >= s.ring_cap as u64 {
                 (*r).overflowed = true;
                 break;
             }
-            *s.ring.add(((*r).tail % RING_CAP as u64) as usize) = id;
+            *s.ring.add(((*r).tail % s.ring_cap as u64) as usize) = id;
             (*r).tail += 1;
         }
     }
@@ -840,13 +887,13 @@ pub fn ring_drain(out: &mut Vec<i64>) -> bool {
     // SAFETY: `s.header` and `s.ring` point into our segment, mapped for the life of the
     // process. `_lock` takes the ring's lock (no caller holds it: no function that takes it
     // calls another) and holds it until the block ends, so no other backend reads or writes
-    // the head, the tail, the flag or the ring meanwhile; the index taken modulo RING_CAP
-    // stays within the ring's RING_CAP entries.
+    // the head, the tail, the flag or the ring meanwhile; the index taken modulo `s.ring_cap`
+    // stays within the ring's `s.ring_cap` entries.
     unsafe {
         let r = &raw mut (*s.header).ring;
         let _lock = SpinGuard::lock(&raw const (*r).locked);
         while (*r).head < (*r).tail {
-            out.push(*s.ring.add(((*r).head % RING_CAP as u64) as usize));
+            out.push(*s.ring.add(((*r).head % s.ring_cap as u64) as usize));
             (*r).head += 1;
         }
         std::mem::replace(&mut (*r).overflowed, false)
@@ -1097,10 +1144,9 @@ pub fn worker_serves(oid: u32) -> bool {
 
 // ---- Calendar-cap leases and queue-cap counts --------------------------------------------
 
-/// Leases and queue counts: a few thousand small entries under one spinlock (each critical
-/// section is a linear pass over at most this many, with no PostgreSQL call).
-pub const MAX_LEASES: usize = 1024;
-pub const MAX_QUEUE_CAPS: usize = 1024;
+// Leases and queue counts, under one spinlock, sized by `throttle.max_cap_leases` and
+// `throttle.max_queue_caps`. Queue counts are kept sorted by cap id (an enqueue finds its
+// caps by binary search); a lease is found where it was last (its hint), else by a pass.
 
 /// Capacity of one calendar cap's window, leased from `throttle.cap_usage` by the worker for
 /// `throttle_admit`. `cap_id` 0 is a free entry.
@@ -1136,27 +1182,107 @@ pub struct QueueCount {
 }
 
 #[repr(C)]
-struct CapsShared {
+struct CapsHeader {
     lock: AtomicU32,
-    leases: [Lease; MAX_LEASES],
     /// The database whose queue caps are counted (0: not counted yet).
     queue_db: u32,
+    /// Queue counts in use (the first `queue_len`, sorted by id).
     queue_len: u32,
-    queue: [QueueCount; MAX_QUEUE_CAPS],
+}
+
+/// The caps area, locked: its header's fields, the lease entries and the queue counts.
+struct CapsShared<'a> {
+    queue_db: &'a mut u32,
+    queue_len: &'a mut u32,
+    leases: &'a mut [Lease],
+    queue: &'a mut [QueueCount],
+}
+
+impl CapsShared<'_> {
+    /// The queue counts in use.
+    fn counted(&mut self) -> &mut [QueueCount] {
+        let n = (*self.queue_len as usize).min(self.queue.len());
+        &mut self.queue[..n]
+    }
+
+    /// The count of queue cap `id`, if counted.
+    fn count_of(&mut self, id: i64) -> Option<&mut QueueCount> {
+        let q = self.counted();
+        let i = q.binary_search_by_key(&id, |c| c.id).ok()?;
+        Some(&mut q[i])
+    }
 }
 
 /// Runs `f` with the caps area locked.
-fn with_caps<R>(f: impl FnOnce(&mut CapsShared) -> R) -> Result<R, ShmemError> {
+fn with_caps<R>(f: impl FnOnce(&mut CapsShared<'_>) -> R) -> Result<R, ShmemError> {
     let s = shared()?;
-    // SAFETY: `s.caps` points at the caps area in our segment, mapped for the life of the
+    // SAFETY: `s.caps` points at the caps header in our segment, mapped for the life of the
     // process, and this backend does not hold its lock yet (no `f` calls `with_caps`).
     let _lock = unsafe { SpinGuard::lock(&raw const (*s.caps).lock) };
     // SAFETY: as above; `_lock` holds the caps area's lock until `f` has returned and `c` is
-    // gone, so no other backend reads or writes the entries meanwhile (others only spin on
-    // the lock word, which is atomic and which `f` leaves alone), and this is the only
-    // reference to the area in this backend.
-    let c = unsafe { &mut *s.caps };
-    Ok(f(c))
+    // gone, so no other backend reads or writes the header's other fields, the leases or the
+    // queue counts meanwhile (others only spin on the lock word, which is atomic and which
+    // `f` leaves alone). `s.leases` and `s.queue` point at `s.max_leases` and
+    // `s.max_queue_caps` initialised entries of the segment, apart from the header and from
+    // each other; these are the only references to them in this backend.
+    let mut c = unsafe {
+        CapsShared {
+            queue_db: &mut (*s.caps).queue_db,
+            queue_len: &mut (*s.caps).queue_len,
+            leases: std::slice::from_raw_parts_mut(s.leases, s.max_leases),
+            queue: std::slice::from_raw_parts_mut(s.queue, s.max_queue_caps),
+        }
+    };
+    Ok(f(&mut c))
+}
+
+/// How full each fixed-size table in shared memory is: (table, setting that sizes it, in use,
+/// size, bytes per entry). For `throttle.shmem_usage()`. (Buckets count per slot; the table
+/// has a quarter more slots than `throttle.max_buckets` allows in use.)
+pub fn tables() -> Result<Vec<(&'static str, &'static str, i64, i64, i64)>, ShmemError> {
+    let (live, max) = usage()?;
+    let s = shared()?;
+    let mut out = vec![(
+        "buckets",
+        "throttle.max_buckets",
+        live,
+        max,
+        size_of::<Slot>() as i64,
+    )];
+    // SAFETY: `s.header` points at the header in our segment, mapped for the life of the
+    // process; the ring's fields are read under its lock, which no caller holds.
+    let ring_used = unsafe {
+        let r = &raw mut (*s.header).ring;
+        let _lock = SpinGuard::lock(&raw const (*r).locked);
+        ((*r).tail - (*r).head) as i64
+    };
+    out.push((
+        "enqueue ring",
+        "throttle.enqueue_ring",
+        ring_used,
+        s.ring_cap as i64,
+        size_of::<i64>() as i64,
+    ));
+    let (leases, queue) = with_caps(|c| {
+        let leases = c.leases.iter().filter(|l| l.cap_id != 0).count();
+        (leases as i64, c.counted().len() as i64)
+    })
+    .unwrap_or((0, 0));
+    out.push((
+        "calendar-cap leases",
+        "throttle.max_cap_leases",
+        leases,
+        s.max_leases as i64,
+        size_of::<Lease>() as i64,
+    ));
+    out.push((
+        "queue-cap counts",
+        "throttle.max_queue_caps",
+        queue,
+        s.max_queue_caps as i64,
+        size_of::<QueueCount>() as i64,
+    ));
+    Ok(out)
 }
 
 /// One cap an admission needs: its id, the window of the admission's time, and the cost.
@@ -1185,7 +1311,7 @@ pub enum LeaseAnswer {
 
 /// The lease entry of (`db`, cap, window), made if missing in a free entry or one holding
 /// nothing (a window that is over, or spent); None when every entry holds a live lease.
-fn lease_slot(c: &mut CapsShared, db: u32, w: &CapWant) -> Option<usize> {
+fn lease_slot(c: &mut CapsShared<'_>, db: u32, w: &CapWant) -> Option<usize> {
     let same = |l: &Lease| {
         l.db == db && l.cap_id == w.cap_id && l.born == w.born && l.window_start == w.window_start
     };
@@ -1409,10 +1535,11 @@ pub enum QueueRefusal {
 /// For the worker, holding a lock that no enqueue runs under: the counts of every queue cap.
 pub fn queue_counts_set(db: u32, counts: &[QueueCount]) {
     let _ = with_caps(|c| {
-        let n = counts.len().min(MAX_QUEUE_CAPS);
+        let n = counts.len().min(c.queue.len());
         c.queue[..n].copy_from_slice(&counts[..n]);
-        c.queue_len = n as u32;
-        c.queue_db = db;
+        c.queue[..n].sort_unstable_by_key(|q| q.id);
+        *c.queue_len = n as u32;
+        *c.queue_db = db;
     });
 }
 
@@ -1420,38 +1547,42 @@ pub fn queue_counts_set(db: u32, counts: &[QueueCount]) {
 /// every queue cap already counted (a cap no longer configured is dropped). Needs no lock:
 /// what waits is unchanged.
 pub fn queue_limits_update(db: u32, limits: &[(i64, i64)]) {
+    let limits: rustc_hash::FxHashMap<i64, i64> = limits.iter().copied().collect();
     let _ = with_caps(|c| {
-        if c.queue_db != db {
+        if *c.queue_db != db {
             return;
         }
+        // Kept in order: the counts stay sorted by id.
+        let q = c.counted();
         let mut kept = 0;
-        for i in 0..c.queue_len as usize {
-            let q = c.queue[i];
-            if let Some(&(_, limit)) = limits.iter().find(|(id, _)| *id == q.id) {
-                c.queue[kept] = QueueCount { limit, ..q };
+        for i in 0..q.len() {
+            let e = q[i];
+            if let Some(&limit) = limits.get(&e.id) {
+                q[kept] = QueueCount { limit, ..e };
                 kept += 1;
             }
         }
-        c.queue_len = kept as u32;
+        *c.queue_len = kept as u32;
     });
 }
 
 /// Count `n` more waiting under every cap in `ids`, all or none.
 pub fn queue_reserve(db: u32, ids: &[i64], n: i64) -> Result<Result<(), QueueRefusal>, ShmemError> {
     with_caps(|c| {
-        let len = c.queue_len as usize;
-        if c.queue_db != db {
+        if *c.queue_db != db {
             return Err(QueueRefusal::NotCounted(ids.first().copied().unwrap_or(0)));
         }
         for &id in ids {
-            match c.queue[..len].iter().find(|q| q.id == id) {
+            match c.count_of(id) {
                 None => return Err(QueueRefusal::NotCounted(id)),
                 Some(q) if q.waiting + n > q.limit => return Err(QueueRefusal::Full(*q)),
                 Some(_) => {}
             }
         }
-        for q in c.queue[..len].iter_mut().filter(|q| ids.contains(&q.id)) {
-            q.waiting += n;
+        for &id in ids {
+            if let Some(q) = c.count_of(id) {
+                q.waiting += n;
+            }
         }
         Ok(())
     })
@@ -1460,9 +1591,8 @@ pub fn queue_reserve(db: u32, ids: &[i64], n: i64) -> Result<Result<(), QueueRef
 /// Count `n` fewer waiting under the cap `id` (messages left, or their enqueue rolled back).
 pub fn queue_unreserve(db: u32, id: i64, n: i64) {
     let _ = with_caps(|c| {
-        let len = c.queue_len as usize;
-        if c.queue_db == db {
-            if let Some(q) = c.queue[..len].iter_mut().find(|q| q.id == id) {
+        if *c.queue_db == db {
+            if let Some(q) = c.count_of(id) {
                 q.waiting = (q.waiting - n).max(0);
             }
         }
@@ -1471,5 +1601,5 @@ pub fn queue_unreserve(db: u32, id: i64, n: i64) {
 
 /// The queue counts (for monitoring): (database, counts).
 pub fn queue_counts() -> (u32, Vec<QueueCount>) {
-    with_caps(|c| (c.queue_db, c.queue[..c.queue_len as usize].to_vec())).unwrap_or((0, Vec::new()))
+    with_caps(|c| (*c.queue_db, c.counted().to_vec())).unwrap_or((0, Vec::new()))
 }

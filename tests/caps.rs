@@ -599,3 +599,121 @@ fn an_exemption_added_lets_held_messages_go() {
     );
     assert_eq!(n, 3, "the exempt campaign's held messages went at once");
 }
+
+/// The Sendblue line profile (a rate and a queue cap of 1,500 per line) on 1,100 lines: more
+/// queue caps than 0.3.0's fixed 1,024, counted in a table `throttle.max_queue_caps` sizes.
+/// Past that size the error names the setting and nothing is created.
+#[test]
+fn a_line_profile_on_1100_lines_and_a_full_table_names_its_setting() {
+    let server = Server::start("caps-many-lines", &["throttle.max_queue_caps = 1200"]);
+    let mut c = server.connect();
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender) SELECT 'sb-' || g FROM generate_series(1, 1201) g;
+         SELECT count(*) FROM generate_series(1, 1100) g, throttle.apply_profile('sendblue_line', 'sender', 'sb-' || g);",
+    )
+    .expect("the line profile on 1,100 lines");
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM throttle.queue_cap"),
+        1100
+    );
+    let size = count(
+        &mut c,
+        "SELECT size FROM throttle.shmem_tables() WHERE setting = 'throttle.max_queue_caps'",
+    );
+    assert_eq!(size, 1200);
+    let counted = wait_for(
+        &mut c,
+        "SELECT used FROM throttle.shmem_tables() WHERE setting = 'throttle.max_queue_caps'",
+        Duration::from_secs(10),
+        |n| n == 1100,
+    );
+    assert_eq!(counted, 1100, "the worker counts every line's queue cap");
+    // One line's queue holds 1,500: they fit in one statement, and ten more do not (one a
+    // second leaves it).
+    c.batch_execute("INSERT INTO throttle.pending (sender, carrier) SELECT 'sb-777', 'att' FROM generate_series(1, 1500)")
+        .expect("1,500 fit");
+    let e = c
+        .batch_execute("INSERT INTO throttle.pending (sender, carrier) SELECT 'sb-777', 'att' FROM generate_series(1, 10)")
+        .expect_err("the queue is full (one a second leaves it)");
+    assert_eq!(sqlstate(&e), "PT429", "{e}");
+    // Another line's cap is found as well (the counts are searched, not scanned).
+    c.batch_execute(
+        "INSERT INTO throttle.pending (sender, carrier) VALUES ('sb-3', 'att'), ('sb-1100', 'att')",
+    )
+    .expect("other lines take messages");
+    // 101 more lines do not fit: 53400, the setting named, nothing created.
+    let e = c
+        .batch_execute("SELECT count(*) FROM generate_series(1101, 1201) g, throttle.apply_profile('sendblue_line', 'sender', 'sb-' || g)")
+        .expect_err("1,201 queue caps do not fit in 1,200");
+    assert_eq!(sqlstate(&e), "53400", "{e}");
+    let db = e.as_db_error().expect("a server error");
+    assert!(
+        db.message().contains("throttle.max_queue_caps"),
+        "{}",
+        db.message()
+    );
+    assert!(
+        db.hint()
+            .is_some_and(|h| h.contains("raise throttle.max_queue_caps")),
+        "{db:?}"
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM throttle.queue_cap"),
+        1100
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM throttle.rate_limit"),
+        1100
+    );
+}
+
+/// Calendar-cap leases live in a table `throttle.max_cap_leases` sizes: with every entry
+/// holding an unspent lease, an admission under one more cap is refused with 53400 and the
+/// setting named (leases are not taken back meanwhile: lease_idle is long).
+#[test]
+fn a_full_lease_table_names_its_setting() {
+    let server = Server::start(
+        "caps-leases",
+        &[
+            "throttle.max_cap_leases = 16",
+            "throttle.lease_idle = '10min'",
+        ],
+    );
+    let mut c = server.connect();
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender, brand) SELECT 'lz-' || g, 'lzb-' || g FROM generate_series(1, 17) g;
+         INSERT INTO throttle.cap (scope, scope_id, cap, time_zone)
+              SELECT 'brand', 'lzb-' || g, 1000, 'America/New_York' FROM generate_series(1, 17) g;",
+    )
+    .expect("configure");
+    for g in 1..=16 {
+        let ok: bool = c
+            .query_one(
+                "SELECT (throttle.throttle_admit($1, 'att')).admitted",
+                &[&format!("lz-{g}")],
+            )
+            .expect("admitted under its cap's lease")
+            .get(0);
+        assert!(ok, "lz-{g}");
+    }
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT used FROM throttle.shmem_tables() WHERE setting = 'throttle.max_cap_leases'"
+        ),
+        16
+    );
+    let e = c
+        .query_one(
+            "SELECT (throttle.throttle_admit('lz-17', 'att')).admitted",
+            &[],
+        )
+        .expect_err("no lease entry left");
+    assert_eq!(sqlstate(&e), "53400", "{e}");
+    let db = e.as_db_error().expect("a server error");
+    assert!(
+        db.message().contains("throttle.max_cap_leases"),
+        "{}",
+        db.message()
+    );
+}

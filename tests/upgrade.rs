@@ -1,4 +1,4 @@
-//! Upgrading a database from the released 0.1.0 and 0.2.0 (their install scripts kept in
+//! Upgrading a database from the released 0.1.0, 0.2.0 and 0.3.0 (their install scripts kept in
 //! sql/) with `ALTER EXTENSION pg_throttle UPDATE`, through the chain of upgrade scripts:
 //! everything in it is kept, the old default burst becomes window-exact, the schema is the
 //! same as a fresh install's, and it works.
@@ -73,7 +73,7 @@ fn schema_of(c: &mut Client) -> Vec<String> {
 }
 
 /// The version this build installs.
-const CURRENT: &str = "0.3.0";
+const CURRENT: &str = "0.4.0";
 
 /// The schema of `c`'s database is exactly a fresh install's (made in a new database).
 fn assert_same_as_fresh(server: &Server, c: &mut Client, db: &str) {
@@ -280,6 +280,48 @@ fn update_from_0_2_0_keeps_messages_and_dead_letters_impossible_times() {
         |n| n == 5,
     );
     assert_eq!(n, 5);
+}
+
+#[test]
+fn update_from_0_3_0_keeps_queue_caps_counted_and_sizes_them_by_the_setting() {
+    let (server, mut c) = server_with("upgrade3", "0.3.0");
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender) VALUES ('u3-1');
+         INSERT INTO throttle.rate_limit (scope, scope_id, rate, per) VALUES ('sender', 'u3-1', 1, '1 hour');
+         INSERT INTO throttle.queue_cap (scope, scope_id, max_waiting) VALUES ('sender', 'u3-1', 3);",
+    )
+    .expect("fill 0.3.0");
+    worker_on(&mut c);
+    wait_for(
+        &mut c,
+        "SELECT count(*) FROM throttle.queue_cap_state WHERE counted",
+        Duration::from_secs(10),
+        |n| n == 1,
+    );
+    c.batch_execute("INSERT INTO throttle.pending (sender, carrier) VALUES ('u3-1', 'att')")
+        .expect("one goes at once");
+    wait_for(
+        &mut c,
+        "SELECT count(*) FROM throttle.ready",
+        Duration::from_secs(10),
+        |n| n == 1,
+    );
+    c.batch_execute("INSERT INTO throttle.pending (sender, carrier) SELECT 'u3-1', 'att' FROM generate_series(1, 3)")
+        .expect("three wait (1 an hour)");
+    c.batch_execute("ALTER EXTENSION pg_throttle UPDATE")
+        .expect("ALTER EXTENSION UPDATE");
+    assert_eq!(version(&mut c), CURRENT);
+    // The cap still counts its three: a fourth is refused.
+    let e = c
+        .batch_execute("INSERT INTO throttle.pending (sender, carrier) VALUES ('u3-1', 'att')")
+        .expect_err("the queue cap is full");
+    assert_eq!(pg_throttle_tests::sqlstate(&e), "PT429", "{e}");
+    let size = count(
+        &mut c,
+        "SELECT size FROM throttle.shmem_tables() WHERE setting = 'throttle.max_queue_caps'",
+    );
+    assert_eq!(size, 10_000, "the default size");
+    assert_same_as_fresh(&server, &mut c, "fresh3");
 }
 
 #[test]

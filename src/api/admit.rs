@@ -340,10 +340,10 @@ fn take_leases(
     let answer = shmem::lease_take(db, &mut wants, call.cost as i64).map_err(|e| match e {
         shmem::ShmemError::Full => error::capacity(
             format!(
-                "all {} calendar-cap lease entries in shared memory hold unspent leases",
-                shmem::MAX_LEASES
+                "all {} calendar-cap lease entries in shared memory hold unspent leases (throttle.max_cap_leases)",
+                gucs::max_cap_leases()
             ),
-            "fewer caps on senders admitted with throttle_admit (cap their campaign, brand or account instead)",
+            "raise throttle.max_cap_leases (80 bytes of shared memory each) in postgresql.conf and restart",
         ),
         e => ErrorReport::from(e),
     })?;

@@ -109,6 +109,27 @@ fn shmem_usage() -> Result<
     Ok(TableIterator::once((live, max, to_ts(started))))
 }
 
+/// Every fixed-size table in shared memory: what it holds, the setting that sizes it (a
+/// restart applies a new value), entries in use, entries it has room for, and bytes per entry.
+#[pg_extern(volatile, parallel_safe)]
+fn shmem_tables() -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(table_name, String),
+            name!(setting, String),
+            name!(used, i64),
+            name!(size, i64),
+            name!(entry_bytes, i64),
+        ),
+    >,
+> {
+    let rows = shmem::tables().map_err(pgrx::pg_sys::panic::ErrorReport::from)?;
+    Ok(TableIterator::new(rows.into_iter().map(
+        |(table, setting, used, size, bytes)| (table.into(), setting.into(), used, size, bytes),
+    )))
+}
+
 /// The release worker: its pid (NULL when none runs), last tick and how long ago, whether it
 /// is healthy, ticks (and failed ones: reported in the log and tried again), rows released
 /// and dead-lettered since the server started, queues it works on and parked ones, how late
