@@ -104,6 +104,7 @@ COMMENT ON FUNCTION throttle.try_admit(text, text, timestamptz, integer, text) I
     'Boolean form of throttle_admit(): true when admitted and debited';
 COMMENT ON FUNCTION throttle.bucket_state(timestamptz) IS 'Every live bucket in shared memory';
 COMMENT ON FUNCTION throttle.shmem_usage() IS 'Live buckets against throttle.max_buckets';
+COMMENT ON FUNCTION throttle.shmem_tables() IS 'Every fixed-size table in shared memory: the setting that sizes it (applied at restart), entries in use, its size, bytes per entry';
 COMMENT ON FUNCTION throttle.note_config_change() IS 'Internal: called by the configuration tables'' triggers';
 COMMENT ON VIEW throttle.limit_state IS 'Every rate limit with its room now and when it next has room';
 COMMENT ON TABLE throttle.pending IS 'Messages waiting for their limits: INSERT here (or call throttle.enqueue) in the same transaction as your own writes';

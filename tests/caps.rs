@@ -609,7 +609,7 @@ fn a_line_profile_on_1100_lines_and_a_full_table_names_its_setting() {
     let mut c = server.connect();
     c.batch_execute(
         "INSERT INTO throttle.sender (sender) SELECT 'sb-' || g FROM generate_series(1, 1201) g;
-         SELECT count(*) FROM generate_series(1, 1100) g, throttle.apply_profile('sendblue_line', 'sender', 'sb-' || g);",
+         SELECT count(*) FROM throttle.apply_profile('sendblue_line', 'sender', ARRAY(SELECT 'sb-' || g FROM generate_series(1, 1100) g));",
     )
     .expect("the line profile on 1,100 lines");
     assert_eq!(
@@ -643,7 +643,7 @@ fn a_line_profile_on_1100_lines_and_a_full_table_names_its_setting() {
     .expect("other lines take messages");
     // 101 more lines do not fit: 53400, the setting named, nothing created.
     let e = c
-        .batch_execute("SELECT count(*) FROM generate_series(1101, 1201) g, throttle.apply_profile('sendblue_line', 'sender', 'sb-' || g)")
+        .batch_execute("SELECT count(*) FROM throttle.apply_profile('sendblue_line', 'sender', ARRAY(SELECT 'sb-' || g FROM generate_series(1101, 1201) g))")
         .expect_err("1,201 queue caps do not fit in 1,200");
     assert_eq!(sqlstate(&e), "53400", "{e}");
     let db = e.as_db_error().expect("a server error");

@@ -1123,9 +1123,9 @@ fn the_other_profiles_create_the_rules_of_their_providers() {
     );
 }
 
-/// The upgrade script from 0.1.0 replaces the shipped rules, apply_profile and the profiles
-/// view with the same text as a fresh install (sql/profiles.sql), and gives profile_rule the
-/// same constraints.
+/// The upgrade script from 0.1.0 replaces the shipped rules with the same statements as a fresh
+/// install (sql/profiles.sql), and gives profile_rule the same constraints. (apply_profile and
+/// the view changed after 0.2.0: their bodies are compared by tests/upgrade.rs.)
 #[test]
 fn the_upgrade_from_0_1_0_ships_the_same_profiles_as_a_fresh_install() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql");
@@ -1147,9 +1147,18 @@ fn the_upgrade_from_0_1_0_ships_the_same_profiles_as_a_fresh_install() {
         "-- END shipped profiles\n",
     );
     let section = between(&upgrade, "-- BEGIN profiles\n", "-- END profiles\n");
-    assert!(
-        section.contains(&shipped),
-        "the upgrade's profiles section must repeat sql/profiles.sql's shipped part verbatim"
+    // Every statement that inserts shipped rules, in order.
+    let rules = |text: &str| -> Vec<String> {
+        text.split("INSERT INTO throttle.profile_rule")
+            .skip(1)
+            .map(|s| s.split(";\n").next().unwrap_or("").to_string())
+            .collect()
+    };
+    assert_eq!(rules(&shipped).len(), 9);
+    assert_eq!(
+        rules(&section),
+        rules(&shipped),
+        "the upgrade's profiles section must insert sql/profiles.sql's shipped rules verbatim"
     );
     assert!(section.contains("DELETE FROM throttle.profile_rule;"));
     // The table's 0.2.0 columns and constraints, the same in both (whitespace aside).
@@ -1609,5 +1618,109 @@ fn limits_applied_under_0_1_0_are_kept_and_the_update_says_which_rules_changed()
             60_000,
             false
         )
+    );
+}
+
+/// `apply_profile` over many scopes at once: set-based, all or nothing, the same rows the
+/// one-scope form makes, kept when they exist.
+#[test]
+fn a_profile_goes_on_many_scopes_at_once_all_or_nothing() {
+    let server = Server::start("profiles-many", &[]);
+    let mut c = server.connect();
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender, campaign) SELECT 'pm-' || g, 'pm-camp' FROM generate_series(1, 5) g;
+         INSERT INTO throttle.sender (sender) VALUES ('pm-solo');",
+    )
+    .expect("senders");
+    let rows = c
+        .query(
+            "SELECT scope_id, kind, name, created FROM throttle.apply_profile('sendblue_line', 'sender',
+                    ARRAY(SELECT sender FROM throttle.sender WHERE campaign = 'pm-camp'))",
+            &[],
+        )
+        .expect("every sender of the campaign");
+    assert_eq!(
+        rows.len(),
+        10,
+        "a rate and a queue cap for each of five lines"
+    );
+    assert!(rows.iter().all(|r| r.get::<_, bool>(3)));
+    let first: (String, String, String) = (rows[0].get(0), rows[0].get(1), rows[0].get(2));
+    assert_eq!(
+        first,
+        (
+            "pm-1".into(),
+            "rate".into(),
+            "sendblue_line/sender:pm-1/rate".into()
+        )
+    );
+    // The same rows as the one-scope form makes.
+    let one: Vec<(String, String)> = c
+        .query(
+            "SELECT kind, name FROM throttle.apply_profile('sendblue_line', 'sender', 'pm-solo')",
+            &[],
+        )
+        .expect("one scope")
+        .iter()
+        .map(|r| (r.get(0), r.get::<_, String>(1).replace("pm-solo", "pm-1")))
+        .collect();
+    let many: Vec<(String, String)> = rows
+        .iter()
+        .filter(|r| r.get::<_, String>(0) == "pm-1")
+        .map(|r| (r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(one, many);
+    // Again, with one more scope: only its rows are created; duplicates count once.
+    let created = count(
+        &mut c,
+        "SELECT count(*) FILTER (WHERE created) FROM throttle.apply_profile('sendblue_line', 'sender',
+                ARRAY['pm-1', 'pm-2', 'pm-2', 'pm-solo'])",
+    );
+    assert_eq!(created, 0);
+    let before = count(&mut c, "SELECT count(*) FROM throttle.queue_cap");
+    // Another class on a set that holds one line of the first: refused, nothing created.
+    c.batch_execute("INSERT INTO throttle.sender (sender) VALUES ('pm-new')")
+        .expect("one more line");
+    let e = c
+        .query(
+            "SELECT * FROM throttle.apply_profile('sendblue_line', 'sender', ARRAY['pm-new', 'pm-3'], 'expanded')",
+            &[],
+        )
+        .expect_err("pm-3 has the standard class");
+    assert_eq!(sqlstate(&e), "22023", "{e}");
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM throttle.queue_cap"),
+        before
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM throttle.rate_limit WHERE scope_id = 'pm-new'"
+        ),
+        0
+    );
+    for (args, state) in [
+        ("ARRAY['pm-new', NULL]", "22023"),
+        ("ARRAY['pm-new', '']", "22023"),
+        ("NULL::text[]", "22004"),
+    ] {
+        let e = c
+            .query(
+                &format!("SELECT * FROM throttle.apply_profile('sendblue_line', 'sender', {args})"),
+                &[],
+            )
+            .expect_err(args);
+        assert_eq!(sqlstate(&e), state, "{args}: {e}");
+    }
+    let e = c
+        .query(
+            "SELECT * FROM throttle.apply_profile('sendblue_line', 'campaign', ARRAY['pm-camp'])",
+            &[],
+        )
+        .expect_err("a line profile on a campaign");
+    assert_eq!(sqlstate(&e), "22023", "{e}");
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM throttle.queue_cap"),
+        before
     );
 }
