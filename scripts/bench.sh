@@ -3,7 +3,7 @@
 # summary table: each figure, this build, the ceiling it is compared with (measured in the
 # same run), the ratio, the 0.3.0 figure (bench/baseline-0.3.0.tsv) and the target.
 # Never fails on time.
-#   scripts/bench.sh                  every section but fidelity (5-7 minutes on 2 cores, after the build)
+#   scripts/bench.sh                  every section but fidelity (7-9 minutes on 2 cores, after the build)
 #   scripts/bench.sh SECTION ...      admit | throughput | accuracy | latency | scale | enqueue |
 #                                     clients | fidelity (over 3 minutes alone: only when named) |
 #                                     release (throughput, accuracy, latency, scale, enqueue) | all

@@ -115,7 +115,10 @@ fn main() {
             "throughput" => release_throughput(&mut s),
             "accuracy" => release_accuracy(&mut s),
             "latency" => release_latency(&mut s),
-            "scale" => release_scale(&mut s),
+            "scale" => {
+                release_scale(&mut s);
+                platform_scale(&mut s);
+            }
             "enqueue" => enqueue_throughput(&mut s),
             "clients" => clients(&mut s),
             "fidelity" => fidelity(&mut s),
@@ -326,6 +329,7 @@ fn fmt_value(v: f64, unit: &str) -> String {
         "%" => format!("{v:.1} %"),
         "ms" => format!("{v:.2} ms"),
         "µs/row" => format!("{v:.1} µs/row"),
+        "x" => format!("{v:.2}x"),
         "" => format!("{v:.3}"),
         _ => format!("{} {unit}", group(v)),
     }
@@ -860,6 +864,301 @@ fn release_scale(s: &mut Summary) {
         "worker CPU per released row",
         cpu_per_row,
         "µs/row",
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// A messaging platform on one server, beside the same shape at a hundredth of its size.
+
+/// One platform: `lines` lines (senders) with the Sendblue line profile, one brand per ten
+/// lines with the T-Mobile daily cap (class high), one campaign per five lines with AT&T
+/// class A. Returns the server and the seconds its configuration took.
+fn platform(name: &str, lines: i64) -> (Server, f64) {
+    let server = Server::start(
+        name,
+        &[
+            "shared_buffers = '512MB'",
+            "jit = off",
+            "max_wal_size = '4GB'",
+            "synchronous_commit = off",
+            "throttle.max_buckets = 400000",
+            "throttle.max_queue_caps = 110000",
+            "throttle.max_cap_leases = 16384",
+            "throttle.preload_senders = 200000",
+        ],
+    );
+    let mut c = server.connect();
+    let (brands, campaigns) = (lines / 10, lines / 5);
+    let t = Instant::now();
+    c.batch_execute(&format!(
+        "INSERT INTO throttle.sender (sender, campaign, brand, account)
+              SELECT 'pl-' || g, 'pc-' || (g % {campaigns}), 'pb-' || (g % {brands}), 'pa-' || (g % 1000)
+                FROM generate_series(1, {lines}) g;
+         SELECT count(*) FROM throttle.apply_profile('sendblue_line', 'sender',
+                ARRAY(SELECT 'pl-' || g FROM generate_series(1, {lines}) g));
+         SELECT count(*) FROM throttle.apply_profile('tmobile_brand', 'brand',
+                ARRAY(SELECT 'pb-' || g FROM generate_series(0, {brands} - 1) g), 'high');
+         SELECT count(*) FROM throttle.apply_profile('att_10dlc', 'campaign',
+                ARRAY(SELECT 'pc-' || g FROM generate_series(0, {campaigns} - 1) g), 'A');"
+    ))
+    .expect("configure the platform");
+    let secs = t.elapsed().as_secs_f64();
+    // The worker counts the queue caps; then it stays off until the release is measured.
+    let counted = pg_throttle_tests::wait_for(
+        &mut c,
+        "SELECT used FROM throttle.shmem_tables() WHERE setting = 'throttle.max_queue_caps'",
+        Duration::from_secs(120),
+        |n| n == lines,
+    );
+    assert_eq!(counted, lines, "queue caps counted");
+    (server, secs)
+}
+
+/// Private memory of a backend, kB (RssAnon: not the shared memory it maps).
+fn private_kb(pid: i32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Rows/s of admitting lines 1..=`lines` once per second for `reps` seconds of `ts` (each
+/// line's 1/s lets every admission through) to `carrier`: AT&T (the line's rate and its
+/// campaign's) or T-Mobile (the line's rate and its brand's daily cap, through leases);
+/// `round` moves the seconds on.
+fn platform_admit(c: &mut Client, carrier: &str, lines: i64, reps: i64, round: i64) -> f64 {
+    let sql = format!(
+        "SELECT count(*) FILTER (WHERE throttle.try_admit('pl-' || l, '{carrier}',
+                       now() + make_interval(secs => {round} * 200 + r)))
+           FROM generate_series(0, {reps} - 1) r, generate_series(1, {lines}) l"
+    );
+    let t = Instant::now();
+    let admitted = q1(c, &sql);
+    let rate = (lines * reps) as f64 / t.elapsed().as_secs_f64();
+    if admitted != lines * reps {
+        println!("  NOTE: {admitted} of {} admissions passed", lines * reps);
+    }
+    rate
+}
+
+/// Rows/s of 100-row INSERTs over every line in turn into `table`, for 3 s.
+fn platform_enqueue(c: &mut Client, table: &str, lines: i64) -> f64 {
+    let stmt = c
+        .prepare(&format!(
+            "INSERT INTO {table} (sender, carrier)
+             SELECT 'pl-' || (1 + ($1::int8 * 100 + g) % {lines}), 'verizon' FROM generate_series(1, 100) g"
+        ))
+        .expect("prepare");
+    let t = Instant::now();
+    let mut k: i64 = 0;
+    while t.elapsed() < Duration::from_secs(3) {
+        c.execute(&stmt, &[&k]).expect("enqueue");
+        k += 1;
+    }
+    (k * 100) as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Released rows/s and worker µs of CPU per released row, with `per_line` messages waiting
+/// on every line (every queue due: the worker is the bottleneck), over 6 s after 2.
+fn platform_release(c: &mut Client, lines: i64, per_line: i64) -> (f64, f64) {
+    c.batch_execute(&format!(
+        "TRUNCATE throttle.ready;
+         DELETE FROM throttle.pending;
+         INSERT INTO throttle.pending (sender, carrier)
+              SELECT 'pl-' || l, CASE WHEN l % 2 = 0 THEN 'att' ELSE 'tmobile' END
+                FROM generate_series(1, {per_line}) r, generate_series(1, {lines}) l;"
+    ))
+    .expect("fill");
+    c.batch_execute("VACUUM ANALYZE throttle.pending")
+        .expect("vacuum");
+    let pid = worker_pid(c);
+    let before = released_so_far(c);
+    set_worker(c, true);
+    // Until it has found every queue and released from them, and a second more.
+    let t = Instant::now();
+    while released_so_far(c) == before && t.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "  first release {:.1} s after the worker was switched on",
+        t.elapsed().as_secs_f64()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let (r0, c0, t0) = (released_so_far(c), cpu_seconds(pid), Instant::now());
+    std::thread::sleep(Duration::from_secs(6));
+    let (r1, c1) = (released_so_far(c), cpu_seconds(pid));
+    let secs = t0.elapsed().as_secs_f64();
+    set_worker(c, false);
+    (
+        (r1 - r0) as f64 / secs,
+        1e6 * (c1 - c0) / (r1 - r0).max(1) as f64,
+    )
+}
+
+fn platform_scale(s: &mut Summary) {
+    const BIG: i64 = 100_000;
+    const SMALL: i64 = 1_000;
+    println!(
+        "== a platform: {} lines with the Sendblue line profile (rate + queue cap), {} brands with the T-Mobile daily cap, {} campaigns with AT&T class A; beside the same at {} lines",
+        group(BIG as f64),
+        group((BIG / 10) as f64),
+        group((BIG / 5) as f64),
+        group(SMALL as f64)
+    );
+    let (big, big_secs) = platform("bench-platform", BIG);
+    let (small, small_secs) = platform("bench-platform-small", SMALL);
+    println!("  configured in {big_secs:.1} s (the small one in {small_secs:.2} s)");
+    s.value("platform", "configuration of 100,000 lines", big_secs, "s");
+    let (mut b, mut m) = (big.connect(), small.connect());
+    let tables: Vec<(String, i64, i64, i64)> = b
+        .query(
+            "SELECT table_name, used, size, entry_bytes FROM throttle.shmem_tables()",
+            &[],
+        )
+        .expect("tables")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let shared_mb: f64 = tables.iter().map(|t| (t.2 * t.3) as f64).sum::<f64>() / 1e6;
+    for (name, used, size, _) in &tables {
+        println!("  shared memory: {name:<20} {used:>8} of {size:>8}");
+    }
+    println!("  shared memory of pg_throttle's tables as sized: {shared_mb:.1} MB");
+    // Release first: admissions below debit the lines' limits at times ahead of now.
+    let (rel_b, cpu_b) = platform_release(&mut b, BIG, 10);
+    let (rel_s, cpu_s) = platform_release(&mut m, SMALL, 1_000);
+    println!(
+        "  release with 1,000,000 waiting over 100,000 lines: {rel_b:.0} rows/s, worker {cpu_b:.1} µs per row; 1,000,000 over 1,000 lines: {rel_s:.0} rows/s, {cpu_s:.1} µs per row"
+    );
+    println!(
+        "  tick cost per released row, 100,000 waiting queues against 1,000: {:.2}x (flat: 1)",
+        cpu_b / cpu_s
+    );
+    s.value(
+        "platform",
+        "worker CPU per released row, 1 M over 100,000 lines",
+        cpu_b,
+        "µs/row",
+    );
+    s.value(
+        "platform",
+        "release rate, 1 M waiting over 100,000 lines (worker-bound)",
+        rel_b,
+        "rows/s",
+    );
+    s.value(
+        "platform",
+        "worker CPU per released row, 100,000 queues over 1,000",
+        cpu_b / cpu_s,
+        "x",
+    );
+    for c in [&mut b, &mut m] {
+        c.batch_execute("DELETE FROM throttle.pending")
+            .expect("empty the queue");
+        // Calendar caps lease to throttle_admit through the worker.
+        set_worker(c, true);
+    }
+    // A session's own memory once it has admitted for every line (and a backlog of none).
+    let pid: i32 = b
+        .query_one("SELECT pg_backend_pid()", &[])
+        .expect("pid")
+        .get(0);
+    let before = private_kb(pid);
+    // Under rate limits: every line once (100,000 admissions) against 1,000 lines 100 times.
+    // Under a brand's daily cap: one line of each brand (10,000 brands, each admission the
+    // first of its brand in that second: a lease each) against the 1,000 lines 10 times.
+    let paths = [
+        (
+            "att",
+            "rate limits (line + AT&T campaign)",
+            (BIG, 1),
+            (SMALL, BIG / SMALL),
+            0..4,
+        ),
+        (
+            "tmobile",
+            "a brand's daily cap (line + T-Mobile brand)",
+            (BIG / 10, 1),
+            (SMALL, 10),
+            // Seconds of its own: a line's 1/s is for any carrier.
+            5..8,
+        ),
+    ];
+    for (carrier, what, big_n, small_n, rounds) in paths {
+        let (mut big_rates, mut small_rates) = (vec![], vec![]);
+        let first = rounds.start;
+        for round in rounds {
+            let rb = platform_admit(&mut b, carrier, big_n.0, big_n.1, round);
+            let rs = platform_admit(&mut m, carrier, small_n.0, small_n.1, round);
+            if round > first {
+                big_rates.push(rb);
+                small_rates.push(rs);
+            }
+        }
+        let ratios: Vec<f64> = big_rates
+            .iter()
+            .zip(&small_rates)
+            .map(|(x, y)| 100.0 * x / y)
+            .collect();
+        let (rb, rs) = (median(big_rates), median(small_rates));
+        println!(
+            "  try_admit under {what}: {rb:.0}/s at 100,000 lines, {rs:.0}/s at 1,000: {:.1} %",
+            median(ratios.clone())
+        );
+        s.ratio(
+            "platform",
+            format!("admission, {carrier}, at 100,000 lines"),
+            rb,
+            "rows/s",
+            ("1,000 lines", rs),
+            median(ratios),
+            Some(80.0),
+        );
+    }
+    let per_backend_mb = (private_kb(pid) - before) / 1e3;
+    println!("  a session's own memory after admitting for every line: +{per_backend_mb:.0} MB");
+    s.value(
+        "platform",
+        "a session's memory for 100,000 lines",
+        per_backend_mb,
+        "MB",
+    );
+    // Enqueueing alone: releases would compete for the two cores.
+    for c in [&mut b, &mut m] {
+        c.batch_execute("CREATE TABLE plain_pending (LIKE throttle.pending INCLUDING ALL)")
+            .expect("plain table");
+        set_worker(c, false);
+    }
+    let mut ratios = vec![];
+    let (mut eb, mut es) = (vec![], vec![]);
+    for _ in 0..2 {
+        let (pb, ob) = (
+            platform_enqueue(&mut b, "plain_pending", BIG),
+            platform_enqueue(&mut b, "throttle.pending", BIG),
+        );
+        let (ps, os) = (
+            platform_enqueue(&mut m, "plain_pending", SMALL),
+            platform_enqueue(&mut m, "throttle.pending", SMALL),
+        );
+        eb.push(ob);
+        es.push(os);
+        ratios.push(100.0 * (ob / pb) / (os / ps));
+    }
+    let (eb, es) = (median(eb), median(es));
+    println!(
+        "  enqueue, 100-row INSERTs over every line, against a plain table on the same server: {eb:.0}/s at 100,000 lines, {es:.0}/s at 1,000: {:.1} % (each as a share of its plain table)",
+        median(ratios.clone())
+    );
+    s.ratio(
+        "platform",
+        "enqueue at 100,000 lines",
+        eb,
+        "rows/s",
+        ("1,000 lines", es),
+        median(ratios),
+        Some(80.0),
     );
 }
 
