@@ -550,11 +550,13 @@ pub fn settle<K: Clone + Eq + Hash>(
 ///
 /// A row can still come to be before the point: one enqueued with a higher priority or by a
 /// transaction that drew its id earlier and committed later, one updated into the queue, one
-/// whose `not_before` passed. The first three are noted to the worker at commit, and a noted
-/// queue forgets its point (the worker's business); for the last, and as a net under all, a
-/// point is trusted for [`Resume::FOR`] after it was first set, and a fetch that finds fewer
-/// rows after it than asked drops it. A row before the point is therefore released late (by at
-/// most that long under a backlog), never lost.
+/// whose `not_before` passed. A transaction's new and updated rows are noted to the worker at
+/// commit (its first row of each queue), and a queue whose noted row sorts before its point
+/// forgets it (see [`Resume::passed`]; the worker's business). For a later row of the same
+/// transaction, a row whose `not_before` passed, and as a net under all, a point is trusted for
+/// [`Resume::FOR`] after it was first set, and a fetch that finds fewer rows after it than
+/// asked drops it. A row before the point is therefore released late (by at most that long
+/// under a backlog), never lost.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Resume {
     pub priority: i16,
