@@ -1154,6 +1154,8 @@ pub fn worker_serves(oid: u32) -> bool {
 #[derive(Clone, Copy, Debug)]
 pub struct Lease {
     pub db: u32,
+    /// The table had nothing more to lease in this window.
+    pub full: bool,
     pub cap_id: i64,
     /// The cap's created_at: a cap made again after DROP/CREATE EXTENSION with the same id
     /// is another cap.
@@ -1165,11 +1167,12 @@ pub struct Lease {
     /// > 0: a backend asks the worker for this much more, for the window of `want_at`.
     pub want: i64,
     pub want_at: Micros,
-    /// The table had nothing more to lease in this window.
-    pub full: bool,
     /// When it was last granted or spent from (the spender's transaction start): an idle
     /// lease's unspent part goes back to the table (see [`lease_reclaim`]).
     pub touched: Micros,
+    /// The process latch of the last backend that asked for more (0: none), set when the
+    /// worker grants it: the backend wakes then, not at its next poll.
+    pub waiter: usize,
 }
 
 /// Messages waiting under one queue cap (counted at enqueue, uncounted when they leave).
@@ -1342,6 +1345,7 @@ fn lease_slot(c: &mut CapsShared<'_>, db: u32, w: &CapWant) -> Option<usize> {
         want_at: w.at,
         full: false,
         touched: 0,
+        waiter: 0,
     };
     Some(k)
 }
@@ -1376,6 +1380,10 @@ pub fn lease_take(db: u32, wants: &mut [CapWant], cost: i64) -> Result<LeaseAnsw
             }
             l.want = l.want.max(w.chunk);
             l.want_at = w.at;
+            // SAFETY: MyLatch is this backend's own process latch (in its PGPROC, in shared
+            // memory for the life of the server), set up before any SQL runs; only its
+            // address is kept.
+            l.waiter = unsafe { pg_sys::MyLatch } as usize;
             asked = true;
         }
         if asked {
@@ -1468,18 +1476,26 @@ pub fn lease_requests(db: u32) -> Vec<LeaseRequest> {
 /// For the worker, after the transaction that counted it in `throttle.cap_usage` committed:
 /// hand out what it granted.
 pub fn lease_grant(db: u32, g: &LeaseGrant, now: Micros) {
-    let _ = with_caps(|c| {
-        if let Some(l) = c
+    let waiter = with_caps(|c| {
+        let l = c
             .leases
             .iter_mut()
-            .find(|l| l.db == db && lease_key(l) == g.key)
-        {
-            l.left += g.n;
-            l.full = g.full;
-            l.want = 0;
-            l.touched = now;
-        }
+            .find(|l| l.db == db && lease_key(l) == g.key)?;
+        l.left += g.n;
+        l.full = g.full;
+        l.want = 0;
+        l.touched = now;
+        Some(std::mem::take(&mut l.waiter))
     });
+    if let Ok(Some(latch)) = waiter {
+        if latch != 0 {
+            // SAFETY: a waiter is the process latch an asking backend recorded, in its PGPROC,
+            // which is in shared memory for the life of the server: if that backend has gone,
+            // setting it only wakes whatever process owns it now. Set after the caps lock is
+            // released (SetLatch may make a system call).
+            unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+        }
+    }
 }
 
 /// For the worker: take back the unspent part of every lease of database `db` that nobody
