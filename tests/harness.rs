@@ -44,7 +44,23 @@ fn pg_bindir() -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
+/// A port no one listens on now, below Linux's range of ephemeral ports (32768-60999): a
+/// port the kernel chose (`bind :0`) is one it may hand to a client connection's source port
+/// a moment later, and the server's bind then fails. Checked by binding it; `pg_ctl_start`
+/// moves to another if it is taken before the server binds it anyway.
 fn free_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    for _ in 0..1000 {
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (seed.wrapping_add(k.wrapping_mul(7_919)) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .expect("bind a free port")
         .local_addr()
@@ -281,10 +297,27 @@ impl Server {
     fn pg_ctl_start(&mut self) {
         let data = self.datadir.to_str().expect("utf8").to_string();
         let log = self.log().to_str().expect("utf8").to_string();
-        let out = self.run(
+        let mut out = self.run(
             "pg_ctl",
             &["-D", &data, "-l", &log, "-w", "-t", "60", "start"],
         );
+        // Another process took the port between its choice and the server's bind: another
+        // one (the last `port` line of postgresql.conf wins).
+        for _ in 0..5 {
+            let taken = std::fs::read_to_string(self.log())
+                .unwrap_or_default()
+                .contains("Address already in use");
+            if out.status.success() || !taken {
+                break;
+            }
+            let _ = std::fs::remove_file(self.log());
+            self.port = free_port();
+            self.append_conf(&format!("port = {}", self.port));
+            out = self.run(
+                "pg_ctl",
+                &["-D", &data, "-l", &log, "-w", "-t", "60", "start"],
+            );
+        }
         assert!(
             out.status.success(),
             "pg_ctl start failed: {}\n{}",
