@@ -29,6 +29,44 @@ impl<T> BackendLocal<T> {
     }
 }
 
+/// A statement with one `text` argument, prepared on its first use in this backend and kept
+/// (a sender read alone is read once per new sender, per row of a query over many: parsing
+/// and planning it each time cost more than the read).
+pub struct KeptStatement {
+    sql: &'static str,
+    kept: BackendLocal<Option<pgrx::spi::OwnedPreparedStatement>>,
+}
+
+impl KeptStatement {
+    pub const fn new(sql: &'static str) -> Self {
+        KeptStatement {
+            sql,
+            kept: BackendLocal::new(None),
+        }
+    }
+
+    /// Run `f` with the statement, prepared through `c` if it is not yet. Never re-entered:
+    /// the statement is out of its slot while `f` runs.
+    pub fn with<R>(
+        &self,
+        c: &pgrx::spi::SpiClient<'_>,
+        f: impl FnOnce(&pgrx::spi::OwnedPreparedStatement) -> pgrx::spi::Result<R>,
+    ) -> pgrx::spi::Result<R> {
+        let stmt = match self.kept.with(|s| s.take()) {
+            Some(s) => s,
+            None => c
+                .prepare(
+                    self.sql,
+                    &[pgrx::PgOid::BuiltIn(pgrx::PgBuiltInOids::TEXTOID)],
+                )?
+                .keep(),
+        };
+        let r = f(&stmt);
+        self.kept.with(|s| *s = Some(stmt));
+        r
+    }
+}
+
 /// (local transaction id, its start time) of the last transaction asked about.
 static XACT_START: BackendLocal<(u32, i64)> = BackendLocal::new((0, 0));
 

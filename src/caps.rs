@@ -2,7 +2,7 @@
 //! configuration generation (caps are few), and each sender's groups read on first use.
 //! Also the SQL helpers for calendars and zones.
 
-use crate::backend::{BackendLocal, LatestSnapshot};
+use crate::backend::{BackendLocal, KeptStatement, LatestSnapshot};
 use crate::error::{self, Result};
 use crate::limiter::calendar::{self, Calendar, Period};
 use crate::limiter::cap::CapRule;
@@ -274,10 +274,7 @@ const QUEUE_CAPS_SQL: &str = "
 
 const GROUPS_SQL: &str =
     "SELECT campaign, brand, account, sender_type FROM throttle.sender WHERE sender = $1";
-/// [`GROUPS_SQL`], prepared once per backend (a sender read alone is read per row of an
-/// enqueue over many new senders: parsing and planning it each time cost more than the read).
-static GROUPS_STMT: BackendLocal<Option<pgrx::spi::OwnedPreparedStatement>> =
-    BackendLocal::new(None);
+static GROUPS_STMT: KeptStatement = KeptStatement::new(GROUPS_SQL);
 
 fn parse_time(s: &str) -> Result<NaiveTime> {
     NaiveTime::parse_from_str(s, "%H:%M:%S").map_err(error::internal)
@@ -451,19 +448,10 @@ fn groups(sender: &str) -> Result<Option<Rc<Groups>>> {
     }
     let snapshot = LatestSnapshot::push();
     let r = Spi::connect(|c| {
-        let stmt = match GROUPS_STMT.with(|s| s.take()) {
-            Some(s) => s,
-            None => c
-                .prepare(
-                    GROUPS_SQL,
-                    &[pgrx::PgOid::BuiltIn(pgrx::PgBuiltInOids::TEXTOID)],
-                )?
-                .keep(),
-        };
-        let read = (|| {
-            let t = c.select(&stmt, Some(1), &[sender.into()])?;
+        GROUPS_STMT.with(c, |stmt| {
+            let t = c.select(stmt, Some(1), &[sender.into()])?;
             if t.is_empty() {
-                return Ok::<_, pgrx::spi::SpiError>(None);
+                return Ok(None);
             }
             let row = t.first();
             Ok(Some(Rc::new(Groups {
@@ -473,9 +461,7 @@ fn groups(sender: &str) -> Result<Option<Rc<Groups>>> {
                 account: row.get::<String>(3)?.map(Into::into),
                 sender_type: row.get::<String>(4)?.map(Into::into),
             })))
-        })();
-        GROUPS_STMT.with(|s| *s = Some(stmt));
-        read
+        })
     });
     drop(snapshot);
     let g = r.map_err(error::internal)?;

@@ -15,7 +15,6 @@ use crate::limiter::table::Key;
 use crate::limiter::Rate;
 use crate::shmem::{self, Want, MAX_WANTS};
 use pgrx::prelude::*;
-use pgrx::spi::OwnedPreparedStatement;
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 use std::hash::Hasher;
@@ -289,7 +288,6 @@ struct Cache {
     arena_pos: FxHashMap<(i64, u64), u32>,
     /// Limits read per sender, to build plans for new (carrier, channel)s without SPI.
     senders: FxHashMap<Box<[u8]>, Rc<SenderLimits>>,
-    stmt: Option<OwnedPreparedStatement>,
     /// Whether any calendar cap exists in this generation (None: not asked yet).
     any_caps: Option<bool>,
     /// Whether a tenant model is configured (rows in throttle.account_role) in this
@@ -330,7 +328,6 @@ fn with_cache<R>(f: impl FnOnce(&mut Cache) -> R) -> R {
             arena: Vec::new(),
             arena_pos: FxHashMap::default(),
             senders: FxHashMap::default(),
-            stmt: None,
             any_caps: None,
             tenancy: None,
             hints: Box::new([]),
@@ -672,6 +669,7 @@ macro_rules! load_all_scope {
 
 /// One sender's limits.
 const LOAD_SQL: &str = load_sql!("WHERE s.sender = $1", "l.limit_id");
+static LOAD_STMT: crate::backend::KeptStatement = crate::backend::KeptStatement::new(LOAD_SQL);
 /// Every limit once (kind 1), every sender's weight (kind 2), and which limits may apply to
 /// which sender (kind 3), in one statement (one snapshot) and in no order. Read once per
 /// backend and configuration generation by a session meeting many senders, so shaped for
@@ -878,26 +876,14 @@ fn load(sender: &[u8]) -> Result<Option<SenderLimits>> {
     // still reads its own snapshot: such reads are not cached, see `with_known_plan`.)
     let snapshot = crate::backend::LatestSnapshot::push();
     let rows = Spi::connect(|client| {
-        let stmt = with_cache(|c| c.stmt.take());
-        let stmt = match stmt {
-            Some(s) => s,
-            None => client
-                .prepare(
-                    LOAD_SQL,
-                    &[pgrx::PgOid::BuiltIn(pgrx::PgBuiltInOids::TEXTOID)],
-                )?
-                .keep(),
-        };
-        let result = (|| {
-            let table = client.select(&stmt, None, &[sender.into()])?;
+        LOAD_STMT.with(client, |stmt| {
+            let table = client.select(stmt, None, &[sender.into()])?;
             let mut out = Vec::with_capacity(table.len());
             for row in table {
                 out.push(read_limit_row(&row)?);
             }
-            Ok::<_, pgrx::spi::SpiError>(out)
-        })();
-        with_cache(|c| c.stmt = Some(stmt));
-        result.map(|v| if v.is_empty() { None } else { Some(v) })
+            Ok(if out.is_empty() { None } else { Some(out) })
+        })
     });
     drop(snapshot);
     let rows = rows.map_err(error::internal)?;
