@@ -714,19 +714,30 @@ fn read_limit_row(
     let weight = weight_of(row.get::<i32>(10)?);
     let limit = match id {
         None => None,
-        Some(id) => Some((
-            id,
-            row.get::<String>(2)?,
-            row.get::<String>(3)?,
-            row.get::<i64>(4)?.unwrap_or(0),
-            row.get::<i64>(5)?.unwrap_or(0),
-            row.get::<i64>(6)?,
-            row.get::<String>(7)?.unwrap_or_default(),
-            row.get::<TimestampWithTimeZone>(8)?.map_or(0, i64::from),
-            row.get::<bool>(9)?.unwrap_or(false),
-        )),
+        Some(id) => Some(limit_columns(row, id, 2)?),
     };
     Ok((weight, limit))
+}
+
+/// Limit `id`'s columns from `at` on: carrier, channel, rate, period (µs), burst, label,
+/// created_at, each_sender (as [`load_sql!`] and [`LOAD_ALL_SQL`] select them).
+fn limit_columns(
+    row: &pgrx::spi::SpiHeapTupleData<'_>,
+    id: i64,
+    at: usize,
+) -> pgrx::spi::Result<LimitRow> {
+    Ok((
+        id,
+        row.get::<String>(at)?,
+        row.get::<String>(at + 1)?,
+        row.get::<i64>(at + 2)?.unwrap_or(0),
+        row.get::<i64>(at + 3)?.unwrap_or(0),
+        row.get::<i64>(at + 4)?,
+        row.get::<String>(at + 5)?.unwrap_or_default(),
+        row.get::<TimestampWithTimeZone>(at + 6)?
+            .map_or(0, i64::from),
+        row.get::<bool>(at + 7)?.unwrap_or(false),
+    ))
 }
 
 /// A sender's limits from its rows of [`load_sql!`].
@@ -801,18 +812,7 @@ fn preload() -> Result<Option<Vec<(Box<[u8]>, SenderLimits)>>> {
             let id: Option<i64> = row.get(2)?;
             match (row.get::<i32>(1)?, id) {
                 (Some(1), Some(id)) => {
-                    let limit = (
-                        id,
-                        row.get::<String>(5)?,
-                        row.get::<String>(6)?,
-                        row.get::<i64>(7)?.unwrap_or(0),
-                        row.get::<i64>(8)?.unwrap_or(0),
-                        row.get::<i64>(9)?,
-                        row.get::<String>(10)?.unwrap_or_default(),
-                        row.get::<TimestampWithTimeZone>(11)?.map_or(0, i64::from),
-                        row.get::<bool>(12)?.unwrap_or(false),
-                    );
-                    limits.insert(id, limit);
+                    limits.insert(id, limit_columns(&row, id, 5)?);
                 }
                 (Some(2), _) => {
                     let sender: String = row.get(4)?.unwrap_or_default();
