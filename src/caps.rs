@@ -181,20 +181,15 @@ fn id_hash(id: &str) -> u64 {
 impl Defs {
     fn index(&mut self) {
         let mut by: FxHashMap<(Scope, u64), ScopeDefs> = FxHashMap::default();
-        for (i, c) in self.caps.iter().enumerate() {
-            if let Some(scope) = c.coverage.scope {
-                let e = by
-                    .entry((scope, id_hash(&c.coverage.scope_id)))
-                    .or_default();
-                e.caps.push(i as u32);
-            }
-        }
-        for (i, c) in self.queue_caps.iter().enumerate() {
-            if let Some(scope) = c.coverage.scope {
-                let e = by
-                    .entry((scope, id_hash(&c.coverage.scope_id)))
-                    .or_default();
+        let caps = self.caps.iter().map(|c| (&c.coverage, false));
+        let queue_caps = self.queue_caps.iter().map(|c| (&c.coverage, true));
+        for (i, (cov, queue)) in caps.enumerate().chain(queue_caps.enumerate()) {
+            let Some(scope) = cov.scope else { continue };
+            let e = by.entry((scope, id_hash(&cov.scope_id))).or_default();
+            if queue {
                 e.queue_caps.push(i as u32);
+            } else {
+                e.caps.push(i as u32);
             }
         }
         self.by_scope = by;

@@ -1240,7 +1240,7 @@ fn with_caps<R>(f: impl FnOnce(&mut CapsShared<'_>) -> R) -> Result<R, ShmemErro
 }
 
 /// How full each fixed-size table in shared memory is: (table, setting that sizes it, in use,
-/// size, bytes per entry). For `throttle.shmem_usage()`. (Buckets count per slot; the table
+/// size, bytes per entry). For `throttle.shmem_tables()`. (Buckets count per slot; the table
 /// has a quarter more slots than `throttle.max_buckets` allows in use.)
 pub fn tables() -> Result<Vec<(&'static str, &'static str, i64, i64, i64)>, ShmemError> {
     let (live, max) = usage()?;

@@ -59,35 +59,46 @@ const SQL_DISCOVER_IDS: &str = "
 const SQL_DISCOVER_ALL: &str = "SELECT DISTINCT sender, carrier, channel FROM throttle.pending";
 /// Which of these senders are registered.
 const SQL_KNOWN: &str = "SELECT sender FROM throttle.sender WHERE sender = ANY($1)";
+/// The head rows of each queue taken, as [`SQL_FETCH`], with `$more` more arrays of one entry
+/// per queue (named by `$cols`), `$cond` more conditions, in `$order`.
+macro_rules! fetch_sql {
+    ($more:literal, $cols:literal, $cond:literal, $order:literal) => {
+        concat!(
+            "
+    SELECT q.i::int4, p.ctid, p.id, p.cost, p.priority
+      FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[]",
+            $more,
+            ") WITH ORDINALITY AS q(s, c, ch, n",
+            $cols,
+            ", i)
+     CROSS JOIN LATERAL (
+           SELECT ctid, id, cost, priority FROM throttle.pending p
+            WHERE p.sender = q.s AND p.carrier = q.c AND p.channel = q.ch",
+            $cond,
+            "
+              AND (p.not_before IS NULL OR p.not_before <= $5)
+              AND (p.expires_at IS NULL OR p.expires_at > $5)
+            ORDER BY ",
+            $order,
+            "
+            LIMIT q.n) p"
+        )
+    };
+}
 /// The head rows of each queue taken (`$4` rows at most), with where each row is (its ctid:
 /// the move deletes by it, with no index descent per row). Each queue's rows are put in its
 /// order (priority, then id) by the worker, not by a sort here.
-const SQL_FETCH: &str = "
-    SELECT q.i::int4, p.ctid, p.id, p.cost, p.priority
-      FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[]) WITH ORDINALITY AS q(s, c, ch, n, i)
-     CROSS JOIN LATERAL (
-           SELECT ctid, id, cost, priority FROM throttle.pending p
-            WHERE p.sender = q.s AND p.carrier = q.c AND p.channel = q.ch
-              AND (p.not_before IS NULL OR p.not_before <= $5)
-              AND (p.expires_at IS NULL OR p.expires_at > $5)
-            ORDER BY p.priority DESC, p.id
-            LIMIT q.n) p";
+const SQL_FETCH: &str = fetch_sql!("", "", "", "p.priority DESC, p.id");
 /// The same for queues with a point to resume at (see [`tick::Resume`]): the rows of the
 /// point's priority after it, found by the index without stepping over the entries of rows
 /// released before. (A queue that has fewer such rows than asked loses its point, and its
 /// lower priorities are fetched from its start on the next tick.)
-const SQL_FETCH_AFTER: &str = "
-    SELECT q.i::int4, p.ctid, p.id, p.cost, p.priority
-      FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $6::int2[], $7::int8[])
-           WITH ORDINALITY AS q(s, c, ch, n, rp, ri, i)
-     CROSS JOIN LATERAL (
-           SELECT ctid, id, cost, priority FROM throttle.pending p
-            WHERE p.sender = q.s AND p.carrier = q.c AND p.channel = q.ch
-              AND p.priority = q.rp AND p.id > q.ri
-              AND (p.not_before IS NULL OR p.not_before <= $5)
-              AND (p.expires_at IS NULL OR p.expires_at > $5)
-            ORDER BY p.id
-            LIMIT q.n) p";
+const SQL_FETCH_AFTER: &str = fetch_sql!(
+    ", $6::int2[], $7::int8[]",
+    ", rp, ri",
+    " AND p.priority = q.rp AND p.id > q.ri",
+    "p.id"
+);
 /// Move the rows at these ctids (fetched in this transaction: a row updated meanwhile by
 /// someone else has moved on and stays, its token wasted, never overspent) and count them per
 /// queue (for the queue caps).
@@ -1535,10 +1546,9 @@ impl Worker {
             // A new or updated row may sort before where the queue's fetch would resume (one
             // drawn its id early, or of a higher priority): from its start, then. (The rows
             // of a rescan come without one: every point was dropped.)
-            let first: (Option<i16>, Option<i64>) =
-                (row.get(4).ok().flatten(), row.get(5).ok().flatten());
             if let Some(r) = self.resume.get(&key) {
-                if first.0.zip(first.1).is_none_or(|(p, id)| r.passed(p, id)) {
+                let first: Option<(i16, i64)> = row.get(4)?.zip(row.get(5)?);
+                if first.is_none_or(|(p, id)| r.passed(p, id)) {
                     self.resume.remove(&key);
                 }
             }
