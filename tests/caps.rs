@@ -628,13 +628,12 @@ fn a_line_profile_on_1100_lines_and_a_full_table_names_its_setting() {
         |n| n == 1100,
     );
     assert_eq!(counted, 1100, "the worker counts every line's queue cap");
-    // One line's queue holds 1,500: they fit in one statement, and ten more do not (one a
-    // second leaves it).
-    c.batch_execute("INSERT INTO throttle.pending (sender, carrier) SELECT 'sb-777', 'att' FROM generate_series(1, 1500)")
+    // One line's queue holds exactly 1,500 (scheduled for tomorrow, so none leaves meanwhile).
+    c.batch_execute("INSERT INTO throttle.pending (sender, carrier, not_before) SELECT 'sb-777', 'att', now() + interval '1 day' FROM generate_series(1, 1500)")
         .expect("1,500 fit");
     let e = c
-        .batch_execute("INSERT INTO throttle.pending (sender, carrier) SELECT 'sb-777', 'att' FROM generate_series(1, 10)")
-        .expect_err("the queue is full (one a second leaves it)");
+        .batch_execute("INSERT INTO throttle.pending (sender, carrier, not_before) VALUES ('sb-777', 'att', now() + interval '1 day')")
+        .expect_err("the 1,501st does not");
     assert_eq!(sqlstate(&e), "PT429", "{e}");
     // Another line's cap is found as well (the counts are searched, not scanned).
     c.batch_execute(
