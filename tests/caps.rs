@@ -322,6 +322,14 @@ fn queue_caps_refuse_with_their_own_sqlstate_and_never_overfill() {
         Duration::from_secs(3),
         |n| n == 1,
     );
+    // The worker uncounts what it moved just after its commit: wait for that too, not only
+    // for the row to show in ready.
+    wait_for(
+        &mut c,
+        "SELECT coalesce(sum(waiting), 0)::int8 FROM throttle.queue_cap_counts()",
+        Duration::from_secs(3),
+        |n| n == 0,
+    );
     let e = c
         .batch_execute("SELECT throttle.enqueue('qc-line', 'att') FROM generate_series(1, 4)")
         .expect_err("four do not fit in three places");
