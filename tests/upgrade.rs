@@ -306,6 +306,13 @@ fn update_from_0_3_0_keeps_queue_caps_counted_and_sizes_them_by_the_setting() {
         Duration::from_secs(10),
         |n| n == 1,
     );
+    // ... and is uncounted (just after the worker's commit).
+    wait_for(
+        &mut c,
+        "SELECT coalesce(sum(waiting), 0)::int8 FROM throttle.queue_cap_counts()",
+        Duration::from_secs(10),
+        |n| n == 0,
+    );
     c.batch_execute("INSERT INTO throttle.pending (sender, carrier) SELECT 'u3-1', 'att' FROM generate_series(1, 3)")
         .expect("three wait (1 an hour)");
     c.batch_execute("ALTER EXTENSION pg_throttle UPDATE")
