@@ -171,3 +171,49 @@ REVOKE ALL ON FUNCTION throttle.note_config_change() FROM PUBLIC;
 REVOKE ALL ON FUNCTION throttle.config_changed() FROM PUBLIC;
 REVOKE ALL ON FUNCTION throttle.pending_changed() FROM PUBLIC;
 REVOKE ALL ON FUNCTION throttle.pending_check() FROM PUBLIC;
+
+-- Contact rules (sql/contacts.sql): a change tells every session and the worker to read them
+-- again; held messages are judged again under the new rules.
+CREATE TRIGGER contact_rule_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON throttle.contact_rule
+    FOR EACH STATEMENT EXECUTE FUNCTION throttle.config_changed();
+
+-- Every contact rule with the line state it reads, per sender it applies to.
+CREATE VIEW throttle.contact_rule_state AS
+SELECT s.sender, r.rule_id, r.name, r.kind, r.max_count, r.per, r.reset_at, r.time_zone,
+       r.reply_window, r.at_limit, r.channel,
+       CASE WHEN r.kind IN ('new_contacts', 'follow_up_contacts') THEN
+           (SELECT count(*) FROM throttle.contact_sent c
+             WHERE c.sender = s.sender
+               AND c.counted_as = CASE r.kind WHEN 'new_contacts' THEN 1 ELSE 2 END
+               AND c.counted_at >= CASE WHEN r.per IS NOT NULL THEN now() - r.per
+                                        ELSE (SELECT w.window_start FROM throttle.cap_window('day', r.reset_at, r.time_zone, now()) w) END)
+       WHEN r.kind = 'line_streak' THEN
+           (SELECT CASE WHEN l.streak_since IS NOT DISTINCT FROM
+                             (SELECT max(i.last_inbound_at) FROM throttle.contact_inbound i WHERE i.sender = s.sender)
+                        THEN l.streak ELSE 0 END
+              FROM throttle.line_sent l WHERE l.sender = s.sender)
+       END AS used,
+       (SELECT count(*) FROM throttle.pending p WHERE p.sender = s.sender AND p.held_rule = r.rule_id) AS held
+  FROM throttle.contact_rule r
+  JOIN throttle.sender s
+    ON (r.scope = 'sender' AND s.sender = r.scope_id)
+    OR (r.scope = 'campaign' AND s.campaign = r.scope_id)
+    OR (r.scope = 'brand' AND s.brand = r.scope_id)
+    OR (r.scope = 'account' AND s.account = r.scope_id);
+
+GRANT SELECT ON throttle.contact_rule, throttle.contact_rule_state TO PUBLIC;
+REVOKE ALL ON FUNCTION throttle.inbound_for(text, text, timestamptz, text, bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION throttle.inbound_for(text, text, timestamptz, text, bigint) TO PUBLIC;
+COMMENT ON TABLE throttle.contact_rule IS 'Conversation-aware limits of each line: new and follow-up contacts per day or rolling window, unanswered messages per contact, consecutive outbound per line, messages per recipient (pair rate); over one, hold or refuse';
+COMMENT ON TABLE throttle.inbound_message IS 'Inbound messages recorded by the provider''s message id (a retried webhook counts once), kept a week';
+COMMENT ON TABLE throttle.contact_inbound IS 'Each contact''s last inbound message to each line';
+COMMENT ON TABLE throttle.contact_sent IS 'What each line sent each contact, as the contact rules count it (written by the worker)';
+COMMENT ON TABLE throttle.line_sent IS 'Each line''s consecutive outbound messages since its last inbound one (written by the worker)';
+COMMENT ON VIEW throttle.contact_rule_state IS 'Every contact rule per line it applies to: contacts counted in its window (or the line streak) and messages it holds';
+COMMENT ON FUNCTION throttle.inbound(text, text, timestamptz, text) IS 'Record an inbound message to a line: opens the reply window, resets streaks, lets go messages held for a reply; idempotent on the provider''s message id';
+COMMENT ON FUNCTION throttle.inbound_for(text, text, timestamptz, text, bigint) IS 'Internal: inbound() as the owner, for the role its ticket names';
+COMMENT ON FUNCTION throttle.until_reply() IS 'The not_before of a message held until the recipient (or for a line streak, anyone) writes';
+COMMENT ON FUNCTION throttle.contact_lock_key(text, text) IS 'Internal: the advisory lock key that orders an inbound message and the worker''s holds for a reply';
+COMMENT ON FUNCTION throttle.check_contact_rule() IS 'Internal: validates throttle.contact_rule rows (22023 with a hint)';
+COMMENT ON TYPE throttle.contact_rule_kind IS 'What a contact rule limits';
+COMMENT ON TYPE throttle.contact_action IS 'What the worker does with a message over a contact rule: hold (until the reset or a reply) or refuse (dead-letter)';

@@ -10,6 +10,7 @@ mod api;
 mod backend;
 mod caps;
 mod config;
+mod contacts;
 mod error;
 mod gucs;
 mod hooks;

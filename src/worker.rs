@@ -16,7 +16,7 @@ use crate::limiter::cap::CapRule;
 use crate::limiter::schedule::{self, Row, Scheduler, Verdict};
 use crate::limiter::tick::{self, CapWindow, DueQueue, Never, Released};
 use crate::limiter::{LimitRef, Micros, Outcome};
-use crate::{config, gucs, shmem};
+use crate::{config, contacts, gucs, limiter, shmem};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
 };
@@ -566,6 +566,8 @@ struct Worker {
     after: AfterCommit,
     /// Where each queue's next fetch starts, if not at its start (see [`tick::Resume`]).
     resume: FxHashMap<QueueKey, tick::Resume>,
+    /// Each line's contact rules.
+    contacts: contacts::Cache,
 }
 
 /// What a tick asks of the loop: how long to sleep (None: until the latch is set).
@@ -628,7 +630,7 @@ fn queue_plan(key: &QueueKey, any_caps: bool) -> Option<(QueuePlan, Vec<Rc<CapDe
 }
 
 /// The reason and error code a dead-lettered row gets.
-fn dead_reason(why: Never, ledgers: &Ledgers) -> (String, Option<String>) {
+fn dead_reason(why: Never, ledgers: &Ledgers, rules: &contacts::Cache) -> (String, Option<String>) {
     let cap = |id: i64| ledgers.values().find(|w| w.cap.id == id).map(|w| &w.cap);
     match why {
         Never::OverCap { cap: id, cost } => match cap(id) {
@@ -651,6 +653,20 @@ fn dead_reason(why: Never, ledgers: &Ledgers) -> (String, Option<String>) {
             ),
             None => (format!("over cap {id} (at_cap = refuse)"), None),
         },
+        Never::Contact { rule, kind } => {
+            let (name, code) = rules.label(rule);
+            (
+                format!(
+                    "over contact rule {name} ({}, at_limit = refuse)",
+                    kind.as_str()
+                ),
+                code,
+            )
+        }
+        Never::NoRecipient => (
+            "no recipient: its line has contact rules, which count recipients".to_string(),
+            None,
+        ),
         Never::OverBurst { limit, cost } => {
             let id = match limit {
                 LimitRef::Rate(id) | LimitRef::Cap(id) => id,
@@ -678,6 +694,7 @@ impl Worker {
             sweep: true,
             after: AfterCommit::default(),
             resume: FxHashMap::default(),
+            contacts: contacts::Cache::default(),
         }
     }
 
@@ -728,6 +745,7 @@ impl Worker {
                 // queues it held are looked at afresh (tokens it spent stay spent: safe).
                 self.after = AfterCommit::default();
                 self.resume.clear();
+                self.contacts.clear();
                 self.stmts = None;
                 self.rediscover = true;
                 self.sched = Scheduler::new();
@@ -834,6 +852,7 @@ impl Worker {
         let generation = shmem::config_generation();
         if generation != self.generation {
             self.generation = generation;
+            self.contacts.clear();
             self.sched.wake_all(now);
             self.unpark_known(c, st, now)?;
             self.unhold = true;
@@ -1007,18 +1026,22 @@ impl Worker {
             });
         }
         let asked: Vec<(schedule::QueueId, u64)> = take.taken.iter().map(|t| (t.q, t.n)).collect();
+        let (mut convo, lines, contact_keys) = self.read_contacts(c, &take.taken, &fetched, now)?;
         let r = tick::release(
             &mut self.sched,
             take,
             &fetched.batches,
             ledgers,
             &mut SharedBuckets,
+            &mut convo,
             now,
         );
         let (released, dead) =
             self.write_release(c, st, &r, &fetched.ctids, ledgers, flags, now)?;
+        contacts::write_tick(c, &convo, &lines, &contact_keys, now)?;
+        let held: rustc_hash::FxHashSet<i64> = convo.held.iter().map(|h| h.0).collect();
         if released == r.admitted.len() as u64 && dead == r.dead.len() as u64 {
-            self.resume_after(&asked, &fetched, &r, now);
+            self.resume_after(&asked, &fetched, &r, &held, now);
         } else {
             // Some row moved on meanwhile (updated or deleted by a client): fetch every
             // queue of this tick from its start next time.
@@ -1154,13 +1177,16 @@ impl Worker {
         asked: &[(schedule::QueueId, u64)],
         f: &Fetched,
         r: &Released,
+        held: &rustc_hash::FxHashSet<i64>,
         now: Micros,
     ) {
+        // Rows a contact rule held are out of the way too (until a time or a reply).
         let gone: rustc_hash::FxHashSet<i64> = r
             .admitted
             .iter()
             .copied()
             .chain(r.dead.iter().map(|d| d.0))
+            .chain(held.iter().copied())
             .collect();
         for (i, &(q, n)) in asked.iter().enumerate() {
             let at = tick::Resume::after(f.from[i], &f.batches[i], n, |id| gone.contains(&id), now);
@@ -1169,6 +1195,37 @@ impl Worker {
                 self.after.resume.push((key, at));
             }
         }
+    }
+
+    /// The conversation state of the lines and recipients of the rows fetched (nothing is
+    /// read when no line has contact rules).
+    fn read_contacts(
+        &mut self,
+        c: &mut SpiClient<'_>,
+        taken: &[tick::Taken<QueuePlan>],
+        f: &Fetched,
+        now: Micros,
+    ) -> pgrx::spi::Result<(limiter::contact::Tick, Vec<String>, Vec<String>)> {
+        let queues: Vec<(&str, &str)> = taken
+            .iter()
+            .map(|t| {
+                let k = self.sched.key(t.q);
+                (k.sender.as_str(), k.channel.as_str())
+            })
+            .collect();
+        let rows: Vec<Vec<i64>> = f
+            .batches
+            .iter()
+            .map(|b| b.iter().map(|r| r.id).collect())
+            .collect();
+        contacts::read_tick(
+            c,
+            &mut self.contacts,
+            &queues,
+            &rows,
+            |id| f.ctids.get(&id).copied(),
+            now,
+        )
     }
 
     /// Move what was admitted and dead-letter what never can go: one statement each.
@@ -1208,7 +1265,7 @@ impl Worker {
             let mut reasons = Vec::with_capacity(r.dead.len());
             let mut codes: Vec<Option<String>> = Vec::with_capacity(r.dead.len());
             for &(id, why) in &r.dead {
-                let (reason, code) = dead_reason(why, ledgers);
+                let (reason, code) = dead_reason(why, ledgers, &self.contacts);
                 ids.push(id);
                 reasons.push(reason);
                 codes.push(code);
@@ -1333,6 +1390,8 @@ impl Worker {
         for row in c.update(SQL_UNHOLD_EXEMPT, None, &[])? {
             queues.push((row.get(1)?, row.get(2)?, row.get(3)?));
         }
+        // Messages contact rules held are judged again under the rules as they are now.
+        queues.extend(contacts::unhold(c)?);
         for (s, ca, ch) in queues {
             if let (Some(sender), Some(carrier), Some(channel)) = (s, ca, ch) {
                 let key = QueueKey {

@@ -1,4 +1,4 @@
-//! Upgrading a database from the released 0.1.0, 0.2.0 and 0.3.0 (their install scripts kept in
+//! Upgrading a database from the released 0.1.0, 0.2.0, 0.3.0 and 0.4.0 (their install scripts kept in
 //! sql/) with `ALTER EXTENSION pg_throttle UPDATE`, through the chain of upgrade scripts:
 //! everything in it is kept, the old default burst becomes window-exact, the schema is the
 //! same as a fresh install's, and it works.
@@ -73,7 +73,7 @@ fn schema_of(c: &mut Client) -> Vec<String> {
 }
 
 /// The version this build installs.
-const CURRENT: &str = "0.4.0";
+const CURRENT: &str = "0.5.0";
 
 /// The schema of `c`'s database is exactly a fresh install's (made in a new database).
 fn assert_same_as_fresh(server: &Server, c: &mut Client, db: &str) {
@@ -329,6 +329,61 @@ fn update_from_0_3_0_keeps_queue_caps_counted_and_sizes_them_by_the_setting() {
     );
     assert_eq!(size, 10_000, "the default size");
     assert_same_as_fresh(&server, &mut c, "fresh3");
+}
+
+#[test]
+fn update_from_0_4_0_keeps_the_queue_and_contact_rules_work_after() {
+    let (server, mut c) = server_with("upgrade4", "0.4.0");
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender) VALUES ('u4-1');
+         INSERT INTO throttle.rate_limit (scope, scope_id, rate, per) VALUES ('sender', 'u4-1', 100, '1 second');
+         INSERT INTO throttle.pending (sender, carrier, recipient)
+         SELECT 'u4-1', 'att', '+1555000000' || g FROM generate_series(1, 3) g;",
+    )
+    .expect("fill 0.4.0");
+    let before = pending_ids(&mut c);
+    c.batch_execute("ALTER EXTENSION pg_throttle UPDATE")
+        .expect("ALTER EXTENSION UPDATE");
+    assert_eq!(version(&mut c), CURRENT);
+    assert_eq!(pending_ids(&mut c), before, "every message kept");
+    assert_same_as_fresh(&server, &mut c, "fresh4");
+    // A contact rule: one message without a reply. The three kept go (three recipients);
+    // a second to the first recipient waits for a reply, and goes after one.
+    c.batch_execute(
+        "INSERT INTO throttle.contact_rule (scope, scope_id, kind, max_count)
+         VALUES ('sender', 'u4-1', 'unanswered', 1)",
+    )
+    .expect("a contact rule");
+    worker_on(&mut c);
+    wait_for(
+        &mut c,
+        "SELECT count(*) FROM throttle.ready",
+        Duration::from_secs(10),
+        |n| n == 3,
+    );
+    let id: i64 = c
+        .query_one(
+            "INSERT INTO throttle.pending (sender, carrier, recipient) VALUES ('u4-1', 'att', '+15550000001') RETURNING id",
+            &[],
+        )
+        .expect("a second message")
+        .get(0);
+    let held = wait_for(
+        &mut c,
+        &format!("SELECT count(*) FROM throttle.pending WHERE id = {id} AND held_rule IS NOT NULL"),
+        Duration::from_secs(10),
+        |n| n == 1,
+    );
+    assert_eq!(held, 1, "held for a reply");
+    c.batch_execute("SELECT throttle.inbound('u4-1', '+15550000001')")
+        .expect("a reply");
+    let n = wait_for(
+        &mut c,
+        &format!("SELECT count(*) FROM throttle.ready WHERE id = {id}"),
+        Duration::from_secs(10),
+        |n| n == 1,
+    );
+    assert_eq!(n, 1);
 }
 
 #[test]

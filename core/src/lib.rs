@@ -4,6 +4,7 @@
 pub mod calendar;
 pub mod cap;
 pub mod capacity;
+pub mod contact;
 pub mod gcra;
 pub mod schedule;
 #[cfg(test)]

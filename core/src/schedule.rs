@@ -488,6 +488,10 @@ pub enum Verdict {
     Never {
         limit: LimitRef,
     },
+    /// Not now, and not in its queue's way: the row waits apart (a rule of its recipient
+    /// holds it, or it goes to the dead letters for a reason of its own); the queue's later
+    /// rows are tried.
+    Aside,
 }
 
 /// The result of releasing one tick's rows.
@@ -520,6 +524,7 @@ pub fn release(
             Verdict::Admitted => out.admitted.push((b, r)),
             Verdict::Blocked { limit, until } => out.blocked[b] = Some((limit, until)),
             Verdict::Never { limit } => out.never.push((b, r, limit)),
+            Verdict::Aside => {}
         }
     }
     out

@@ -245,6 +245,7 @@ impl Sim {
             &batches,
             &mut ledgers,
             &mut self.limits,
+            &mut crate::contact::Tick::default(),
             now,
         );
         let by_id: HashMap<i64, (u32, Row)> = batches

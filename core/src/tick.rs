@@ -15,6 +15,7 @@
 
 use crate::calendar::Calendar;
 use crate::cap::{CapFull, CapRule, Ledger};
+use crate::contact;
 use crate::schedule::{self, Done, QueueId, Row, Scheduler, Verdict};
 use crate::{LimitRef, Micros};
 use std::collections::HashMap;
@@ -363,6 +364,10 @@ pub enum Never {
     OverCap { cap: i64, cost: u64 },
     /// A full cap whose action is to refuse.
     Refused { cap: i64 },
+    /// Over a contact rule whose action is to refuse.
+    Contact { rule: i64, kind: contact::Kind },
+    /// Its line has contact rules and it names no recipient.
+    NoRecipient,
 }
 
 /// What [`release`] decided.
@@ -388,6 +393,7 @@ pub fn release<K, P, C, B>(
     batches: &[Vec<Row>],
     ledgers: &mut Ledgers<C>,
     buckets: &mut B,
+    convo: &mut contact::Tick,
     now: Micros,
 ) -> Released
 where
@@ -408,9 +414,26 @@ where
         ..Default::default()
     };
     let mut local_hit: Vec<bool> = vec![false; taken.len()];
+    let mut apart: Vec<(i64, Never)> = Vec::new();
     let r = schedule::release(batches, &order, |b, row| {
         let t = &taken[b];
+        // The recipient's rules first: a row they hold takes no cap or token.
+        match convo.judge(b, row.id, now) {
+            contact::Judged::Free => {}
+            contact::Judged::Held => return Verdict::Aside,
+            contact::Judged::Refused { rule, kind } => {
+                apart.push((row.id, Never::Contact { rule, kind }));
+                return Verdict::Aside;
+            }
+            contact::Judged::NoRecipient => {
+                apart.push((row.id, Never::NoRecipient));
+                return Verdict::Aside;
+            }
+        }
         let verdict = admit_row(t, row, ledgers, buckets, now);
+        if verdict == Verdict::Admitted {
+            convo.count(b, row.id, now);
+        }
         if let Verdict::Blocked {
             limit: LimitRef::Cap(cap),
             until,
@@ -439,6 +462,7 @@ where
         out.dead
             .push((row.id, never(&taken[b], row.cost, limit, ledgers)));
     }
+    out.dead.extend(apart);
     out.short = out.hold.iter().map(|h| h.q).collect();
     for (b, t) in taken.iter().enumerate() {
         if local_hit[b] {

@@ -106,6 +106,77 @@ struct Pending {
     enqueued_at: Micros,
 }
 
+/// The contact rule that holds message `p` (see sql/contacts.sql), and what lets it go.
+fn contact_constraint(c: &SpiClient<'_>, p: &Pending) -> Result<Option<Constraint>> {
+    // A database not yet updated to 0.5.0 has no contact rules.
+    let present = c
+        .select(
+            "SELECT pg_catalog.to_regclass('throttle.contact_rule') IS NOT NULL",
+            None,
+            &[],
+        )
+        .map_err(error::internal)?
+        .first()
+        .get::<bool>(1)
+        .map_err(error::internal)?;
+    if present != Some(true) {
+        return Ok(None);
+    }
+    let t = c
+        .select(
+            "SELECT r.rule_id, coalesce(r.name, r.kind::text || ' (rule ' || r.rule_id || ')'),
+                    r.kind::text, r.max_count, coalesce(r.per::text, 'day from ' || r.reset_at || ' ' || r.time_zone),
+                    m.recipient, m.not_before = throttle.until_reply()
+               FROM throttle.pending m JOIN throttle.contact_rule r ON r.rule_id = m.held_rule
+              WHERE m.id = $1",
+            Some(1),
+            &[p.id.into()],
+        )
+        .map_err(error::internal)?;
+    if t.is_empty() {
+        return Ok(None);
+    }
+    let r = t.first();
+    let get = |e: pgrx::spi::SpiError| error::internal(e);
+    let id = r.get::<i64>(1).map_err(get)?;
+    let name = r.get::<String>(2).map_err(get)?.unwrap_or_default();
+    let kind = r.get::<String>(3).map_err(get)?.unwrap_or_default();
+    let max = r.get::<i32>(4).map_err(get)?.unwrap_or(0);
+    let window = r.get::<String>(5).map_err(get)?.unwrap_or_default();
+    let to = r
+        .get::<String>(6)
+        .map_err(get)?
+        .unwrap_or_else(|| "its recipient".into());
+    let for_reply = r.get::<bool>(7).map_err(get)?.unwrap_or(false);
+    let detail = match kind.as_str() {
+        "new_contacts" => format!(
+            "{max} new contacts (who never wrote to the line) per {window} are counted: {to} would be one more; goes when the window resets"
+        ),
+        "follow_up_contacts" => format!(
+            "{max} follow-up contacts (messaged first after the reply window) per {window} are counted: {to} would be one more; goes when the window resets, or at once if {to} writes"
+        ),
+        "unanswered" => format!(
+            "{max} messages to {to} without a reply: goes when {to} writes (throttle.inbound)"
+        ),
+        "line_streak" => format!(
+            "{max} consecutive outbound messages on the line: goes when anyone writes to it (throttle.inbound)"
+        ),
+        _ => format!("{max} messages to {to} per {window}: goes when the oldest leaves the window"),
+    };
+    let detail = if for_reply {
+        format!("{detail} (ready_at 9999-12-31 stands for: until then)")
+    } else {
+        detail
+    };
+    Ok(Some(Constraint {
+        kind: "contact_rule",
+        name,
+        limit_id: id,
+        ready_at: p.not_before,
+        detail,
+    }))
+}
+
 fn pending(c: &SpiClient<'_>, id: i64) -> Result<Option<Pending>> {
     let t = c
         .select(
@@ -142,7 +213,9 @@ fn pending(c: &SpiClient<'_>, id: i64) -> Result<Option<Pending>> {
 /// (when the bucket will have given the queue's messages ahead of it and it), each calendar
 /// cap (the window in which it fits), and the worker.
 fn constraints(c: &SpiClient<'_>, p: &Pending, now: Micros) -> Result<Vec<Constraint>> {
-    let mut out: Vec<Constraint> = not_before_constraint(p, now).into_iter().collect();
+    // A contact rule that holds it comes first: it is what its not_before stands for.
+    let mut out: Vec<Constraint> = contact_constraint(c, p)?.into_iter().collect();
+    out.extend(not_before_constraint(p, now));
     let (ahead, ahead_cost) = ahead_in_queue(c, p)?;
     out.push(Constraint {
         kind: "queue",

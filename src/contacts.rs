@@ -1,0 +1,511 @@
+//! Contact rules in the release worker (the decisions are the core's, `limiter::contact`):
+//! read each line's rules (cached until the configuration changes), read the state of the
+//! lines and contacts of the rows a tick fetched (three statements, only for lines with
+//! rules), and write back what the tick counted and held, in the transaction that releases.
+//!
+//! Holding a message until a reply is ordered with `throttle.inbound()`: the worker holds one
+//! only under the advisory lock of its (line, contact) (or its line, for the line streak),
+//! *tried* and never waited for, and checks the contact's inbound state again once it has
+//! it; `inbound()` takes the same lock before it lets go what is held. So an inbound message
+//! either is seen by the tick, or finds the hold, or the message is looked at again a second
+//! later: it is never held for a reply that already came.
+
+use crate::limiter::calendar::{Calendar, Period};
+use crate::limiter::contact::{self, AtLimit, Contact, Kind, Line, Rule, Window};
+use crate::limiter::Micros;
+use chrono::NaiveTime;
+use pgrx::datum::{DatumWithOid, Time};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use rustc_hash::FxHashMap;
+use std::rc::Rc;
+
+pgrx::extension_sql_file!(
+    "../sql/contacts.sql",
+    name = "contacts",
+    requires = ["schema", "queue_tables", "tenancy", "take"]
+);
+
+/// A message that found its inbound state changed (or its lock taken) when it was to be held
+/// for a reply is looked at again this much later.
+const RECHECK_US: Micros = 1_000_000;
+
+/// `throttle.until_reply()`, 9999-12-31 00:00 UTC in PostgreSQL µs: the `not_before` of a
+/// message held until an inbound message.
+pub const UNTIL_REPLY: Micros = 252_455_529_600_000_000;
+
+/// Each line's rules, read once per configuration.
+#[derive(Default)]
+pub struct Cache {
+    /// Whether any contact rule exists (None: not read yet).
+    any: Option<bool>,
+    rules: FxHashMap<String, Rc<[Rule]>>,
+    /// Each rule read: its name (or id) and error code, for dead letters.
+    labels: FxHashMap<i64, (String, Option<String>)>,
+}
+
+impl Cache {
+    /// Forget everything (the configuration changed).
+    pub fn clear(&mut self) {
+        *self = Cache::default();
+    }
+
+    /// A rule's name (or id) and error code, for its dead letters.
+    pub fn label(&self, rule: i64) -> (String, Option<String>) {
+        self.labels
+            .get(&rule)
+            .cloned()
+            .unwrap_or_else(|| (rule.to_string(), None))
+    }
+}
+
+/// Whether this database's schema has contact rules (a database still at 0.4.0, before
+/// `ALTER EXTENSION pg_throttle UPDATE`, has none: the upgrade script then tells the worker).
+const SQL_PRESENT: &str = "SELECT pg_catalog.to_regclass('throttle.contact_rule') IS NOT NULL";
+const SQL_ANY: &str = "SELECT EXISTS (SELECT 1 FROM throttle.contact_rule)";
+
+const SQL_RULES: &str = "
+    SELECT q.s, r.rule_id, r.kind::text, r.max_count,
+           (extract(epoch FROM r.per) * 1000000)::int8, r.reset_at, r.time_zone,
+           (extract(epoch FROM r.reply_window) * 1000000)::int8, r.at_limit::text, r.channel,
+           coalesce(r.name, r.rule_id::text), r.error_code
+      FROM unnest($1::text[]) AS q(s)
+      LEFT JOIN throttle.sender s ON s.sender = q.s
+      JOIN throttle.contact_rule r
+        ON (r.scope = 'sender' AND r.scope_id = q.s)
+        OR (r.scope = 'campaign' AND r.scope_id = s.campaign)
+        OR (r.scope = 'brand' AND r.scope_id = s.brand)
+        OR (r.scope = 'account' AND r.scope_id = s.account)
+     ORDER BY q.s, r.rule_id";
+
+/// The fetched rows of lines with rules, with their recipients' state.
+const SQL_ROWS: &str = "
+    SELECT p.id, p.sender, p.recipient, cs.counted_as, cs.counted_at, cs.unanswered,
+           cs.unanswered_since, cs.recent, ci.last_inbound_at
+      FROM throttle.pending p
+      LEFT JOIN throttle.contact_sent cs ON cs.sender = p.sender AND cs.contact = p.recipient
+      LEFT JOIN throttle.contact_inbound ci ON ci.sender = p.sender AND ci.contact = p.recipient
+     WHERE p.ctid = ANY($1::tid[])";
+
+/// Each line's last inbound message and streak.
+const SQL_LINES: &str = "
+    SELECT q.i::int4,
+           (SELECT max(i.last_inbound_at) FROM throttle.contact_inbound i WHERE i.sender = q.s),
+           l.streak, l.streak_since
+      FROM unnest($1::text[]) WITH ORDINALITY AS q(s, i)
+      LEFT JOIN throttle.line_sent l ON l.sender = q.s";
+
+/// Contacts counted in each contact cap's window (per line and kind), and the oldest count.
+const SQL_USED: &str = "
+    SELECT q.i::int4, count(c.counted_at)::int8, min(c.counted_at)
+      FROM unnest($1::text[], $2::int2[], $3::timestamptz[]) WITH ORDINALITY AS q(s, k, since, i)
+      LEFT JOIN throttle.contact_sent c
+             ON c.sender = q.s AND c.counted_as = q.k AND c.counted_at >= q.since
+     GROUP BY q.i";
+
+/// Try the locks of the holds for a reply (shared: holds of one tick never conflict).
+const SQL_TRY_LOCKS: &str = "
+    SELECT q.i::int4, pg_catalog.pg_try_advisory_xact_lock_shared(throttle.contact_lock_key(q.s, q.c))
+      FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(s, c, i)";
+
+/// The inbound state again, after the locks (a contact's, or with no contact its line's).
+const SQL_INBOUND_AGAIN: &str = "
+    SELECT q.i::int4,
+           CASE WHEN q.c IS NULL
+                THEN (SELECT max(i.last_inbound_at) FROM throttle.contact_inbound i WHERE i.sender = q.s)
+                ELSE (SELECT i.last_inbound_at FROM throttle.contact_inbound i
+                       WHERE i.sender = q.s AND i.contact = q.c) END
+      FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(s, c, i)";
+
+const SQL_HOLD: &str = "
+    UPDATE throttle.pending p SET not_before = h.until, held_rule = h.rule
+      FROM unnest($1::int8[], $2::timestamptz[], $3::int8[]) AS h(id, until, rule)
+     WHERE p.id = h.id";
+
+const SQL_SENT: &str = "
+    INSERT INTO throttle.contact_sent AS c
+           (sender, contact, counted_as, counted_at, unanswered, unanswered_since, recent, last_sent_at)
+    SELECT u.s, u.c, u.k, u.at, u.n, u.since,
+           coalesce((SELECT array_agg(r.t ORDER BY r.o) FROM unnest($9::timestamptz[]) WITH ORDINALITY AS r(t, o)
+                      WHERE r.o > u.off AND r.o <= u.off + u.len), '{}'),
+           $10
+      FROM unnest($1::text[], $2::text[], $3::int2[], $4::timestamptz[], $5::int4[], $6::timestamptz[],
+                  $7::int4[], $8::int4[]) AS u(s, c, k, at, n, since, off, len)
+    ON CONFLICT ON CONSTRAINT contact_sent_pkey DO UPDATE
+       SET counted_as = excluded.counted_as, counted_at = excluded.counted_at,
+           unanswered = excluded.unanswered, unanswered_since = excluded.unanswered_since,
+           recent = excluded.recent, last_sent_at = excluded.last_sent_at";
+
+const SQL_LINE_SENT: &str = "
+    INSERT INTO throttle.line_sent AS l (sender, streak, streak_since, updated_at)
+    SELECT u.s, u.n, u.since, $4 FROM unnest($1::text[], $2::int4[], $3::timestamptz[]) AS u(s, n, since)
+    ON CONFLICT ON CONSTRAINT line_sent_pkey DO UPDATE
+       SET streak = excluded.streak, streak_since = excluded.streak_since, updated_at = excluded.updated_at";
+
+/// Messages held by contact rules go back to their queues, to be judged again (the rules
+/// changed). Those an inbound message is letting go right now are skipped: it does so.
+const SQL_UNHOLD: &str = "
+    UPDATE throttle.pending p SET not_before = NULL, held_rule = NULL
+     WHERE p.ctid = ANY (ARRAY(SELECT h.ctid FROM throttle.pending h WHERE h.held_rule IS NOT NULL
+                                 FOR UPDATE SKIP LOCKED))
+    RETURNING p.sender, p.carrier, p.channel";
+
+/// The configuration changed: every message a contact rule holds is judged again. Returns
+/// their queues.
+pub fn unhold(
+    c: &mut SpiClient<'_>,
+) -> pgrx::spi::Result<Vec<(Option<String>, Option<String>, Option<String>)>> {
+    let mut queues = Vec::new();
+    if c.select(SQL_PRESENT, None, &[])?.first().get::<bool>(1)? != Some(true) {
+        return Ok(queues);
+    }
+    for row in c.update(SQL_UNHOLD, None, &[])? {
+        queues.push((row.get(1)?, row.get(2)?, row.get(3)?));
+    }
+    Ok(queues)
+}
+
+fn ts(us: Micros) -> TimestampWithTimeZone {
+    TimestampWithTimeZone::try_from(us)
+        .unwrap_or_else(|_| TimestampWithTimeZone::try_from(0i64).expect("epoch"))
+}
+
+fn us(t: Option<TimestampWithTimeZone>) -> Option<Micros> {
+    t.map(i64::from)
+}
+
+/// Whether any contact rule exists (read once per configuration).
+pub fn any(c: &mut SpiClient<'_>, cache: &mut Cache) -> pgrx::spi::Result<bool> {
+    if let Some(a) = cache.any {
+        return Ok(a);
+    }
+    let present = c.select(SQL_PRESENT, None, &[])?.first().get::<bool>(1)?;
+    let a = present == Some(true)
+        && c.select(SQL_ANY, None, &[])?.first().get::<bool>(1)? == Some(true);
+    cache.any = Some(a);
+    Ok(a)
+}
+
+/// One rule from its row (None for a row the checks should have refused).
+fn rule_of(row: &pgrx::spi::SpiHeapTupleData<'_>) -> pgrx::spi::Result<Option<Rule>> {
+    let id: i64 = row.get(2)?.unwrap_or(0);
+    let kind = row.get::<String>(3)?.as_deref().and_then(Kind::parse);
+    let max: i32 = row.get(4)?.unwrap_or(0);
+    let per: Option<i64> = row.get(5)?;
+    let reset: Option<Time> = row.get(6)?;
+    let zone: Option<String> = row.get(7)?;
+    let reply: i64 = row.get(8)?.unwrap_or(0);
+    let refuse = row.get::<String>(9)?.as_deref() == Some("refuse");
+    let channel: Option<String> = row.get(10)?;
+    let (Some(kind), Some(tz)) = (kind, zone.and_then(|z| z.parse::<chrono_tz::Tz>().ok())) else {
+        return Ok(None);
+    };
+    let window = match per {
+        Some(p) if p > 0 => Window::Rolling(p),
+        _ => Window::Calendar(Calendar {
+            period: Period::Day,
+            reset: reset
+                .and_then(|t| {
+                    NaiveTime::from_hms_opt(
+                        t.hour() as u32,
+                        t.minute() as u32,
+                        (t.second() as u32).min(59),
+                    )
+                })
+                .unwrap_or(NaiveTime::MIN),
+            tz,
+        }),
+    };
+    Ok(Some(Rule {
+        id,
+        kind,
+        max: max.max(1) as u32,
+        window,
+        reply_window: reply.max(0),
+        at_limit: if refuse {
+            AtLimit::Refuse
+        } else {
+            AtLimit::Hold
+        },
+        channel,
+    }))
+}
+
+/// The rules of these lines (read for those not cached, in one statement).
+fn rules_of(
+    c: &mut SpiClient<'_>,
+    cache: &mut Cache,
+    senders: &[&str],
+) -> pgrx::spi::Result<Vec<Rc<[Rule]>>> {
+    let missing: Vec<String> = senders
+        .iter()
+        .filter(|s| !cache.rules.contains_key(**s))
+        .map(|s| s.to_string())
+        .collect();
+    if !missing.is_empty() {
+        let mut read: FxHashMap<String, Vec<Rule>> = FxHashMap::default();
+        for row in c.select(SQL_RULES, None, &[missing.clone().into()])? {
+            let s: String = row.get(1)?.unwrap_or_default();
+            if let Some(r) = rule_of(&row)? {
+                let name: String = row.get(11)?.unwrap_or_default();
+                cache.labels.insert(r.id, (name, row.get(12)?));
+                read.entry(s).or_default().push(r);
+            }
+        }
+        for s in missing {
+            let rules = read.remove(&s).unwrap_or_default();
+            cache.rules.insert(s, rules.into());
+        }
+    }
+    Ok(senders
+        .iter()
+        .map(|s| cache.rules.get(*s).cloned().unwrap_or_else(|| Rc::from([])))
+        .collect())
+}
+
+/// The conversation state of a tick: per queue taken (`senders[i]`, `channels[i]`, its rows
+/// `batches[i]` at `ctids`), its line's rules and state and its rows' contacts. Empty when
+/// no line of the tick has rules (and then nothing is read).
+pub fn read_tick(
+    c: &mut SpiClient<'_>,
+    cache: &mut Cache,
+    queues: &[(&str, &str)],
+    rows: &[Vec<i64>],
+    ctid_of: impl Fn(i64) -> Option<pg_sys::ItemPointerData>,
+    now: Micros,
+) -> pgrx::spi::Result<(contact::Tick, Vec<String>, Vec<String>)> {
+    let mut t = contact::Tick::default();
+    let (mut line_names, mut contact_keys) = (Vec::new(), Vec::new());
+    if queues.is_empty() || !any(c, cache)? {
+        return Ok((t, line_names, contact_keys));
+    }
+    let senders: Vec<&str> = queues.iter().map(|q| q.0).collect();
+    let rules = rules_of(c, cache, &senders)?;
+    let mut line_at: FxHashMap<&str, usize> = FxHashMap::default();
+    let mut tids = Vec::new();
+    for (i, (sender, channel)) in queues.iter().enumerate() {
+        if rules[i].is_empty() {
+            t.queues.push(None);
+            continue;
+        }
+        let li = *line_at.entry(sender).or_insert_with(|| {
+            t.lines.push((
+                rules[i].clone(),
+                Line {
+                    used: vec![(0, None); rules[i].len()],
+                    ..Line::default()
+                },
+            ));
+            line_names.push(sender.to_string());
+            t.lines.len() - 1
+        });
+        t.queues.push(Some((li, channel.to_string())));
+        tids.extend(rows[i].iter().filter_map(|&id| ctid_of(id)));
+    }
+    if t.lines.is_empty() {
+        return Ok((t, line_names, contact_keys));
+    }
+    // The rows' recipients and their state.
+    let mut contact_at: FxHashMap<(String, String), usize> = FxHashMap::default();
+    for row in c.select(SQL_ROWS, None, &[tids.into()])? {
+        let id: i64 = row.get(1)?.unwrap_or(0);
+        let sender: String = row.get(2)?.unwrap_or_default();
+        let Some(recipient) = row.get::<String>(3)? else {
+            t.rows.insert(id, None);
+            continue;
+        };
+        let key = (sender, recipient);
+        if let Some(&ci) = contact_at.get(&key) {
+            t.rows.insert(id, Some(ci));
+            continue;
+        }
+        let counted = match (row.get::<i16>(4)?, us(row.get(5)?)) {
+            (Some(k), Some(at)) => Some((k, at)),
+            _ => None,
+        };
+        let recent: Vec<Micros> = row
+            .get::<Vec<Option<TimestampWithTimeZone>>>(8)?
+            .unwrap_or_default()
+            .into_iter()
+            .flatten()
+            .map(i64::from)
+            .collect();
+        t.contacts.push(Contact {
+            last_inbound: us(row.get(9)?),
+            counted,
+            unanswered: row.get::<i32>(6)?.unwrap_or(0).max(0) as u32,
+            unanswered_since: us(row.get(7)?),
+            recent,
+            dirty: false,
+        });
+        let ci = t.contacts.len() - 1;
+        contact_at.insert(key.clone(), ci);
+        contact_keys.push(format!("{}\u{1}{}", key.0, key.1));
+        t.rows.insert(id, Some(ci));
+    }
+    // Each line's last inbound message and streak.
+    for row in c.select(SQL_LINES, None, &[line_names.clone().into()])? {
+        let i: i32 = row.get(1)?.unwrap_or(0);
+        if let Some((_, l)) = t.lines.get_mut((i - 1) as usize) {
+            l.last_inbound = us(row.get(2)?);
+            l.streak = row.get::<i32>(3)?.unwrap_or(0).max(0) as u32;
+            l.streak_since = us(row.get(4)?);
+        }
+    }
+    // The use of every contact cap in its window.
+    let (mut s, mut k, mut since, mut at) = (vec![], vec![], vec![], vec![]);
+    for (li, (rules, _)) in t.lines.iter().enumerate() {
+        for (ri, r) in rules.iter().enumerate() {
+            if let Some(kind) = r.kind.counted_as() {
+                s.push(line_names[li].clone());
+                k.push(kind);
+                since.push(ts(r.window.start(now)));
+                at.push((li, ri));
+            }
+        }
+    }
+    if !s.is_empty() {
+        let args: [DatumWithOid; 3] = [s.into(), k.into(), since.into()];
+        for row in c.select(SQL_USED, None, &args)? {
+            let i: i32 = row.get(1)?.unwrap_or(0);
+            let n: i64 = row.get(2)?.unwrap_or(0);
+            let oldest = us(row.get(3)?);
+            if let Some(&(li, ri)) = at.get((i - 1) as usize) {
+                t.lines[li].1.used[ri] = (n.max(0) as u32, oldest);
+            }
+        }
+    }
+    Ok((t, line_names, contact_keys))
+}
+
+/// Write what the tick decided: the holds (those for a reply only under their locks, else
+/// looked at again a second later), and the state of the contacts and lines it counted.
+pub fn write_tick(
+    c: &mut SpiClient<'_>,
+    t: &contact::Tick,
+    line_names: &[String],
+    contact_keys: &[String],
+    now: Micros,
+) -> pgrx::spi::Result<()> {
+    if t.lines.is_empty() {
+        return Ok(());
+    }
+    let split = |k: &str| -> (String, String) {
+        let (s, c) = k.split_once('\u{1}').unwrap_or((k, ""));
+        (s.to_string(), c.to_string())
+    };
+    let line_of_row = |id: i64| -> Option<(usize, Option<usize>)> {
+        let ci = t.rows.get(&id).copied().flatten();
+        // A held row's line: the line of any queue (the row's contact key names it).
+        let li = ci.and_then(|ci| {
+            let (s, _) = split(&contact_keys[ci]);
+            line_names.iter().position(|n| *n == s)
+        });
+        li.map(|li| (li, ci))
+    };
+    let kind_of =
+        |li: usize, rule: i64| t.lines[li].0.iter().find(|r| r.id == rule).map(|r| r.kind);
+    // Holds for a reply: try their locks, then read the inbound state again.
+    let mut holds: Vec<(i64, Option<Micros>, Option<i64>)> = Vec::new();
+    let (mut ls, mut lc, mut expect, mut which) = (vec![], vec![], vec![], vec![]);
+    for &(id, rule, until) in &t.held {
+        holds.push((id, until, Some(rule)));
+        if until.is_some() {
+            continue;
+        }
+        let Some((li, ci)) = line_of_row(id) else {
+            continue;
+        };
+        let line_wide = kind_of(li, rule) == Some(Kind::LineStreak);
+        ls.push(line_names[li].clone());
+        if line_wide {
+            lc.push(None);
+            expect.push(t.lines[li].1.last_inbound);
+        } else {
+            let ci = ci.unwrap_or(0);
+            lc.push(Some(split(&contact_keys[ci]).1));
+            expect.push(t.contacts[ci].last_inbound);
+        }
+        which.push(holds.len() - 1);
+    }
+    if !ls.is_empty() {
+        let args = || -> [DatumWithOid; 2] { [ls.clone().into(), lc.clone().into()] };
+        let mut ok = vec![false; ls.len()];
+        for row in c.select(SQL_TRY_LOCKS, None, &args())? {
+            let i: i32 = row.get(1)?.unwrap_or(0);
+            if let Some(slot) = ok.get_mut((i - 1) as usize) {
+                *slot = row.get::<bool>(2)?.unwrap_or(false);
+            }
+        }
+        for row in c.select(SQL_INBOUND_AGAIN, None, &args())? {
+            let i = (row.get::<i32>(1)?.unwrap_or(0) - 1) as usize;
+            let again = us(row.get(2)?);
+            if let (Some(slot), Some(e)) = (ok.get_mut(i), expect.get(i)) {
+                *slot &= again == *e;
+            }
+        }
+        for (k, &h) in which.iter().enumerate() {
+            if !ok[k] {
+                holds[h].1 = Some(now + RECHECK_US);
+                holds[h].2 = None;
+            }
+        }
+    }
+    if !holds.is_empty() {
+        let ids: Vec<i64> = holds.iter().map(|h| h.0).collect();
+        let until: Vec<TimestampWithTimeZone> = holds
+            .iter()
+            .map(|h| ts(h.1.unwrap_or(UNTIL_REPLY)))
+            .collect();
+        let rules: Vec<Option<i64>> = holds.iter().map(|h| h.2).collect();
+        let args: [DatumWithOid; 3] = [ids.into(), until.into(), rules.into()];
+        c.update(SQL_HOLD, None, &args)?;
+    }
+    // The contacts and lines counted.
+    let (mut s, mut cn, mut k, mut at, mut n, mut since) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut off, mut len, mut recent) = (vec![], vec![], vec![]);
+    for (ci, ct) in t.contacts.iter().enumerate() {
+        if !ct.dirty {
+            continue;
+        }
+        let (sender, contact) = split(&contact_keys[ci]);
+        s.push(sender);
+        cn.push(contact);
+        k.push(ct.counted.map(|c| c.0));
+        at.push(ct.counted.map(|c| ts(c.1)));
+        n.push(ct.unanswered.min(i32::MAX as u32) as i32);
+        since.push(ct.unanswered_since.map(ts));
+        off.push(recent.len() as i32);
+        len.push(ct.recent.len() as i32);
+        recent.extend(ct.recent.iter().map(|&r| ts(r)));
+    }
+    if !s.is_empty() {
+        let args: [DatumWithOid; 10] = [
+            s.into(),
+            cn.into(),
+            k.into(),
+            at.into(),
+            n.into(),
+            since.into(),
+            off.into(),
+            len.into(),
+            recent.into(),
+            ts(now).into(),
+        ];
+        c.update(SQL_SENT, None, &args)?;
+    }
+    let (mut s, mut n, mut since) = (vec![], vec![], vec![]);
+    for (li, (_, l)) in t.lines.iter().enumerate() {
+        if l.dirty && (l.streak > 0 || l.streak_since.is_some()) {
+            s.push(line_names[li].clone());
+            n.push(l.streak.min(i32::MAX as u32) as i32);
+            since.push(l.streak_since.map(ts));
+        }
+    }
+    if !s.is_empty() {
+        let args: [DatumWithOid; 4] = [s.into(), n.into(), since.into(), ts(now).into()];
+        c.update(SQL_LINE_SENT, None, &args)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,405 @@
+//! Contact rules against a real server, through the release worker: distinct new and
+//! follow-up contacts per day (03:00 New York), the reply window, unanswered streaks, the
+//! line streak, the WhatsApp pair rate, rules changed live, bad input, and an immediate
+//! shutdown in the middle of a release. "Hours ago" is simulated through
+//! `throttle.inbound(..., received_at)`; what the worker does runs in real time.
+
+use pg_throttle_tests::{count, sqlstate, wait_for, Client, Server};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// A line with a generous rate (the rules are what is tested) and these contact rules.
+fn line(c: &mut Client, sender: &str, rules: &str) {
+    c.batch_execute(&format!(
+        "INSERT INTO throttle.sender (sender, sender_type) VALUES ('{sender}', 'imessage');
+         INSERT INTO throttle.rate_limit (scope, scope_id, rate, per) VALUES ('sender', '{sender}', 1000, '1 second');
+         INSERT INTO throttle.contact_rule (scope, scope_id, kind, max_count, per, at_limit, error_code, channel)
+         SELECT 'sender', '{sender}', kind::throttle.contact_rule_kind, max_count, per::interval,
+                coalesce(at_limit, 'hold')::throttle.contact_action, error_code, channel
+           FROM (VALUES {rules}) AS r(kind, max_count, per, at_limit, error_code, channel);"
+    ))
+    .expect("configure a line");
+}
+
+/// Enqueue `n` messages from `sender` to `recipient(i)`; their ids.
+fn enqueue(c: &mut Client, sender: &str, recipients: &[String], channel: &str) -> Vec<i64> {
+    c.query(
+        "INSERT INTO throttle.pending (sender, carrier, channel, recipient)
+         SELECT $1, 'att', $3, r FROM unnest($2::text[]) WITH ORDINALITY AS u(r, o) ORDER BY o RETURNING id",
+        &[&sender, &recipients, &channel],
+    )
+    .expect("enqueue")
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+fn ids_list(ids: &[i64]) -> String {
+    ids.iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn ready_of(c: &mut Client, ids: &[i64]) -> i64 {
+    count(
+        c,
+        &format!(
+            "SELECT count(*) FROM throttle.ready WHERE id IN ({})",
+            ids_list(ids)
+        ),
+    )
+}
+
+fn wait_ready(c: &mut Client, ids: &[i64], n: i64, secs: u64) -> i64 {
+    wait_for(
+        c,
+        &format!(
+            "SELECT count(*) FROM throttle.ready WHERE id IN ({})",
+            ids_list(ids)
+        ),
+        Duration::from_secs(secs),
+        |k| k >= n,
+    )
+}
+
+fn wait_held(c: &mut Client, ids: &[i64], n: i64) -> i64 {
+    wait_for(
+        c,
+        &format!(
+            "SELECT count(*) FROM throttle.pending WHERE held_rule IS NOT NULL AND id IN ({})",
+            ids_list(ids)
+        ),
+        Duration::from_secs(10),
+        |k| k >= n,
+    )
+}
+
+fn used(c: &mut Client, sender: &str, kind: &str) -> i64 {
+    count(
+        c,
+        &format!(
+            "SELECT coalesce(max(used), -1)::int8 FROM throttle.contact_rule_state
+              WHERE sender = '{sender}' AND kind = '{kind}'"
+        ),
+    )
+}
+
+fn numbers(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i:04}")).collect()
+}
+
+#[test]
+fn the_51st_new_contact_of_the_day_waits_for_3am_new_york_and_a_raise_lets_it_go() {
+    let server = Server::start("contacts-new", &[]);
+    let mut c = server.connect();
+    line(
+        &mut c,
+        "nc-line",
+        "('new_contacts', 50, NULL, NULL, NULL, NULL), ('follow_up_contacts', 200, NULL, NULL, NULL, NULL)",
+    );
+    let to = numbers("+1555100", 51);
+    let ids = enqueue(&mut c, "nc-line", &to, "imessage");
+    assert_eq!(wait_ready(&mut c, &ids, 50, 20), 50);
+    assert_eq!(wait_held(&mut c, &ids, 1), 1);
+    // The 50 that went are the first 50; the 51st waits for 03:00 New York.
+    assert_eq!(ready_of(&mut c, &ids[..50]), 50);
+    let waits_for_reset = count(
+        &mut c,
+        &format!(
+            "SELECT count(*) FROM throttle.pending p
+              WHERE p.id = {} AND p.not_before =
+                    (SELECT w.window_end FROM throttle.cap_window('day', '03:00', 'America/New_York', now()) w)
+                AND extract(hour FROM p.not_before AT TIME ZONE 'America/New_York') = 3",
+            ids[50]
+        ),
+    );
+    assert_eq!(waits_for_reset, 1, "held until the next 03:00 New York");
+    assert_eq!(used(&mut c, "nc-line", "new_contacts"), 50);
+    // A second message to a contact counted today costs nothing more.
+    let again = enqueue(&mut c, "nc-line", &to[..1], "imessage");
+    assert_eq!(wait_ready(&mut c, &again, 1, 10), 1);
+    assert_eq!(used(&mut c, "nc-line", "new_contacts"), 50);
+    // explain() names the rule and what lets the message go.
+    let why: String = c
+        .query_one(
+            &format!("SELECT string_agg(kind || ' ' || name || ': ' || detail, '; ') FROM throttle.explain({})", ids[50]),
+            &[],
+        )
+        .expect("explain")
+        .get(0);
+    assert!(why.contains("contact_rule new_contacts"), "{why}");
+    assert!(why.contains("when the window resets"), "{why}");
+    // Raised live: the held one goes.
+    c.batch_execute(
+        "UPDATE throttle.contact_rule SET max_count = 51 WHERE scope_id = 'nc-line' AND kind = 'new_contacts'",
+    )
+    .expect("raise");
+    assert_eq!(wait_ready(&mut c, &ids, 51, 10), 51);
+    assert_eq!(used(&mut c, "nc-line", "new_contacts"), 51);
+}
+
+#[test]
+fn over_a_refusing_rule_a_message_is_dead_lettered_with_its_error_code() {
+    let server = Server::start("contacts-refuse", &[]);
+    let mut c = server.connect();
+    line(
+        &mut c,
+        "rf-line",
+        "('new_contacts', 2, NULL, 'refuse', 'SB-NEW-CONTACTS', NULL)",
+    );
+    let ids = enqueue(&mut c, "rf-line", &numbers("+1555200", 3), "imessage");
+    let dead = wait_for(
+        &mut c,
+        &format!(
+            "SELECT count(*) FROM throttle.dead WHERE id = {} AND error_code = 'SB-NEW-CONTACTS'
+                AND reason LIKE '%new_contacts%'",
+            ids[2]
+        ),
+        Duration::from_secs(10),
+        |n| n == 1,
+    );
+    assert_eq!(dead, 1);
+    assert_eq!(ready_of(&mut c, &ids[..2]), 2);
+    // A message with no recipient on a line with rules cannot be counted: dead, with why.
+    let id: i64 = c
+        .query_one(
+            "INSERT INTO throttle.pending (sender, carrier) VALUES ('rf-line', 'att') RETURNING id",
+            &[],
+        )
+        .expect("no recipient")
+        .get(0);
+    let dead = wait_for(
+        &mut c,
+        &format!(
+            "SELECT count(*) FROM throttle.dead WHERE id = {id} AND reason LIKE 'no recipient%'"
+        ),
+        Duration::from_secs(10),
+        |n| n == 1,
+    );
+    assert_eq!(dead, 1);
+}
+
+#[test]
+fn the_reply_window_is_free_and_after_it_a_contact_is_a_follow_up() {
+    let server = Server::start("contacts-reply", &[]);
+    let mut c = server.connect();
+    line(
+        &mut c,
+        "rw-line",
+        "('new_contacts', 1, NULL, NULL, NULL, NULL), ('follow_up_contacts', 1, NULL, NULL, NULL, NULL),
+         ('unanswered', 5, NULL, NULL, NULL, NULL)",
+    );
+    c.batch_execute(
+        "SELECT throttle.inbound('rw-line', '+15553000001', now() - interval '23 hours', 'm-1');
+         SELECT throttle.inbound('rw-line', '+15553000002', now() - interval '25 hours', 'm-2');
+         SELECT throttle.inbound('rw-line', '+15553000003', now() - interval '25 hours', 'm-3');",
+    )
+    .expect("inbound messages");
+    // The same webhook twice counts once.
+    let again: bool = c
+        .query_one(
+            "SELECT throttle.inbound('rw-line', '+15553000001', now(), 'm-1')",
+            &[],
+        )
+        .expect("inbound again")
+        .get(0);
+    assert!(!again, "recorded once");
+    let wrote_23h_ago = vec!["+15553000001".to_string(); 100];
+    let ids = enqueue(&mut c, "rw-line", &wrote_23h_ago, "imessage");
+    assert_eq!(
+        wait_ready(&mut c, &ids, 100, 20),
+        100,
+        "100 in the reply window"
+    );
+    assert_eq!(used(&mut c, "rw-line", "follow_up_contacts"), 0);
+    assert_eq!(used(&mut c, "rw-line", "new_contacts"), 0);
+    // 25 h ago: a follow-up (the cap of 1 takes one; the next contact waits).
+    let one = enqueue(&mut c, "rw-line", &["+15553000002".to_string()], "imessage");
+    assert_eq!(wait_ready(&mut c, &one, 1, 10), 1);
+    assert_eq!(used(&mut c, "rw-line", "follow_up_contacts"), 1);
+    let other = enqueue(&mut c, "rw-line", &["+15553000003".to_string()], "imessage");
+    assert_eq!(wait_held(&mut c, &other, 1), 1, "the follow-up cap is full");
+    assert_eq!(ready_of(&mut c, &other), 0);
+}
+
+#[test]
+fn the_6th_message_without_a_reply_waits_and_goes_right_after_an_inbound() {
+    let server = Server::start("contacts-unanswered", &[]);
+    let mut c = server.connect();
+    line(
+        &mut c,
+        "un-line",
+        "('unanswered', 5, NULL, NULL, NULL, NULL)",
+    );
+    let to = vec!["+15554000001".to_string(); 6];
+    let ids = enqueue(&mut c, "un-line", &to, "imessage");
+    assert_eq!(wait_ready(&mut c, &ids, 5, 10), 5);
+    assert_eq!(wait_held(&mut c, &ids, 1), 1);
+    assert_eq!(ready_of(&mut c, &ids[5..]), 0);
+    let until_reply = count(
+        &mut c,
+        &format!(
+            "SELECT count(*) FROM throttle.pending WHERE id = {} AND not_before = throttle.until_reply()",
+            ids[5]
+        ),
+    );
+    assert_eq!(until_reply, 1, "held until a reply");
+    // Another contact's reply lets nothing go.
+    c.batch_execute("SELECT throttle.inbound('un-line', '+15554000999')")
+        .expect("someone else writes");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ready_of(&mut c, &ids[5..]), 0);
+    let t = Instant::now();
+    c.batch_execute("SELECT throttle.inbound('un-line', '+15554000001')")
+        .expect("the contact writes");
+    assert_eq!(wait_ready(&mut c, &ids[5..], 1, 10), 1);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+}
+
+#[test]
+fn the_line_streak_holds_the_line_until_anyone_writes() {
+    let server = Server::start("contacts-streak", &[]);
+    let mut c = server.connect();
+    line(
+        &mut c,
+        "ls-line",
+        "('line_streak', 3, NULL, NULL, NULL, 'sms')",
+    );
+    let ids = enqueue(&mut c, "ls-line", &numbers("+1555500", 4), "sms");
+    assert_eq!(wait_ready(&mut c, &ids, 3, 10), 3);
+    assert_eq!(wait_held(&mut c, &ids, 1), 1);
+    // Another channel is not counted.
+    let im = enqueue(&mut c, "ls-line", &numbers("+1555501", 1), "imessage");
+    assert_eq!(wait_ready(&mut c, &im, 1, 10), 1);
+    c.batch_execute("SELECT throttle.inbound('ls-line', '+15555009999')")
+        .expect("anyone writes");
+    assert_eq!(wait_ready(&mut c, &ids, 4, 10), 4);
+}
+
+#[test]
+fn the_whatsapp_pair_rate_holds_in_every_6_s_window() {
+    let server = Server::start("contacts-pair", &[]);
+    let mut c = server.connect();
+    line(
+        &mut c,
+        "wa-line",
+        "('pair_rate', 1, '6 seconds', NULL, NULL, NULL)",
+    );
+    let mut to = vec!["+15556000001".to_string(); 3];
+    to.extend(vec!["+15556000002".to_string(); 3]);
+    let ids = enqueue(&mut c, "wa-line", &to, "whatsapp");
+    assert_eq!(wait_ready(&mut c, &ids, 6, 30), 6);
+    let rows = c
+        .query(
+            &format!(
+                "SELECT recipient, (extract(epoch FROM released_at) * 1000000)::int8
+                   FROM throttle.ready WHERE id IN ({}) ORDER BY released_at",
+                ids_list(&ids)
+            ),
+            &[],
+        )
+        .expect("released");
+    let mut by: HashMap<String, Vec<i64>> = HashMap::new();
+    for r in rows {
+        by.entry(r.get(0)).or_default().push(r.get(1));
+    }
+    for (who, times) in by {
+        assert_eq!(times.len(), 3);
+        for w in times.windows(2) {
+            assert!(w[1] - w[0] >= 6_000_000, "{who}: two in 6 s: {times:?}");
+        }
+        // Used to the full: the third went within 2 s of being allowed.
+        assert!(times[2] - times[0] < 14_000_000, "{who}: {times:?}");
+    }
+}
+
+#[test]
+fn bad_rules_and_bad_inbound_calls_are_refused_with_a_hint() {
+    let server = Server::start("contacts-bad", &["throttle.worker_enabled = off"]);
+    let mut c = server.connect();
+    for (sql, state) in [
+        ("INSERT INTO throttle.contact_rule (scope, scope_id, kind, max_count) VALUES ('sender', 'x', 'pair_rate', 1)", "22023"),
+        ("INSERT INTO throttle.contact_rule (scope, scope_id, kind, max_count, time_zone) VALUES ('sender', 'x', 'new_contacts', 50, 'Mars/Base')", "22023"),
+        ("INSERT INTO throttle.contact_rule (scope, scope_id, kind, max_count) VALUES ('sender', 'x', 'new_contacts', 0)", "22023"),
+        ("INSERT INTO throttle.contact_rule (scope, scope_id, kind, max_count) VALUES ('sender', 'x', 'no_such_kind', 1)", "22P02"),
+        ("SELECT throttle.inbound(NULL, '+15550000000')", "22023"),
+        ("SELECT throttle.inbound('x', '')", "22023"),
+        ("SELECT throttle.inbound('x', '+15550000000', 'infinity')", "22023"),
+        ("SELECT throttle.inbound('x', '+15550000000', now(), '')", "22023"),
+        ("SELECT throttle.inbound_for('x', '+15550000000', now(), NULL, 42)", "42501"),
+    ] {
+        let e = c.batch_execute(sql).expect_err(sql);
+        assert_eq!(sqlstate(&e), state, "{sql}: {e}");
+    }
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM throttle.contact_rule"),
+        0
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM throttle.contact_inbound"),
+        0
+    );
+}
+
+#[test]
+fn an_immediate_shutdown_mid_release_counts_every_contact_once() {
+    let mut server = Server::start("contacts-crash", &["throttle.release_batch = 20"]);
+    let mut c = server.connect();
+    line(
+        &mut c,
+        "cc-line",
+        "('new_contacts', 200, NULL, NULL, NULL, NULL)",
+    );
+    c.batch_execute("UPDATE throttle.rate_limit SET rate = 60 WHERE scope_id = 'cc-line'")
+        .expect("slower");
+    let to = numbers("+1555700", 300);
+    let ids = enqueue(&mut c, "cc-line", &to, "imessage");
+    wait_ready(&mut c, &ids, 40, 20);
+    drop(c);
+    server.restart("immediate");
+    let mut c = server.connect();
+    assert_eq!(wait_ready(&mut c, &ids, 200, 30), 200);
+    assert_eq!(wait_held(&mut c, &ids, 100), 100);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ready_of(&mut c, &ids), 200, "no more than the cap");
+    // Every message in exactly one place; every contact that went counted once.
+    let ready: HashSet<i64> = c
+        .query(
+            &format!(
+                "SELECT id FROM throttle.ready WHERE id IN ({})",
+                ids_list(&ids)
+            ),
+            &[],
+        )
+        .expect("ready")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let pending: HashSet<i64> = c
+        .query(
+            &format!(
+                "SELECT id FROM throttle.pending WHERE id IN ({})",
+                ids_list(&ids)
+            ),
+            &[],
+        )
+        .expect("pending")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ready.len() + pending.len(), 300);
+    assert!(ready.is_disjoint(&pending));
+    let counted = count(
+        &mut c,
+        "SELECT count(*) FROM throttle.contact_sent s
+          WHERE s.sender = 'cc-line' AND s.counted_as = 1
+            AND EXISTS (SELECT 1 FROM throttle.ready r WHERE r.sender = s.sender AND r.recipient = s.contact)",
+    );
+    let all_counted = count(
+        &mut c,
+        "SELECT count(*) FROM throttle.contact_sent WHERE sender = 'cc-line' AND counted_as = 1",
+    );
+    assert_eq!((counted, all_counted), (200, 200));
+    assert_eq!(used(&mut c, "cc-line", "new_contacts"), 200);
+}
