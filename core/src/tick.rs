@@ -700,3 +700,83 @@ mod resume_tests {
         assert!(!r.passed(2, 1), "a lower priority comes after the point's");
     }
 }
+
+#[cfg(test)]
+mod contact_tests {
+    use super::*;
+    use crate::contact::{AtLimit, Contact, Kind, Line, Rule, Window};
+    use crate::sim::{SimBuckets, SimCap};
+    use std::rc::Rc;
+
+    #[test]
+    fn a_row_its_recipient_holds_lets_the_rest_of_its_queue_go() {
+        let mut sched: Scheduler<u32> = Scheduler::new();
+        sched.touch(&7, 0);
+        let q = sched.due(0, 10, |_| (1, 0))[0].0;
+        let mut buckets = SimBuckets::default();
+        buckets.limits_of.insert(7, vec![]);
+        let take = Take {
+            taken: vec![Taken {
+                q,
+                n: 4,
+                plan: 7u32,
+                caps: vec![],
+                refuse: None,
+            }],
+            hold: vec![],
+        };
+        let row = |id| Row {
+            id,
+            priority: 0,
+            cost: 1,
+        };
+        let batches = vec![vec![row(1), row(2), row(3), row(4)]];
+        let rules: Rc<[Rule]> = Rc::from(vec![Rule {
+            id: 9,
+            kind: Kind::Unanswered,
+            max: 1,
+            window: Window::Rolling(1),
+            reply_window: 0,
+            at_limit: AtLimit::Hold,
+            channel: None,
+        }]);
+        let mut convo = contact::Tick {
+            queues: vec![Some((0, "imessage".into()))],
+            lines: vec![(
+                rules,
+                Line {
+                    used: vec![(0, None)],
+                    ..Line::default()
+                },
+            )],
+            // Rows 1 and 2 to one contact, 3 to another, 4 to no one.
+            rows: [(1, Some(0)), (2, Some(0)), (3, Some(1)), (4, None)]
+                .into_iter()
+                .collect(),
+            contacts: vec![Contact::default(); 2],
+            held: vec![],
+        };
+        let mut ledgers: Ledgers<SimCap> = HashMap::new();
+        let r = release(
+            &mut sched,
+            take,
+            &batches,
+            &mut ledgers,
+            &mut buckets,
+            &mut convo,
+            0,
+        );
+        // Row 2 waits for a reply; row 3 behind it goes; row 4 cannot be judged.
+        assert_eq!(r.admitted, vec![1, 3]);
+        assert_eq!(convo.held, vec![(2, 9, None)]);
+        assert_eq!(r.dead, vec![(4, Never::NoRecipient)]);
+        assert_eq!(
+            convo
+                .contacts
+                .iter()
+                .map(|c| (c.unanswered, c.dirty))
+                .collect::<Vec<_>>(),
+            vec![(1, true), (1, true)]
+        );
+    }
+}
