@@ -85,6 +85,8 @@ CREATE TABLE throttle.contact_inbound (
 );
 -- A line's last inbound message from anyone (the line streak resets on it).
 CREATE INDEX contact_inbound_line_idx ON throttle.contact_inbound (sender, last_inbound_at DESC);
+-- Pruning, oldest first (throttle.contact_retention).
+CREATE INDEX contact_inbound_age_idx ON throttle.contact_inbound (last_inbound_at);
 
 -- What each line sent each contact, as the contact rules count it (written by the release
 -- worker only, in the transaction that releases).
@@ -117,6 +119,153 @@ CREATE TABLE throttle.line_sent (
 -- when the recipient writes.
 ALTER TABLE throttle.pending ADD COLUMN held_rule bigint;
 CREATE INDEX pending_held_rule_idx ON throttle.pending (sender, recipient) WHERE held_rule IS NOT NULL;
+
+-- Sticky number pools: a message may name a pool (pending.pool) instead of a sender. A
+-- recipient's first message through a pool picks the pool's line with the most headroom (the
+-- fewest recipients assigned to it in the last 24 hours: the new contacts it has taken on);
+-- every later message to that recipient goes through the same line, even when another is
+-- idle, unless that line has left the pool (then the recipient is reassigned once, and the
+-- previous line recorded). Assignments are rows: they survive restarts.
+CREATE TABLE throttle.pool (
+    pool       text PRIMARY KEY CHECK (pool <> ''),
+    note       text,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE throttle.pool_line (
+    pool     text NOT NULL REFERENCES throttle.pool ON DELETE CASCADE,
+    sender   text NOT NULL CHECK (sender <> ''),
+    added_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (pool, sender)
+);
+CREATE TABLE throttle.pool_assignment (
+    pool          text NOT NULL REFERENCES throttle.pool ON DELETE CASCADE,
+    recipient     text NOT NULL,
+    sender        text NOT NULL,
+    assigned_at   timestamptz NOT NULL DEFAULT now(),
+    previous      text,          -- the line it had before it was reassigned
+    reassigned_at timestamptz,
+    PRIMARY KEY (pool, recipient)
+);
+-- Recipients each line took on recently (the headroom of a line).
+CREATE INDEX pool_assignment_line_idx ON throttle.pool_assignment (pool, sender, assigned_at);
+
+ALTER TABLE throttle.pending ADD COLUMN pool text;
+
+-- The line of a message named by its pool (before the message's other checks; as the owner:
+-- applications do not write assignments). Concurrent first messages to one recipient agree
+-- on one line: the assignment's primary key decides, and the others read what it chose.
+CREATE FUNCTION throttle.pending_assign_pool() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_line text;
+    v_prev text;
+BEGIN
+    IF NEW.sender IS NOT NULL THEN
+        RAISE EXCEPTION 'a message names a pool or a sender, not both (pool %, sender %)',
+                        quote_literal(NEW.pool), quote_literal(NEW.sender)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'leave sender out: the pool picks the recipient''s line';
+    END IF;
+    IF NEW.recipient IS NULL OR btrim(NEW.recipient) = '' THEN
+        RAISE EXCEPTION 'a message to pool % needs a recipient', quote_literal(NEW.pool)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'a pool keeps each recipient on one line: it needs to know the recipient';
+    END IF;
+    FOR attempt IN 1..3 LOOP
+        SELECT a.sender INTO v_line FROM throttle.pool_assignment a
+         WHERE a.pool = NEW.pool AND a.recipient = NEW.recipient;
+        IF FOUND AND EXISTS (SELECT 1 FROM throttle.pool_line l WHERE l.pool = NEW.pool AND l.sender = v_line) THEN
+            NEW.sender := v_line;
+            RETURN NEW;
+        END IF;
+        v_prev := v_line;
+        SELECT l.sender INTO v_line FROM throttle.pool_line l
+         WHERE l.pool = NEW.pool
+         ORDER BY (SELECT count(*) FROM throttle.pool_assignment a
+                    WHERE a.pool = l.pool AND a.sender = l.sender
+                      AND a.assigned_at > now() - interval '24 hours'),
+                  hashtext(NEW.recipient || chr(1) || l.sender)
+         LIMIT 1;
+        IF NOT FOUND THEN
+            IF EXISTS (SELECT 1 FROM throttle.pool p WHERE p.pool = NEW.pool) THEN
+                RAISE EXCEPTION 'pool % has no lines', quote_literal(NEW.pool)
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = format('add lines: INSERT INTO throttle.pool_line (pool, sender) VALUES (%L, ''+1555...'')', NEW.pool);
+            END IF;
+            RAISE EXCEPTION 'unknown pool %', quote_literal(NEW.pool)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'SELECT * FROM throttle.pool lists the pools';
+        END IF;
+        IF v_prev IS NULL THEN
+            INSERT INTO throttle.pool_assignment (pool, recipient, sender)
+            VALUES (NEW.pool, NEW.recipient, v_line)
+            ON CONFLICT ON CONSTRAINT pool_assignment_pkey DO NOTHING;
+        ELSE
+            UPDATE throttle.pool_assignment a
+               SET sender = v_line, previous = v_prev, reassigned_at = now(), assigned_at = now()
+             WHERE a.pool = NEW.pool AND a.recipient = NEW.recipient AND a.sender = v_prev;
+        END IF;
+        IF FOUND THEN
+            NEW.sender := v_line;
+            RETURN NEW;
+        END IF;
+        -- Another session assigned (or reassigned) the recipient first: read what it chose.
+    END LOOP;
+    RAISE EXCEPTION 'the line of recipient % in pool % keeps changing', quote_literal(NEW.recipient), quote_literal(NEW.pool)
+        USING ERRCODE = 'serialization_failure', HINT = 'retry the transaction';
+END
+$$;
+-- Named to run before pending_check (triggers fire in name order), which checks the sender.
+CREATE TRIGGER pending_assign_pool BEFORE INSERT ON throttle.pending
+    FOR EACH ROW WHEN (NEW.pool IS NOT NULL) EXECUTE FUNCTION throttle.pending_assign_pool();
+
+-- Enqueue one message through a pool; returns its id (and the line is in pending.sender).
+CREATE FUNCTION throttle.enqueue_pool(
+    pool text, carrier text, recipient text, payload jsonb DEFAULT NULL,
+    channel text DEFAULT 'sms', cost integer DEFAULT 1, priority smallint DEFAULT 0,
+    not_before timestamptz DEFAULT NULL, expires_at timestamptz DEFAULT NULL
+) RETURNS bigint
+LANGUAGE sql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO throttle.pending (pool, carrier, channel, recipient, cost, priority, payload, not_before, expires_at)
+    VALUES (pool, carrier, channel, recipient, cost, priority, payload, not_before, expires_at)
+    RETURNING id
+$$;
+
+-- How many lines like `sender` a volume of distinct contacts a day needs under its contact
+-- rules (Sendblue: 10,000 new contacts a day at 50 per line: 200 lines).
+CREATE FUNCTION throttle.plan_lines(
+    sender text, new_contacts bigint, follow_ups bigint DEFAULT 0
+) RETURNS TABLE (rule_name text, kind throttle.contact_rule_kind, per_line_per_day double precision,
+                 volume bigint, lines_needed bigint)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    IF plan_lines.sender IS NULL OR coalesce(plan_lines.new_contacts, -1) < 0 OR coalesce(plan_lines.follow_ups, -1) < 0 THEN
+        RAISE EXCEPTION 'plan_lines: a sender and volumes of at least 0'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'for example throttle.plan_lines(''+15550001111'', 10000) for 10,000 new contacts a day';
+    END IF;
+    RETURN QUERY
+    SELECT coalesce(r.name, r.kind::text || ' (rule ' || r.rule_id || ')'), r.kind,
+           v.per_day, v.volume, ceil(v.volume / v.per_day)::bigint
+      FROM throttle.contact_rule r
+      LEFT JOIN throttle.sender s ON s.sender = plan_lines.sender
+      CROSS JOIN LATERAL (
+          SELECT CASE r.kind WHEN 'new_contacts' THEN plan_lines.new_contacts
+                             ELSE plan_lines.follow_ups END AS volume,
+                 -- contacts a line may take on per day: per calendar day, or per rolling `per`
+                 r.max_count * CASE WHEN r.per IS NULL THEN 1::float8
+                                    ELSE 86400 / extract(epoch FROM r.per)::float8 END AS per_day) v
+     WHERE r.kind IN ('new_contacts', 'follow_up_contacts')
+       AND ((r.scope = 'sender' AND r.scope_id = plan_lines.sender)
+            OR (r.scope = 'campaign' AND r.scope_id = s.campaign)
+            OR (r.scope = 'brand' AND r.scope_id = s.brand)
+            OR (r.scope = 'account' AND r.scope_id = s.account))
+     ORDER BY 5 DESC, 1;
+END
+$$;
 
 -- The time that stands for "until an inbound message" in pending.not_before.
 CREATE FUNCTION throttle.until_reply() RETURNS timestamptz
@@ -226,3 +375,6 @@ SELECT pg_catalog.pg_extension_config_dump('throttle.inbound_message', '');
 SELECT pg_catalog.pg_extension_config_dump('throttle.contact_inbound', '');
 SELECT pg_catalog.pg_extension_config_dump('throttle.contact_sent', '');
 SELECT pg_catalog.pg_extension_config_dump('throttle.line_sent', '');
+SELECT pg_catalog.pg_extension_config_dump('throttle.pool', '');
+SELECT pg_catalog.pg_extension_config_dump('throttle.pool_line', '');
+SELECT pg_catalog.pg_extension_config_dump('throttle.pool_assignment', '');

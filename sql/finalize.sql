@@ -202,6 +202,14 @@ SELECT s.sender, r.rule_id, r.name, r.kind, r.max_count, r.per, r.reset_at, r.ti
     OR (r.scope = 'account' AND s.account = r.scope_id);
 
 GRANT SELECT ON throttle.contact_rule, throttle.contact_rule_state TO PUBLIC;
+GRANT SELECT ON throttle.pool, throttle.pool_line TO PUBLIC;
+REVOKE ALL ON FUNCTION throttle.pending_assign_pool() FROM PUBLIC;
+COMMENT ON TABLE throttle.pool IS 'Sticky number pools: a message naming a pool goes through its recipient''s line';
+COMMENT ON TABLE throttle.pool_line IS 'The lines (senders) of each pool';
+COMMENT ON TABLE throttle.pool_assignment IS 'Each recipient''s line in each pool (and the line before a reassignment)';
+COMMENT ON FUNCTION throttle.pending_assign_pool() IS 'Internal: the line of a message named by its pool (the recipient''s, or the one with the most headroom)';
+COMMENT ON FUNCTION throttle.enqueue_pool(text, text, text, jsonb, text, integer, smallint, timestamptz, timestamptz) IS 'Enqueue one message through a sticky pool; returns its id';
+COMMENT ON FUNCTION throttle.plan_lines(text, bigint, bigint) IS 'Lines like a sender needed for a volume of new and follow-up contacts a day under its contact rules';
 REVOKE ALL ON FUNCTION throttle.inbound_for(text, text, timestamptz, text, bigint) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION throttle.inbound_for(text, text, timestamptz, text, bigint) TO PUBLIC;
 COMMENT ON TABLE throttle.contact_rule IS 'Conversation-aware limits of each line: new and follow-up contacts per day or rolling window, unanswered messages per contact, consecutive outbound per line, messages per recipient (pair rate); over one, hold or refuse';

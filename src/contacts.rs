@@ -165,6 +165,35 @@ pub fn unhold(
     Ok(queues)
 }
 
+/// Forget contact state older than the retention, a batch at a time, oldest first (by index:
+/// never a scan of what is kept).
+const SQL_PRUNE: &str = "
+    WITH s AS (DELETE FROM throttle.contact_sent c
+                WHERE c.ctid = ANY (ARRAY(SELECT o.ctid FROM throttle.contact_sent o
+                                           WHERE o.last_sent_at < $1 ORDER BY o.last_sent_at LIMIT $2))
+               RETURNING 1),
+         i AS (DELETE FROM throttle.contact_inbound c
+                WHERE c.ctid = ANY (ARRAY(SELECT o.ctid FROM throttle.contact_inbound o
+                                           WHERE o.last_inbound_at < $1 ORDER BY o.last_inbound_at LIMIT $2
+                                           FOR UPDATE SKIP LOCKED))
+               RETURNING 1)
+    SELECT (SELECT count(*) FROM s) + (SELECT count(*) FROM i)";
+
+/// Rows pruned per statement.
+const PRUNE_BATCH: i32 = 1_000;
+
+/// Prune contact state older than `throttle.contact_retention` (a batch; returns whether a
+/// whole batch went, so that more may be left).
+pub fn prune(c: &mut SpiClient<'_>, now: Micros) -> pgrx::spi::Result<bool> {
+    let cutoff = now - crate::gucs::contact_retention_us();
+    let n = c
+        .update(SQL_PRUNE, None, &[ts(cutoff).into(), PRUNE_BATCH.into()])?
+        .first()
+        .get::<i64>(1)?
+        .unwrap_or(0);
+    Ok(n >= PRUNE_BATCH as i64)
+}
+
 fn ts(us: Micros) -> TimestampWithTimeZone {
     TimestampWithTimeZone::try_from(us)
         .unwrap_or_else(|_| TimestampWithTimeZone::try_from(0i64).expect("epoch"))

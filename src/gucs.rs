@@ -16,6 +16,7 @@ static EXPIRY_ERROR_CODE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"30036"));
 static MAX_FUTURE_MS: GucSetting<i32> = GucSetting::<i32>::new(3_600_000);
 static LEASE_IDLE_MS: GucSetting<i32> = GucSetting::<i32>::new(1_000);
+static CONTACT_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(90 * 86_400);
 static RESCAN_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000);
 static DROP_WITH_MESSAGES: GucSetting<bool> = GucSetting::<bool>::new(false);
 static PRELOAD_SENDERS: GucSetting<i32> = GucSetting::<i32>::new(20_000);
@@ -117,6 +118,16 @@ fn define_postmaster() {
         3_600_000,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"throttle.contact_retention",
+        c"How long the contact rules remember a line's contact: what it was sent, and its last inbound message.",
+        c"Older state is pruned by the release worker, a batch at a time: the contact then counts as new again (the stricter cap), and an unanswered streak is forgotten. At least 32 days (longer than every window a rule counts in).",
+        &CONTACT_RETENTION_S,
+        32 * 86_400,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
     );
     GucRegistry::define_int_guc(
         c"throttle.rescan_interval",
@@ -223,6 +234,11 @@ pub fn release_batch() -> usize {
 /// How long a lease may sit unspent before the worker takes it back, µs.
 pub fn lease_idle_us() -> i64 {
     LEASE_IDLE_MS.get().max(10) as i64 * 1_000
+}
+
+/// How long contact state is kept, µs.
+pub fn contact_retention_us() -> i64 {
+    CONTACT_RETENTION_S.get().max(32 * 86_400) as i64 * 1_000_000
 }
 
 pub fn queue_batch() -> u64 {

@@ -568,6 +568,8 @@ struct Worker {
     resume: FxHashMap<QueueKey, tick::Resume>,
     /// Each line's contact rules.
     contacts: contacts::Cache,
+    /// When to prune old contact state next.
+    next_prune: Micros,
 }
 
 /// What a tick asks of the loop: how long to sleep (None: until the latch is set).
@@ -695,6 +697,7 @@ impl Worker {
             after: AfterCommit::default(),
             resume: FxHashMap::default(),
             contacts: contacts::Cache::default(),
+            next_prune: 0,
         }
     }
 
@@ -837,8 +840,16 @@ impl Worker {
         let mut tick = self.release(c, st, &mut ledgers, flags, now)?;
         tick.dead += expired;
         self.write_usage(c, st, &ledgers, now)?;
+        let mut soon = (!counted).then_some(now + 20_000);
+        if contacts::any(c, &mut self.contacts)? {
+            if now >= self.next_prune {
+                // A batch every 10 s, or every 100 ms while whole batches go.
+                let more = contacts::prune(c, now)?;
+                self.next_prune = now + if more { 100_000 } else { 10_000_000 };
+            }
+            soon = Some(soon.map_or(self.next_prune, |s| s.min(self.next_prune)));
+        }
         self.note(tick);
-        let soon = (!counted).then_some(now + 20_000);
         self.next_wake(c, st, soon)
     }
 

@@ -1,0 +1,289 @@
+//! Sticky number pools against a real server: every recipient sees one line, lines share new
+//! recipients, each line keeps its own rate in every window, concurrent first messages agree
+//! on one line, a line that leaves reassigns its recipients once; capacity planning in lines;
+//! old contact state is pruned.
+
+use pg_throttle_tests::{count, sqlstate, wait_for, Server};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+/// A pool of `lines` lines, each at `rate` per second (window-exact).
+fn pool(c: &mut postgres::Client, name: &str, lines: usize, rate: i64) -> Vec<String> {
+    let senders: Vec<String> = (0..lines).map(|i| format!("{name}-line-{i}")).collect();
+    c.execute("INSERT INTO throttle.pool (pool) VALUES ($1)", &[&name])
+        .expect("pool");
+    for s in &senders {
+        c.execute(
+            "INSERT INTO throttle.sender (sender, sender_type) VALUES ($1, 'imessage')",
+            &[s],
+        )
+        .expect("line");
+        c.execute(
+            "INSERT INTO throttle.rate_limit (scope, scope_id, rate, per) VALUES ('sender', $1, $2, '1 second')",
+            &[s, &rate],
+        )
+        .expect("rate");
+        c.execute(
+            "INSERT INTO throttle.pool_line (pool, sender) VALUES ($1, $2)",
+            &[&name, s],
+        )
+        .expect("pool line");
+    }
+    senders
+}
+
+#[test]
+fn every_recipient_sees_one_line_and_each_line_keeps_its_rate() {
+    let server = Server::start("pools-sticky", &[]);
+    let mut c = server.connect();
+    let lines = pool(&mut c, "p5", 5, 10);
+    let t = Instant::now();
+    // 1,000 messages to 300 recipients, named by the pool: (id, line, recipient).
+    let rows: Vec<(i64, String, String)> = c
+        .query(
+            "INSERT INTO throttle.pending (pool, carrier, channel, recipient)
+             SELECT 'p5', 'att', 'imessage', '+1555800' || lpad((g % 300)::text, 4, '0')
+               FROM generate_series(0, 999) g ORDER BY g
+             RETURNING id, sender, recipient",
+            &[],
+        )
+        .expect("enqueue through the pool")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(rows.len(), 1000);
+    let mut line_of: HashMap<&str, &str> = HashMap::new();
+    for (_, line, to) in &rows {
+        let first = line_of.entry(to.as_str()).or_insert(line.as_str());
+        assert_eq!(*first, line.as_str(), "{to} sees one line");
+    }
+    // New recipients were spread over the lines.
+    let mut per_line: HashMap<&str, usize> = HashMap::new();
+    for l in line_of.values() {
+        *per_line.entry(l).or_default() += 1;
+    }
+    assert_eq!(per_line.len(), 5);
+    assert!(per_line.values().all(|&n| n == 60), "{per_line:?}");
+    // A later message to a recipient goes through its line, even with the others idle.
+    let (line, to): (String, String) = {
+        let r = c
+            .query_one(
+                "INSERT INTO throttle.pending (pool, carrier, recipient) VALUES ('p5', 'att', '+15558000007')
+                 RETURNING sender, recipient",
+                &[],
+            )
+            .expect("one more");
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(line_of[to.as_str()], line.as_str());
+    let n = wait_for(
+        &mut c,
+        "SELECT count(*) FROM throttle.ready",
+        Duration::from_secs(60),
+        |n| n == 1001,
+    );
+    assert_eq!(n, 1001);
+    let drained = t.elapsed();
+    // Each line at most 10 in every 1 s window (released_at is the time judged).
+    for l in &lines {
+        let times: Vec<i64> = c
+            .query(
+                "SELECT (extract(epoch FROM released_at) * 1000000)::int8 FROM throttle.ready
+                  WHERE sender = $1 ORDER BY released_at",
+                &[l],
+            )
+            .expect("times")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for (i, &s) in times.iter().enumerate() {
+            let inside = times[i..]
+                .iter()
+                .take_while(|&&u| u < s + 1_000_000)
+                .count();
+            assert!(inside <= 10, "{l}: {inside} in the second from {s}");
+        }
+    }
+    // The pool's throughput is the sum of its lines': 1,001 at 50/s, ≈ 20 s (the busiest
+    // line sets the pace: each has 60 recipients, about 200 messages).
+    let busiest = count(
+        &mut c,
+        "SELECT max(n) FROM (SELECT count(*) AS n FROM throttle.ready GROUP BY sender) x",
+    );
+    eprintln!("drained 1,001 in {drained:?}; busiest line {busiest}");
+    assert!(
+        drained < Duration::from_secs_f64(busiest as f64 / 10.0 + 8.0),
+        "{drained:?} for {busiest} on the busiest line"
+    );
+}
+
+#[test]
+fn concurrent_first_messages_to_a_recipient_agree_on_one_line() {
+    let server = Server::start("pools-race", &["throttle.worker_enabled = off"]);
+    let mut c = server.connect();
+    pool(&mut c, "p8", 8, 1);
+    for round in 0..5 {
+        let to = format!("+1555900000{round}");
+        let barrier = Arc::new(Barrier::new(8));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let mut k = server.connect();
+                let b = barrier.clone();
+                let to = to.clone();
+                std::thread::spawn(move || -> String {
+                    let mut tx = k.transaction().expect("begin");
+                    b.wait();
+                    let line: String = tx
+                        .query_one(
+                            "INSERT INTO throttle.pending (pool, carrier, recipient) VALUES ('p8', 'att', $1) RETURNING sender",
+                            &[&to],
+                        )
+                        .expect("enqueue")
+                        .get(0);
+                    tx.commit().expect("commit");
+                    line
+                })
+            })
+            .collect();
+        let chosen: HashSet<String> = handles
+            .into_iter()
+            .map(|h| h.join().expect("client"))
+            .collect();
+        assert_eq!(chosen.len(), 1, "round {round}: {chosen:?}");
+        let assigned = count(
+            &mut c,
+            &format!("SELECT count(*) FROM throttle.pool_assignment WHERE recipient = '{to}'"),
+        );
+        assert_eq!(assigned, 1);
+    }
+}
+
+#[test]
+fn a_line_that_leaves_the_pool_reassigns_its_recipients_once() {
+    let server = Server::start("pools-leave", &["throttle.worker_enabled = off"]);
+    let mut c = server.connect();
+    pool(&mut c, "p3", 3, 1);
+    c.batch_execute("SELECT throttle.enqueue_pool('p3', 'att', '+15559100000')")
+        .expect("enqueue through the pool");
+    let first: String = c
+        .query_one(
+            "SELECT sender FROM throttle.pool_assignment WHERE recipient = '+15559100000'",
+            &[],
+        )
+        .expect("assigned")
+        .get(0);
+    c.execute(
+        "DELETE FROM throttle.pool_line WHERE pool = 'p3' AND sender = $1",
+        &[&first],
+    )
+    .expect("the line leaves");
+    let next: String = c
+        .query_one(
+            "INSERT INTO throttle.pending (pool, carrier, recipient) VALUES ('p3', 'att', '+15559100000') RETURNING sender",
+            &[],
+        )
+        .expect("again")
+        .get(0);
+    assert_ne!(next, first);
+    let (now, previous): (String, Option<String>) = {
+        let r = c
+            .query_one(
+                "SELECT sender, previous FROM throttle.pool_assignment WHERE recipient = '+15559100000'",
+                &[],
+            )
+            .expect("assignment");
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(
+        (now.as_str(), previous.as_deref()),
+        (next.as_str(), Some(first.as_str()))
+    );
+    // And it stays there.
+    for _ in 0..3 {
+        let again: String = c
+            .query_one(
+                "INSERT INTO throttle.pending (pool, carrier, recipient) VALUES ('p3', 'att', '+15559100000') RETURNING sender",
+                &[],
+            )
+            .expect("again")
+            .get(0);
+        assert_eq!(again, next);
+    }
+    // Bad input: clear errors, nothing written.
+    c.execute("INSERT INTO throttle.pool (pool) VALUES ('empty')", &[])
+        .expect("an empty pool");
+    for (sql, state) in [
+        ("INSERT INTO throttle.pending (pool, carrier, recipient) VALUES ('nope', 'att', '+1')", "22023"),
+        ("INSERT INTO throttle.pending (pool, carrier, recipient) VALUES ('empty', 'att', '+1')", "22023"),
+        ("INSERT INTO throttle.pending (pool, carrier) VALUES ('p3', 'att')", "22023"),
+        ("INSERT INTO throttle.pending (pool, sender, carrier, recipient) VALUES ('p3', 'x', 'att', '+1')", "22023"),
+    ] {
+        let e = c.batch_execute(sql).expect_err(sql);
+        assert_eq!(sqlstate(&e), state, "{sql}: {e}");
+    }
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM throttle.pool_assignment"),
+        1
+    );
+}
+
+#[test]
+fn plan_lines_says_200_lines_for_10000_new_contacts_a_day() {
+    let server = Server::start("pools-plan", &["throttle.worker_enabled = off"]);
+    let mut c = server.connect();
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender, account) VALUES ('pl-1', 'pl-acct');
+         INSERT INTO throttle.contact_rule (scope, scope_id, kind, max_count) VALUES
+             ('account', 'pl-acct', 'new_contacts', 50), ('account', 'pl-acct', 'follow_up_contacts', 200);
+         INSERT INTO throttle.contact_rule (scope, scope_id, kind, max_count, per) VALUES
+             ('sender', 'pl-1', 'follow_up_contacts', 100, '12 hours');",
+    )
+    .expect("rules");
+    let rows: Vec<(String, i64)> = c
+        .query(
+            "SELECT kind::text, lines_needed FROM throttle.plan_lines('pl-1', 10000, 1000) ORDER BY 2 DESC, 1",
+            &[],
+        )
+        .expect("plan")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("new_contacts".to_string(), 200),
+            ("follow_up_contacts".to_string(), 5),
+            ("follow_up_contacts".to_string(), 5),
+        ]
+    );
+    let e = c
+        .batch_execute("SELECT * FROM throttle.plan_lines('pl-1', -1)")
+        .expect_err("negative");
+    assert_eq!(sqlstate(&e), "22023");
+}
+
+#[test]
+fn contact_state_older_than_the_retention_is_pruned() {
+    let server = Server::start("pools-prune", &["throttle.contact_retention = '32d'"]);
+    let mut c = server.connect();
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender) VALUES ('pr-1');
+         INSERT INTO throttle.contact_rule (scope, scope_id, kind, max_count) VALUES ('sender', 'pr-1', 'new_contacts', 50);
+         SELECT throttle.inbound('pr-1', '+1555' || g, now() - interval '40 days') FROM generate_series(1, 1500) g;
+         SELECT throttle.inbound('pr-1', '+1666' || g, now() - interval '1 day') FROM generate_series(1, 10) g;
+         INSERT INTO throttle.contact_sent (sender, contact, counted_as, counted_at, last_sent_at)
+         SELECT 'pr-1', '+1777' || g, 1, now() - interval '33 days', now() - interval '33 days' FROM generate_series(1, 1500) g;
+         INSERT INTO throttle.contact_sent (sender, contact, counted_as, counted_at, last_sent_at)
+         SELECT 'pr-1', '+1888' || g, 1, now(), now() FROM generate_series(1, 10) g;
+         SELECT pg_reload_conf();",
+    )
+    .expect("old and new state");
+    let left = wait_for(
+        &mut c,
+        "SELECT (SELECT count(*) FROM throttle.contact_inbound) + (SELECT count(*) FROM throttle.contact_sent)",
+        Duration::from_secs(40),
+        |n| n == 20,
+    );
+    assert_eq!(left, 20, "only the recent state is left");
+}
