@@ -430,6 +430,362 @@ COMMENT ON FUNCTION throttle.check_contact_rule() IS 'Internal: validates thrott
 COMMENT ON TYPE throttle.contact_rule_kind IS 'What a contact rule limits';
 COMMENT ON TYPE throttle.contact_action IS 'What the worker does with a message over a contact rule: hold (until the reset or a reply) or refuse (dead-letter)';
 
+-- Profiles of contact rules: profile_rule rows of kind 'contact'; apply_profile creates them.
+-- 0.5.0: contact rules (throttle.contact_rule) in profiles, kind 'contact'.
+ALTER TABLE throttle.profile_rule
+    ADD COLUMN contact_kind throttle.contact_rule_kind,
+    ADD COLUMN max_count    integer CHECK (max_count BETWEEN 1 AND 1000000000),
+    ADD COLUMN at_limit     throttle.contact_action,
+    ADD COLUMN reply_window interval,
+    DROP CONSTRAINT profile_rule_kind_check,
+    ADD CONSTRAINT profile_rule_kind_check CHECK (kind IN ('rate', 'cap', 'queue_cap', 'contact')),
+    ADD CONSTRAINT profile_rule_contact CHECK (
+        (kind = 'contact') = (contact_kind IS NOT NULL)
+        AND (kind <> 'contact'
+             OR (num_nonnulls(max_count, at_limit, reply_window, reset_at, time_zone) = 5
+                 AND num_nulls(rate, burst, cap, period, at_cap, local_time, overage_pct, warn_at,
+                               max_waiting, validity, sender_type, carrier) = 12)));
+
+CREATE OR REPLACE FUNCTION throttle.apply_profile(
+    profile text, scope throttle.scope, scope_id text, class text DEFAULT NULL
+) RETURNS TABLE (kind text, name text, id bigint, created boolean)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_profile  text := apply_profile.profile;
+    v_scope    throttle.scope := apply_profile.scope;
+    v_scope_id text := apply_profile.scope_id;
+    v_class    text := pg_catalog.btrim(apply_profile.class);
+    v_name     text;     -- the profile's canonical name
+    v_cls      text;     -- the class applied ('' for a profile without classes)
+    v_other    text;     -- another class of the profile applied to this scope
+    v_taken    text;     -- its rows
+    v_id       bigint;
+    r          record;
+BEGIN
+    IF v_profile IS NULL OR v_scope IS NULL OR v_scope_id IS NULL THEN
+        RAISE EXCEPTION 'apply_profile: profile, scope and scope_id must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  HINT = 'for example throttle.apply_profile(''att_10dlc'', ''campaign'', ''C123'', ''E''); SELECT * FROM throttle.profiles lists the profiles';
+    END IF;
+    IF v_scope_id = '' THEN
+        RAISE EXCEPTION 'apply_profile: scope_id must not be empty'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'the sender, campaign, brand or account the limits are for, as in throttle.sender';
+    END IF;
+    SELECT r.profile_name, r.class_name INTO v_name, v_cls
+      FROM throttle.resolve_profile(v_profile, v_scope, v_class) r;
+
+    -- Before changing anything: another class of this profile must not be applied to the same
+    -- scope (its limits would stack with these), and a row with one of our names must be for
+    -- this scope. (Two transactions applying different classes to one scope at the same time
+    -- can both pass: the stricter limits then win. No lock is taken, so a transaction may apply
+    -- a profile to any number of scopes.)
+    SELECT pg_catalog.string_agg(DISTINCT x.class, ', '), pg_catalog.string_agg(x.row_name, ', ' ORDER BY x.row_name)
+      INTO v_other, v_taken
+      FROM (SELECT p.class, n.row_name
+              FROM throttle.profile_rule p
+             CROSS JOIN LATERAL (SELECT p.profile || '/' || CASE WHEN p.class = '' THEN '' ELSE p.class || '/' END
+                                        || v_scope::text || ':' || v_scope_id || '/' || p.rule AS row_name) n
+             WHERE p.profile = v_name AND p.class NOT IN ('', v_cls)
+               AND CASE p.kind
+                   WHEN 'rate' THEN EXISTS (SELECT 1 FROM throttle.rate_limit t WHERE t.name = n.row_name)
+                   WHEN 'cap' THEN EXISTS (SELECT 1 FROM throttle.cap t WHERE t.name = n.row_name)
+                   WHEN 'contact' THEN EXISTS (SELECT 1 FROM throttle.contact_rule t WHERE t.name = n.row_name)
+                   ELSE EXISTS (SELECT 1 FROM throttle.queue_cap t WHERE t.name = n.row_name) END) x;
+    IF v_taken IS NOT NULL THEN
+        RAISE EXCEPTION 'class % of profile % is already applied to % %', v_other, v_name, v_scope, v_scope_id
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('its rows: %s; applying class %s as well would stack both classes'' limits', v_taken, v_cls),
+                  HINT = 'delete the rows named in the detail from throttle.rate_limit, throttle.cap, throttle.queue_cap and throttle.contact_rule (a deleted cap forgets its usage), then apply the profile again';
+    END IF;
+    FOR r IN
+        SELECT p.kind, n.row_name
+          FROM throttle.profile_rule p
+         CROSS JOIN LATERAL (SELECT p.profile || '/' || CASE WHEN p.class = '' THEN '' ELSE p.class || '/' END
+                                    || v_scope::text || ':' || v_scope_id || '/' || p.rule AS row_name) n
+         WHERE p.profile = v_name AND p.class IN ('', v_cls)
+           AND CASE p.kind
+               WHEN 'rate' THEN EXISTS (SELECT 1 FROM throttle.rate_limit t WHERE t.name = n.row_name
+                                           AND (t.scope, t.scope_id) IS DISTINCT FROM (v_scope, v_scope_id))
+               WHEN 'cap' THEN EXISTS (SELECT 1 FROM throttle.cap t WHERE t.name = n.row_name
+                                          AND (t.scope, t.scope_id) IS DISTINCT FROM (v_scope, v_scope_id))
+               WHEN 'contact' THEN EXISTS (SELECT 1 FROM throttle.contact_rule t WHERE t.name = n.row_name
+                                          AND (t.scope, t.scope_id) IS DISTINCT FROM (v_scope, v_scope_id))
+               ELSE EXISTS (SELECT 1 FROM throttle.queue_cap t WHERE t.name = n.row_name
+                               AND (t.scope, t.scope_id) IS DISTINCT FROM (v_scope, v_scope_id)) END
+         LIMIT 1
+    LOOP
+        RAISE EXCEPTION 'the name % is taken in throttle.% by a row of another scope', r.row_name,
+                        CASE r.kind WHEN 'rate' THEN 'rate_limit' WHEN 'contact' THEN 'contact_rule' ELSE r.kind END
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'rename or delete that row, then apply the profile again';
+    END LOOP;
+
+    -- Create what is missing; keep what exists (an override survives).
+    FOR r IN
+        SELECT p.*, n.row_name,
+               pg_catalog.format('profile %s%s: %s', p.profile, CASE WHEN p.class = '' THEN '' ELSE ' class ' || p.class END,
+                                 p.note) AS row_note
+          FROM throttle.profile_rule p
+         CROSS JOIN LATERAL (SELECT p.profile || '/' || CASE WHEN p.class = '' THEN '' ELSE p.class || '/' END
+                                    || v_scope::text || ':' || v_scope_id || '/' || p.rule AS row_name) n
+         WHERE p.profile = v_name AND p.class IN ('', v_cls)
+         ORDER BY p.class <> '', CASE p.kind WHEN 'rate' THEN 1 WHEN 'cap' THEN 2 WHEN 'queue_cap' THEN 3 ELSE 4 END, p.rule
+    LOOP
+        v_id := NULL;
+        IF r.kind = 'rate' THEN
+            INSERT INTO throttle.rate_limit (name, scope, scope_id, carrier, channel, sender_type, rate, per, burst,
+                                             each_sender, note)
+            VALUES (r.row_name, v_scope, v_scope_id, r.carrier, r.channel, r.sender_type, r.rate, r.per, r.burst,
+                    r.each_sender, r.row_note)
+            ON CONFLICT (name) DO NOTHING
+            RETURNING limit_id INTO v_id;
+            created := v_id IS NOT NULL;
+            IF NOT created THEN
+                SELECT t.limit_id INTO v_id FROM throttle.rate_limit t WHERE t.name = r.row_name;
+            END IF;
+        ELSIF r.kind = 'cap' THEN
+            INSERT INTO throttle.cap (name, scope, scope_id, carrier, channel, sender_type, cap, period, reset_at,
+                                      time_zone, overage_pct, warn_at, at_cap, local_time, error_code, note)
+            VALUES (r.row_name, v_scope, v_scope_id, r.carrier, r.channel, r.sender_type, r.cap, r.period, r.reset_at,
+                    r.time_zone, r.overage_pct, r.warn_at, r.at_cap, r.local_time, r.error_code, r.row_note)
+            ON CONFLICT (name) DO NOTHING
+            RETURNING cap_id INTO v_id;
+            created := v_id IS NOT NULL;
+            IF NOT created THEN
+                SELECT t.cap_id INTO v_id FROM throttle.cap t WHERE t.name = r.row_name;
+            END IF;
+        ELSIF r.kind = 'contact' THEN
+            INSERT INTO throttle.contact_rule (name, scope, scope_id, channel, kind, max_count, per, reset_at, time_zone,
+                                              reply_window, at_limit, error_code, note)
+            VALUES (r.row_name, v_scope, v_scope_id, r.channel, r.contact_kind, r.max_count, r.per, r.reset_at,
+                    r.time_zone, r.reply_window, r.at_limit, r.error_code, r.row_note)
+            ON CONFLICT (name) DO NOTHING
+            RETURNING rule_id INTO v_id;
+            created := v_id IS NOT NULL;
+            IF NOT created THEN
+                SELECT t.rule_id INTO v_id FROM throttle.contact_rule t WHERE t.name = r.row_name;
+            END IF;
+        ELSE
+            INSERT INTO throttle.queue_cap (name, scope, scope_id, carrier, channel, max_waiting, validity, error_code, note)
+            VALUES (r.row_name, v_scope, v_scope_id, r.carrier, r.channel, r.max_waiting, r.validity, r.error_code, r.row_note)
+            ON CONFLICT (name) DO NOTHING
+            RETURNING queue_cap_id INTO v_id;
+            created := v_id IS NOT NULL;
+            IF NOT created THEN
+                SELECT t.queue_cap_id INTO v_id FROM throttle.queue_cap t WHERE t.name = r.row_name;
+            END IF;
+        END IF;
+        IF v_id IS NULL THEN
+            -- Deleted by another transaction after our insert found it (or not visible to a
+            -- repeatable-read snapshot): say so rather than return no id.
+            RAISE EXCEPTION 'the row % changed concurrently', r.row_name
+                USING ERRCODE = 'serialization_failure',
+                      HINT = 'apply the profile again';
+        END IF;
+        kind := r.kind;
+        name := r.row_name;
+        id := v_id;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION throttle.apply_profile(text, throttle.scope, text, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION throttle.apply_profile(
+    profile text, scope throttle.scope, scope_ids text[], class text DEFAULT NULL
+) RETURNS TABLE (scope_id text, kind text, name text, id bigint, created boolean)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_scope    throttle.scope := apply_profile.scope;
+    v_ids      text[];
+    v_name     text;
+    v_cls      text;
+    v_other    text;
+    v_taken    text;
+BEGIN
+    IF apply_profile.profile IS NULL OR v_scope IS NULL OR apply_profile.scope_ids IS NULL THEN
+        RAISE EXCEPTION 'apply_profile: profile, scope and scope_ids must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  HINT = 'for example throttle.apply_profile(''sendblue_line'', ''sender'', ARRAY(SELECT sender FROM throttle.sender WHERE campaign = ''C1''))';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.unnest(apply_profile.scope_ids) u WHERE u IS NULL OR u = '') THEN
+        RAISE EXCEPTION 'apply_profile: every scope_id must be a non-empty string'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'the senders, campaigns, brands or accounts the limits are for, as in throttle.sender';
+    END IF;
+    SELECT r.profile_name, r.class_name INTO v_name, v_cls
+      FROM throttle.resolve_profile(apply_profile.profile, v_scope, apply_profile.class) r;
+    v_ids := ARRAY(SELECT DISTINCT u FROM pg_catalog.unnest(apply_profile.scope_ids) u);
+
+    CREATE TEMP TABLE IF NOT EXISTS pg_throttle_apply (
+        sid text, cls text, rule text, kind text, row_name text, row_note text, rule_id bigint) ON COMMIT DROP;
+    TRUNCATE pg_throttle_apply;
+    -- Every scope's rows of every rule of the profile (and of its other classes, to refuse).
+    INSERT INTO pg_throttle_apply
+    SELECT s.u, p.class, p.rule, CASE WHEN p.class IN ('', v_cls) THEN p.kind END,
+           p.profile || '/' || CASE WHEN p.class = '' THEN '' ELSE p.class || '/' END
+               || v_scope::text || ':' || s.u || '/' || p.rule,
+           pg_catalog.format('profile %s%s: %s', p.profile,
+                             CASE WHEN p.class = '' THEN '' ELSE ' class ' || p.class END, p.note),
+           NULL
+      FROM pg_catalog.unnest(v_ids) s(u)
+     CROSS JOIN throttle.profile_rule p
+     WHERE p.profile = v_name;
+
+    -- Another class of the profile applied to one of these scopes: its limits would stack.
+    SELECT pg_catalog.string_agg(a.row_name, ', ' ORDER BY a.row_name)
+      INTO v_taken
+      FROM pg_throttle_apply a
+     WHERE a.kind IS NULL
+       AND (EXISTS (SELECT 1 FROM throttle.rate_limit t WHERE t.name = a.row_name)
+            OR EXISTS (SELECT 1 FROM throttle.cap t WHERE t.name = a.row_name)
+            OR EXISTS (SELECT 1 FROM throttle.queue_cap t WHERE t.name = a.row_name)
+            OR EXISTS (SELECT 1 FROM throttle.contact_rule t WHERE t.name = a.row_name));
+    IF v_taken IS NOT NULL THEN
+        RAISE EXCEPTION 'another class of profile % is already applied to some of these scopes', v_name
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('its rows: %s; applying class %s as well would stack both classes'' limits', v_taken, v_cls),
+                  HINT = 'delete the rows named in the detail from throttle.rate_limit, throttle.cap, throttle.queue_cap and throttle.contact_rule (a deleted cap forgets its usage), then apply the profile again';
+    END IF;
+    DELETE FROM pg_throttle_apply a WHERE a.kind IS NULL;
+    -- A name of ours taken by a row of another scope.
+    SELECT a.row_name, a.kind INTO v_taken, v_other
+      FROM pg_throttle_apply a
+     WHERE CASE a.kind
+           WHEN 'rate' THEN EXISTS (SELECT 1 FROM throttle.rate_limit t WHERE t.name = a.row_name
+                                       AND (t.scope, t.scope_id) IS DISTINCT FROM (v_scope, a.sid))
+           WHEN 'cap' THEN EXISTS (SELECT 1 FROM throttle.cap t WHERE t.name = a.row_name
+                                      AND (t.scope, t.scope_id) IS DISTINCT FROM (v_scope, a.sid))
+           WHEN 'contact' THEN EXISTS (SELECT 1 FROM throttle.contact_rule t WHERE t.name = a.row_name
+                                      AND (t.scope, t.scope_id) IS DISTINCT FROM (v_scope, a.sid))
+           ELSE EXISTS (SELECT 1 FROM throttle.queue_cap t WHERE t.name = a.row_name
+                           AND (t.scope, t.scope_id) IS DISTINCT FROM (v_scope, a.sid)) END
+     LIMIT 1;
+    IF v_taken IS NOT NULL THEN
+        RAISE EXCEPTION 'the name % is taken in throttle.% by a row of another scope', v_taken,
+                        CASE v_other WHEN 'rate' THEN 'rate_limit' WHEN 'contact' THEN 'contact_rule' ELSE v_other END
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'rename or delete that row, then apply the profile again';
+    END IF;
+
+    -- Create what is missing, one statement per kind; keep what exists (an override survives).
+    WITH want AS (
+        SELECT a.sid, a.row_name, a.row_note, p.*
+          FROM pg_throttle_apply a
+          JOIN throttle.profile_rule p ON p.profile = v_name AND p.class = a.cls AND p.rule = a.rule),
+    r AS (
+        INSERT INTO throttle.rate_limit (name, scope, scope_id, carrier, channel, sender_type, rate, per, burst,
+                                         each_sender, note)
+        SELECT w.row_name, v_scope, w.sid, w.carrier, w.channel, w.sender_type, w.rate, w.per, w.burst,
+               w.each_sender, w.row_note
+          FROM want w WHERE w.kind = 'rate'
+        ON CONFLICT (name) DO NOTHING
+        RETURNING rate_limit.name, rate_limit.limit_id AS made),
+    c AS (
+        INSERT INTO throttle.cap (name, scope, scope_id, carrier, channel, sender_type, cap, period, reset_at,
+                                  time_zone, overage_pct, warn_at, at_cap, local_time, error_code, note)
+        SELECT w.row_name, v_scope, w.sid, w.carrier, w.channel, w.sender_type, w.cap, w.period, w.reset_at,
+               w.time_zone, w.overage_pct, w.warn_at, w.at_cap, w.local_time, w.error_code, w.row_note
+          FROM want w WHERE w.kind = 'cap'
+        ON CONFLICT (name) DO NOTHING
+        RETURNING cap.name, cap.cap_id AS made),
+    q AS (
+        INSERT INTO throttle.queue_cap (name, scope, scope_id, carrier, channel, max_waiting, validity, error_code, note)
+        SELECT w.row_name, v_scope, w.sid, w.carrier, w.channel, w.max_waiting, w.validity, w.error_code, w.row_note
+          FROM want w WHERE w.kind = 'queue_cap'
+        ON CONFLICT (name) DO NOTHING
+        RETURNING queue_cap.name, queue_cap.queue_cap_id AS made),
+    k AS (
+        INSERT INTO throttle.contact_rule (name, scope, scope_id, channel, kind, max_count, per, reset_at, time_zone,
+                                          reply_window, at_limit, error_code, note)
+        SELECT w.row_name, v_scope, w.sid, w.channel, w.contact_kind, w.max_count, w.per, w.reset_at, w.time_zone,
+               w.reply_window, w.at_limit, w.error_code, w.row_note
+          FROM want w WHERE w.kind = 'contact'
+        ON CONFLICT (name) DO NOTHING
+        RETURNING contact_rule.name, contact_rule.rule_id AS made)
+    UPDATE pg_throttle_apply a SET rule_id = m.made
+      FROM (SELECT * FROM r UNION ALL SELECT * FROM c UNION ALL SELECT * FROM q UNION ALL SELECT * FROM k) m
+     WHERE a.row_name = m.name;
+
+    RETURN QUERY
+    SELECT a.sid, a.kind, a.row_name,
+           coalesce(a.rule_id,
+                    CASE a.kind
+                    WHEN 'rate' THEN (SELECT t.limit_id FROM throttle.rate_limit t WHERE t.name = a.row_name)
+                    WHEN 'cap' THEN (SELECT t.cap_id FROM throttle.cap t WHERE t.name = a.row_name)
+                    WHEN 'contact' THEN (SELECT t.rule_id FROM throttle.contact_rule t WHERE t.name = a.row_name)
+                    ELSE (SELECT t.queue_cap_id FROM throttle.queue_cap t WHERE t.name = a.row_name) END),
+           a.rule_id IS NOT NULL
+      FROM pg_throttle_apply a
+     ORDER BY a.sid, CASE a.kind WHEN 'rate' THEN 1 WHEN 'cap' THEN 2 WHEN 'queue_cap' THEN 3 ELSE 4 END, a.row_name;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION throttle.apply_profile(text, throttle.scope, text[], text) FROM PUBLIC;
+
+CREATE OR REPLACE VIEW throttle.profiles AS
+SELECT p.profile, p.class, p.scope, p.rule, p.kind,
+       CASE p.kind
+       WHEN 'rate' THEN pg_catalog.format('rate %s/%s', p.rate,
+                            CASE p.per WHEN interval '1 second' THEN 's' WHEN interval '1 minute' THEN 'min'
+                                       WHEN interval '1 hour' THEN 'h' ELSE p.per::text END)
+                        || coalesce(', burst ' || p.burst, ', window-exact')
+                        || CASE WHEN p.each_sender THEN ', each sender on its own' ELSE '' END
+       WHEN 'cap' THEN pg_catalog.format('cap %s/%s, reset %s %s, at cap %s', p.cap, p.period,
+                            pg_catalog.to_char(p.reset_at, 'HH24:MI'), p.time_zone, p.at_cap)
+                       || CASE WHEN p.at_cap = 'defer_local' THEN ' ' || pg_catalog.to_char(p.local_time, 'HH24:MI') || ' recipient''s time' ELSE '' END
+                       || CASE WHEN p.overage_pct > 0 THEN pg_catalog.format(', overage %s %%', p.overage_pct) ELSE '' END
+                       || CASE WHEN pg_catalog.cardinality(p.warn_at) > 0
+                               THEN ', warn at ' || pg_catalog.array_to_string(p.warn_at, '/') || ' %' ELSE '' END
+       WHEN 'contact' THEN pg_catalog.format('contact rule %s %s', p.contact_kind, p.max_count)
+                           || CASE WHEN p.contact_kind IN ('new_contacts', 'follow_up_contacts', 'pair_rate')
+                                   THEN coalesce(' per ' || p.per::text,
+                                                 ' a day from ' || pg_catalog.to_char(p.reset_at, 'HH24:MI') || ' ' || p.time_zone)
+                                   ELSE '' END
+                           || ', at limit ' || p.at_limit
+       ELSE 'queue cap ' || coalesce(p.max_waiting || ' waiting', 'the scope''s slowest rate x validity ' || p.validity::text)
+            || coalesce(', validity ' || CASE WHEN p.max_waiting IS NOT NULL THEN p.validity::text END, '')
+       END
+       || coalesce(', error ' || p.error_code, '')
+       || coalesce('; carrier ' || p.carrier, '')
+       || coalesce('; channel ' || p.channel, '')
+       || coalesce('; sender type ' || p.sender_type, '')
+       || CASE WHEN p.class <> '' AND p.min_score IS NOT NULL THEN pg_catalog.format('; vetting score %s-%s', p.min_score, p.max_score) ELSE '' END
+       || CASE WHEN p.default_class THEN '; default class' ELSE '' END
+       AS summary,
+       p.default_class,
+       p.note
+  FROM throttle.profile_rule p
+ ORDER BY p.profile, p.ord, p.class, p.rule;
+
+COMMENT ON TABLE throttle.profile_rule IS
+    'Provider profiles shipped with pg_throttle: one row per rule (rate, calendar cap, queue cap or contact rule) of each profile and class; throttle.apply_profile() turns them into limits. Do not edit: change the created limits instead';
+
+-- 0.5.0: contact rules (seed 004, Sendblue; WhatsApp's pair rate, PRODUCT.md), per line.
+INSERT INTO throttle.profile_rule (profile, class, rule, kind, scope, channel, contact_kind, max_count, per,
+                                   reset_at, time_zone, reply_window, at_limit, ord, default_class, note)
+VALUES
+    ('sendblue_contacts', '', 'line_streak', 'contact', 'sender', 'sms', 'line_streak', 150, NULL,
+     '03:00', 'America/New_York', '24 hours', 'hold', 0, false,
+     'Sendblue: at most 150 consecutive outbound SMS per line; cannot be disabled; an inbound message resets it (seed 004)'),
+    ('sendblue_contacts', 'blue_ocean', 'new', 'contact', 'sender', NULL, 'new_contacts', 50, NULL,
+     '03:00', 'America/New_York', '24 hours', 'hold', 1, true,
+     'Sendblue Blue Ocean: 50 contacts a day per line who never texted you, unique contacts, reset daily at 3am Eastern (seed 004)'),
+    ('sendblue_contacts', 'blue_ocean', 'follow_up', 'contact', 'sender', NULL, 'follow_up_contacts', 200, NULL,
+     '03:00', 'America/New_York', '24 hours', 'hold', 1, true,
+     'Sendblue Blue Ocean: 200 contacts a day per line messaged first more than 24 hours after their last message; replies within 24 hours are unlimited (seed 004)'),
+    ('sendblue_contacts', 'blue_ocean', 'unanswered', 'contact', 'sender', NULL, 'unanswered', 5, NULL,
+     '03:00', 'America/New_York', '24 hours', 'hold', 1, true,
+     'Sendblue Blue Ocean: 5 messages to a contact who has not replied (seed 004)'),
+    ('sendblue_contacts', 'ai_agent', 'follow_up', 'contact', 'sender', NULL, 'follow_up_contacts', 200, '24 hours',
+     '03:00', 'America/New_York', '24 hours', 'hold', 2, false,
+     'Sendblue AI Agent plan: 200 follow-up contacts per line in a rolling 24-hour window; replies within 24 hours are unlimited (seed 004)'),
+    ('whatsapp_pair', '', 'pair_rate', 'contact', 'sender', 'whatsapp', 'pair_rate', 1, '6 seconds',
+     '00:00', 'UTC', '0', 'hold', 0, false,
+     'WhatsApp: about one message per 6 seconds to the same recipient from one number (PRODUCT.md)');
+
 -- Tables a fresh install made before its REVOKE ALL ... FROM PUBLIC: the same rights here.
 REVOKE ALL ON throttle.contact_inbound, throttle.contact_sent, throttle.inbound_message, throttle.line_sent,
               throttle.pool_assignment

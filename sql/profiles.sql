@@ -77,6 +77,21 @@ CREATE TABLE throttle.profile_rule (
     CONSTRAINT profile_rule_each_sender CHECK (NOT each_sender OR (kind = 'rate' AND scope <> 'sender'))
 );
 
+-- 0.5.0: contact rules (throttle.contact_rule) in profiles, kind 'contact'.
+ALTER TABLE throttle.profile_rule
+    ADD COLUMN contact_kind throttle.contact_rule_kind,
+    ADD COLUMN max_count    integer CHECK (max_count BETWEEN 1 AND 1000000000),
+    ADD COLUMN at_limit     throttle.contact_action,
+    ADD COLUMN reply_window interval,
+    DROP CONSTRAINT profile_rule_kind_check,
+    ADD CONSTRAINT profile_rule_kind_check CHECK (kind IN ('rate', 'cap', 'queue_cap', 'contact')),
+    ADD CONSTRAINT profile_rule_contact CHECK (
+        (kind = 'contact') = (contact_kind IS NOT NULL)
+        AND (kind <> 'contact'
+             OR (num_nonnulls(max_count, at_limit, reply_window, reset_at, time_zone) = 5
+                 AND num_nulls(rate, burst, cap, period, at_cap, local_time, overage_pct, warn_at,
+                               max_waiting, validity, sender_type, carrier) = 12)));
+
 -- BEGIN shipped profiles
 -- WhatsApp Cloud API through 360dialog, per number (seed 000).
 INSERT INTO throttle.profile_rule (profile, class, rule, kind, scope, rate, per, ord, default_class, note)
@@ -375,12 +390,13 @@ BEGIN
                AND CASE p.kind
                    WHEN 'rate' THEN EXISTS (SELECT 1 FROM throttle.rate_limit t WHERE t.name = n.row_name)
                    WHEN 'cap' THEN EXISTS (SELECT 1 FROM throttle.cap t WHERE t.name = n.row_name)
+                   WHEN 'contact' THEN EXISTS (SELECT 1 FROM throttle.contact_rule t WHERE t.name = n.row_name)
                    ELSE EXISTS (SELECT 1 FROM throttle.queue_cap t WHERE t.name = n.row_name) END) x;
     IF v_taken IS NOT NULL THEN
         RAISE EXCEPTION 'class % of profile % is already applied to % %', v_other, v_name, v_scope, v_scope_id
             USING ERRCODE = 'invalid_parameter_value',
                   DETAIL = pg_catalog.format('its rows: %s; applying class %s as well would stack both classes'' limits', v_taken, v_cls),
-                  HINT = 'delete the rows named in the detail from throttle.rate_limit, throttle.cap and throttle.queue_cap (a deleted cap forgets its usage), then apply the profile again';
+                  HINT = 'delete the rows named in the detail from throttle.rate_limit, throttle.cap, throttle.queue_cap and throttle.contact_rule (a deleted cap forgets its usage), then apply the profile again';
     END IF;
     FOR r IN
         SELECT p.kind, n.row_name
@@ -393,12 +409,14 @@ BEGIN
                                            AND (t.scope, t.scope_id) IS DISTINCT FROM (v_scope, v_scope_id))
                WHEN 'cap' THEN EXISTS (SELECT 1 FROM throttle.cap t WHERE t.name = n.row_name
                                           AND (t.scope, t.scope_id) IS DISTINCT FROM (v_scope, v_scope_id))
+               WHEN 'contact' THEN EXISTS (SELECT 1 FROM throttle.contact_rule t WHERE t.name = n.row_name
+                                          AND (t.scope, t.scope_id) IS DISTINCT FROM (v_scope, v_scope_id))
                ELSE EXISTS (SELECT 1 FROM throttle.queue_cap t WHERE t.name = n.row_name
                                AND (t.scope, t.scope_id) IS DISTINCT FROM (v_scope, v_scope_id)) END
          LIMIT 1
     LOOP
         RAISE EXCEPTION 'the name % is taken in throttle.% by a row of another scope', r.row_name,
-                        CASE r.kind WHEN 'rate' THEN 'rate_limit' ELSE r.kind END
+                        CASE r.kind WHEN 'rate' THEN 'rate_limit' WHEN 'contact' THEN 'contact_rule' ELSE r.kind END
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'rename or delete that row, then apply the profile again';
     END LOOP;
@@ -412,7 +430,7 @@ BEGIN
          CROSS JOIN LATERAL (SELECT p.profile || '/' || CASE WHEN p.class = '' THEN '' ELSE p.class || '/' END
                                     || v_scope::text || ':' || v_scope_id || '/' || p.rule AS row_name) n
          WHERE p.profile = v_name AND p.class IN ('', v_cls)
-         ORDER BY p.class <> '', CASE p.kind WHEN 'rate' THEN 1 WHEN 'cap' THEN 2 ELSE 3 END, p.rule
+         ORDER BY p.class <> '', CASE p.kind WHEN 'rate' THEN 1 WHEN 'cap' THEN 2 WHEN 'queue_cap' THEN 3 ELSE 4 END, p.rule
     LOOP
         v_id := NULL;
         IF r.kind = 'rate' THEN
@@ -436,6 +454,17 @@ BEGIN
             created := v_id IS NOT NULL;
             IF NOT created THEN
                 SELECT t.cap_id INTO v_id FROM throttle.cap t WHERE t.name = r.row_name;
+            END IF;
+        ELSIF r.kind = 'contact' THEN
+            INSERT INTO throttle.contact_rule (name, scope, scope_id, channel, kind, max_count, per, reset_at, time_zone,
+                                              reply_window, at_limit, error_code, note)
+            VALUES (r.row_name, v_scope, v_scope_id, r.channel, r.contact_kind, r.max_count, r.per, r.reset_at,
+                    r.time_zone, r.reply_window, r.at_limit, r.error_code, r.row_note)
+            ON CONFLICT (name) DO NOTHING
+            RETURNING rule_id INTO v_id;
+            created := v_id IS NOT NULL;
+            IF NOT created THEN
+                SELECT t.rule_id INTO v_id FROM throttle.contact_rule t WHERE t.name = r.row_name;
             END IF;
         ELSE
             INSERT INTO throttle.queue_cap (name, scope, scope_id, carrier, channel, max_waiting, validity, error_code, note)
@@ -516,12 +545,13 @@ BEGIN
      WHERE a.kind IS NULL
        AND (EXISTS (SELECT 1 FROM throttle.rate_limit t WHERE t.name = a.row_name)
             OR EXISTS (SELECT 1 FROM throttle.cap t WHERE t.name = a.row_name)
-            OR EXISTS (SELECT 1 FROM throttle.queue_cap t WHERE t.name = a.row_name));
+            OR EXISTS (SELECT 1 FROM throttle.queue_cap t WHERE t.name = a.row_name)
+            OR EXISTS (SELECT 1 FROM throttle.contact_rule t WHERE t.name = a.row_name));
     IF v_taken IS NOT NULL THEN
         RAISE EXCEPTION 'another class of profile % is already applied to some of these scopes', v_name
             USING ERRCODE = 'invalid_parameter_value',
                   DETAIL = pg_catalog.format('its rows: %s; applying class %s as well would stack both classes'' limits', v_taken, v_cls),
-                  HINT = 'delete the rows named in the detail from throttle.rate_limit, throttle.cap and throttle.queue_cap (a deleted cap forgets its usage), then apply the profile again';
+                  HINT = 'delete the rows named in the detail from throttle.rate_limit, throttle.cap, throttle.queue_cap and throttle.contact_rule (a deleted cap forgets its usage), then apply the profile again';
     END IF;
     DELETE FROM pg_throttle_apply a WHERE a.kind IS NULL;
     -- A name of ours taken by a row of another scope.
@@ -532,12 +562,14 @@ BEGIN
                                        AND (t.scope, t.scope_id) IS DISTINCT FROM (v_scope, a.sid))
            WHEN 'cap' THEN EXISTS (SELECT 1 FROM throttle.cap t WHERE t.name = a.row_name
                                       AND (t.scope, t.scope_id) IS DISTINCT FROM (v_scope, a.sid))
+           WHEN 'contact' THEN EXISTS (SELECT 1 FROM throttle.contact_rule t WHERE t.name = a.row_name
+                                      AND (t.scope, t.scope_id) IS DISTINCT FROM (v_scope, a.sid))
            ELSE EXISTS (SELECT 1 FROM throttle.queue_cap t WHERE t.name = a.row_name
                            AND (t.scope, t.scope_id) IS DISTINCT FROM (v_scope, a.sid)) END
      LIMIT 1;
     IF v_taken IS NOT NULL THEN
         RAISE EXCEPTION 'the name % is taken in throttle.% by a row of another scope', v_taken,
-                        CASE v_other WHEN 'rate' THEN 'rate_limit' ELSE v_other END
+                        CASE v_other WHEN 'rate' THEN 'rate_limit' WHEN 'contact' THEN 'contact_rule' ELSE v_other END
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'rename or delete that row, then apply the profile again';
     END IF;
@@ -568,9 +600,17 @@ BEGIN
         SELECT w.row_name, v_scope, w.sid, w.carrier, w.channel, w.max_waiting, w.validity, w.error_code, w.row_note
           FROM want w WHERE w.kind = 'queue_cap'
         ON CONFLICT (name) DO NOTHING
-        RETURNING queue_cap.name, queue_cap.queue_cap_id AS made)
+        RETURNING queue_cap.name, queue_cap.queue_cap_id AS made),
+    k AS (
+        INSERT INTO throttle.contact_rule (name, scope, scope_id, channel, kind, max_count, per, reset_at, time_zone,
+                                          reply_window, at_limit, error_code, note)
+        SELECT w.row_name, v_scope, w.sid, w.channel, w.contact_kind, w.max_count, w.per, w.reset_at, w.time_zone,
+               w.reply_window, w.at_limit, w.error_code, w.row_note
+          FROM want w WHERE w.kind = 'contact'
+        ON CONFLICT (name) DO NOTHING
+        RETURNING contact_rule.name, contact_rule.rule_id AS made)
     UPDATE pg_throttle_apply a SET rule_id = m.made
-      FROM (SELECT * FROM r UNION ALL SELECT * FROM c UNION ALL SELECT * FROM q) m
+      FROM (SELECT * FROM r UNION ALL SELECT * FROM c UNION ALL SELECT * FROM q UNION ALL SELECT * FROM k) m
      WHERE a.row_name = m.name;
 
     RETURN QUERY
@@ -579,10 +619,11 @@ BEGIN
                     CASE a.kind
                     WHEN 'rate' THEN (SELECT t.limit_id FROM throttle.rate_limit t WHERE t.name = a.row_name)
                     WHEN 'cap' THEN (SELECT t.cap_id FROM throttle.cap t WHERE t.name = a.row_name)
+                    WHEN 'contact' THEN (SELECT t.rule_id FROM throttle.contact_rule t WHERE t.name = a.row_name)
                     ELSE (SELECT t.queue_cap_id FROM throttle.queue_cap t WHERE t.name = a.row_name) END),
            a.rule_id IS NOT NULL
       FROM pg_throttle_apply a
-     ORDER BY a.sid, CASE a.kind WHEN 'rate' THEN 1 WHEN 'cap' THEN 2 ELSE 3 END, a.row_name;
+     ORDER BY a.sid, CASE a.kind WHEN 'rate' THEN 1 WHEN 'cap' THEN 2 WHEN 'queue_cap' THEN 3 ELSE 4 END, a.row_name;
 END
 $$;
 REVOKE EXECUTE ON FUNCTION throttle.apply_profile(text, throttle.scope, text[], text) FROM PUBLIC;
@@ -602,6 +643,12 @@ SELECT p.profile, p.class, p.scope, p.rule, p.kind,
                        || CASE WHEN p.overage_pct > 0 THEN pg_catalog.format(', overage %s %%', p.overage_pct) ELSE '' END
                        || CASE WHEN pg_catalog.cardinality(p.warn_at) > 0
                                THEN ', warn at ' || pg_catalog.array_to_string(p.warn_at, '/') || ' %' ELSE '' END
+       WHEN 'contact' THEN pg_catalog.format('contact rule %s %s', p.contact_kind, p.max_count)
+                           || CASE WHEN p.contact_kind IN ('new_contacts', 'follow_up_contacts', 'pair_rate')
+                                   THEN coalesce(' per ' || p.per::text,
+                                                 ' a day from ' || pg_catalog.to_char(p.reset_at, 'HH24:MI') || ' ' || p.time_zone)
+                                   ELSE '' END
+                           || ', at limit ' || p.at_limit
        ELSE 'queue cap ' || coalesce(p.max_waiting || ' waiting', 'the scope''s slowest rate x validity ' || p.validity::text)
             || coalesce(', validity ' || CASE WHEN p.max_waiting IS NOT NULL THEN p.validity::text END, '')
        END
@@ -618,7 +665,7 @@ SELECT p.profile, p.class, p.scope, p.rule, p.kind,
  ORDER BY p.profile, p.ord, p.class, p.rule;
 
 COMMENT ON TABLE throttle.profile_rule IS
-    'Provider profiles shipped with pg_throttle: one row per rule (rate, calendar cap or queue cap) of each profile and class; throttle.apply_profile() turns them into limits. Do not edit: change the created limits instead';
+    'Provider profiles shipped with pg_throttle: one row per rule (rate, calendar cap, queue cap or contact rule) of each profile and class; throttle.apply_profile() turns them into limits. Do not edit: change the created limits instead';
 COMMENT ON FUNCTION throttle.apply_profile(text, throttle.scope, text, text) IS
     'Create the limits of a provider profile (and class) for a sender, campaign, brand or account, named profile/class/scope:id/rule; rows that exist are kept as they are. Returns every rule''s row and whether it was created now';
 COMMENT ON FUNCTION throttle.apply_profile(text, throttle.scope, text[], text) IS
@@ -630,3 +677,26 @@ COMMENT ON VIEW throttle.profiles IS
 -- EXECUTE, which also need INSERT on the limit tables).
 GRANT SELECT ON throttle.profile_rule, throttle.profiles TO PUBLIC;
 -- END shipped profiles
+
+-- 0.5.0: contact rules (seed 004, Sendblue; WhatsApp's pair rate, PRODUCT.md), per line.
+INSERT INTO throttle.profile_rule (profile, class, rule, kind, scope, channel, contact_kind, max_count, per,
+                                   reset_at, time_zone, reply_window, at_limit, ord, default_class, note)
+VALUES
+    ('sendblue_contacts', '', 'line_streak', 'contact', 'sender', 'sms', 'line_streak', 150, NULL,
+     '03:00', 'America/New_York', '24 hours', 'hold', 0, false,
+     'Sendblue: at most 150 consecutive outbound SMS per line; cannot be disabled; an inbound message resets it (seed 004)'),
+    ('sendblue_contacts', 'blue_ocean', 'new', 'contact', 'sender', NULL, 'new_contacts', 50, NULL,
+     '03:00', 'America/New_York', '24 hours', 'hold', 1, true,
+     'Sendblue Blue Ocean: 50 contacts a day per line who never texted you, unique contacts, reset daily at 3am Eastern (seed 004)'),
+    ('sendblue_contacts', 'blue_ocean', 'follow_up', 'contact', 'sender', NULL, 'follow_up_contacts', 200, NULL,
+     '03:00', 'America/New_York', '24 hours', 'hold', 1, true,
+     'Sendblue Blue Ocean: 200 contacts a day per line messaged first more than 24 hours after their last message; replies within 24 hours are unlimited (seed 004)'),
+    ('sendblue_contacts', 'blue_ocean', 'unanswered', 'contact', 'sender', NULL, 'unanswered', 5, NULL,
+     '03:00', 'America/New_York', '24 hours', 'hold', 1, true,
+     'Sendblue Blue Ocean: 5 messages to a contact who has not replied (seed 004)'),
+    ('sendblue_contacts', 'ai_agent', 'follow_up', 'contact', 'sender', NULL, 'follow_up_contacts', 200, '24 hours',
+     '03:00', 'America/New_York', '24 hours', 'hold', 2, false,
+     'Sendblue AI Agent plan: 200 follow-up contacts per line in a rolling 24-hour window; replies within 24 hours are unlimited (seed 004)'),
+    ('whatsapp_pair', '', 'pair_rate', 'contact', 'sender', 'whatsapp', 'pair_rate', 1, '6 seconds',
+     '00:00', 'UTC', '0', 'hold', 0, false,
+     'WhatsApp: about one message per 6 seconds to the same recipient from one number (PRODUCT.md)');

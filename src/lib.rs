@@ -42,7 +42,7 @@ pgrx::extension_sql_file!(
 pgrx::extension_sql_file!(
     "../sql/profiles.sql",
     name = "profiles",
-    requires = ["schema", "queue_tables", "caps"]
+    requires = ["schema", "queue_tables", "caps", "contacts"]
 );
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 

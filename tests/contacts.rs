@@ -403,3 +403,79 @@ fn an_immediate_shutdown_mid_release_counts_every_contact_once() {
     assert_eq!((counted, all_counted), (200, 200));
     assert_eq!(used(&mut c, "cc-line", "new_contacts"), 200);
 }
+
+#[test]
+fn profiles_create_the_contact_rules_of_a_line() {
+    let server = Server::start("contacts-profiles", &["throttle.worker_enabled = off"]);
+    let mut c = server.connect();
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender) SELECT 'pf-' || g FROM generate_series(1, 5) g",
+    )
+    .expect("lines");
+    let rules = |c: &mut Client, sender: &str| -> Vec<String> {
+        c.query(
+            "SELECT kind || ' ' || max_count || coalesce(' per ' || per, '') || coalesce(' ' || channel, '')
+               FROM throttle.contact_rule WHERE scope = 'sender' AND scope_id = $1 ORDER BY 1",
+            &[&sender],
+        )
+        .expect("rules")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+    // The default class: Blue Ocean.
+    let created: Vec<bool> = c
+        .query(
+            "SELECT created FROM throttle.apply_profile('sendblue_contacts', 'sender', 'pf-1')",
+            &[],
+        )
+        .expect("apply")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(created, vec![true; 4]);
+    assert_eq!(
+        rules(&mut c, "pf-1"),
+        [
+            "follow_up_contacts 200",
+            "line_streak 150 sms",
+            "new_contacts 50",
+            "unanswered 5"
+        ]
+    );
+    let again = count(
+        &mut c,
+        "SELECT count(*) FROM throttle.apply_profile('sendblue_contacts', 'sender', 'pf-1') WHERE NOT created",
+    );
+    assert_eq!(again, 4, "applied again: nothing new");
+    // The AI Agent plan counts follow-ups over a rolling 24 h; many lines at once.
+    let n = count(
+        &mut c,
+        "SELECT count(*) FROM throttle.apply_profile('sendblue_contacts', 'sender', ARRAY['pf-2', 'pf-3'], 'ai_agent') WHERE created",
+    );
+    assert_eq!(n, 4);
+    assert_eq!(
+        rules(&mut c, "pf-2"),
+        ["follow_up_contacts 200 per 24:00:00", "line_streak 150 sms"]
+    );
+    // Another class on a line that has one: refused, nothing changed.
+    let e = c
+        .batch_execute("SELECT * FROM throttle.apply_profile('sendblue_contacts', 'sender', 'pf-1', 'ai_agent')")
+        .expect_err("classes would stack");
+    assert_eq!(sqlstate(&e), "22023", "{e}");
+    assert_eq!(rules(&mut c, "pf-1").len(), 4);
+    c.batch_execute("SELECT * FROM throttle.apply_profile('whatsapp_pair', 'sender', 'pf-4')")
+        .expect("pair rate");
+    assert_eq!(rules(&mut c, "pf-4"), ["pair_rate 1 per 00:00:06 whatsapp"]);
+    let summary: String = c
+        .query_one(
+            "SELECT summary FROM throttle.profiles WHERE profile = 'sendblue_contacts' AND class = 'blue_ocean' AND rule = 'new'",
+            &[],
+        )
+        .expect("summary")
+        .get(0);
+    assert_eq!(
+        summary,
+        "contact rule new_contacts 50 a day from 03:00 America/New_York, at limit hold; default class"
+    );
+}

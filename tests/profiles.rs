@@ -30,20 +30,23 @@ const ATT_CLASSES: [(&str, i64, i64, bool); 16] = [
 ];
 
 /// The eight shipped profiles and their scopes.
-const PROFILES: [(&str, &str); 8] = [
+const PROFILES: [(&str, &str); 10] = [
     ("att_10dlc", "campaign"),
     ("sendblue_account", "account"),
+    ("sendblue_contacts", "sender"),
     ("sendblue_line", "sender"),
     ("tmobile_brand", "brand"),
     ("twilio_account", "account"),
     ("twilio_short_code", "sender"),
     ("verizon_10dlc", "campaign"),
     ("whatsapp", "sender"),
+    ("whatsapp_pair", "sender"),
 ];
 
 /// Rules shipped in throttle.profile_rule: 32 AT&T (16 classes, SMS and MMS), 4 T-Mobile,
-/// 2 WhatsApp, 1 + 5 Twilio, 3 Sendblue line, 6 Sendblue account, 2 Verizon.
-const SHIPPED_RULES: i64 = 55;
+/// 2 WhatsApp, 1 + 5 Twilio, 3 Sendblue line, 6 Sendblue account, 2 Verizon; contact rules
+/// (0.5.0): 5 Sendblue contacts, 1 WhatsApp pair rate.
+const SHIPPED_RULES: i64 = 61;
 
 /// One row of apply_profile's answer.
 #[derive(Debug, Clone, PartialEq)]
