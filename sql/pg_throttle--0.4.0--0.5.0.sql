@@ -376,6 +376,13 @@ SELECT pg_catalog.pg_extension_config_dump('throttle.pool', '');
 SELECT pg_catalog.pg_extension_config_dump('throttle.pool_line', '');
 SELECT pg_catalog.pg_extension_config_dump('throttle.pool_assignment', '');
 
+-- throttle_admit for a message to a recipient (contact rules judged and counted).
+CREATE FUNCTION throttle.throttle_admit(
+    sender text, carrier text, ts timestamptz, cost integer, channel text, recipient text
+) RETURNS throttle.admission
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'pg_throttle_admit_to';
+
 -- Contact rules (sql/contacts.sql): a change tells every session and the worker to read them
 -- again; held messages are judged again under the new rules.
 CREATE TRIGGER contact_rule_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON throttle.contact_rule
@@ -413,6 +420,8 @@ COMMENT ON TABLE throttle.pool_line IS 'The lines (senders) of each pool';
 COMMENT ON TABLE throttle.pool_assignment IS 'Each recipient''s line in each pool (and the line before a reassignment)';
 COMMENT ON FUNCTION throttle.pending_assign_pool() IS 'Internal: the line of a message named by its pool (the recipient''s, or the one with the most headroom)';
 COMMENT ON FUNCTION throttle.enqueue_pool(text, text, text, jsonb, text, integer, smallint, timestamptz, timestamptz) IS 'Enqueue one message through a sticky pool; returns its id';
+COMMENT ON FUNCTION throttle.throttle_admit(text, text, timestamptz, integer, text, text) IS
+    'throttle_admit() of a message to a recipient: the line''s contact rules first (at ts, under the line''s lock), counted with the admission';
 COMMENT ON FUNCTION throttle.plan_lines(text, bigint, bigint) IS 'Lines like a sender needed for a volume of new and follow-up contacts a day under its contact rules';
 REVOKE ALL ON FUNCTION throttle.inbound_for(text, text, timestamptz, text, bigint) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION throttle.inbound_for(text, text, timestamptz, text, bigint) TO PUBLIC;

@@ -50,6 +50,11 @@ impl Cache {
         *self = Cache::default();
     }
 
+    /// Whether `sender` is known to have no contact rules (nothing to read).
+    pub fn known_free(&self, sender: &str) -> bool {
+        self.any == Some(false) || self.rules.get(sender).is_some_and(|r| r.is_empty())
+    }
+
     /// A rule's name (or id) and error code, for its dead letters.
     pub fn label(&self, rule: i64) -> (String, Option<String>) {
         self.labels
@@ -77,6 +82,19 @@ const SQL_RULES: &str = "
         OR (r.scope = 'brand' AND r.scope_id = s.brand)
         OR (r.scope = 'account' AND r.scope_id = s.account)
      ORDER BY q.s, r.rule_id";
+
+/// Take the locks of these lines, where no client holds them (an admission or an inbound
+/// message on a line holds its lock until it commits; the worker never waits for one).
+const SQL_TRY_LINES: &str = "
+    SELECT q.i::int4, pg_catalog.pg_try_advisory_xact_lock(throttle.contact_lock_key(q.s, NULL))
+      FROM unnest($1::text[]) WITH ORDINALITY AS q(s, i)";
+
+/// One recipient's state on one line (for an admission).
+const SQL_ONE: &str = "
+    SELECT cs.counted_as, cs.counted_at, cs.unanswered, cs.unanswered_since, cs.recent,
+           (SELECT ci.last_inbound_at FROM throttle.contact_inbound ci WHERE ci.sender = $1 AND ci.contact = $2)
+      FROM (SELECT 1) AS one
+      LEFT JOIN throttle.contact_sent cs ON cs.sender = $1 AND cs.contact = $2";
 
 /// The fetched rows of lines with rules, with their recipients' state.
 const SQL_ROWS: &str = "
@@ -334,6 +352,16 @@ pub fn read_tick(
     if t.lines.is_empty() {
         return Ok((t, line_names, contact_keys));
     }
+    // The lines' locks first, then everything read as committed now: an admission that
+    // changed a line's state before is seen, one that holds its lock makes it busy.
+    t.busy = vec![false; t.lines.len()];
+    for row in c.select(SQL_TRY_LINES, None, &[line_names.clone().into()])? {
+        let i: i32 = row.get(1)?.unwrap_or(0);
+        if let Some(b) = t.busy.get_mut((i - 1) as usize) {
+            *b = row.get::<bool>(2)? != Some(true);
+        }
+    }
+    let _latest = crate::backend::LatestSnapshot::push();
     // The rows' recipients and their state.
     let mut contact_at: FxHashMap<(String, String), usize> = FxHashMap::default();
     for row in c.select(SQL_ROWS, None, &[tids.into()])? {
@@ -348,32 +376,48 @@ pub fn read_tick(
             t.rows.insert(id, Some(ci));
             continue;
         }
-        let counted = match (row.get::<i16>(4)?, us(row.get(5)?)) {
-            (Some(k), Some(at)) => Some((k, at)),
-            _ => None,
-        };
-        let recent: Vec<Micros> = row
-            .get::<Vec<Option<TimestampWithTimeZone>>>(8)?
-            .unwrap_or_default()
-            .into_iter()
-            .flatten()
-            .map(i64::from)
-            .collect();
-        t.contacts.push(Contact {
-            last_inbound: us(row.get(9)?),
-            counted,
-            unanswered: row.get::<i32>(6)?.unwrap_or(0).max(0) as u32,
-            unanswered_since: us(row.get(7)?),
-            recent,
-            dirty: false,
-        });
+        t.contacts.push(contact_of(&row, 4)?);
         let ci = t.contacts.len() - 1;
         contact_at.insert(key.clone(), ci);
         contact_keys.push(format!("{}\u{1}{}", key.0, key.1));
         t.rows.insert(id, Some(ci));
     }
-    // Each line's last inbound message and streak.
-    for row in c.select(SQL_LINES, None, &[line_names.clone().into()])? {
+    read_lines(c, &mut t, &line_names, now)?;
+    Ok((t, line_names, contact_keys))
+}
+
+/// A contact's state from a row whose columns from `at` on are counted_as, counted_at,
+/// unanswered, unanswered_since, recent, last_inbound_at.
+fn contact_of(row: &pgrx::spi::SpiHeapTupleData<'_>, at: usize) -> pgrx::spi::Result<Contact> {
+    let counted = match (row.get::<i16>(at)?, us(row.get(at + 1)?)) {
+        (Some(k), Some(t)) => Some((k, t)),
+        _ => None,
+    };
+    let recent: Vec<Micros> = row
+        .get::<Vec<Option<TimestampWithTimeZone>>>(at + 4)?
+        .unwrap_or_default()
+        .into_iter()
+        .flatten()
+        .map(i64::from)
+        .collect();
+    Ok(Contact {
+        last_inbound: us(row.get(at + 5)?),
+        counted,
+        unanswered: row.get::<i32>(at + 2)?.unwrap_or(0).max(0) as u32,
+        unanswered_since: us(row.get(at + 3)?),
+        recent,
+        dirty: false,
+    })
+}
+
+/// Each line's last inbound message, streak, and the use of its contact caps.
+fn read_lines(
+    c: &mut SpiClient<'_>,
+    t: &mut contact::Tick,
+    line_names: &[String],
+    now: Micros,
+) -> pgrx::spi::Result<()> {
+    for row in c.select(SQL_LINES, None, &[line_names.to_vec().into()])? {
         let i: i32 = row.get(1)?.unwrap_or(0);
         if let Some((_, l)) = t.lines.get_mut((i - 1) as usize) {
             l.last_inbound = us(row.get(2)?);
@@ -404,7 +448,60 @@ pub fn read_tick(
             }
         }
     }
-    Ok((t, line_names, contact_keys))
+    Ok(())
+}
+
+/// An admission's conversation state: the rules of line `sender` and the state of it and of
+/// `recipient`, read under the line's lock (taken here, held to the end of the transaction:
+/// admissions on one line with contact rules take turns, and the worker leaves the line
+/// alone meanwhile). None when the line has no contact rules.
+pub fn read_one(
+    c: &mut SpiClient<'_>,
+    cache: &mut Cache,
+    sender: &str,
+    recipient: &str,
+    channel: &str,
+    now: Micros,
+) -> pgrx::spi::Result<Option<(contact::Tick, Vec<String>, Vec<String>)>> {
+    if !any(c, cache)? {
+        return Ok(None);
+    }
+    let rules = rules_of(c, cache, &[sender])?.remove(0);
+    if rules.is_empty() {
+        return Ok(None);
+    }
+    c.update(
+        "SELECT pg_catalog.pg_advisory_xact_lock(throttle.contact_lock_key($1, NULL))",
+        None,
+        &[sender.into()],
+    )?;
+    let _latest = crate::backend::LatestSnapshot::push();
+    let mut t = contact::Tick {
+        queues: vec![Some((0, channel.to_string()))],
+        lines: vec![(
+            rules.clone(),
+            Line {
+                used: vec![(0, None); rules.len()],
+                ..Line::default()
+            },
+        )],
+        busy: vec![false],
+        ..contact::Tick::default()
+    };
+    for row in c.select(SQL_ONE, None, &[sender.into(), recipient.into()])? {
+        t.contacts.push(contact_of(&row, 1)?);
+    }
+    if t.contacts.is_empty() {
+        t.contacts.push(Contact::default());
+    }
+    t.rows.insert(0, Some(0));
+    let line_names = vec![sender.to_string()];
+    read_lines(c, &mut t, &line_names, now)?;
+    Ok(Some((
+        t,
+        line_names,
+        vec![format!("{sender}\u{1}{recipient}")],
+    )))
 }
 
 /// Write what the tick decided: the holds (those for a reply only under their locks, else

@@ -479,3 +479,183 @@ fn profiles_create_the_contact_rules_of_a_line() {
         "contact rule new_contacts 50 a day from 03:00 America/New_York, at limit hold; default class"
     );
 }
+
+/// Yesterday 12:00 in New York, as the time admissions are judged at.
+const NOON: &str =
+    "(date_trunc('day', now() AT TIME ZONE 'America/New_York') - interval '12 hours')
+                     AT TIME ZONE 'America/New_York'";
+
+/// `throttle_admit(sender, 'att', NOON + offset, 1, channel, recipient)`: (admitted, retry_at
+/// as epoch µs, blocked_by).
+fn admit(
+    c: &mut Client,
+    sender: &str,
+    recipient: &str,
+    offset: &str,
+    channel: &str,
+) -> (bool, Option<i64>, Option<String>) {
+    let r = c
+        .query_one(
+            &format!(
+                "SELECT a.admitted, (extract(epoch FROM a.retry_at) * 1000000)::int8, a.blocked_by
+                   FROM throttle.throttle_admit($1, 'att', {NOON} + $2::text::interval, 1, $3, $4) a"
+            ),
+            &[&sender, &offset, &channel, &recipient],
+        )
+        .expect("admit");
+    (r.get(0), r.get(1), r.get(2))
+}
+
+#[test]
+fn admissions_judge_contact_rules_at_their_time() {
+    let server = Server::start("contacts-admit", &["throttle.worker_enabled = off"]);
+    let mut c = server.connect();
+    line(
+        &mut c,
+        "ad-line",
+        "('new_contacts', 50, NULL, NULL, NULL, NULL), ('follow_up_contacts', 200, NULL, NULL, NULL, NULL)",
+    );
+    let to = numbers("+1555600", 51);
+    for r in &to[..50] {
+        assert!(admit(&mut c, "ad-line", r, "0", "imessage").0, "{r}");
+    }
+    let (ok, retry, by) = admit(&mut c, "ad-line", &to[50], "0", "imessage");
+    assert!(!ok, "the 51st new contact of the day");
+    let reset = count(
+        &mut c,
+        &format!("SELECT (extract(epoch FROM (date_trunc('day', {NOON} AT TIME ZONE 'America/New_York') + interval '1 day 3 hours') AT TIME ZONE 'America/New_York') * 1000000)::int8"),
+    );
+    assert_eq!(retry, Some(reset), "retry at 03:00 New York");
+    assert!(
+        by.as_deref().unwrap_or("").contains("new_contacts"),
+        "{by:?}"
+    );
+    // Counted today: free.
+    assert!(admit(&mut c, "ad-line", &to[0], "1 hour", "imessage").0);
+    // After 03:00 the 51st goes.
+    assert!(admit(&mut c, "ad-line", &to[50], "15 hours", "imessage").0);
+    // Wrote 23 h before: 100 messages, none counted (time moves on: the rate limit's
+    // clock never goes back).
+    c.batch_execute(&format!(
+        "SELECT throttle.inbound('ad-line', '+15556009999', {NOON} + interval '16 hours' - interval '23 hours')"
+    ))
+    .expect("inbound");
+    for _ in 0..100 {
+        let a = admit(&mut c, "ad-line", "+15556009999", "16 hours", "imessage");
+        assert!(a.0, "{a:?}");
+    }
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM throttle.contact_sent WHERE contact = '+15556009999' AND counted_as IS NOT NULL"),
+        0
+    );
+    // A line with contact rules needs the recipient.
+    let e = c
+        .batch_execute(
+            "SELECT throttle.throttle_admit('ad-line', 'att', now(), 1, 'imessage', NULL)",
+        )
+        .expect_err("no recipient");
+    assert_eq!(sqlstate(&e), "22023", "{e}");
+    // Unanswered: 5, then none until a reply; then one more.
+    line(&mut c, "ad-un", "('unanswered', 5, NULL, NULL, NULL, NULL)");
+    for k in 0..5 {
+        assert!(
+            admit(
+                &mut c,
+                "ad-un",
+                "+15556100000",
+                &format!("{k} seconds"),
+                "imessage"
+            )
+            .0
+        );
+    }
+    let (ok, retry, by) = admit(&mut c, "ad-un", "+15556100000", "10 seconds", "imessage");
+    assert!(!ok && retry.is_none(), "until a reply: {by:?}");
+    c.batch_execute(&format!(
+        "SELECT throttle.inbound('ad-un', '+15556100000', {NOON} + interval '20 seconds')"
+    ))
+    .expect("a reply");
+    assert!(admit(&mut c, "ad-un", "+15556100000", "30 seconds", "imessage").0);
+    // The pair rate, at the admissions' own times: one every 6 s.
+    line(
+        &mut c,
+        "ad-wa",
+        "('pair_rate', 1, '6 seconds', NULL, NULL, NULL)",
+    );
+    let mut went = Vec::new();
+    for k in 0..30 {
+        let (ok, retry, _) = admit(
+            &mut c,
+            "ad-wa",
+            "+15556200000",
+            &format!("{k} seconds"),
+            "whatsapp",
+        );
+        if ok {
+            went.push(k);
+        } else {
+            assert!(retry.is_some());
+        }
+    }
+    assert_eq!(went, [0, 6, 12, 18, 24]);
+}
+
+#[test]
+fn concurrent_admissions_never_exceed_the_new_contact_cap() {
+    let server = Server::start("contacts-admit-race", &["throttle.worker_enabled = off"]);
+    let mut c = server.connect();
+    line(
+        &mut c,
+        "ar-line",
+        "('new_contacts', 50, NULL, NULL, NULL, NULL)",
+    );
+    let handles: Vec<_> = (0..8)
+        .map(|t| {
+            let mut k = server.connect();
+            std::thread::spawn(move || -> usize {
+                let mut n = 0;
+                for i in 0..20 {
+                    let ok: bool = k
+                        .query_one(
+                            "SELECT admitted FROM throttle.throttle_admit('ar-line', 'att', now(), 1, 'sms', $1)",
+                            &[&format!("+1555{t:02}{i:04}")],
+                        )
+                        .expect("admit")
+                        .get(0);
+                    n += ok as usize;
+                }
+                n
+            })
+        })
+        .collect();
+    let total: usize = handles.into_iter().map(|h| h.join().expect("client")).sum();
+    assert_eq!(total, 50, "exactly the cap, from 8 clients at once");
+    assert_eq!(used(&mut c, "ar-line", "new_contacts"), 50);
+}
+
+#[test]
+fn admissions_and_the_worker_count_a_line_together() {
+    let server = Server::start("contacts-both", &[]);
+    let mut c = server.connect();
+    line(
+        &mut c,
+        "ab-line",
+        "('new_contacts', 50, NULL, NULL, NULL, NULL)",
+    );
+    for r in numbers("+1555300", 30) {
+        let ok: bool = c
+            .query_one(
+                "SELECT admitted FROM throttle.throttle_admit('ab-line', 'att', now(), 1, 'sms', $1)",
+                &[&r],
+            )
+            .expect("admit")
+            .get(0);
+        assert!(ok);
+    }
+    let ids = enqueue(&mut c, "ab-line", &numbers("+1555301", 30), "sms");
+    assert_eq!(wait_ready(&mut c, &ids, 20, 10), 20);
+    assert_eq!(wait_held(&mut c, &ids, 10), 10);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ready_of(&mut c, &ids), 20, "50 in all");
+    assert_eq!(used(&mut c, "ab-line", "new_contacts"), 50);
+}

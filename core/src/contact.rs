@@ -327,6 +327,9 @@ pub struct Tick {
     pub queues: Vec<Option<(usize, String)>>,
     /// Each line's rules and state.
     pub lines: Vec<(Rc<[Rule]>, Line)>,
+    /// Lines whose state a client is changing right now (an admission or an inbound message
+    /// holds the line's lock): their rows wait for a later tick (missing: none is busy).
+    pub busy: Vec<bool>,
     /// Each fetched row's contact (an index into `contacts`; None: the row has no recipient).
     pub rows: HashMap<i64, Option<usize>>,
     pub contacts: Vec<Contact>,
@@ -345,6 +348,8 @@ pub enum Judged {
     Refused { rule: i64, kind: Kind },
     /// Its line has rules and it has no recipient to judge them by.
     NoRecipient,
+    /// Its line's state is being changed by a client: not judged now.
+    Busy,
 }
 
 impl Tick {
@@ -353,6 +358,9 @@ impl Tick {
         let Some(Some((li, channel))) = self.queues.get(q) else {
             return Judged::Free;
         };
+        if self.busy.get(*li).copied().unwrap_or(false) {
+            return Judged::Busy;
+        }
         let Some(Some(ci)) = self.rows.get(&id).copied() else {
             return Judged::NoRecipient;
         };

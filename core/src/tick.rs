@@ -355,6 +355,9 @@ pub fn abandon<K: Clone + Eq + Hash, P>(sched: &mut Scheduler<K>, take: Take<P>)
     }
 }
 
+/// How soon a queue whose line a client is busy with is looked at again.
+const BUSY_RETRY_US: Micros = 20_000;
+
 /// Why a row can never be released.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Never {
@@ -415,6 +418,7 @@ where
     };
     let mut local_hit: Vec<bool> = vec![false; taken.len()];
     let mut apart: Vec<(i64, Never)> = Vec::new();
+    let mut busy: Vec<bool> = vec![false; taken.len()];
     let r = schedule::release(batches, &order, |b, row| {
         let t = &taken[b];
         // The recipient's rules first: a row they hold takes no cap or token.
@@ -428,6 +432,13 @@ where
             contact::Judged::NoRecipient => {
                 apart.push((row.id, Never::NoRecipient));
                 return Verdict::Aside;
+            }
+            contact::Judged::Busy => {
+                busy[b] = true;
+                return Verdict::Blocked {
+                    limit: LimitRef::Memory,
+                    until: now + BUSY_RETRY_US,
+                };
             }
         }
         let verdict = admit_row(t, row, ledgers, buckets, now);
@@ -467,6 +478,14 @@ where
     for (b, t) in taken.iter().enumerate() {
         if local_hit[b] {
             continue;
+        } else if busy[b] {
+            // Its line is busy with a client: look again shortly, in no limit's line.
+            sched.done(
+                t.q,
+                Done::Deferred {
+                    until: now + BUSY_RETRY_US,
+                },
+            );
         } else if let Some((limit, until)) = r.blocked[b] {
             sched.done(t.q, held(buckets, &t.plan, limit, until));
         } else if (batches[b].len() as u64) < t.n {
@@ -755,6 +774,7 @@ mod contact_tests {
                 .collect(),
             contacts: vec![Contact::default(); 2],
             held: vec![],
+            busy: vec![false],
         };
         let mut ledgers: Ledgers<SimCap> = HashMap::new();
         let r = release(
@@ -778,5 +798,31 @@ mod contact_tests {
                 .collect::<Vec<_>>(),
             vec![(1, true), (1, true)]
         );
+        // A line a client is busy with: nothing of it is judged or taken; it is due again soon.
+        sched.touch(&7, 1);
+        let q = sched.due(1, 10, |_| (1, 1))[0].0;
+        let take = Take {
+            taken: vec![Taken {
+                q,
+                n: 4,
+                plan: 7u32,
+                caps: vec![],
+                refuse: None,
+            }],
+            hold: vec![],
+        };
+        convo.busy = vec![true];
+        convo.held.clear();
+        let r = release(
+            &mut sched,
+            take,
+            &batches,
+            &mut ledgers,
+            &mut buckets,
+            &mut convo,
+            1,
+        );
+        assert!(r.admitted.is_empty() && r.dead.is_empty() && convo.held.is_empty());
+        assert_eq!(sched.next_wake(), Some(1 + BUSY_RETRY_US));
     }
 }

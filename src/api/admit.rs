@@ -627,3 +627,156 @@ unsafe fn admission_desc(fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::Tup
         Ok(copy)
     }
 }
+
+pgrx::extension_sql!(
+    r#"
+-- throttle_admit for a message to `recipient`: the line's contact rules (sql/contacts.sql) are
+-- judged first, at ts, and counted with the admission in the caller's transaction.
+CREATE FUNCTION throttle.throttle_admit(
+    sender text, carrier text, ts timestamptz, cost integer, channel text, recipient text
+) RETURNS throttle.admission
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'pg_throttle_admit_to';
+"#,
+    name = "admit_to",
+    requires = ["admit_functions"],
+);
+
+/// Each line's contact rules, for admissions, with the configuration generation they are of.
+static CONTACT_RULES: backend::BackendLocal<Option<(u64, crate::contacts::Cache)>> =
+    backend::BackendLocal::new(None);
+
+/// The admission of `call` to `recipient`: without contact rules on its line, exactly
+/// [`decide`]; with them, under the line's lock, the rules judge the message at the call's
+/// time (a rule that holds it refuses the call until when it would let it go, or with no
+/// retry time until the recipient writes), then the rate limits and caps decide, and an
+/// admitted message is counted in the line's and the recipient's state.
+fn admit_to<R>(
+    call: &Call,
+    recipient: Option<&[u8]>,
+    then: impl FnOnce(usize, Outcome, Option<(i64, &str)>) -> Result<R>,
+) -> Result<R> {
+    if !shmem::is_loaded() {
+        return Err(Box::new(error::not_preloaded()));
+    }
+    // Who may act for the sender first: a line's lock is taken only for its own tenants.
+    config::authorize(call.sender, call.carrier, call.channel)?;
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let (sender, channel) = (text(call.sender), text(call.channel));
+    let generation = shmem::config_generation();
+    let mut cache = CONTACT_RULES
+        .with(|c| c.take())
+        .filter(|(g, _)| *g == generation)
+        .map(|(_, c)| c)
+        .unwrap_or_default();
+    let read = if cache.known_free(&sender) {
+        Ok(None)
+    } else {
+        let to = recipient.map(text).unwrap_or_default();
+        Spi::connect_mut(|c| {
+            crate::contacts::read_one(c, &mut cache, &sender, &to, &channel, call.now)
+        })
+        .map_err(|e| Box::new(error::internal(e)))
+    };
+    let rules_label = |t: &crate::limiter::contact::Tick, rule: i64| -> String {
+        let kind = t.lines[0]
+            .0
+            .iter()
+            .find(|r| r.id == rule)
+            .map_or("", |r| r.kind.as_str());
+        format!("contact rule {} ({kind})", cache.label(rule).0)
+    };
+    let outcome = match read {
+        Err(e) => Err(e),
+        Ok(None) => Ok(None),
+        Ok(Some(_)) if recipient.is_none() => Err(Box::new(error::invalid(
+            format!("sender \"{sender}\" has contact rules: they count recipients"),
+            "pass the recipient: throttle_admit(sender, carrier, ts, cost, channel, recipient)",
+        ))),
+        Ok(Some((mut t, lines, keys))) => {
+            let n_rules = t.lines[0].0.len();
+            let refused = |retry_at| Outcome::Refused {
+                blocker: 0,
+                retry_at,
+                headroom: 0,
+            };
+            match t.judge(0, 0, call.now) {
+                crate::limiter::contact::Judged::Free => {
+                    let (n, outcome, blocker) = decide(call, true, |n, o, b| {
+                        Ok((n, o, b.map(|(id, l)| (id, l.to_string()))))
+                    })?;
+                    if matches!(outcome, Outcome::Admitted { .. }) {
+                        t.count(0, 0, call.now);
+                        Spi::connect_mut(|c| {
+                            crate::contacts::write_tick(c, &t, &lines, &keys, call.now)
+                        })
+                        .map_err(|e| Box::new(error::internal(e)))?;
+                    }
+                    Ok(Some((n + n_rules, outcome, blocker)))
+                }
+                crate::limiter::contact::Judged::Refused { rule, .. } => Ok(Some((
+                    n_rules,
+                    refused(None),
+                    Some((rule, rules_label(&t, rule))),
+                ))),
+                _ => {
+                    let held = t.held.first().map(|h| (h.1, h.2));
+                    let (rule, until) = held.unwrap_or((0, None));
+                    Ok(Some((
+                        n_rules,
+                        refused(until),
+                        Some((rule, rules_label(&t, rule))),
+                    )))
+                }
+            }
+        }
+    };
+    CONTACT_RULES.with(|c| *c = Some((generation, cache)));
+    match outcome? {
+        None => decide(call, true, then),
+        Some((n, outcome, blocker)) => then(
+            n,
+            outcome,
+            blocker.as_ref().map(|(id, l)| (*id, l.as_str())),
+        ),
+    }
+}
+
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_pg_throttle_admit_to() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// `throttle.throttle_admit(sender, carrier, ts, cost, channel, recipient)`.
+///
+/// # Safety
+/// Called only by PostgreSQL's function manager, with a valid `fcinfo`, as the function of
+/// that SQL function.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn pg_throttle_admit_to(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: `fcinfo` is the call information of the six-argument `throttle_admit`, running
+    // now, whose first five arguments are those of the five-argument one (what `read_call`
+    // reads) and whose sixth is text; the borrowed `Call` and recipient are dropped before
+    // this function returns.
+    let r = unsafe { read_call(fcinfo) }.and_then(|call| {
+        // SAFETY: as above: `fcinfo` is live and has six arguments.
+        let given = unsafe { arg(fcinfo, 5) }.is_some();
+        let recipient = if given {
+            // SAFETY: as above: argument 5 is declared text, and is not NULL.
+            Some(unsafe { text_arg(fcinfo, 5, "recipient") }?)
+        } else {
+            None
+        };
+        admit_to(&call, recipient, |limits, outcome, blocker| {
+            // SAFETY: `fcinfo` is the live call information of a function returning the
+            // composite `throttle.admission`.
+            unsafe { admission_datum(fcinfo, limits, outcome, blocker) }
+        })
+    });
+    error::or_raise(r)
+}
