@@ -6,6 +6,7 @@
 #   scripts/bench.sh                  every section but fidelity (7-9 minutes on 2 cores, after the build)
 #   scripts/bench.sh SECTION ...      admit | throughput | accuracy | latency | scale | enqueue |
 #                                     clients | fidelity (over 3 minutes alone: only when named) |
+#                                     contacts (10 million idle contacts, PG_THROTTLE_BENCH_CONTACTS: only when named) |
 #                                     release (throughput, accuracy, latency, scale, enqueue) | all
 #   options: --rows N --runs N --caps --window --conf 'name = value' (admit);
 #            --baseline FILE (figures to print beside this build's); --save FILE (write this

@@ -97,9 +97,9 @@ fn main() {
         match w.as_str() {
             "release" => sections.extend(RELEASE),
             "all" => sections.extend(EVERY),
-            w if EVERY.contains(&w) || w == "fidelity" => sections.push(w),
+            w if EVERY.contains(&w) || w == "fidelity" || w == "contacts" => sections.push(w),
             other => {
-                eprintln!("unknown benchmark {other}: expected admit, throughput, accuracy, latency, scale, enqueue, clients, fidelity, release (the five release sections) or all");
+                eprintln!("unknown benchmark {other}: expected admit, throughput, accuracy, latency, scale, enqueue, clients, fidelity, contacts, release (the five release sections) or all");
                 std::process::exit(2);
             }
         }
@@ -122,6 +122,7 @@ fn main() {
             "enqueue" => enqueue_throughput(&mut s),
             "clients" => clients(&mut s),
             "fidelity" => fidelity(&mut s),
+            "contacts" => contacts_scale(&mut s),
             _ => unreachable!(),
         }
         println!("   ({w}: {:.0} s)", t.elapsed().as_secs_f64());
@@ -1578,4 +1579,139 @@ fn fidelity(s: &mut Summary) {
     s.value("fidelity", "limits broken", over as f64, "count");
     s.value("fidelity", "lowest utilisation", lowest_use, "");
     s.value("fidelity", "lowest Jain's index", lowest_jain, "");
+}
+
+// ---------------------------------------------------------------------------------------
+// Contact rules at scale (issue #10): admissions with contact rules against the same
+// admissions without, and the worker's release with and without millions of idle contacts.
+
+/// Idle contacts to add (PG_THROTTLE_BENCH_CONTACTS, default 10,000,000).
+fn idle_contacts() -> i64 {
+    std::env::var("PG_THROTTLE_BENCH_CONTACTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000_000)
+}
+
+/// Admissions per second of `sql` (a count over a table of `rows` rows), median of 3 rounds
+/// interleaved with `other`; returns both medians and the median of the per-round ratios.
+fn admit_pair(c: &mut Client, sql: &str, other: &str, rows: i64) -> (f64, f64, f64) {
+    let (mut a, mut b, mut r) = (vec![], vec![], vec![]);
+    for _ in 0..3 {
+        let t = Instant::now();
+        q1(c, sql);
+        let x = rows as f64 / t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        q1(c, other);
+        let y = rows as f64 / t.elapsed().as_secs_f64();
+        a.push(x);
+        b.push(y);
+        r.push(100.0 * x / y);
+    }
+    (median(a), median(b), median(r))
+}
+
+/// Release `n` messages to new recipients over the 1,000 lines with rules: rows/s and the
+/// worker's CPU µs per row.
+fn contacts_release(c: &mut Client, n: i64, tag: &str) -> (f64, f64) {
+    c.batch_execute(&format!(
+        "TRUNCATE throttle.ready;
+         INSERT INTO throttle.pending (sender, carrier, recipient)
+              SELECT 'cr-' || (g % 1000), 'att', '{tag}' || g FROM generate_series(1, {n}) g;
+         VACUUM ANALYZE throttle.pending;"
+    ))
+    .expect("fill");
+    let pid = worker_pid(c);
+    let (before, cpu0) = (released_so_far(c), cpu_seconds(pid));
+    set_worker(c, true);
+    let secs = drain(c, before + n, Duration::from_secs(300));
+    let cpu1 = cpu_seconds(pid);
+    let done = released_so_far(c) - before;
+    set_worker(c, false);
+    (done as f64 / secs, 1e6 * (cpu1 - cpu0) / done.max(1) as f64)
+}
+
+fn contacts_scale(s: &mut Summary) {
+    let idle = idle_contacts();
+    let rows: i64 = 20_000;
+    println!(
+        "== contact rules: 1,000 lines with new, follow-up and unanswered rules; admissions with and without them; release with 0 and {idle} idle contacts"
+    );
+    let mut conf = BENCH_CONF.to_vec();
+    conf.push("throttle.worker_enabled = off");
+    let server = Server::start("bench-contacts", &conf);
+    let mut c = server.connect();
+    c.batch_execute(&format!(
+        "INSERT INTO throttle.sender (sender, account)
+              SELECT p || g, CASE p WHEN 'na-' THEN 'plain' ELSE 'ruled' END
+                FROM generate_series(0, 999) g, unnest(ARRAY['cr-', 'ca-', 'na-']) p;
+         INSERT INTO throttle.rate_limit (scope, scope_id, rate, per)
+              SELECT 'sender', sender, 1000000, '1 second' FROM throttle.sender;
+         INSERT INTO throttle.contact_rule (scope, scope_id, kind, max_count) VALUES
+              ('account', 'ruled', 'new_contacts', 1000000000),
+              ('account', 'ruled', 'follow_up_contacts', 1000000000),
+              ('account', 'ruled', 'unanswered', 1000000000);
+         CREATE TABLE admit_ruled AS
+              SELECT 'ca-' || (g % 1000) AS sender, '+1555' || g AS recipient FROM generate_series(1, {rows}) g;
+         CREATE TABLE admit_plain AS
+              SELECT 'na-' || (g % 1000) AS sender FROM generate_series(1, {rows}) g;
+         ANALYZE admit_ruled; ANALYZE admit_plain;
+         SET max_parallel_workers_per_gather = 0;"
+    ))
+    .expect("set up");
+    let ruled = format!(
+        "SELECT count(*) FROM admit_ruled WHERE (throttle.throttle_admit(sender, 'att', now(), 1, 'sms', recipient || '-' || txid_current())).admitted"
+    );
+    let plain = "SELECT count(*) FROM admit_plain WHERE (throttle.throttle_admit(sender, 'att', now(), 1, 'sms')).admitted";
+    let (with, without, ratio) = admit_pair(&mut c, &ruled, plain, rows);
+    println!(
+        "  throttle_admit with contact rules {with:>10.0} rows/s, without {without:>10.0} rows/s: {ratio:.1} % (median of per-round ratios)"
+    );
+    s.ratio(
+        "contacts",
+        "throttle_admit with contact rules",
+        with,
+        "rows/s",
+        ("throttle_admit without", without),
+        ratio,
+        Some(30.0),
+    );
+    let (r0, cpu0) = contacts_release(&mut c, rows, "+1666");
+    println!("  release with contact rules, no idle contacts: {r0:>10.0} rows/s, worker {cpu0:.1} µs CPU per row");
+    let t = Instant::now();
+    c.batch_execute(&format!(
+        "INSERT INTO throttle.contact_sent (sender, contact, counted_as, counted_at, unanswered, last_sent_at)
+              SELECT 'cr-' || (g % 1000), '+1999' || g, 1, now() - interval '10 days', 0, now() - interval '10 days'
+                FROM generate_series(1, {idle}) g;
+         INSERT INTO throttle.contact_inbound (sender, contact, last_inbound_at)
+              SELECT 'cr-' || (g % 1000), '+1999' || g, now() - interval '20 days' FROM generate_series(1, {idle}) g;
+         VACUUM ANALYZE throttle.contact_sent; VACUUM ANALYZE throttle.contact_inbound;"
+    ))
+    .expect("idle contacts");
+    println!(
+        "  ({idle} idle contacts written in {:.0} s)",
+        t.elapsed().as_secs_f64()
+    );
+    let (r1, cpu1) = contacts_release(&mut c, rows, "+1777");
+    println!("  release with contact rules, {idle} idle contacts: {r1:>10.0} rows/s, worker {cpu1:.1} µs CPU per row");
+    s.ratio(
+        "contacts",
+        format!("release with {idle} idle contacts"),
+        r1,
+        "rows/s",
+        ("release with none", r0),
+        100.0 * r1 / r0,
+        None,
+    );
+    s.value("contacts", "worker CPU per row, no idle contacts", cpu0, "µs");
+    s.value(
+        "contacts",
+        format!("worker CPU per row, {idle} idle contacts"),
+        cpu1,
+        "µs",
+    );
+    let (with2, without2, ratio2) = admit_pair(&mut c, &ruled, plain, rows);
+    println!(
+        "  with {idle} idle contacts: throttle_admit with contact rules {with2:>10.0} rows/s, without {without2:>10.0} rows/s: {ratio2:.1} %"
+    );
 }
