@@ -15,8 +15,10 @@ use crate::limiter::contact::{self, AtLimit, Contact, Kind, Line, Rule, Window};
 use crate::limiter::Micros;
 use chrono::NaiveTime;
 use pgrx::datum::{DatumWithOid, Time};
+use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
+use pgrx::{PgBuiltInOids, PgOid};
 use rustc_hash::FxHashMap;
 use std::rc::Rc;
 
@@ -88,6 +90,10 @@ const SQL_RULES: &str = "
 const SQL_TRY_LINES: &str = "
     SELECT q.i::int4, pg_catalog.pg_try_advisory_xact_lock(throttle.contact_lock_key(q.s, NULL))
       FROM unnest($1::text[]) WITH ORDINALITY AS q(s, i)";
+
+/// An admission's wait for its line's lock (see [`read_one`]).
+const SQL_LOCK_LINE: &str =
+    "SELECT pg_catalog.pg_advisory_xact_lock(throttle.contact_lock_key($1, NULL))";
 
 /// One recipient's state on one line (for an admission).
 const SQL_ONE: &str = "
@@ -210,6 +216,35 @@ pub fn prune(c: &mut SpiClient<'_>, now: Micros) -> pgrx::spi::Result<bool> {
         .get::<i64>(1)?
         .unwrap_or(0);
     Ok(n >= PRUNE_BATCH as i64)
+}
+
+/// The statements of every tick and admission, prepared once per backend and kept.
+static KEPT: crate::backend::BackendLocal<
+    Option<FxHashMap<(usize, usize), Rc<pgrx::spi::OwnedPreparedStatement>>>,
+> = crate::backend::BackendLocal::new(None);
+
+/// `sql` (a constant of this module) prepared with argument types `types`, kept.
+fn kept(
+    c: &SpiClient<'_>,
+    sql: &'static str,
+    types: &[PgBuiltInOids],
+    mutating: bool,
+) -> pgrx::spi::Result<Rc<pgrx::spi::OwnedPreparedStatement>> {
+    let key = (sql.as_ptr() as usize, sql.len());
+    if let Some(p) = KEPT.with(|m| m.get_or_insert_with(Default::default).get(&key).cloned()) {
+        return Ok(p);
+    }
+    let oids: Vec<PgOid> = types.iter().map(|&t| PgOid::BuiltIn(t)).collect();
+    let p = Rc::new(if mutating {
+        c.prepare_mut(sql, &oids)?.keep()
+    } else {
+        c.prepare(sql, &oids)?.keep()
+    });
+    KEPT.with(|m| {
+        m.get_or_insert_with(Default::default)
+            .insert(key, p.clone())
+    });
+    Ok(p)
 }
 
 fn ts(us: Micros) -> TimestampWithTimeZone {
@@ -355,7 +390,8 @@ pub fn read_tick(
     // The lines' locks first, then everything read as committed now: an admission that
     // changed a line's state before is seen, one that holds its lock makes it busy.
     t.busy = vec![false; t.lines.len()];
-    for row in c.select(SQL_TRY_LINES, None, &[line_names.clone().into()])? {
+    let p = kept(c, SQL_TRY_LINES, &[TEXTARRAYOID], false)?;
+    for row in c.select(&*p, None, &[line_names.clone().into()])? {
         let i: i32 = row.get(1)?.unwrap_or(0);
         if let Some(b) = t.busy.get_mut((i - 1) as usize) {
             *b = row.get::<bool>(2)? != Some(true);
@@ -364,7 +400,8 @@ pub fn read_tick(
     let _latest = crate::backend::LatestSnapshot::push();
     // The rows' recipients and their state.
     let mut contact_at: FxHashMap<(String, String), usize> = FxHashMap::default();
-    for row in c.select(SQL_ROWS, None, &[tids.into()])? {
+    let p = kept(c, SQL_ROWS, &[TIDARRAYOID], false)?;
+    for row in c.select(&*p, None, &[tids.into()])? {
         let id: i64 = row.get(1)?.unwrap_or(0);
         let sender: String = row.get(2)?.unwrap_or_default();
         let Some(recipient) = row.get::<String>(3)? else {
@@ -417,7 +454,8 @@ fn read_lines(
     line_names: &[String],
     now: Micros,
 ) -> pgrx::spi::Result<()> {
-    for row in c.select(SQL_LINES, None, &[line_names.to_vec().into()])? {
+    let p = kept(c, SQL_LINES, &[TEXTARRAYOID], false)?;
+    for row in c.select(&*p, None, &[line_names.to_vec().into()])? {
         let i: i32 = row.get(1)?.unwrap_or(0);
         if let Some((_, l)) = t.lines.get_mut((i - 1) as usize) {
             l.last_inbound = us(row.get(2)?);
@@ -439,7 +477,13 @@ fn read_lines(
     }
     if !s.is_empty() {
         let args: [DatumWithOid; 3] = [s.into(), k.into(), since.into()];
-        for row in c.select(SQL_USED, None, &args)? {
+        let p = kept(
+            c,
+            SQL_USED,
+            &[TEXTARRAYOID, INT2ARRAYOID, TIMESTAMPTZARRAYOID],
+            false,
+        )?;
+        for row in c.select(&*p, None, &args)? {
             let i: i32 = row.get(1)?.unwrap_or(0);
             let n: i64 = row.get(2)?.unwrap_or(0);
             let oldest = us(row.get(3)?);
@@ -470,11 +514,8 @@ pub fn read_one(
     if rules.is_empty() {
         return Ok(None);
     }
-    c.update(
-        "SELECT pg_catalog.pg_advisory_xact_lock(throttle.contact_lock_key($1, NULL))",
-        None,
-        &[sender.into()],
-    )?;
+    let p = kept(c, SQL_LOCK_LINE, &[TEXTOID], true)?;
+    c.update(&*p, None, &[sender.into()])?;
     let _latest = crate::backend::LatestSnapshot::push();
     let mut t = contact::Tick {
         queues: vec![Some((0, channel.to_string()))],
@@ -488,7 +529,8 @@ pub fn read_one(
         busy: vec![false],
         ..contact::Tick::default()
     };
-    for row in c.select(SQL_ONE, None, &[sender.into(), recipient.into()])? {
+    let p = kept(c, SQL_ONE, &[TEXTOID, TEXTOID], false)?;
+    for row in c.select(&*p, None, &[sender.into(), recipient.into()])? {
         t.contacts.push(contact_of(&row, 1)?);
     }
     if t.contacts.is_empty() {
@@ -504,6 +546,12 @@ pub fn read_one(
     )))
 }
 
+/// Split a contact key (line, recipient).
+fn split(k: &str) -> (String, String) {
+    let (s, c) = k.split_once('\u{1}').unwrap_or((k, ""));
+    (s.to_string(), c.to_string())
+}
+
 /// Write what the tick decided: the holds (those for a reply only under their locks, else
 /// looked at again a second later), and the state of the contacts and lines it counted.
 pub fn write_tick(
@@ -516,39 +564,43 @@ pub fn write_tick(
     if t.lines.is_empty() {
         return Ok(());
     }
-    let split = |k: &str| -> (String, String) {
-        let (s, c) = k.split_once('\u{1}').unwrap_or((k, ""));
-        (s.to_string(), c.to_string())
-    };
-    let line_of_row = |id: i64| -> Option<(usize, Option<usize>)> {
-        let ci = t.rows.get(&id).copied().flatten();
-        // A held row's line: the line of any queue (the row's contact key names it).
-        let li = ci.and_then(|ci| {
-            let (s, _) = split(&contact_keys[ci]);
-            line_names.iter().position(|n| *n == s)
-        });
-        li.map(|li| (li, ci))
-    };
-    let kind_of =
-        |li: usize, rule: i64| t.lines[li].0.iter().find(|r| r.id == rule).map(|r| r.kind);
-    // Holds for a reply: try their locks, then read the inbound state again.
+    write_holds(c, t, line_names, contact_keys, now)?;
+    write_contacts(c, t, contact_keys, now)?;
+    write_lines(c, t, line_names, now)
+}
+
+/// The holds of the tick. One for a reply is written only if its lock is had at once and its
+/// inbound state is as the tick judged it; else the message is looked at again a second later.
+fn write_holds(
+    c: &mut SpiClient<'_>,
+    t: &contact::Tick,
+    line_names: &[String],
+    contact_keys: &[String],
+    now: Micros,
+) -> pgrx::spi::Result<()> {
+    // (row id, until, rule)
     let mut holds: Vec<(i64, Option<Micros>, Option<i64>)> = Vec::new();
     let (mut ls, mut lc, mut expect, mut which) = (vec![], vec![], vec![], vec![]);
     for &(id, rule, until) in &t.held {
         holds.push((id, until, Some(rule)));
-        if until.is_some() {
-            continue;
-        }
-        let Some((li, ci)) = line_of_row(id) else {
+        let ci = t.rows.get(&id).copied().flatten();
+        // The row's line, named by its contact's key.
+        let li = ci.and_then(|ci| {
+            let (s, _) = split(&contact_keys[ci]);
+            line_names.iter().position(|n| *n == s)
+        });
+        let (Some(li), Some(ci), None) = (li, ci, until) else {
             continue;
         };
-        let line_wide = kind_of(li, rule) == Some(Kind::LineStreak);
+        let line_wide = t.lines[li]
+            .0
+            .iter()
+            .any(|r| r.id == rule && r.kind == Kind::LineStreak);
         ls.push(line_names[li].clone());
         if line_wide {
             lc.push(None);
             expect.push(t.lines[li].1.last_inbound);
         } else {
-            let ci = ci.unwrap_or(0);
             lc.push(Some(split(&contact_keys[ci]).1));
             expect.push(t.contacts[ci].last_inbound);
         }
@@ -563,6 +615,7 @@ pub fn write_tick(
                 *slot = row.get::<bool>(2)?.unwrap_or(false);
             }
         }
+        let _latest = crate::backend::LatestSnapshot::push();
         for row in c.select(SQL_INBOUND_AGAIN, None, &args())? {
             let i = (row.get::<i32>(1)?.unwrap_or(0) - 1) as usize;
             let again = us(row.get(2)?);
@@ -587,7 +640,16 @@ pub fn write_tick(
         let args: [DatumWithOid; 3] = [ids.into(), until.into(), rules.into()];
         c.update(SQL_HOLD, None, &args)?;
     }
-    // The contacts and lines counted.
+    Ok(())
+}
+
+/// The state of the contacts the tick counted (one statement).
+fn write_contacts(
+    c: &mut SpiClient<'_>,
+    t: &contact::Tick,
+    contact_keys: &[String],
+    now: Micros,
+) -> pgrx::spi::Result<()> {
     let (mut s, mut cn, mut k, mut at, mut n, mut since) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
     let (mut off, mut len, mut recent) = (vec![], vec![], vec![]);
@@ -606,21 +668,49 @@ pub fn write_tick(
         len.push(ct.recent.len() as i32);
         recent.extend(ct.recent.iter().map(|&r| ts(r)));
     }
-    if !s.is_empty() {
-        let args: [DatumWithOid; 10] = [
-            s.into(),
-            cn.into(),
-            k.into(),
-            at.into(),
-            n.into(),
-            since.into(),
-            off.into(),
-            len.into(),
-            recent.into(),
-            ts(now).into(),
-        ];
-        c.update(SQL_SENT, None, &args)?;
+    if s.is_empty() {
+        return Ok(());
     }
+    let args: [DatumWithOid; 10] = [
+        s.into(),
+        cn.into(),
+        k.into(),
+        at.into(),
+        n.into(),
+        since.into(),
+        off.into(),
+        len.into(),
+        recent.into(),
+        ts(now).into(),
+    ];
+    let p = kept(
+        c,
+        SQL_SENT,
+        &[
+            TEXTARRAYOID,
+            TEXTARRAYOID,
+            INT2ARRAYOID,
+            TIMESTAMPTZARRAYOID,
+            INT4ARRAYOID,
+            TIMESTAMPTZARRAYOID,
+            INT4ARRAYOID,
+            INT4ARRAYOID,
+            TIMESTAMPTZARRAYOID,
+            TIMESTAMPTZOID,
+        ],
+        true,
+    )?;
+    c.update(&*p, None, &args)?;
+    Ok(())
+}
+
+/// The streaks of the lines the tick counted (one statement).
+fn write_lines(
+    c: &mut SpiClient<'_>,
+    t: &contact::Tick,
+    line_names: &[String],
+    now: Micros,
+) -> pgrx::spi::Result<()> {
     let (mut s, mut n, mut since) = (vec![], vec![], vec![]);
     for (li, (_, l)) in t.lines.iter().enumerate() {
         if l.dirty && (l.streak > 0 || l.streak_since.is_some()) {
@@ -631,7 +721,18 @@ pub fn write_tick(
     }
     if !s.is_empty() {
         let args: [DatumWithOid; 4] = [s.into(), n.into(), since.into(), ts(now).into()];
-        c.update(SQL_LINE_SENT, None, &args)?;
+        let p = kept(
+            c,
+            SQL_LINE_SENT,
+            &[
+                TEXTARRAYOID,
+                INT4ARRAYOID,
+                TIMESTAMPTZARRAYOID,
+                TIMESTAMPTZOID,
+            ],
+            true,
+        )?;
+        c.update(&*p, None, &args)?;
     }
     Ok(())
 }

@@ -734,7 +734,8 @@ mod contact_tests {
         let q = sched.due(0, 10, |_| (1, 0))[0].0;
         let mut buckets = SimBuckets::default();
         buckets.limits_of.insert(7, vec![]);
-        let take = Take {
+        // Queue 7's four head rows, through no limit.
+        let take_of = |q| Take {
             taken: vec![Taken {
                 q,
                 n: 4,
@@ -744,6 +745,7 @@ mod contact_tests {
             }],
             hold: vec![],
         };
+        let take = take_of(q);
         let row = |id| Row {
             id,
             priority: 0,
@@ -801,16 +803,7 @@ mod contact_tests {
         // A line a client is busy with: nothing of it is judged or taken; it is due again soon.
         sched.touch(&7, 1);
         let q = sched.due(1, 10, |_| (1, 1))[0].0;
-        let take = Take {
-            taken: vec![Taken {
-                q,
-                n: 4,
-                plan: 7u32,
-                caps: vec![],
-                refuse: None,
-            }],
-            hold: vec![],
-        };
+        let take = take_of(q);
         convo.busy = vec![true];
         convo.held.clear();
         let r = release(
