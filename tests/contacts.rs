@@ -659,3 +659,31 @@ fn admissions_and_the_worker_count_a_line_together() {
     assert_eq!(ready_of(&mut c, &ids), 20, "50 in all");
     assert_eq!(used(&mut c, "ab-line", "new_contacts"), 50);
 }
+
+#[test]
+fn a_client_holding_a_line_stalls_neither_the_worker_nor_other_lines() {
+    let server = Server::start("contacts-tenant", &[]);
+    let mut c = server.connect();
+    line(&mut c, "tn-a", "('unanswered', 5, NULL, NULL, NULL, NULL)");
+    line(&mut c, "tn-b", "('unanswered', 5, NULL, NULL, NULL, NULL)");
+    // A webhook handler records an inbound message on line A and keeps its transaction open
+    // (it holds line A's lock until it ends).
+    let mut hook = server.connect();
+    let mut tx = hook.transaction().expect("begin");
+    tx.batch_execute("SELECT throttle.inbound('tn-a', '+15557100000')")
+        .expect("inbound");
+    let a = enqueue(&mut c, "tn-a", &numbers("+1555710", 3), "sms");
+    let b = enqueue(&mut c, "tn-b", &numbers("+1555720", 3), "sms");
+    // Line B goes; line A waits for the handler, and the worker keeps ticking meanwhile.
+    assert_eq!(wait_ready(&mut c, &b, 3, 10), 3);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        ready_of(&mut c, &a),
+        0,
+        "line A waits for the open transaction"
+    );
+    let later = enqueue(&mut c, "tn-b", &numbers("+1555721", 2), "sms");
+    assert_eq!(wait_ready(&mut c, &later, 2, 10), 2);
+    tx.commit().expect("commit");
+    assert_eq!(wait_ready(&mut c, &a, 3, 10), 3, "line A goes once it ends");
+}
