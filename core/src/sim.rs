@@ -4,11 +4,13 @@
 
 use crate::calendar::Calendar;
 use crate::cap::{CapRule, Ledger};
+use crate::contact;
 use crate::schedule::{Row, Scheduler, Verdict};
 use crate::tick::{self, AtCap, Buckets, Budget, Cap, CapWindow, DueQueue, Ledgers, Never};
 use crate::{admit, Bucket, Check, LimitRef, Micros, Outcome};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::rc::Rc;
 
 pub const SEC: Micros = 1_000_000;
 
@@ -117,7 +119,17 @@ pub struct Sim {
     pub dead: Vec<(Micros, u32, i64, Never)>,
     pub fetched: usize,
     pub next_id: i64,
+    /// Conversation rules per queue (the queue stands for its line).
+    pub rules_of: HashMap<u32, Rc<[contact::Rule]>>,
+    /// Each row's recipient.
+    pub recipient: HashMap<i64, u32>,
+    /// What the contact tables hold: (line, recipient) → state, and each line's streak.
+    pub contacts: HashMap<(u32, u32), contact::Contact>,
+    pub lines: HashMap<u32, contact::Line>,
 }
+
+/// The not_before of a row held until its recipient writes.
+pub const UNTIL_REPLY: Micros = Micros::MAX / 2;
 
 impl Default for Sim {
     fn default() -> Self {
@@ -139,6 +151,10 @@ impl Sim {
             dead: vec![],
             fetched: 0,
             next_id: 1,
+            rules_of: HashMap::new(),
+            recipient: HashMap::new(),
+            contacts: HashMap::new(),
+            lines: HashMap::new(),
         }
     }
 
@@ -239,15 +255,17 @@ impl Sim {
         }
         let plans: Vec<u32> = take.taken.iter().map(|t| t.plan).collect();
         let queue_of = |q: crate::schedule::QueueId, s: &Scheduler<u32>| *s.key(q);
+        let (mut convo, keys) = self.read_convo(&plans, &batches, now);
         let r = tick::release(
             &mut self.sched,
             take,
             &batches,
             &mut ledgers,
             &mut self.limits,
-            &mut crate::contact::Tick::default(),
+            &mut convo,
             now,
         );
+        self.write_convo(&convo, &keys, &plans);
         let by_id: HashMap<i64, (u32, Row)> = batches
             .iter()
             .zip(&plans)
@@ -284,6 +302,106 @@ impl Sim {
             .map(|&q| self.next_due(*self.sched.key(q), now))
             .collect();
         tick::settle(&mut self.sched, &r.short, &next, now);
+    }
+
+    /// The conversation state of a tick's queues and rows, as the worker reads it (the
+    /// contact caps' use counted from the contacts' counts, like its statement does).
+    fn read_convo(
+        &self,
+        plans: &[u32],
+        batches: &[Vec<Row>],
+        now: Micros,
+    ) -> (contact::Tick, Vec<(u32, u32)>) {
+        let mut t = contact::Tick::default();
+        let mut keys: Vec<(u32, u32)> = vec![];
+        let mut line_at: HashMap<u32, usize> = HashMap::new();
+        for (b, &line) in plans.iter().enumerate() {
+            let Some(rules) = self.rules_of.get(&line) else {
+                t.queues.push(None);
+                continue;
+            };
+            let li = *line_at.entry(line).or_insert_with(|| {
+                let mut l = self.lines.get(&line).cloned().unwrap_or_default();
+                l.dirty = false;
+                l.used = rules
+                    .iter()
+                    .map(|r| match r.kind.counted_as() {
+                        None => (0, None),
+                        Some(k) => {
+                            let start = r.window.start(now);
+                            let at: Vec<Micros> = self
+                                .contacts
+                                .iter()
+                                .filter(|((l2, _), c)| *l2 == line)
+                                .filter_map(|(_, c)| c.counted)
+                                .filter(|&(kind, at)| kind == k && at >= start)
+                                .map(|(_, at)| at)
+                                .collect();
+                            (at.len() as u32, at.iter().min().copied())
+                        }
+                    })
+                    .collect();
+                t.lines.push((rules.clone(), l));
+                t.lines.len() - 1
+            });
+            t.queues.push(Some((li, "sms".to_string())));
+            for row in &batches[b] {
+                let to = self.recipient[&row.id];
+                let ci = match keys.iter().position(|&k| k == (line, to)) {
+                    Some(ci) => ci,
+                    None => {
+                        keys.push((line, to));
+                        let mut c = self.contacts.get(&(line, to)).cloned().unwrap_or_default();
+                        c.dirty = false;
+                        t.contacts.push(c);
+                        keys.len() - 1
+                    }
+                };
+                t.rows.insert(row.id, Some(ci));
+            }
+        }
+        (t, keys)
+    }
+
+    /// What the worker writes back: the counted state and the holds.
+    fn write_convo(&mut self, t: &contact::Tick, keys: &[(u32, u32)], plans: &[u32]) {
+        for (ci, c) in t.contacts.iter().enumerate() {
+            if c.dirty {
+                self.contacts.insert(keys[ci], c.clone());
+            }
+        }
+        for (b, q) in t.queues.iter().enumerate() {
+            if let Some((li, _)) = q {
+                let (_, l) = &t.lines[*li];
+                if l.dirty {
+                    self.lines.insert(plans[b], l.clone());
+                }
+            }
+        }
+        for &(id, _, until) in &t.held {
+            self.not_before.insert(id, until.unwrap_or(UNTIL_REPLY));
+        }
+    }
+
+    /// An inbound message from `contact` to `line` at `at`: it is recorded, and the rows held
+    /// for a reply (the contact's, and the line's streak) go back to their queue.
+    pub fn inbound(&mut self, line: u32, contact: u32, at: Micros) {
+        let c = self.contacts.entry((line, contact)).or_default();
+        c.last_inbound = Some(c.last_inbound.map_or(at, |t| t.max(at)));
+        let l = self.lines.entry(line).or_default();
+        l.last_inbound = Some(l.last_inbound.map_or(at, |t| t.max(at)));
+        let held: Vec<i64> = self
+            .pending
+            .get(&line)
+            .into_iter()
+            .flatten()
+            .map(|r| r.id)
+            .filter(|id| self.not_before.get(id) == Some(&UNTIL_REPLY))
+            .collect();
+        for id in held {
+            self.not_before.remove(&id);
+        }
+        self.sched.touch(&line, at);
     }
 
     fn remove(&mut self, key: u32, id: i64) {
@@ -756,5 +874,168 @@ mod tests {
         assert_eq!(s.limits.buckets[&1].available(0), 10, "nothing debited");
         s.run(0, SEC);
         assert_eq!(s.released.len(), 10, "and the next ticks release them");
+    }
+
+    /// Two days of two lines with conversation rules, run through the worker's take, release
+    /// and settle: an iMessage line (5 new and 3 follow-up contacts a day from 03:00 New
+    /// York, 2 messages without a reply) and a WhatsApp line (1 message per 6 s to a
+    /// recipient), with inbound messages along the way. Judged from the event log alone:
+    /// no rule is ever exceeded, nothing is lost or sent twice, and what waits, waits for a
+    /// reply.
+    #[test]
+    fn two_days_of_conversations_keep_every_contact_rule() {
+        use crate::contact::{AtLimit, Kind, Rule, Window};
+        const HOUR: Micros = 3600 * SEC;
+        let ny = Calendar {
+            period: crate::calendar::Period::Day,
+            reset: chrono::NaiveTime::from_hms_opt(3, 0, 0).unwrap(),
+            tz: chrono_tz::America::New_York,
+        };
+        let rule = |id, kind, max, window| Rule {
+            id,
+            kind,
+            max,
+            window,
+            reply_window: 24 * HOUR,
+            at_limit: AtLimit::Hold,
+            channel: None,
+        };
+        let mut s = Sim::new();
+        s.limit(1, rate(1, SEC as u64, 1));
+        s.limit(2, rate(20, SEC as u64, 20));
+        s.rules_of.insert(
+            1,
+            Rc::from(vec![
+                rule(11, Kind::NewContacts, 5, Window::Calendar(ny)),
+                rule(12, Kind::FollowUpContacts, 3, Window::Calendar(ny)),
+                rule(13, Kind::Unanswered, 2, Window::Calendar(ny)),
+            ]),
+        );
+        s.rules_of.insert(
+            2,
+            Rc::from(vec![rule(21, Kind::PairRate, 1, Window::Rolling(6 * SEC))]),
+        );
+        // 2026-12-02 10:00 New York.
+        let t0 = crate::calendar::resolve_local(
+            chrono_tz::America::New_York,
+            chrono::NaiveDate::from_ymd_opt(2026, 12, 2)
+                .unwrap()
+                .and_hms_opt(10, 0, 0)
+                .unwrap(),
+        );
+        // Inbound messages: (line, contact, at). Contact 0 wrote 2 h before (reply window),
+        // 1 wrote 30 h before (a follow-up), 2 and 3 write during the run.
+        let mut inbound = vec![
+            (1u32, 0u32, t0 - 2 * HOUR),
+            (1, 1, t0 - 30 * HOUR),
+            (1, 2, t0 + 20 * 60 * SEC),
+            (1, 3, t0 + 26 * HOUR),
+            (1, 2, t0 + 30 * HOUR),
+        ];
+        inbound.sort_by_key(|e| e.2);
+        let mut all: Vec<(i64, u32, u32)> = vec![];
+        let mut enqueue = |s: &mut Sim, line: u32, to: u32, at: Micros| {
+            s.enqueue(line, &[line as i64], 1, 0, at);
+            let id = s.next_id - 1;
+            s.recipient.insert(id, to);
+            all.push((id, line, to));
+        };
+        for k in 0..60u32 {
+            enqueue(&mut s, 1, k % 12, t0);
+            enqueue(&mut s, 2, k % 4, t0);
+        }
+        for (line, to, at) in inbound.iter().copied().filter(|e| e.2 <= t0) {
+            s.inbound(line, to, at);
+        }
+        let mut now = t0;
+        for (line, to, at) in inbound.iter().copied().filter(|e| e.2 > t0) {
+            s.run(now, at - 1);
+            s.inbound(line, to, at);
+            now = at;
+        }
+        s.run(now, t0 + 48 * HOUR);
+
+        // Nothing lost or sent twice.
+        let released: Vec<i64> = s.released.iter().map(|r| r.2.id).collect();
+        let unique: std::collections::HashSet<i64> = released.iter().copied().collect();
+        assert_eq!(unique.len(), released.len(), "sent twice");
+        for &(id, line, _) in &all {
+            let waiting = s.pending[&line].iter().any(|r| r.id == id);
+            assert!(
+                unique.contains(&id) != waiting,
+                "row {id} lost or in two places"
+            );
+            if waiting {
+                assert_eq!(
+                    s.not_before.get(&id),
+                    Some(&UNTIL_REPLY),
+                    "row {id} waits for a reply"
+                );
+            }
+        }
+        // The pair rate: one message per 6 s to each recipient, in every window.
+        for to in 0..4 {
+            let times: Vec<Micros> = s
+                .released
+                .iter()
+                .filter(|r| r.1 == 2 && s.recipient[&r.2.id] == to)
+                .map(|r| r.0)
+                .collect();
+            assert_eq!(times.len(), 15);
+            assert_eq!(
+                worst_window(times.iter().map(|&t| (t, 1)).collect(), 6 * SEC),
+                1
+            );
+        }
+        // The iMessage line, judged from the log: the last inbound message before each send.
+        let last_in = |to: u32, at: Micros| {
+            inbound
+                .iter()
+                .filter(|e| e.1 == to && e.2 <= at)
+                .map(|e| e.2)
+                .max()
+        };
+        let mut per_day: HashMap<(Micros, &str), std::collections::HashSet<u32>> = HashMap::new();
+        let mut streak: HashMap<u32, (Option<Micros>, u32)> = HashMap::new();
+        for r in s.released.iter().filter(|r| r.1 == 1) {
+            let (at, to) = (r.0, s.recipient[&r.2.id]);
+            let last = last_in(to, at);
+            let in_window = last.is_some_and(|t| at - t < 24 * HOUR);
+            if !in_window {
+                let kind = if last.is_none() { "new" } else { "follow_up" };
+                per_day
+                    .entry((ny.window_start(at), kind))
+                    .or_default()
+                    .insert(to);
+                let e = streak.entry(to).or_insert((last, 0));
+                if e.0 != last {
+                    *e = (last, 0);
+                }
+                e.1 += 1;
+                assert!(e.1 <= 2, "contact {to}: {} messages without a reply", e.1);
+            }
+        }
+        for ((day, kind), who) in &per_day {
+            let max = if *kind == "new" { 5 } else { 3 };
+            assert!(who.len() <= max, "{kind} on day {day}: {}", who.len());
+        }
+        // Used to the full: 5 new contacts on each of the two days the run spans, contact 0
+        // in its reply window got all five, and contact 2 went on after each reply.
+        assert_eq!(
+            per_day
+                .iter()
+                .filter(|((_, k), _)| *k == "new")
+                .map(|(_, w)| w.len())
+                .sum::<usize>(),
+            10
+        );
+        let to = |c: u32| {
+            s.released
+                .iter()
+                .filter(|r| r.1 == 1 && s.recipient[&r.2.id] == c)
+                .count()
+        };
+        assert_eq!(to(0), 5);
+        assert!(to(2) >= 4, "contact 2: {}", to(2));
     }
 }
