@@ -271,11 +271,12 @@ $$;
 CREATE FUNCTION throttle.until_reply() RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT '9999-12-31 00:00:00+00'::timestamptz $$;
 
--- The advisory lock keys that order an inbound message and the worker's decision to hold a
--- message for one (the worker only ever tries them; see inbound_for).
-CREATE FUNCTION throttle.contact_lock_key(sender text, contact text) RETURNS bigint
+-- The advisory lock key of a line with contact rules. Admissions and inbound messages wait
+-- for it; the release worker only ever tries it, before it reads the line's state, and
+-- leaves a line whose lock a client holds to a later tick.
+CREATE FUNCTION throttle.line_lock_key(sender text) RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT pg_catalog.hashtextextended(sender || pg_catalog.chr(1) || coalesce(contact, ''), 7368)
+    SELECT pg_catalog.hashtextextended(sender, 7368)
 $$;
 
 -- Record an inbound message, as the owner for the role the ticket names (see take_for).
@@ -316,6 +317,10 @@ BEGIN
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'throttle.account_role maps roles to the accounts whose senders they act for';
     END IF;
+    -- The line's lock, before anything is written: a tick of the worker that holds the line
+    -- ends first (and this then sees what it held for a reply), and no tick reads the line
+    -- until this commits.
+    PERFORM pg_catalog.pg_advisory_xact_lock(throttle.line_lock_key(v_sender));
     IF v_id IS NOT NULL THEN
         INSERT INTO throttle.inbound_message (message_id, sender, contact, received_at)
         VALUES (v_id, v_sender, v_contact, v_at)
@@ -333,26 +338,15 @@ BEGIN
     VALUES (v_sender, v_contact, v_at)
     ON CONFLICT ON CONSTRAINT contact_inbound_pkey
     DO UPDATE SET last_inbound_at = greatest(c.last_inbound_at, excluded.last_inbound_at);
-    -- Ordered with the worker: it holds a message for a reply only under these keys (tried,
-    -- never waited for), and reads this contact's inbound state after taking them. Taken
-    -- here before the messages held for a reply are looked for (in a statement of its own,
-    -- so that it sees every hold the worker committed while this waited).
-    PERFORM pg_catalog.pg_advisory_xact_lock(throttle.contact_lock_key(v_sender, v_contact)),
-            pg_catalog.pg_advisory_xact_lock(throttle.contact_lock_key(v_sender, NULL));
     -- Messages held until a reply (this contact's, and the line's streak) go back to their
     -- queues, to be judged again. Only those: the worker never reads them, so this lock on
     -- them never stalls it.
     UPDATE throttle.pending p SET not_before = NULL, held_rule = NULL
-      FROM throttle.contact_rule r
      WHERE p.sender = v_sender AND p.held_rule IS NOT NULL
        AND p.not_before = throttle.until_reply()
-       AND r.rule_id = p.held_rule
-       AND (p.recipient = v_contact OR r.kind = 'line_streak');
-    -- Held by a rule deleted meanwhile: let go as well.
-    UPDATE throttle.pending p SET not_before = NULL, held_rule = NULL
-     WHERE p.sender = v_sender AND p.recipient = v_contact AND p.held_rule IS NOT NULL
-       AND p.not_before = throttle.until_reply()
-       AND NOT EXISTS (SELECT 1 FROM throttle.contact_rule r WHERE r.rule_id = p.held_rule);
+       AND (p.recipient = v_contact
+            OR EXISTS (SELECT 1 FROM throttle.contact_rule r
+                        WHERE r.rule_id = p.held_rule AND r.kind = 'line_streak'));
     RETURN true;
 END
 $$;

@@ -223,7 +223,7 @@ COMMENT ON VIEW throttle.contact_rule_state IS 'Every contact rule per line it a
 COMMENT ON FUNCTION throttle.inbound(text, text, timestamptz, text) IS 'Record an inbound message to a line: opens the reply window, resets streaks, lets go messages held for a reply; idempotent on the provider''s message id';
 COMMENT ON FUNCTION throttle.inbound_for(text, text, timestamptz, text, bigint) IS 'Internal: inbound() as the owner, for the role its ticket names';
 COMMENT ON FUNCTION throttle.until_reply() IS 'The not_before of a message held until the recipient (or for a line streak, anyone) writes';
-COMMENT ON FUNCTION throttle.contact_lock_key(text, text) IS 'Internal: the advisory lock key that orders an inbound message and the worker''s holds for a reply';
+COMMENT ON FUNCTION throttle.line_lock_key(text) IS 'Internal: the advisory lock key of a line with contact rules (admissions and inbound messages wait for it; the worker only tries it)';
 COMMENT ON FUNCTION throttle.check_contact_rule() IS 'Internal: validates throttle.contact_rule rows (22023 with a hint)';
 COMMENT ON TYPE throttle.contact_rule_kind IS 'What a contact rule limits';
 COMMENT ON TYPE throttle.contact_action IS 'What the worker does with a message over a contact rule: hold (until the reset or a reply) or refuse (dead-letter)';

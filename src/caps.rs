@@ -271,7 +271,7 @@ const GROUPS_SQL: &str =
     "SELECT campaign, brand, account, sender_type FROM throttle.sender WHERE sender = $1";
 static GROUPS_STMT: KeptStatement = KeptStatement::new(GROUPS_SQL);
 
-fn parse_time(s: &str) -> Result<NaiveTime> {
+pub(crate) fn parse_time(s: &str) -> Result<NaiveTime> {
     NaiveTime::parse_from_str(s, "%H:%M:%S").map_err(error::internal)
 }
 

@@ -3,18 +3,19 @@
 //! lines and contacts of the rows a tick fetched (three statements, only for lines with
 //! rules), and write back what the tick counted and held, in the transaction that releases.
 //!
-//! Holding a message until a reply is ordered with `throttle.inbound()`: the worker holds one
-//! only under the advisory lock of its (line, contact) (or its line, for the line streak),
-//! *tried* and never waited for, and checks the contact's inbound state again once it has
-//! it; `inbound()` takes the same lock before it lets go what is held. So an inbound message
-//! either is seen by the tick, or finds the hold, or the message is looked at again a second
-//! later: it is never held for a reply that already came.
+//! Every line with rules has an advisory lock (`throttle.line_lock_key`). The worker *tries*
+//! it before it reads a line's state and keeps it to its commit; a line a client holds is left
+//! to a later tick, so no client ever makes the worker wait. Admissions and
+//! `throttle.inbound()` wait for it. So the worker's reads see every admission and inbound
+//! message committed before, and an inbound message that comes meanwhile waits for the tick
+//! and then finds what it held for a reply: a message is never held for a reply that came.
 
 use crate::limiter::calendar::{Calendar, Period};
 use crate::limiter::contact::{self, AtLimit, Contact, Kind, Line, Rule, Window};
 use crate::limiter::Micros;
+use crate::worker::ts;
 use chrono::NaiveTime;
-use pgrx::datum::{DatumWithOid, Time};
+use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -28,13 +29,17 @@ pgrx::extension_sql_file!(
     requires = ["schema", "queue_tables", "tenancy", "take"]
 );
 
-/// A message that found its inbound state changed (or its lock taken) when it was to be held
-/// for a reply is looked at again this much later.
-const RECHECK_US: Micros = 1_000_000;
-
 /// `throttle.until_reply()`, 9999-12-31 00:00 UTC in PostgreSQL µs: the `not_before` of a
 /// message held until an inbound message.
 pub const UNTIL_REPLY: Micros = 252_455_529_600_000_000;
+
+/// The names behind a [`contact::Tick`]'s indexes, for writing it back: each line's sender,
+/// and each contact's line (an index into `lines`) and recipient.
+#[derive(Default)]
+pub struct Keys {
+    pub lines: Vec<String>,
+    pub contacts: Vec<(usize, String)>,
+}
 
 /// Each line's rules, read once per configuration.
 #[derive(Default)]
@@ -73,7 +78,7 @@ const SQL_ANY: &str = "SELECT EXISTS (SELECT 1 FROM throttle.contact_rule)";
 
 const SQL_RULES: &str = "
     SELECT q.s, r.rule_id, r.kind::text, r.max_count,
-           (extract(epoch FROM r.per) * 1000000)::int8, r.reset_at, r.time_zone,
+           (extract(epoch FROM r.per) * 1000000)::int8, r.reset_at::text, r.time_zone,
            (extract(epoch FROM r.reply_window) * 1000000)::int8, r.at_limit::text, r.channel,
            coalesce(r.name, r.rule_id::text), r.error_code
       FROM unnest($1::text[]) AS q(s)
@@ -88,12 +93,11 @@ const SQL_RULES: &str = "
 /// Take the locks of these lines, where no client holds them (an admission or an inbound
 /// message on a line holds its lock until it commits; the worker never waits for one).
 const SQL_TRY_LINES: &str = "
-    SELECT q.i::int4, pg_catalog.pg_try_advisory_xact_lock(throttle.contact_lock_key(q.s, NULL))
+    SELECT q.i::int4, pg_catalog.pg_try_advisory_xact_lock(throttle.line_lock_key(q.s))
       FROM unnest($1::text[]) WITH ORDINALITY AS q(s, i)";
 
 /// An admission's wait for its line's lock (see [`read_one`]).
-const SQL_LOCK_LINE: &str =
-    "SELECT pg_catalog.pg_advisory_xact_lock(throttle.contact_lock_key($1, NULL))";
+const SQL_LOCK_LINE: &str = "SELECT pg_catalog.pg_advisory_xact_lock(throttle.line_lock_key($1))";
 
 /// One recipient's state on one line (for an admission).
 const SQL_ONE: &str = "
@@ -128,20 +132,6 @@ const SQL_USED: &str = "
      CROSS JOIN LATERAL (
            SELECT count(*)::int8 AS n, min(c.counted_at) AS oldest FROM throttle.contact_sent c
             WHERE c.sender = q.s AND c.counted_as = q.k AND c.counted_at >= q.since) u";
-
-/// Try the locks of the holds for a reply (shared: holds of one tick never conflict).
-const SQL_TRY_LOCKS: &str = "
-    SELECT q.i::int4, pg_catalog.pg_try_advisory_xact_lock_shared(throttle.contact_lock_key(q.s, q.c))
-      FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(s, c, i)";
-
-/// The inbound state again, after the locks (a contact's, or with no contact its line's).
-const SQL_INBOUND_AGAIN: &str = "
-    SELECT q.i::int4,
-           CASE WHEN q.c IS NULL
-                THEN (SELECT max(i.last_inbound_at) FROM throttle.contact_inbound i WHERE i.sender = q.s)
-                ELSE (SELECT i.last_inbound_at FROM throttle.contact_inbound i
-                       WHERE i.sender = q.s AND i.contact = q.c) END
-      FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(s, c, i)";
 
 const SQL_HOLD: &str = "
     UPDATE throttle.pending p SET not_before = h.until, held_rule = h.rule
@@ -249,11 +239,6 @@ fn kept(
     Ok(p)
 }
 
-fn ts(us: Micros) -> TimestampWithTimeZone {
-    TimestampWithTimeZone::try_from(us)
-        .unwrap_or_else(|_| TimestampWithTimeZone::try_from(0i64).expect("epoch"))
-}
-
 fn us(t: Option<TimestampWithTimeZone>) -> Option<Micros> {
     t.map(i64::from)
 }
@@ -276,7 +261,7 @@ fn rule_of(row: &pgrx::spi::SpiHeapTupleData<'_>) -> pgrx::spi::Result<Option<Ru
     let kind = row.get::<String>(3)?.as_deref().and_then(Kind::parse);
     let max: i32 = row.get(4)?.unwrap_or(0);
     let per: Option<i64> = row.get(5)?;
-    let reset: Option<Time> = row.get(6)?;
+    let reset = row.get::<String>(6)?.unwrap_or_default();
     let zone: Option<String> = row.get(7)?;
     let reply: i64 = row.get(8)?.unwrap_or(0);
     let refuse = row.get::<String>(9)?.as_deref() == Some("refuse");
@@ -288,15 +273,7 @@ fn rule_of(row: &pgrx::spi::SpiHeapTupleData<'_>) -> pgrx::spi::Result<Option<Ru
         Some(p) if p > 0 => Window::Rolling(p),
         _ => Window::Calendar(Calendar {
             period: Period::Day,
-            reset: reset
-                .and_then(|t| {
-                    NaiveTime::from_hms_opt(
-                        t.hour() as u32,
-                        t.minute() as u32,
-                        (t.second() as u32).min(59),
-                    )
-                })
-                .unwrap_or(NaiveTime::MIN),
+            reset: crate::caps::parse_time(&reset).unwrap_or(NaiveTime::MIN),
             tz,
         }),
     };
@@ -357,11 +334,11 @@ pub fn read_tick(
     rows: &[Vec<i64>],
     ctid_of: impl Fn(i64) -> Option<pg_sys::ItemPointerData>,
     now: Micros,
-) -> pgrx::spi::Result<(contact::Tick, Vec<String>, Vec<String>)> {
+) -> pgrx::spi::Result<(contact::Tick, Keys)> {
     let mut t = contact::Tick::default();
-    let (mut line_names, mut contact_keys) = (Vec::new(), Vec::new());
+    let mut keys = Keys::default();
     if queues.is_empty() || !any(c, cache)? {
-        return Ok((t, line_names, contact_keys));
+        return Ok((t, keys));
     }
     let senders: Vec<&str> = queues.iter().map(|q| q.0).collect();
     let rules = rules_of(c, cache, &senders)?;
@@ -380,20 +357,20 @@ pub fn read_tick(
                     ..Line::default()
                 },
             ));
-            line_names.push(sender.to_string());
+            keys.lines.push(sender.to_string());
             t.lines.len() - 1
         });
         t.queues.push(Some((li, channel.to_string())));
         tids.extend(rows[i].iter().filter_map(|&id| ctid_of(id)));
     }
     if t.lines.is_empty() {
-        return Ok((t, line_names, contact_keys));
+        return Ok((t, keys));
     }
     // The lines' locks first, then everything read as committed now: an admission that
     // changed a line's state before is seen, one that holds its lock makes it busy.
     t.busy = vec![false; t.lines.len()];
     let p = kept(c, SQL_TRY_LINES, &[TEXTARRAYOID], false)?;
-    for row in c.select(&*p, None, &[line_names.clone().into()])? {
+    for row in c.select(&*p, None, &[keys.lines.clone().into()])? {
         let i: i32 = row.get(1)?.unwrap_or(0);
         if let Some(b) = t.busy.get_mut((i - 1) as usize) {
             *b = row.get::<bool>(2)? != Some(true);
@@ -415,14 +392,17 @@ pub fn read_tick(
             t.rows.insert(id, Some(ci));
             continue;
         }
+        let Some(&li) = line_at.get(key.0.as_str()) else {
+            continue;
+        };
         t.contacts.push(contact_of(&row, 4)?);
         let ci = t.contacts.len() - 1;
-        contact_at.insert(key.clone(), ci);
-        contact_keys.push(format!("{}\u{1}{}", key.0, key.1));
+        keys.contacts.push((li, key.1.clone()));
+        contact_at.insert(key, ci);
         t.rows.insert(id, Some(ci));
     }
-    read_lines(c, &mut t, &line_names, now)?;
-    Ok((t, line_names, contact_keys))
+    read_lines(c, &mut t, &keys.lines, now)?;
+    Ok((t, keys))
 }
 
 /// A contact's state from a row whose columns from `at` on are counted_as, counted_at,
@@ -508,7 +488,7 @@ pub fn read_one(
     recipient: &str,
     channel: &str,
     now: Micros,
-) -> pgrx::spi::Result<Option<(contact::Tick, Vec<String>, Vec<String>)>> {
+) -> pgrx::spi::Result<Option<(contact::Tick, Keys)>> {
     if !any(c, cache)? {
         return Ok(None);
     }
@@ -539,109 +519,46 @@ pub fn read_one(
         t.contacts.push(Contact::default());
     }
     t.rows.insert(0, Some(0));
-    let line_names = vec![sender.to_string()];
-    read_lines(c, &mut t, &line_names, now)?;
-    Ok(Some((
-        t,
-        line_names,
-        vec![format!("{sender}\u{1}{recipient}")],
-    )))
+    let keys = Keys {
+        lines: vec![sender.to_string()],
+        contacts: vec![(0, recipient.to_string())],
+    };
+    read_lines(c, &mut t, &keys.lines, now)?;
+    Ok(Some((t, keys)))
 }
 
-/// Split a contact key (line, recipient).
-fn split(k: &str) -> (String, String) {
-    let (s, c) = k.split_once('\u{1}').unwrap_or((k, ""));
-    (s.to_string(), c.to_string())
-}
-
-/// Write what the tick decided: the holds (those for a reply only under their locks, else
-/// looked at again a second later), and the state of the contacts and lines it counted.
+/// Write what the tick decided: its holds, and the state of the contacts and lines it counted
+/// (one statement each, each only if there is something to write).
 pub fn write_tick(
     c: &mut SpiClient<'_>,
     t: &contact::Tick,
-    line_names: &[String],
-    contact_keys: &[String],
+    keys: &Keys,
     now: Micros,
 ) -> pgrx::spi::Result<()> {
     if t.lines.is_empty() {
         return Ok(());
     }
-    write_holds(c, t, line_names, contact_keys, now)?;
-    write_contacts(c, t, contact_keys, now)?;
-    write_lines(c, t, line_names, now)
+    write_holds(c, t)?;
+    write_contacts(c, t, keys, now)?;
+    write_lines(c, t, keys, now)
 }
 
-/// The holds of the tick. One for a reply is written only if its lock is had at once and its
-/// inbound state is as the tick judged it; else the message is looked at again a second later.
-fn write_holds(
-    c: &mut SpiClient<'_>,
-    t: &contact::Tick,
-    line_names: &[String],
-    contact_keys: &[String],
-    now: Micros,
-) -> pgrx::spi::Result<()> {
-    // (row id, until, rule)
-    let mut holds: Vec<(i64, Option<Micros>, Option<i64>)> = Vec::new();
-    let (mut ls, mut lc, mut expect, mut which) = (vec![], vec![], vec![], vec![]);
-    for &(id, rule, until) in &t.held {
-        holds.push((id, until, Some(rule)));
-        let ci = t.rows.get(&id).copied().flatten();
-        // The row's line, named by its contact's key.
-        let li = ci.and_then(|ci| {
-            let (s, _) = split(&contact_keys[ci]);
-            line_names.iter().position(|n| *n == s)
-        });
-        let (Some(li), Some(ci), None) = (li, ci, until) else {
-            continue;
-        };
-        let line_wide = t.lines[li]
-            .0
-            .iter()
-            .any(|r| r.id == rule && r.kind == Kind::LineStreak);
-        ls.push(line_names[li].clone());
-        if line_wide {
-            lc.push(None);
-            expect.push(t.lines[li].1.last_inbound);
-        } else {
-            lc.push(Some(split(&contact_keys[ci]).1));
-            expect.push(t.contacts[ci].last_inbound);
-        }
-        which.push(holds.len() - 1);
+/// The holds of the tick: each row's `not_before` (the rule's reset, or `until_reply()`) and
+/// the rule. (A hold for a reply needs no more than the line's lock, which the tick has: an
+/// inbound message on the line waits for the tick, then finds the hold.)
+fn write_holds(c: &mut SpiClient<'_>, t: &contact::Tick) -> pgrx::spi::Result<()> {
+    if t.held.is_empty() {
+        return Ok(());
     }
-    if !ls.is_empty() {
-        let args = || -> [DatumWithOid; 2] { [ls.clone().into(), lc.clone().into()] };
-        let mut ok = vec![false; ls.len()];
-        for row in c.select(SQL_TRY_LOCKS, None, &args())? {
-            let i: i32 = row.get(1)?.unwrap_or(0);
-            if let Some(slot) = ok.get_mut((i - 1) as usize) {
-                *slot = row.get::<bool>(2)?.unwrap_or(false);
-            }
-        }
-        let _latest = crate::backend::LatestSnapshot::push();
-        for row in c.select(SQL_INBOUND_AGAIN, None, &args())? {
-            let i = (row.get::<i32>(1)?.unwrap_or(0) - 1) as usize;
-            let again = us(row.get(2)?);
-            if let (Some(slot), Some(e)) = (ok.get_mut(i), expect.get(i)) {
-                *slot &= again == *e;
-            }
-        }
-        for (k, &h) in which.iter().enumerate() {
-            if !ok[k] {
-                holds[h].1 = Some(now + RECHECK_US);
-                holds[h].2 = None;
-            }
-        }
-    }
-    if !holds.is_empty() {
-        let ids: Vec<i64> = holds.iter().map(|h| h.0).collect();
-        let until: Vec<TimestampWithTimeZone> = holds
-            .iter()
-            .map(|h| ts(h.1.unwrap_or(UNTIL_REPLY)))
-            .collect();
-        let rules: Vec<Option<i64>> = holds.iter().map(|h| h.2).collect();
-        let args: [DatumWithOid; 3] = [ids.into(), until.into(), rules.into()];
-        c.update(SQL_HOLD, None, &args)?;
-    }
+    let ids: Vec<i64> = t.held.iter().map(|h| h.0).collect();
+    let until: Vec<TimestampWithTimeZone> = t
+        .held
+        .iter()
+        .map(|h| ts(h.2.unwrap_or(UNTIL_REPLY)))
+        .collect();
+    let rules: Vec<i64> = t.held.iter().map(|h| h.1).collect();
+    let args: [DatumWithOid; 3] = [ids.into(), until.into(), rules.into()];
+    c.update(SQL_HOLD, None, &args)?;
     Ok(())
 }
 
@@ -649,19 +566,18 @@ fn write_holds(
 fn write_contacts(
     c: &mut SpiClient<'_>,
     t: &contact::Tick,
-    contact_keys: &[String],
+    keys: &Keys,
     now: Micros,
 ) -> pgrx::spi::Result<()> {
     let (mut s, mut cn, mut k, mut at, mut n, mut since) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
     let (mut off, mut len, mut recent) = (vec![], vec![], vec![]);
-    for (ci, ct) in t.contacts.iter().enumerate() {
+    for (ct, (li, contact)) in t.contacts.iter().zip(&keys.contacts) {
         if !ct.dirty {
             continue;
         }
-        let (sender, contact) = split(&contact_keys[ci]);
-        s.push(sender);
-        cn.push(contact);
+        s.push(keys.lines[*li].clone());
+        cn.push(contact.clone());
         k.push(ct.counted.map(|c| c.0));
         at.push(ct.counted.map(|c| ts(c.1)));
         n.push(ct.unanswered.min(i32::MAX as u32) as i32);
@@ -710,13 +626,13 @@ fn write_contacts(
 fn write_lines(
     c: &mut SpiClient<'_>,
     t: &contact::Tick,
-    line_names: &[String],
+    keys: &Keys,
     now: Micros,
 ) -> pgrx::spi::Result<()> {
     let (mut s, mut n, mut since) = (vec![], vec![], vec![]);
-    for (li, (_, l)) in t.lines.iter().enumerate() {
+    for ((_, l), name) in t.lines.iter().zip(&keys.lines) {
         if l.dirty && (l.streak > 0 || l.streak_since.is_some()) {
-            s.push(line_names[li].clone());
+            s.push(name.clone());
             n.push(l.streak.min(i32::MAX as u32) as i32);
             since.push(l.streak_since.map(ts));
         }

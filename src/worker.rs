@@ -331,7 +331,8 @@ fn clock_now() -> Micros {
     unsafe { pg_sys::GetCurrentTimestamp() }
 }
 
-fn ts(us: Micros) -> TimestampWithTimeZone {
+/// A time in PostgreSQL µs as a timestamptz (the epoch for one out of range).
+pub(crate) fn ts(us: Micros) -> TimestampWithTimeZone {
     TimestampWithTimeZone::try_from(us)
         .unwrap_or_else(|_| TimestampWithTimeZone::try_from(0i64).expect("epoch"))
 }
@@ -1037,7 +1038,7 @@ impl Worker {
             });
         }
         let asked: Vec<(schedule::QueueId, u64)> = take.taken.iter().map(|t| (t.q, t.n)).collect();
-        let (mut convo, lines, contact_keys) = self.read_contacts(c, &take.taken, &fetched, now)?;
+        let (mut convo, keys) = self.read_contacts(c, &take.taken, &fetched, now)?;
         let r = tick::release(
             &mut self.sched,
             take,
@@ -1049,7 +1050,7 @@ impl Worker {
         );
         let (released, dead) =
             self.write_release(c, st, &r, &fetched.ctids, ledgers, flags, now)?;
-        contacts::write_tick(c, &convo, &lines, &contact_keys, now)?;
+        contacts::write_tick(c, &convo, &keys, now)?;
         let held: rustc_hash::FxHashSet<i64> = convo.held.iter().map(|h| h.0).collect();
         if released == r.admitted.len() as u64 && dead == r.dead.len() as u64 {
             self.resume_after(&asked, &fetched, &r, &held, now);
@@ -1216,7 +1217,7 @@ impl Worker {
         taken: &[tick::Taken<QueuePlan>],
         f: &Fetched,
         now: Micros,
-    ) -> pgrx::spi::Result<(limiter::contact::Tick, Vec<String>, Vec<String>)> {
+    ) -> pgrx::spi::Result<(limiter::contact::Tick, contacts::Keys)> {
         let queues: Vec<(&str, &str)> = taken
             .iter()
             .map(|t| {

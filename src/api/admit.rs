@@ -693,7 +693,7 @@ fn admit_to<R>(
             format!("sender \"{sender}\" has contact rules: they count recipients"),
             "pass the recipient: throttle_admit(sender, carrier, ts, cost, channel, recipient)",
         ))),
-        Ok(Some((mut t, lines, keys))) => {
+        Ok(Some((mut t, keys))) => {
             let n_rules = t.lines[0].0.len();
             let refused = |retry_at| Outcome::Refused {
                 blocker: 0,
@@ -707,10 +707,8 @@ fn admit_to<R>(
                     })?;
                     if matches!(outcome, Outcome::Admitted { .. }) {
                         t.count(0, 0, call.now);
-                        Spi::connect_mut(|c| {
-                            crate::contacts::write_tick(c, &t, &lines, &keys, call.now)
-                        })
-                        .map_err(|e| Box::new(error::internal(e)))?;
+                        Spi::connect_mut(|c| crate::contacts::write_tick(c, &t, &keys, call.now))
+                            .map_err(|e| Box::new(error::internal(e)))?;
                     }
                     Ok(Some((n + n_rules, outcome, blocker)))
                 }
