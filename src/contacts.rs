@@ -12,6 +12,7 @@
 
 use crate::limiter::calendar::{Calendar, Period};
 use crate::limiter::contact::{self, AtLimit, Contact, Kind, Line, Rule, Window};
+use crate::limiter::schedule::Row;
 use crate::limiter::Micros;
 use crate::worker::ts;
 use chrono::NaiveTime;
@@ -324,14 +325,14 @@ fn rules_of(
         .collect())
 }
 
-/// The conversation state of a tick: per queue taken (`senders[i]`, `channels[i]`, its rows
-/// `batches[i]` at `ctids`), its line's rules and state and its rows' contacts. Empty when
-/// no line of the tick has rules (and then nothing is read).
+/// The conversation state of a tick: per queue taken (`queues[i]`: its sender and channel;
+/// its rows `batches[i]`, each where `ctid_of` says), its line's rules and state and its
+/// rows' contacts. Empty when no line of the tick has rules (and then nothing is read).
 pub fn read_tick(
     c: &mut SpiClient<'_>,
     cache: &mut Cache,
     queues: &[(&str, &str)],
-    rows: &[Vec<i64>],
+    batches: &[Vec<Row>],
     ctid_of: impl Fn(i64) -> Option<pg_sys::ItemPointerData>,
     now: Micros,
 ) -> pgrx::spi::Result<(contact::Tick, Keys)> {
@@ -361,7 +362,7 @@ pub fn read_tick(
             t.lines.len() - 1
         });
         t.queues.push(Some((li, channel.to_string())));
-        tids.extend(rows[i].iter().filter_map(|&id| ctid_of(id)));
+        tids.extend(batches[i].iter().filter_map(|r| ctid_of(r.id)));
     }
     if t.lines.is_empty() {
         return Ok((t, keys));

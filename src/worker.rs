@@ -1218,6 +1218,9 @@ impl Worker {
         f: &Fetched,
         now: Micros,
     ) -> pgrx::spi::Result<(limiter::contact::Tick, contacts::Keys)> {
+        if taken.is_empty() || !contacts::any(c, &mut self.contacts)? {
+            return Ok(Default::default());
+        }
         let queues: Vec<(&str, &str)> = taken
             .iter()
             .map(|t| {
@@ -1225,16 +1228,11 @@ impl Worker {
                 (k.sender.as_str(), k.channel.as_str())
             })
             .collect();
-        let rows: Vec<Vec<i64>> = f
-            .batches
-            .iter()
-            .map(|b| b.iter().map(|r| r.id).collect())
-            .collect();
         contacts::read_tick(
             c,
             &mut self.contacts,
             &queues,
-            &rows,
+            &f.batches,
             |id| f.ctids.get(&id).copied(),
             now,
         )
