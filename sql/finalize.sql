@@ -227,3 +227,20 @@ COMMENT ON FUNCTION throttle.line_lock_key(text) IS 'Internal: the advisory lock
 COMMENT ON FUNCTION throttle.check_contact_rule() IS 'Internal: validates throttle.contact_rule rows (22023 with a hint)';
 COMMENT ON TYPE throttle.contact_rule_kind IS 'What a contact rule limits';
 COMMENT ON TYPE throttle.contact_action IS 'What the worker does with a message over a contact rule: hold (until the reset or a reply) or refuse (dead-letter)';
+
+-- Delivery (sql/delivery.sql): consumers see what is in flight and what was sent of their own
+-- senders (row-level security), and change it only through read(), ack() and extend().
+GRANT SELECT ON throttle.inflight, throttle.sent, throttle.delivery_state TO PUBLIC;
+REVOKE ALL ON FUNCTION throttle.note_inflight_due(timestamptz) FROM PUBLIC;
+COMMENT ON TABLE throttle.inflight IS 'Messages read with throttle.read() and not yet acknowledged, or failed and waiting for their retry (visible_at: back to their queue then)';
+COMMENT ON TABLE throttle.attempt IS 'Attempts of messages that went back to their queue after a failed or missing acknowledgement';
+COMMENT ON TABLE throttle.sent IS 'What was sent: every message acknowledged as sent, with the provider''s message id (pruned after throttle.sent_retention)';
+COMMENT ON VIEW throttle.delivery_state IS 'Per sender: messages in flight, waiting for a retry, and sent in the last hour';
+COMMENT ON FUNCTION throttle.read(integer, interval) IS 'Read up to n released messages, yours for the visibility timeout: acknowledge each with ack(), or it goes back to its queue';
+COMMENT ON FUNCTION throttle.ack(bigint, text, text, text, interval, integer) IS 'Acknowledge a message read with read(): sent, failed (retried after a back-off, dead after throttle.max_attempts) or rejected (dead); returns sent, retry, dead or stale';
+COMMENT ON FUNCTION throttle.ack_many(bigint[], text[], text[], text[]) IS 'Acknowledge many messages in one statement (one outcome for all, or one per id)';
+COMMENT ON FUNCTION throttle.extend(bigint, interval) IS 'Keep a message in flight for longer (from now)';
+COMMENT ON FUNCTION throttle.read_for(integer, interval, bigint) IS 'Internal: read() as the owner, for the role its ticket names';
+COMMENT ON FUNCTION throttle.ack_for(bigint, text, text, text, interval, integer, bigint) IS 'Internal: ack() as the owner, for the role its ticket names';
+COMMENT ON FUNCTION throttle.extend_for(bigint, interval, bigint) IS 'Internal: extend() as the owner, for the role its ticket names';
+COMMENT ON FUNCTION throttle.note_inflight_due(timestamptz) IS 'Internal: wakes the release worker for a message in flight that falls due sooner than it knew';

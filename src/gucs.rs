@@ -20,6 +20,9 @@ static CONTACT_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(90 * 86_400
 static RESCAN_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000);
 static DROP_WITH_MESSAGES: GucSetting<bool> = GucSetting::<bool>::new(false);
 static PRELOAD_SENDERS: GucSetting<i32> = GucSetting::<i32>::new(20_000);
+static MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(5);
+static RETRY_BACKOFF_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
+static SENT_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(7 * 86_400);
 const MAX_IDENTIFIER: usize = 128;
 
 /// Define the settings. Postmaster-context settings can only be defined while the postmaster
@@ -30,6 +33,40 @@ pub fn init(preloading: bool) {
     }
     define_runtime();
     define_expiry_code();
+    define_delivery();
+}
+
+fn define_delivery() {
+    GucRegistry::define_int_guc(
+        c"throttle.max_attempts",
+        c"Most times a message is read with throttle.read() before it goes to throttle.dead.",
+        c"A message failed (ack 'failed') or not acknowledged within its visibility timeout goes back to its queue until it has been read this many times; then it is dead with its last error.",
+        &MAX_ATTEMPTS,
+        1,
+        1_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"throttle.retry_backoff",
+        c"How long a failed message waits before it goes back to its queue, after its first attempt.",
+        c"Doubled with each attempt, at most an hour; an ack's retry_after (the provider's Retry-After) overrides it.",
+        &RETRY_BACKOFF_MS,
+        0,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"throttle.sent_retention",
+        c"How long throttle.sent keeps what was sent.",
+        c"Older rows are pruned by the release worker, a batch at a time. 0 keeps them all.",
+        &SENT_RETENTION_S,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
 }
 
 fn define_postmaster() {
@@ -239,6 +276,16 @@ pub fn lease_idle_us() -> i64 {
 /// How long contact state is kept, µs.
 pub fn contact_retention_us() -> i64 {
     CONTACT_RETENTION_S.get().max(32 * 86_400) as i64 * 1_000_000
+}
+
+/// Most reads of a message before it is dead.
+pub fn max_attempts() -> i32 {
+    MAX_ATTEMPTS.get().max(1)
+}
+
+/// How long throttle.sent keeps a row, µs (0: for ever).
+pub fn sent_retention_us() -> i64 {
+    SENT_RETENTION_S.get().max(0) as i64 * 1_000_000
 }
 
 pub fn queue_batch() -> u64 {

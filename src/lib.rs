@@ -11,6 +11,7 @@ mod backend;
 mod caps;
 mod config;
 mod contacts;
+mod delivery;
 mod error;
 mod gucs;
 mod hooks;

@@ -304,7 +304,10 @@ pub unsafe extern "C-unwind" fn pg_throttle_pending_check(
                 }
             }
         }
-        if pg_sys::superuser() || shape.sequence == pg_sys::InvalidOid {
+        if pg_sys::superuser()
+            || shape.sequence == pg_sys::InvalidOid
+            || crate::queue_cap::REQUEUE.with(|r| *r)
+        {
             return pg_sys::Datum::from(tuple);
         }
         let seq = shape.sequence;

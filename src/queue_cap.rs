@@ -108,6 +108,11 @@ unsafe extern "C-unwind" fn subxact_callback(
     }
 }
 
+/// Set (by the worker, around its statement) while messages come back to their queues from
+/// `throttle.inflight`: they are counted under their queue caps but never refused, and keep
+/// their ids.
+pub static REQUEUE: crate::backend::BackendLocal<bool> = crate::backend::BackendLocal::new(false);
+
 fn note(id: i64, reserved: bool) {
     // SAFETY: GetCurrentSubTransactionId only reads backend-local transaction state.
     let sub = unsafe { pg_sys::GetCurrentSubTransactionId() };
@@ -145,7 +150,7 @@ fn enter(sender: &str, carrier: &str, channel: &str) -> Result<Option<Vec<Option
         return Ok(None);
     }
     let ids: smallvec::SmallVec<[i64; 4]> = qcaps.iter().map(|q| q.id).collect();
-    match shmem::queue_reserve(db(), &ids, 1) {
+    match shmem::queue_reserve(db(), &ids, 1, REQUEUE.with(|r| *r)) {
         Err(_) => Ok(None), // not preloaded: nothing is counted anywhere
         Ok(Ok(())) => {
             for id in ids {

@@ -73,6 +73,9 @@ struct WorkerShared {
     per_s_milli: AtomicU64,
     rate_t0: AtomicI64,
     rate_n0: AtomicU64,
+    /// The earliest `visible_at` a consumer noted since the worker last looked
+    /// (`i64::MAX`: none), so that a sleeping worker wakes for it.
+    inflight_due: AtomicI64,
 }
 
 #[repr(C, align(64))]
@@ -331,6 +334,7 @@ unsafe extern "C-unwind" fn startup_hook() {
                     per_s_milli: AtomicU64::new(0),
                     rate_t0: AtomicI64::new(0),
                     rate_n0: AtomicU64::new(0),
+                    inflight_due: AtomicI64::new(i64::MAX),
                 },
                 ring: RingHead {
                     locked: AtomicU32::new(0),
@@ -935,6 +939,38 @@ pub fn wake_worker() {
         // has just exited, setting it only wakes whatever process owns it now, if any.
         unsafe { pg_sys::SetLatch(latch) };
     }
+}
+
+/// A message in flight falls due at `at` (PostgreSQL µs): wake the worker if that is sooner
+/// than anything noted before.
+pub fn note_inflight_due(at: i64) {
+    let Ok(s) = shared() else { return };
+    // SAFETY: `s.header` points at the header in our segment, mapped for the life of the
+    // process; the time is atomic.
+    let before = unsafe {
+        (*s.header)
+            .worker
+            .inflight_due
+            .fetch_min(at, Ordering::AcqRel)
+    };
+    if at < before {
+        wake_worker();
+    }
+}
+
+/// For the worker: the earliest time noted by [`note_inflight_due`] (`i64::MAX`: none). Once
+/// it has passed (`<= now`) it is forgotten, so that later notes wake the worker again; one
+/// still ahead stays, and notes of later times wake nobody.
+pub fn inflight_due(now: i64) -> i64 {
+    let Ok(s) = shared() else { return i64::MAX };
+    // SAFETY: as in `note_inflight_due`.
+    let due = unsafe { &(*s.header).worker.inflight_due };
+    let at = due.load(Ordering::Acquire);
+    if at <= now {
+        // A note of a sooner time in between keeps its value (and set the latch).
+        let _ = due.compare_exchange(at, i64::MAX, Ordering::AcqRel, Ordering::Acquire);
+    }
+    at
 }
 
 /// Called by the worker: publish (or, with null, withdraw) its latch and pid.
@@ -1583,7 +1619,14 @@ pub fn queue_limits_update(db: u32, limits: &[(i64, i64)]) {
 }
 
 /// Count `n` more waiting under every cap in `ids`, all or none.
-pub fn queue_reserve(db: u32, ids: &[i64], n: i64) -> Result<Result<(), QueueRefusal>, ShmemError> {
+/// With `force`, a full cap counts them all the same (messages coming back to their queue
+/// after a failed delivery: they were counted once already and are never refused).
+pub fn queue_reserve(
+    db: u32,
+    ids: &[i64],
+    n: i64,
+    force: bool,
+) -> Result<Result<(), QueueRefusal>, ShmemError> {
     with_caps(|c| {
         if *c.queue_db != db {
             return Err(QueueRefusal::NotCounted(ids.first().copied().unwrap_or(0)));
@@ -1591,7 +1634,7 @@ pub fn queue_reserve(db: u32, ids: &[i64], n: i64) -> Result<Result<(), QueueRef
         for &id in ids {
             match c.count_of(id) {
                 None => return Err(QueueRefusal::NotCounted(id)),
-                Some(q) if q.waiting + n > q.limit => return Err(QueueRefusal::Full(*q)),
+                Some(q) if q.waiting + n > q.limit && !force => return Err(QueueRefusal::Full(*q)),
                 Some(_) => {}
             }
         }

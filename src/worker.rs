@@ -16,7 +16,7 @@ use crate::limiter::cap::CapRule;
 use crate::limiter::schedule::{self, Row, Scheduler, Verdict};
 use crate::limiter::tick::{self, CapWindow, DueQueue, Never, Released};
 use crate::limiter::{LimitRef, Micros, Outcome};
-use crate::{config, contacts, gucs, limiter, shmem};
+use crate::{config, contacts, delivery, gucs, limiter, shmem};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
 };
@@ -569,6 +569,7 @@ struct Worker {
     resume: FxHashMap<QueueKey, tick::Resume>,
     /// Each line's contact rules.
     contacts: contacts::Cache,
+    delivery: delivery::State,
     /// When to prune old contact state next.
     next_prune: Micros,
 }
@@ -698,6 +699,7 @@ impl Worker {
             after: AfterCommit::default(),
             resume: FxHashMap::default(),
             contacts: contacts::Cache::default(),
+            delivery: delivery::State::default(),
             next_prune: 0,
         }
     }
@@ -750,6 +752,7 @@ impl Worker {
                 self.after = AfterCommit::default();
                 self.resume.clear();
                 self.contacts.clear();
+                crate::queue_cap::REQUEUE.with(|r| *r = false);
                 self.stmts = None;
                 self.rediscover = true;
                 self.sched = Scheduler::new();
@@ -850,6 +853,11 @@ impl Worker {
             }
             soon = Some(soon.map_or(self.next_prune, |s| s.min(self.next_prune)));
         }
+        let delivered = delivery::tick(c, &mut self.delivery, now)?;
+        tick.dead += delivered.died as u64;
+        if let Some(w) = delivered.wake {
+            soon = Some(soon.map_or(w, |s| s.min(w)));
+        }
         self.note(tick);
         self.next_wake(c, st, soon)
     }
@@ -865,6 +873,7 @@ impl Worker {
         if generation != self.generation {
             self.generation = generation;
             self.contacts.clear();
+            self.delivery.clear();
             self.sched.wake_all(now);
             self.unpark_known(c, st, now)?;
             self.unhold = true;

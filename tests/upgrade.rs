@@ -1,4 +1,4 @@
-//! Upgrading a database from the released 0.1.0, 0.2.0, 0.3.0 and 0.4.0 (their install scripts kept in
+//! Upgrading a database from the released 0.1.0, 0.2.0, 0.3.0, 0.4.0 and 0.5.0 (their install scripts kept in
 //! sql/) with `ALTER EXTENSION pg_throttle UPDATE`, through the chain of upgrade scripts:
 //! everything in it is kept, the old default burst becomes window-exact, the schema is the
 //! same as a fresh install's, and it works.
@@ -73,7 +73,7 @@ fn schema_of(c: &mut Client) -> Vec<String> {
 }
 
 /// The version this build installs.
-const CURRENT: &str = "0.5.0";
+const CURRENT: &str = "0.6.0";
 
 /// The schema of `c`'s database is exactly a fresh install's (made in a new database).
 fn assert_same_as_fresh(server: &Server, c: &mut Client, db: &str) {
@@ -384,6 +384,60 @@ fn update_from_0_4_0_keeps_the_queue_and_contact_rules_work_after() {
         |n| n == 1,
     );
     assert_eq!(n, 1);
+}
+
+#[test]
+fn update_from_0_5_0_keeps_the_queue_and_delivery_works_after() {
+    let (server, mut c) = server_with("upgrade5", "0.5.0");
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender) VALUES ('u5-1');
+         INSERT INTO throttle.rate_limit (scope, scope_id, rate, per) VALUES ('sender', 'u5-1', 100, '1 second');
+         INSERT INTO throttle.pending (sender, carrier, recipient)
+         SELECT 'u5-1', 'att', '+1555000000' || g FROM generate_series(1, 3) g;",
+    )
+    .expect("fill 0.5.0");
+    let before = pending_ids(&mut c);
+    c.batch_execute("ALTER EXTENSION pg_throttle UPDATE")
+        .expect("ALTER EXTENSION UPDATE");
+    assert_eq!(version(&mut c), CURRENT);
+    assert_eq!(pending_ids(&mut c), before, "every message kept");
+    assert_same_as_fresh(&server, &mut c, "fresh5");
+    // The kept messages are released, read, and acknowledged: each ends in throttle.sent.
+    worker_on(&mut c);
+    wait_for(
+        &mut c,
+        "SELECT count(*) FROM throttle.ready",
+        Duration::from_secs(10),
+        |n| n == 3,
+    );
+    let read: Vec<i64> = c
+        .query(
+            "SELECT id FROM throttle.read(10, '1 minute') ORDER BY id",
+            &[],
+        )
+        .expect("read")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(read, before, "every kept message read");
+    for id in &read {
+        let r: String = c
+            .query_one(
+                "SELECT throttle.ack($1::bigint, 'sent', 'p-' || $1::bigint::text)",
+                &[id],
+            )
+            .expect("ack")
+            .get(0);
+        assert_eq!(r, "sent");
+    }
+    let sent: i64 = c
+        .query_one(
+            "SELECT count(*) FROM throttle.sent WHERE sender = 'u5-1'",
+            &[],
+        )
+        .expect("sent")
+        .get(0);
+    assert_eq!(sent, 3);
 }
 
 #[test]
