@@ -19,8 +19,13 @@ as_root() {
 }
 
 # 1. Debian packages: the server, its headers, libclang for bindgen, sudo for pgrx's --runas,
-#    python3 for the demo's chart.
-packages=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang sudo util-linux python3)
+#    python3 for the demo's chart, psycopg 3 for the Python example sender (its test), and
+#    Node.js with npm for the Node one, unless a Node.js is already installed.
+packages=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang sudo util-linux python3
+          python3-psycopg)
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    packages+=(nodejs npm)
+fi
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -48,4 +53,10 @@ fi
 if ! grep -qs "^pg$PG_MAJOR *=" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
     log "cargo pgrx init --pg$PG_MAJOR $PG_CONFIG"
     cargo pgrx init --pg$PG_MAJOR "$PG_CONFIG"
+fi
+
+# 5. The Node example sender's one dependency (pg), from its lock file.
+if [ ! -d examples/node/node_modules/pg ]; then
+    log "npm ci in examples/node"
+    (cd examples/node && npm ci --no-audit --no-fund --loglevel=error)
 fi
