@@ -4,7 +4,7 @@
 # same run), the ratio, the 0.3.0 figure (bench/baseline-0.3.0.tsv) and the target.
 # Never fails on time.
 #   scripts/bench.sh                  every section but fidelity (7-9 minutes on 2 cores, after the build)
-#   scripts/bench.sh SECTION ...      admit | throughput | accuracy | latency | scale | enqueue |
+#   scripts/bench.sh SECTION ...      admit | throughput | accuracy | latency | scale | enqueue | delivery |
 #                                     clients | fidelity (over 3 minutes alone: only when named) |
 #                                     contacts (10 million idle contacts, PG_THROTTLE_BENCH_CONTACTS: only when named) |
 #                                     release (throughput, accuracy, latency, scale, enqueue) | all

@@ -35,5 +35,20 @@ cargo pgrx test "pg$PG_MAJOR" "${runas[@]}" --pgdata "$work/pgrx-data"
 echo "==> installing the release build into $($PG_CONFIG --pkglibdir)"
 install_release
 
+echo "==> packaging: a tarball and a .deb that install without Rust"
+scripts/package.sh --staged > "$work/package.out"
+tarball=$(sed -n 1p "$work/package.out")
+deb=$(sed -n 2p "$work/package.out")
+rm -rf "$work/pkgcheck" && mkdir -p "$work/pkgcheck"
+tar -C "$work/pkgcheck" -xzf "$tarball"
+DESTDIR="$work/pkgcheck/root" "$work/pkgcheck"/pg_throttle-*/install.sh >/dev/null
+cmp "$work/pkgcheck/root$($PG_CONFIG --pkglibdir)/pg_throttle.so" "$($PG_CONFIG --pkglibdir)/pg_throttle.so"
+for f in pg_throttle.control pg_throttle--0.1.0.sql pg_throttle--0.5.0--0.6.0.sql; do
+    test -f "$work/pkgcheck/root$($PG_CONFIG --sharedir)/extension/$f" || { echo "package: $f missing" >&2; exit 1; }
+done
+dpkg-deb -c "$deb" | grep -q "usr/lib/postgresql/$PG_MAJOR/lib/pg_throttle.so"
+dpkg-deb -f "$deb" Depends | grep -q "postgresql-$PG_MAJOR"
+rm -rf "$work/pkgcheck"
+
 echo "==> client-side tests against real servers"
 cargo test -p pg_throttle_tests -- --test-threads 2

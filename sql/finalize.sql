@@ -243,4 +243,5 @@ COMMENT ON FUNCTION throttle.extend(bigint, interval) IS 'Keep a message in flig
 COMMENT ON FUNCTION throttle.read_for(integer, interval, bigint) IS 'Internal: read() as the owner, for the role its ticket names';
 COMMENT ON FUNCTION throttle.ack_for(bigint, text, text, text, interval, integer, bigint) IS 'Internal: ack() as the owner, for the role its ticket names';
 COMMENT ON FUNCTION throttle.extend_for(bigint, interval, bigint) IS 'Internal: extend() as the owner, for the role its ticket names';
+COMMENT ON FUNCTION throttle.ack_sent_for(bigint[], text[], bigint) IS 'Internal: ack_many() of the messages sent, in one statement, as the owner for the role its ticket names';
 COMMENT ON FUNCTION throttle.note_inflight_due(timestamptz) IS 'Internal: wakes the release worker for a message in flight that falls due sooner than it knew';

@@ -115,10 +115,12 @@ $$;
 -- Read up to n released messages, yours for `visibility`: acknowledge each with ack().
 CREATE FUNCTION throttle.read(n integer DEFAULT 100, visibility interval DEFAULT '30 seconds')
 RETURNS SETOF throttle.inflight
-LANGUAGE sql VOLATILE PARALLEL UNSAFE
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT * FROM throttle.read_for(n, visibility, throttle.consumer_ticket())
+BEGIN
+    RETURN QUERY SELECT * FROM throttle.read_for(n, visibility, throttle.consumer_ticket());
+END
 $$;
 
 -- Acknowledge message `id` with its outcome, as the owner for the role the ticket names.
@@ -136,6 +138,8 @@ DECLARE
     f         throttle.inflight;
     s         throttle.sent;
     v_owner   text;
+    -- The tenant model applies (else every role acts for every sender: no check per call).
+    tenants   boolean := EXISTS (SELECT 1 FROM throttle.account_role);
     max_attempts integer := coalesce(nullif(pg_catalog.current_setting('throttle.max_attempts', true), '')::integer, 5);
     backoff   interval := coalesce(nullif(pg_catalog.current_setting('throttle.retry_backoff', true), '')::interval,
                                    interval '30 seconds');
@@ -161,7 +165,7 @@ BEGIN
     END IF;
     SELECT * INTO f FROM throttle.inflight i WHERE i.id = v_id FOR UPDATE;
     IF FOUND THEN
-        IF NOT throttle.acts_for(caller, f.sender) THEN
+        IF tenants AND NOT throttle.acts_for(caller, f.sender) THEN
             RAISE EXCEPTION 'role % does not act for sender %', caller::regrole, quote_literal(f.sender)
                 USING ERRCODE = 'insufficient_privilege',
                       HINT = 'throttle.account_role maps roles to the accounts whose senders they act for';
@@ -203,7 +207,7 @@ BEGIN
     -- Not in flight.
     SELECT t.sender INTO v_owner FROM throttle.sent t WHERE t.id = v_id;
     IF v_owner IS NOT NULL THEN
-        IF NOT throttle.acts_for(caller, v_owner) THEN
+        IF tenants AND NOT throttle.acts_for(caller, v_owner) THEN
             RAISE EXCEPTION 'role % does not act for sender %', caller::regrole, quote_literal(v_owner)
                 USING ERRCODE = 'insufficient_privilege';
         END IF;
@@ -249,15 +253,52 @@ CREATE FUNCTION throttle.ack(
     id bigint, outcome text DEFAULT 'sent', provider_message_id text DEFAULT NULL,
     error_code text DEFAULT NULL, retry_after interval DEFAULT NULL, attempt integer DEFAULT NULL
 ) RETURNS text
-LANGUAGE sql VOLATILE PARALLEL UNSAFE
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT throttle.ack_for(id, outcome, provider_message_id, error_code, retry_after, attempt,
-                            throttle.consumer_ticket())
+BEGIN
+    RETURN throttle.ack_for(id, outcome, provider_message_id, error_code, retry_after, attempt,
+                            throttle.consumer_ticket());
+END
 $$;
 
--- ack() many at once (one statement for a batch): the same outcome for every id, or
--- one per id (outcomes, provider_message_ids and error_codes as long as ids, or NULL).
+-- Internal: record the messages `ids` (in flight, of senders the ticket's role acts for) as
+-- sent, in one statement; returns the ids recorded. ack_many() acks the others one by one.
+CREATE FUNCTION throttle.ack_sent_for(ids bigint[], provider_message_ids text[], ticket bigint)
+RETURNS SETOF bigint
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    caller oid := throttle.ticket_role(ticket);
+BEGIN
+    IF caller IS NULL THEN
+        RAISE EXCEPTION 'not a ticket of this session: call throttle.ack_many(ids, outcomes, ...)'
+              USING ERRCODE = '42501';
+    END IF;
+    RETURN QUERY
+    WITH given AS (SELECT u.id, u.pid FROM unnest(ids, provider_message_ids) AS u(id, pid)),
+    gone AS (
+        DELETE FROM throttle.inflight f USING given g
+         WHERE f.id = g.id
+           AND (NOT EXISTS (SELECT 1 FROM throttle.account_role) OR throttle.acts_for(caller, f.sender))
+        RETURNING f.id, f.sender, f.carrier, f.channel, f.recipient, f.cost, f.enqueued_at,
+                  f.released_at, f.attempt, g.pid),
+    forgotten AS (
+        DELETE FROM throttle.attempt a USING gone WHERE a.id = gone.id),
+    recorded AS (
+        INSERT INTO throttle.sent (id, sender, carrier, channel, recipient, cost, enqueued_at,
+                                   released_at, sent_at, attempts, provider_message_id)
+        SELECT gone.id, gone.sender, gone.carrier, gone.channel, gone.recipient, gone.cost,
+               gone.enqueued_at, gone.released_at, pg_catalog.clock_timestamp(), gone.attempt, gone.pid
+          FROM gone
+        RETURNING sent.id)
+    SELECT recorded.id FROM recorded;
+END
+$$;
+
+-- ack() many at once (one statement for a batch): the same outcome for every id, or one per
+-- id (outcomes, provider_message_ids and error_codes as long as ids, or NULL). Those sent are
+-- recorded in one statement; the rest as ack() would, one by one.
 CREATE FUNCTION throttle.ack_many(
     ids bigint[], outcomes text[], provider_message_ids text[] DEFAULT NULL, error_codes text[] DEFAULT NULL
 ) RETURNS TABLE (id bigint, result text)
@@ -265,7 +306,9 @@ LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
-    i integer;
+    i    integer;
+    one  boolean;
+    sent bigint[];
 BEGIN
     IF ids IS NULL OR outcomes IS NULL
        OR cardinality(outcomes) NOT IN (1, cardinality(ids))
@@ -275,11 +318,22 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'for example throttle.ack_many(ARRAY[1,2,3], ARRAY[''sent''], ARRAY[''m1'',''m2'',''m3''])';
     END IF;
+    one := cardinality(outcomes) = 1;
+    sent := ARRAY(SELECT throttle.ack_sent_for(
+                      ARRAY(SELECT ids[k] FROM generate_subscripts(ids, 1) k
+                             WHERE outcomes[CASE WHEN one THEN 1 ELSE k END] = 'sent'),
+                      ARRAY(SELECT provider_message_ids[k] FROM generate_subscripts(ids, 1) k
+                             WHERE outcomes[CASE WHEN one THEN 1 ELSE k END] = 'sent'),
+                      throttle.consumer_ticket()));
     FOR i IN 1 .. cardinality(ids) LOOP
         id := ids[i];
-        result := throttle.ack_for(ids[i], outcomes[CASE WHEN cardinality(outcomes) = 1 THEN 1 ELSE i END],
-                                   provider_message_ids[i], error_codes[i], NULL, NULL,
-                                   throttle.consumer_ticket());
+        IF ids[i] = ANY (sent) THEN
+            result := 'sent';
+        ELSE
+            result := throttle.ack_for(ids[i], outcomes[CASE WHEN one THEN 1 ELSE i END],
+                                       provider_message_ids[i], error_codes[i], NULL, NULL,
+                                       throttle.consumer_ticket());
+        END IF;
         RETURN NEXT;
     END LOOP;
 END
@@ -317,10 +371,12 @@ END
 $$;
 
 CREATE FUNCTION throttle.extend(id bigint, visibility interval DEFAULT '30 seconds') RETURNS timestamptz
-LANGUAGE sql VOLATILE PARALLEL UNSAFE
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT throttle.extend_for(id, visibility, throttle.consumer_ticket())
+BEGIN
+    RETURN throttle.extend_for(id, visibility, throttle.consumer_ticket());
+END
 $$;
 
 -- Monitoring: per sender, what is in flight, waiting for a retry, sent and dead lately.
@@ -377,6 +433,7 @@ COMMENT ON FUNCTION throttle.extend(bigint, interval) IS 'Keep a message in flig
 COMMENT ON FUNCTION throttle.read_for(integer, interval, bigint) IS 'Internal: read() as the owner, for the role its ticket names';
 COMMENT ON FUNCTION throttle.ack_for(bigint, text, text, text, interval, integer, bigint) IS 'Internal: ack() as the owner, for the role its ticket names';
 COMMENT ON FUNCTION throttle.extend_for(bigint, interval, bigint) IS 'Internal: extend() as the owner, for the role its ticket names';
+COMMENT ON FUNCTION throttle.ack_sent_for(bigint[], text[], bigint) IS 'Internal: ack_many() of the messages sent, in one statement, as the owner for the role its ticket names';
 COMMENT ON FUNCTION throttle.note_inflight_due(timestamptz) IS 'Internal: wakes the release worker for a message in flight that falls due sooner than it knew';
 
 -- Tables a fresh install made before its REVOKE ALL ... FROM PUBLIC: the same rights here.

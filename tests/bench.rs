@@ -3,7 +3,7 @@
 //!   cargo run --release -p pg_throttle_tests --bin bench -- [SECTION ...] [--rows N] [--runs N]
 //!       [--caps] [--window] [--conf 'name = value'] [--baseline FILE] [--save FILE]
 //!
-//! Sections: admit, throughput, accuracy, latency, scale, enqueue, clients, fidelity;
+//! Sections: admit, throughput, accuracy, latency, scale, enqueue, delivery, clients, fidelity;
 //! `release` is throughput, accuracy, latency, scale and enqueue. With no section, every
 //! section but fidelity runs (5-7 minutes on 2 cores); fidelity alone takes over 3
 //! minutes (180 s of releases), so it runs only when named. `--rows`, `--runs`, `--caps`,
@@ -27,13 +27,14 @@ use std::time::{Duration, Instant};
 
 /// Every section a run with no section names runs, in this order. Not fidelity: it takes
 /// over 3 minutes on its own (see the module's doc).
-const EVERY: [&str; 7] = [
+const EVERY: [&str; 8] = [
     "admit",
     "throughput",
     "accuracy",
     "latency",
     "scale",
     "enqueue",
+    "delivery",
     "clients",
 ];
 
@@ -99,7 +100,7 @@ fn main() {
             "all" => sections.extend(EVERY),
             w if EVERY.contains(&w) || w == "fidelity" || w == "contacts" => sections.push(w),
             other => {
-                eprintln!("unknown benchmark {other}: expected admit, throughput, accuracy, latency, scale, enqueue, clients, fidelity, contacts, release (the five release sections) or all");
+                eprintln!("unknown benchmark {other}: expected admit, throughput, accuracy, latency, scale, enqueue, delivery, clients, fidelity, contacts, release (the five release sections) or all");
                 std::process::exit(2);
             }
         }
@@ -120,6 +121,7 @@ fn main() {
                 platform_scale(&mut s);
             }
             "enqueue" => enqueue_throughput(&mut s),
+            "delivery" => delivery(&mut s),
             "clients" => clients(&mut s),
             "fidelity" => fidelity(&mut s),
             "contacts" => contacts_scale(&mut s),
@@ -1235,6 +1237,152 @@ fn enqueue_throughput(s: &mut Summary) {
             None,
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Delivery: consuming released messages at least once (read + ack) against at most once
+// (take), and the worker putting back what was not acknowledged.
+
+/// Messages per consuming round, and rounds (interleaved; medians).
+const DELIVERY_ROWS: i64 = 20_000;
+const DELIVERY_ROUNDS: usize = 3;
+
+fn delivery(s: &mut Summary) {
+    println!(
+        "== delivery: one client consuming {DELIVERY_ROWS} released messages 100 at a time, {DELIVERY_ROUNDS} interleaved rounds"
+    );
+    let server = Server::start(
+        "bench-delivery",
+        &[
+            "shared_buffers = '512MB'",
+            "jit = off",
+            "max_wal_size = '4GB'",
+        ],
+    );
+    let mut c = server.connect();
+    set_worker(&mut c, false);
+    let mut next_id = 0i64;
+    let mut fill = |c: &mut Client| {
+        c.batch_execute(&format!(
+            "INSERT INTO throttle.ready (id, sender, carrier, channel, recipient, cost, priority, payload, enqueued_at, released_at)
+             SELECT g, 'dl-' || (g % 100), 'att', 'sms', '+1555' || g, 1, 0, '{{\"text\": \"hello\"}}', now(), now()
+               FROM generate_series({}, {}) g",
+            next_id + 1,
+            next_id + DELIVERY_ROWS
+        ))
+        .expect("fill ready");
+        c.batch_execute("VACUUM ANALYZE throttle.ready")
+            .expect("vacuum");
+        next_id += DELIVERY_ROWS;
+    };
+    let take = c
+        .prepare("SELECT count(*) FROM throttle.take(100)")
+        .expect("prepare");
+    let read = c
+        .prepare("SELECT array_agg(id) FROM throttle.read(100, '1 minute')")
+        .expect("prepare");
+    let ack_many = c
+        .prepare("SELECT count(*) FROM throttle.ack_many($1::bigint[], ARRAY['sent'], ARRAY(SELECT 'p-' || i FROM unnest($1::bigint[]) i))")
+        .expect("prepare");
+    let ack = c
+        .prepare("SELECT throttle.ack($1::bigint, 'sent', 'p-' || $1::bigint::text)")
+        .expect("prepare");
+    let (mut takes, mut batched, mut singles) = (vec![], vec![], vec![]);
+    for _ in 0..DELIVERY_ROUNDS {
+        fill(&mut c);
+        let t = Instant::now();
+        while c.query_one(&take, &[]).expect("take").get::<_, i64>(0) > 0 {}
+        takes.push(DELIVERY_ROWS as f64 / t.elapsed().as_secs_f64());
+        for per_message in [false, true] {
+            fill(&mut c);
+            let t = Instant::now();
+            loop {
+                let ids: Option<Vec<i64>> = c.query_one(&read, &[]).expect("read").get(0);
+                let Some(ids) = ids else { break };
+                if per_message {
+                    for id in &ids {
+                        c.query_one(&ack, &[id]).expect("ack");
+                    }
+                } else {
+                    c.query_one(&ack_many, &[&ids]).expect("ack_many");
+                }
+            }
+            let rate = DELIVERY_ROWS as f64 / t.elapsed().as_secs_f64();
+            if per_message {
+                singles.push(rate);
+            } else {
+                batched.push(rate);
+            }
+        }
+    }
+    let (tk, b, one) = (median(takes), median(batched), median(singles));
+    println!("  take(100), at most once:                    {tk:>8.0} msgs/s");
+    println!(
+        "  read(100) + ack_many(100), at least once:   {b:>8.0} msgs/s ({:.1} % of take)",
+        100.0 * b / tk
+    );
+    println!(
+        "  read(100) + ack() per message:              {one:>8.0} msgs/s ({:.1} % of take)",
+        100.0 * one / tk
+    );
+    s.ratio(
+        "delivery",
+        "read + ack_many, 100 a batch",
+        b,
+        "msgs/s",
+        ("take(100)", tk),
+        100.0 * b / tk,
+        None,
+    );
+    s.ratio(
+        "delivery",
+        "read + ack per message",
+        one,
+        "msgs/s",
+        ("take(100)", tk),
+        100.0 * one / tk,
+        None,
+    );
+    // The worker puts back messages whose visibility timeout passed (their senders are not
+    // registered: they wait, parked, in pending afterwards).
+    c.batch_execute(&format!(
+        "INSERT INTO throttle.inflight (id, sender, carrier, channel, recipient, cost, priority, payload,
+                                        enqueued_at, released_at, attempt, read_at, visible_at)
+         SELECT g, 'dl-' || (g % 100), 'att', 'sms', '+1555' || g, 1, 0, NULL, now(), now(), 1, now(), now() - interval '1 second'
+           FROM generate_series({}, {}) g",
+        next_id + 1,
+        next_id + DELIVERY_ROWS
+    ))
+    .expect("fill inflight");
+    let pid = worker_pid(&mut c);
+    let cpu0 = cpu_seconds(pid);
+    let t = Instant::now();
+    set_worker(&mut c, true);
+    while q1(&mut c, "SELECT count(*) FROM throttle.inflight") > 0
+        && t.elapsed() < Duration::from_secs(120)
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid) - cpu0;
+    let back = q1(&mut c, "SELECT count(*) FROM throttle.pending");
+    println!(
+        "  not acknowledged in time, back to pending: {back} in {secs:.2} s: {:>8.0} msgs/s, {:.1} µs of worker CPU each",
+        back as f64 / secs,
+        1e6 * cpu / back.max(1) as f64
+    );
+    s.value(
+        "delivery",
+        "timed-out messages put back",
+        back as f64 / secs,
+        "msgs/s",
+    );
+    s.value(
+        "delivery",
+        "worker CPU per message put back",
+        1e6 * cpu / back.max(1) as f64,
+        "µs",
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -124,6 +124,31 @@ fn read_then_ack_sent_records_each_message_once() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(results, vec!["sent".to_string(); 10]);
+    // Mixed outcomes in one call: the sent one recorded, the rejected one dead, an unknown
+    // id refused (P0002) and nothing of the call kept.
+    let more = enqueue(&mut c, "d-1", 2);
+    wait_in(&mut c, "ready", &more, 2, 10);
+    read(&mut c, &more, 2, "1 minute");
+    let e = c
+        .query(
+            "SELECT * FROM throttle.ack_many(ARRAY[$1::bigint, $2::bigint, 987654321], ARRAY['sent', 'rejected', 'sent'])",
+            &[&more[0], &more[1]],
+        )
+        .expect_err("an unknown id");
+    assert_eq!(sqlstate(&e), "P0002");
+    assert_each_once(&mut c, &more, "inflight");
+    let mixed: Vec<String> = c
+        .query(
+            "SELECT result FROM throttle.ack_many(ARRAY[$1::bigint, $2::bigint], ARRAY['sent', 'rejected'], NULL, ARRAY[NULL, '21211'])",
+            &[&more[0], &more[1]],
+        )
+        .expect("mixed outcomes")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(mixed, ["sent", "dead"]);
+    assert_each_once(&mut c, &more[..1], "sent");
+    assert_each_once(&mut c, &more[1..], "dead");
     assert_each_once(&mut c, &ids, "sent");
     let with_ids = count(
         &mut c,
@@ -140,7 +165,7 @@ fn read_then_ack_sent_records_each_message_once() {
         &mut c,
         "SELECT sent_last_hour FROM throttle.delivery_state WHERE sender = 'd-1'",
     );
-    assert_eq!(shown, 20, "delivery_state counts what was sent");
+    assert_eq!(shown, 21, "delivery_state counts what was sent");
 }
 
 #[test]
