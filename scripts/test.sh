@@ -46,7 +46,8 @@ cmp "$work/pkgcheck/root$($PG_CONFIG --pkglibdir)/pg_throttle.so" "$($PG_CONFIG 
 for f in pg_throttle.control pg_throttle--0.1.0.sql pg_throttle--0.5.0--0.6.0.sql; do
     test -f "$work/pkgcheck/root$($PG_CONFIG --sharedir)/extension/$f" || { echo "package: $f missing" >&2; exit 1; }
 done
-dpkg-deb -c "$deb" | grep -q "usr/lib/postgresql/$PG_MAJOR/lib/pg_throttle.so"
+dpkg-deb -c "$deb" > "$work/pkgcheck/deb.list"
+grep -q "usr/lib/postgresql/$PG_MAJOR/lib/pg_throttle.so" "$work/pkgcheck/deb.list"
 dpkg-deb -f "$deb" Depends | grep -q "postgresql-$PG_MAJOR"
 rm -rf "$work/pkgcheck"
 

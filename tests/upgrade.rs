@@ -144,6 +144,31 @@ fn pending_ids(c: &mut Client) -> Vec<i64> {
         .collect()
 }
 
+/// A server with `old` installed, a sender with three messages waiting, updated to CURRENT:
+/// the messages kept and the schema a fresh install's.
+fn updated_with_three_messages(
+    name: &str,
+    old: &str,
+    sender: &str,
+    fresh: &str,
+) -> (Server, Client) {
+    let (server, mut c) = server_with(name, old);
+    c.batch_execute(&format!(
+        "INSERT INTO throttle.sender (sender) VALUES ('{sender}');
+         INSERT INTO throttle.rate_limit (scope, scope_id, rate, per) VALUES ('sender', '{sender}', 100, '1 second');
+         INSERT INTO throttle.pending (sender, carrier, recipient)
+         SELECT '{sender}', 'att', '+1555000000' || g FROM generate_series(1, 3) g;"
+    ))
+    .expect("fill the old version");
+    let before = pending_ids(&mut c);
+    c.batch_execute("ALTER EXTENSION pg_throttle UPDATE")
+        .expect("ALTER EXTENSION UPDATE");
+    assert_eq!(version(&mut c), CURRENT);
+    assert_eq!(pending_ids(&mut c), before, "every message kept");
+    assert_same_as_fresh(&server, &mut c, fresh);
+    (server, c)
+}
+
 #[test]
 fn update_from_0_1_0_keeps_everything_and_matches_a_fresh_install() {
     let (server, mut c) = server_with("upgrade", "0.1.0");
@@ -333,20 +358,7 @@ fn update_from_0_3_0_keeps_queue_caps_counted_and_sizes_them_by_the_setting() {
 
 #[test]
 fn update_from_0_4_0_keeps_the_queue_and_contact_rules_work_after() {
-    let (server, mut c) = server_with("upgrade4", "0.4.0");
-    c.batch_execute(
-        "INSERT INTO throttle.sender (sender) VALUES ('u4-1');
-         INSERT INTO throttle.rate_limit (scope, scope_id, rate, per) VALUES ('sender', 'u4-1', 100, '1 second');
-         INSERT INTO throttle.pending (sender, carrier, recipient)
-         SELECT 'u4-1', 'att', '+1555000000' || g FROM generate_series(1, 3) g;",
-    )
-    .expect("fill 0.4.0");
-    let before = pending_ids(&mut c);
-    c.batch_execute("ALTER EXTENSION pg_throttle UPDATE")
-        .expect("ALTER EXTENSION UPDATE");
-    assert_eq!(version(&mut c), CURRENT);
-    assert_eq!(pending_ids(&mut c), before, "every message kept");
-    assert_same_as_fresh(&server, &mut c, "fresh4");
+    let (_server, mut c) = updated_with_three_messages("upgrade4", "0.4.0", "u4-1", "fresh4");
     // A contact rule: one message without a reply. The three kept go (three recipients);
     // a second to the first recipient waits for a reply, and goes after one.
     c.batch_execute(
@@ -388,20 +400,7 @@ fn update_from_0_4_0_keeps_the_queue_and_contact_rules_work_after() {
 
 #[test]
 fn update_from_0_5_0_keeps_the_queue_and_delivery_works_after() {
-    let (server, mut c) = server_with("upgrade5", "0.5.0");
-    c.batch_execute(
-        "INSERT INTO throttle.sender (sender) VALUES ('u5-1');
-         INSERT INTO throttle.rate_limit (scope, scope_id, rate, per) VALUES ('sender', 'u5-1', 100, '1 second');
-         INSERT INTO throttle.pending (sender, carrier, recipient)
-         SELECT 'u5-1', 'att', '+1555000000' || g FROM generate_series(1, 3) g;",
-    )
-    .expect("fill 0.5.0");
-    let before = pending_ids(&mut c);
-    c.batch_execute("ALTER EXTENSION pg_throttle UPDATE")
-        .expect("ALTER EXTENSION UPDATE");
-    assert_eq!(version(&mut c), CURRENT);
-    assert_eq!(pending_ids(&mut c), before, "every message kept");
-    assert_same_as_fresh(&server, &mut c, "fresh5");
+    let (_server, mut c) = updated_with_three_messages("upgrade5", "0.5.0", "u5-1", "fresh5");
     // The kept messages are released, read, and acknowledged: each ends in throttle.sent.
     worker_on(&mut c);
     wait_for(
