@@ -401,6 +401,7 @@ fn update_from_0_4_0_keeps_the_queue_and_contact_rules_work_after() {
 #[test]
 fn update_from_0_5_0_keeps_the_queue_and_delivery_works_after() {
     let (_server, mut c) = updated_with_three_messages("upgrade5", "0.5.0", "u5-1", "fresh5");
+    let before = pending_ids(&mut c);
     // The kept messages are released, read, and acknowledged: each ends in throttle.sent.
     worker_on(&mut c);
     wait_for(
