@@ -144,6 +144,7 @@ DECLARE
     backoff   interval := coalesce(nullif(pg_catalog.current_setting('throttle.retry_backoff', true), '')::interval,
                                    interval '30 seconds');
     wait      interval;
+    feedback  text;   -- what a feedback rule did about a failed message's error code
 BEGIN
     IF caller IS NULL THEN
         RAISE EXCEPTION 'not a ticket of this session: call throttle.ack(id, outcome, ...)'
@@ -182,7 +183,14 @@ BEGIN
                     f.released_at, pg_catalog.clock_timestamp(), f.attempt, provider_message_id);
             RETURN 'sent';
         END IF;
-        IF outcome = 'rejected' OR f.attempt >= max_attempts THEN
+        -- A throttling answer (a feedback rule has its code) slows the limit the message came
+        -- through, or holds its scope (sql/feedback.sql); it is not the message's fault: that
+        -- attempt does not count, and the message goes back at once (the slower limit, or the
+        -- hold, paces it), or after the provider's retry_after.
+        IF outcome = 'failed' THEN
+            feedback := throttle.feedback_for(f.sender, f.carrier, f.channel, error_code);
+        END IF;
+        IF outcome = 'rejected' OR (f.attempt >= max_attempts AND feedback IS NULL) THEN
             DELETE FROM throttle.inflight i WHERE i.id = v_id;
             INSERT INTO throttle.dead (id, sender, carrier, channel, recipient, cost, priority, payload,
                                        not_before, expires_at, enqueued_at, died_at, reason, error_code)
@@ -197,9 +205,11 @@ BEGIN
         -- Back to its queue after the back-off (doubling per attempt, at most an hour), by
         -- the worker, through the limits again.
         wait := coalesce(retry_after,
+                         CASE WHEN feedback IS NOT NULL THEN interval '0' END,
                          least(backoff * (2::float8 ^ least(f.attempt - 1, 30)), interval '1 hour'));
         UPDATE throttle.inflight i
-           SET visible_at = pg_catalog.clock_timestamp() + wait, last_error = coalesce(error_code, 'failed')
+           SET visible_at = pg_catalog.clock_timestamp() + wait, last_error = coalesce(error_code, 'failed'),
+               attempt = CASE WHEN feedback IS NULL THEN i.attempt ELSE i.attempt - 1 END
          WHERE i.id = v_id;
         PERFORM throttle.note_inflight_due(pg_catalog.clock_timestamp() + wait);
         RETURN 'retry';

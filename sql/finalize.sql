@@ -33,11 +33,18 @@ SELECT l.limit_id, l.name, l.scope, l.scope_id, l.carrier, l.channel, l.sender_t
        coalesce(b.next_room_at, now()) AS next_room_at,
        b.full_at,
        b.limit_id IS NOT NULL AS in_memory,
-       l.each_sender
+       l.each_sender,
+       coalesce(f.configured_rate, l.rate) AS configured_rate,
+       CASE WHEN f.limit_id IS NOT NULL THEN
+           pg_catalog.format('slowed to %s (%s %% of %s) by provider error %s (%s errors, the last at %s); back to %s in steps from %s to %s',
+                             l.rate, round((100 * f.factor)::numeric), f.configured_rate, f.error_code,
+                             f.errors, f.slowed_at, f.configured_rate, f.recover_from, f.recovered_by)
+       END AS slowed
   FROM throttle.rate_limit l
   LEFT JOIN throttle.bucket_state() b
          ON b.limit_id = l.limit_id AND b.sub_key = 0
-        AND b.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database());
+        AND b.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
+  LEFT JOIN throttle.limit_feedback f ON f.limit_id = l.limit_id;
 
 -- Monitoring: every queue (sender, carrier, channel) with what waits in it. Reads the queue
 -- index (cost grows with what is pending).
@@ -245,3 +252,16 @@ COMMENT ON FUNCTION throttle.ack_for(bigint, text, text, text, interval, integer
 COMMENT ON FUNCTION throttle.extend_for(bigint, interval, bigint) IS 'Internal: extend() as the owner, for the role its ticket names';
 COMMENT ON FUNCTION throttle.ack_sent_for(bigint[], text[], bigint) IS 'Internal: ack_many() of the messages sent, in one statement, as the owner for the role its ticket names';
 COMMENT ON FUNCTION throttle.note_inflight_due(timestamptz) IS 'Internal: wakes the release worker for a message in flight that falls due sooner than it knew';
+
+-- Provider feedback (sql/feedback.sql): rules are configuration (read by all), the state of
+-- slowed limits and held scopes is monitoring (read by all); only ack() changes them.
+GRANT SELECT ON throttle.feedback_rule, throttle.limit_feedback, throttle.feedback_hold TO PUBLIC;
+REVOKE ALL ON FUNCTION throttle.feedback_for(text, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION throttle.feedback_step() FROM PUBLIC;
+COMMENT ON TABLE throttle.feedback_rule IS 'What a provider''s error code on a failed message does: slow the limit it came through (then recover), hold its scope until the reset, or nothing (ignore)';
+COMMENT ON TABLE throttle.limit_feedback IS 'Rate limits slowed by provider errors: the configured rate, the rate now, why, and when it comes back';
+COMMENT ON TABLE throttle.feedback_hold IS 'Scopes held until their reset by a "done for the day" provider error (each a calendar cap of 1 already used)';
+COMMENT ON TYPE throttle.feedback_action IS 'What a feedback rule does: slow_down, hold_until_reset, or ignore (turn a shipped rule off)';
+COMMENT ON FUNCTION throttle.feedback_for(text, text, text, text) IS 'Internal: what the feedback rules do about an error code on a failed message (from ack())';
+COMMENT ON FUNCTION throttle.feedback_step() IS 'Internal: the release worker''s recovery steps of slowed limits and ends of holds';
+COMMENT ON FUNCTION throttle.check_feedback_rule() IS 'Internal: validates throttle.feedback_rule rows (22023 with a hint)';

@@ -13,6 +13,7 @@ mod config;
 mod contacts;
 mod delivery;
 mod error;
+mod feedback;
 mod gucs;
 mod hooks;
 mod queue;

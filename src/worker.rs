@@ -16,7 +16,7 @@ use crate::limiter::cap::CapRule;
 use crate::limiter::schedule::{self, Row, Scheduler, Verdict};
 use crate::limiter::tick::{self, CapWindow, DueQueue, Never, Released};
 use crate::limiter::{LimitRef, Micros, Outcome};
-use crate::{config, contacts, delivery, gucs, limiter, shmem};
+use crate::{config, contacts, delivery, feedback, gucs, limiter, shmem};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
 };
@@ -570,6 +570,7 @@ struct Worker {
     /// Each line's contact rules.
     contacts: contacts::Cache,
     delivery: delivery::State,
+    feedback: feedback::State,
     /// When to prune old contact state next.
     next_prune: Micros,
 }
@@ -700,6 +701,7 @@ impl Worker {
             resume: FxHashMap::default(),
             contacts: contacts::Cache::default(),
             delivery: delivery::State::default(),
+            feedback: feedback::State::default(),
             next_prune: 0,
         }
     }
@@ -858,6 +860,9 @@ impl Worker {
         if let Some(w) = delivered.wake {
             soon = Some(soon.map_or(w, |s| s.min(w)));
         }
+        if let Some(w) = feedback::tick(c, &mut self.feedback, now)? {
+            soon = Some(soon.map_or(w, |s| s.min(w)));
+        }
         self.note(tick);
         self.next_wake(c, st, soon)
     }
@@ -874,6 +879,7 @@ impl Worker {
             self.generation = generation;
             self.contacts.clear();
             self.delivery.clear();
+            self.feedback.clear();
             self.sched.wake_all(now);
             self.unpark_known(c, st, now)?;
             self.unhold = true;

@@ -3,7 +3,8 @@
 //! 30 % of the requests and fails (500) 10 %. Each example enqueues through a full queue cap
 //! (PT429: it waits and retries), and two of its sender processes drain the queue: every
 //! message ends sent exactly once (the provider accepted it once, throttle.sent holds it once)
-//! or dead, and none is left anywhere else.
+//! or dead, none is left anywhere else, and the 429s slowed the sender's limit (limit_state
+//! says why).
 //!
 //! Python needs psycopg 3 (`scripts/setup.sh` installs Debian's python3-psycopg), Node the
 //! `pg` package (`scripts/setup.sh` runs `npm ci` in `examples/node`).
@@ -189,8 +190,22 @@ fn run_example(name: &str, client: &[&str]) {
     );
     assert!(
         retried > 0,
-        "the provider throttled some, sent on a later attempt"
+        "the provider failed some, sent on a later attempt"
     );
+    // The provider's 429s slowed the sender's limit (the shipped rule for 429): the view says
+    // by how much and why.
+    let r = c
+        .query_one(
+            "SELECT rate, configured_rate, slowed FROM throttle.limit_state
+              WHERE scope = 'sender' AND scope_id = $1",
+            &[&sender],
+        )
+        .expect("limit_state");
+    let (rate, configured, why): (i64, i64, Option<String>) = (r.get(0), r.get(1), r.get(2));
+    assert_eq!(configured, 300);
+    assert!(rate < 300, "the effective rate dropped: {rate}");
+    let why = why.unwrap_or_default();
+    assert!(why.contains("by provider error 429"), "{why}");
     let _ = std::fs::remove_file(&log);
 }
 

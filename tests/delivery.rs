@@ -230,19 +230,19 @@ fn failed_messages_retry_through_the_limits_and_die_after_the_last_attempt() {
         released.extend(got.iter().map(|r| r.2));
         for &(id, ..) in &got {
             let want = if attempt < 3 { "retry" } else { "dead" };
-            assert_eq!(ack(&mut c, id, "failed", Some("30001")), want);
+            assert_eq!(ack(&mut c, id, "failed", Some("500")), want);
         }
         if attempt < 3 {
             let waiting = count(
                 &mut c,
                 &format!(
-                    "SELECT count(*) FROM throttle.inflight WHERE id IN ({}) AND last_error = '30001'",
+                    "SELECT count(*) FROM throttle.inflight WHERE id IN ({}) AND last_error = '500'",
                     list(&ids)
                 ),
             );
             assert_eq!(waiting, 3, "waiting for their retry, with the error");
             // A second outcome for the same attempt is stale and changes nothing.
-            assert_eq!(ack(&mut c, ids[0], "failed", Some("500")), "stale");
+            assert_eq!(ack(&mut c, ids[0], "failed", Some("503")), "stale");
         }
     }
     assert_window_bound("releases and re-releases", &released, 2, 1_000_000, 1);
@@ -250,7 +250,7 @@ fn failed_messages_retry_through_the_limits_and_die_after_the_last_attempt() {
     let why = count(
         &mut c,
         &format!(
-            "SELECT count(*) FROM throttle.dead WHERE id IN ({}) AND reason = 'failed 3 times' AND error_code = '30001'",
+            "SELECT count(*) FROM throttle.dead WHERE id IN ({}) AND reason = 'failed 3 times' AND error_code = '500'",
             list(&ids)
         ),
     );

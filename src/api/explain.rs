@@ -320,8 +320,43 @@ fn rate_constraint(
         name: label,
         limit_id: Some(id),
         ready_at: Some(at),
-        detail: format!("{need} segments through {how}{share}"),
+        detail: format!("{need} segments through {how}{share}{}", slowed(c, id)?),
     })
+}
+
+/// Why limit `id` runs below its configured rate, if a provider's error slowed it (see
+/// sql/feedback.sql), as a clause to append; empty when it runs at its configured rate.
+fn slowed(c: &SpiClient<'_>, id: i64) -> Result<String> {
+    // A database not yet updated to 0.6.0 has no feedback.
+    let present = c
+        .select(
+            "SELECT pg_catalog.to_regclass('throttle.limit_feedback') IS NOT NULL",
+            None,
+            &[],
+        )
+        .map_err(error::internal)?
+        .first()
+        .get::<bool>(1)
+        .map_err(error::internal)?;
+    if present != Some(true) {
+        return Ok(String::new());
+    }
+    let t = c
+        .select(
+            "SELECT pg_catalog.format('; slowed to %s (configured %s) by provider error %s at %s, back to %s by %s',
+                                      l.rate, f.configured_rate, f.error_code, f.slowed_at, f.configured_rate,
+                                      f.recovered_by)
+               FROM throttle.limit_feedback f JOIN throttle.rate_limit l ON l.limit_id = f.limit_id
+              WHERE f.limit_id = $1",
+            None,
+            &[id.into()],
+        )
+        .map_err(error::internal)?;
+    if t.is_empty() {
+        return Ok(String::new());
+    }
+    let why = t.first().get::<String>(1).map_err(error::internal)?;
+    Ok(why.unwrap_or_default())
 }
 
 /// Calendar cap `def`: the window of it in which `need` more segments fit.
