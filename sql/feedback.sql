@@ -62,7 +62,7 @@ BEGIN
         RAISE EXCEPTION 'recovery must be between 0 and 7 days, got %', coalesce(NEW.recovery::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_timezone_names WHERE name = NEW.time_zone) THEN
+    IF NEW.time_zone IS NULL OR NOT throttle.is_time_zone(NEW.time_zone) THEN
         RAISE EXCEPTION 'time_zone % is not a known time zone', quote_literal(NEW.time_zone)
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'an IANA name such as America/Los_Angeles (SELECT name FROM pg_timezone_names)';

@@ -265,3 +265,9 @@ COMMENT ON TYPE throttle.feedback_action IS 'What a feedback rule does: slow_dow
 COMMENT ON FUNCTION throttle.feedback_for(text, text, text, text) IS 'Internal: what the feedback rules do about an error code on a failed message (from ack())';
 COMMENT ON FUNCTION throttle.feedback_step() IS 'Internal: the release worker''s recovery steps of slowed limits and ends of holds';
 COMMENT ON FUNCTION throttle.check_feedback_rule() IS 'Internal: validates throttle.feedback_rule rows (22023 with a hint)';
+
+-- Configuration as code (src/config_doc.rs): anyone may export what they may read; only the
+-- owner (or whom the owner grants it) imports.
+REVOKE ALL ON FUNCTION throttle.import_config(jsonb, boolean) FROM PUBLIC;
+COMMENT ON FUNCTION throttle.export_config() IS 'The whole configuration (senders, account roles, rate limits, caps with exemptions, queue caps, contact rules, pools with lines, your feedback rules) as one JSON document';
+COMMENT ON FUNCTION throttle.import_config(jsonb, boolean) IS 'Make the configuration what a document of export_config() says, in one transaction (dry_run: only say what would change); rows that did not change are not touched';

@@ -1,14 +1,24 @@
--- pg_throttle 0.5.0 -> 0.6.0: at-least-once delivery and provider feedback. Consumers read()
--- released messages with a visibility timeout and ack() each with its outcome (sent, failed,
--- rejected); the worker puts back what was not acknowledged in time and what failed (after a
--- back-off, through the limits again), dead after throttle.max_attempts; throttle.sent keeps
--- what was sent. A failed message's error code can slow the limit it came through, or hold
--- its scope until the reset (throttle.feedback_rule); limit_state shows the slowed limits.
+-- pg_throttle 0.5.0 -> 0.6.0: at-least-once delivery, provider feedback and configuration as
+-- code. Consumers read() released messages with a visibility timeout and ack() each with its
+-- outcome (sent, failed, rejected); the worker puts back what was not acknowledged in time and
+-- what failed (after a back-off, through the limits again), dead after throttle.max_attempts;
+-- throttle.sent keeps what was sent. A failed message's error code can slow the limit it came
+-- through, or hold its scope until the reset (throttle.feedback_rule); limit_state shows the
+-- slowed limits. export_config() and import_config() write and read the configuration as JSON.
 
 -- Internal: wakes the worker for a message in flight that falls due sooner than it knew.
 CREATE FUNCTION throttle.note_inflight_due(at timestamptz) RETURNS void
 STRICT VOLATILE PARALLEL UNSAFE
 LANGUAGE c AS 'MODULE_PATHNAME', 'note_inflight_due_wrapper';
+
+-- The configuration as one JSON document, and back (src/config_doc.rs).
+CREATE FUNCTION throttle.export_config() RETURNS jsonb
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'export_config_wrapper';
+CREATE FUNCTION throttle.import_config(doc jsonb, dry_run bool DEFAULT false)
+RETURNS TABLE (action text, kind text, key text, detail text)
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'import_config_wrapper';
 
 -- Messages read and not yet acknowledged, or failed and waiting for their retry.
 CREATE TABLE throttle.inflight (
@@ -483,7 +493,7 @@ BEGIN
         RAISE EXCEPTION 'recovery must be between 0 and 7 days, got %', coalesce(NEW.recovery::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_timezone_names WHERE name = NEW.time_zone) THEN
+    IF NEW.time_zone IS NULL OR NOT throttle.is_time_zone(NEW.time_zone) THEN
         RAISE EXCEPTION 'time_zone % is not a known time zone', quote_literal(NEW.time_zone)
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'an IANA name such as America/Los_Angeles (SELECT name FROM pg_timezone_names)';
@@ -796,6 +806,12 @@ COMMENT ON TYPE throttle.feedback_action IS 'What a feedback rule does: slow_dow
 COMMENT ON FUNCTION throttle.feedback_for(text, text, text, text) IS 'Internal: what the feedback rules do about an error code on a failed message (from ack())';
 COMMENT ON FUNCTION throttle.feedback_step() IS 'Internal: the release worker''s recovery steps of slowed limits and ends of holds';
 COMMENT ON FUNCTION throttle.check_feedback_rule() IS 'Internal: validates throttle.feedback_rule rows (22023 with a hint)';
+
+-- Configuration as code (src/config_doc.rs): anyone may export what they may read; only the
+-- owner (or whom the owner grants it) imports.
+REVOKE ALL ON FUNCTION throttle.import_config(jsonb, boolean) FROM PUBLIC;
+COMMENT ON FUNCTION throttle.export_config() IS 'The whole configuration (senders, account roles, rate limits, caps with exemptions, queue caps, contact rules, pools with lines, your feedback rules) as one JSON document';
+COMMENT ON FUNCTION throttle.import_config(jsonb, boolean) IS 'Make the configuration what a document of export_config() says, in one transaction (dry_run: only say what would change); rows that did not change are not touched';
 
 -- Tables a fresh install made before its REVOKE ALL ... FROM PUBLIC: the same rights here.
 REVOKE ALL ON throttle.attempt FROM PUBLIC;

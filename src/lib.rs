@@ -10,6 +10,7 @@ mod api;
 mod backend;
 mod caps;
 mod config;
+mod config_doc;
 mod contacts;
 mod delivery;
 mod error;
