@@ -50,6 +50,8 @@ pub struct Cache {
     rules: FxHashMap<String, Rc<[Rule]>>,
     /// Each rule read: its name (or id) and error code, for dead letters.
     labels: FxHashMap<i64, (String, Option<String>)>,
+    /// Whether throttle.attempt exists (0.6.0; None: not looked yet).
+    attempts: Option<bool>,
 }
 
 impl Cache {
@@ -402,8 +404,43 @@ pub fn read_tick(
         contact_at.insert(key, ci);
         t.rows.insert(id, Some(ci));
     }
+    read_again(c, cache, &mut t)?;
     read_lines(c, &mut t, &keys.lines, now)?;
     Ok((t, keys))
+}
+
+/// Rows the provider refused before, back for another attempt (a failed acknowledgement: see
+/// sql/delivery.sql): counted when they first went, so only the pair rate counts them again.
+/// A message whose consumer never answered is counted again (it may have gone).
+const SQL_AGAIN: &str =
+    "SELECT a.id FROM throttle.attempt a WHERE a.id = ANY ($1) AND a.last_error IS NOT NULL";
+
+fn read_again(
+    c: &mut SpiClient<'_>,
+    cache: &mut Cache,
+    t: &mut contact::Tick,
+) -> pgrx::spi::Result<()> {
+    if cache.attempts.is_none() {
+        cache.attempts = c
+            .select(
+                "SELECT to_regclass('throttle.attempt') IS NOT NULL",
+                None,
+                &[],
+            )?
+            .first()
+            .get::<bool>(1)?;
+    }
+    if cache.attempts != Some(true) || t.rows.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = t.rows.keys().copied().collect();
+    let p = kept(c, SQL_AGAIN, &[INT8ARRAYOID], false)?;
+    for row in c.select(&*p, None, &[ids.into()])? {
+        if let Some(id) = row.get::<i64>(1)? {
+            t.again.insert(id);
+        }
+    }
+    Ok(())
 }
 
 /// A contact's state from a row whose columns from `at` on are counted_as, counted_at,

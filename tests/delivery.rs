@@ -420,3 +420,59 @@ fn tenants_read_and_acknowledge_only_their_own_senders() {
     c.batch_execute("RESET ROLE").expect("reset");
     assert_each_once(&mut c, &a, "inflight");
 }
+
+#[test]
+fn a_message_the_provider_refused_is_counted_once_by_the_contact_rules() {
+    let server = Server::start("deliver_convo", &["throttle.retry_backoff = 50"]);
+    let mut c = server.connect();
+    sender(&mut c, "d-7", 1000);
+    c.batch_execute(
+        "INSERT INTO throttle.contact_rule (scope, scope_id, kind, max_count) VALUES ('sender', 'd-7', 'unanswered', 2)",
+    )
+    .expect("at most 2 messages without a reply");
+    let two: Vec<i64> = c
+        .query(
+            "INSERT INTO throttle.pending (sender, carrier, recipient)
+             SELECT 'd-7', 'att', '+15550700001' FROM generate_series(1, 2) RETURNING id",
+            &[],
+        )
+        .expect("enqueue")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    read(&mut c, &two, 2, "1 minute");
+    for &id in &two {
+        assert_eq!(ack(&mut c, id, "failed", Some("500")), "retry");
+    }
+    // Back for a second attempt: not held by the streak they made the first time.
+    let again = read(&mut c, &two, 2, "1 minute");
+    assert!(again.iter().all(|r| r.1 == 2), "{again:?}");
+    for &id in &two {
+        assert_eq!(ack(&mut c, id, "sent", None), "sent");
+    }
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT unanswered::bigint FROM throttle.contact_sent WHERE sender = 'd-7' AND contact = '+15550700001'"
+        ),
+        2,
+        "two messages, counted once each"
+    );
+    // A third is over the rule: held until a reply.
+    let third: i64 = c
+        .query_one(
+            "INSERT INTO throttle.pending (sender, carrier, recipient) VALUES ('d-7', 'att', '+15550700001') RETURNING id",
+            &[],
+        )
+        .expect("a third")
+        .get(0);
+    let held = wait_for(
+        &mut c,
+        &format!(
+            "SELECT count(*) FROM throttle.pending WHERE id = {third} AND held_rule IS NOT NULL"
+        ),
+        Duration::from_secs(10),
+        |n| n == 1,
+    );
+    assert_eq!(held, 1, "held by the rule");
+}

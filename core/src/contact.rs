@@ -229,12 +229,40 @@ fn pair_over(rule: &Rule, c: &Contact, now: Micros) -> Option<Micros> {
     })
 }
 
+/// Whether a message goes to the provider for the first time, or again after the provider
+/// refused it (a failed acknowledgement): its conversation was counted the first time, so
+/// only the pair rate, which counts requests to a recipient, counts it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Send {
+    First,
+    Again,
+}
+
+impl Rule {
+    /// Whether this rule judges and counts a message sent `send`.
+    fn counts(&self, send: Send) -> bool {
+        send == Send::First || self.kind == Kind::PairRate
+    }
+}
+
 /// May a message on a line with `rules` and state `line`, to contact `c`, of `channel`, go at
 /// `now`? Nothing is changed: [`record`] does that once the message goes.
 pub fn check(rules: &[Rule], line: &Line, c: &Contact, channel: &str, now: Micros) -> Decision {
+    check_send(rules, line, c, channel, now, Send::First)
+}
+
+/// [`check`] of a message sent `send`.
+pub fn check_send(
+    rules: &[Rule],
+    line: &Line,
+    c: &Contact,
+    channel: &str,
+    now: Micros,
+    send: Send,
+) -> Decision {
     let mut hold: Option<(usize, Option<Micros>)> = None;
     for (i, rule) in rules.iter().enumerate() {
-        if !rule.applies_to(channel) {
+        if !rule.applies_to(channel) || !rule.counts(send) {
             continue;
         }
         let over: Option<Option<Micros>> = match rule.kind {
@@ -272,11 +300,23 @@ pub fn check(rules: &[Rule], line: &Line, c: &Contact, channel: &str, now: Micro
 
 /// Count a message that goes (after [`check`] said [`Decision::Go`]).
 pub fn record(rules: &[Rule], line: &mut Line, c: &mut Contact, channel: &str, now: Micros) {
+    record_send(rules, line, c, channel, now, Send::First)
+}
+
+/// [`record`] of a message sent `send`.
+pub fn record_send(
+    rules: &[Rule],
+    line: &mut Line,
+    c: &mut Contact,
+    channel: &str,
+    now: Micros,
+    send: Send,
+) {
     let mut counted_as = None;
     let mut pair_keep = 0usize;
     let mut streaks = (false, false);
     for (i, rule) in rules.iter().enumerate() {
-        if !rule.applies_to(channel) {
+        if !rule.applies_to(channel) || !rule.counts(send) {
             continue;
         }
         match rule.kind {
@@ -335,6 +375,8 @@ pub struct Tick {
     pub contacts: Vec<Contact>,
     /// Rows a rule holds: (row id, the rule's id, until when; None: an inbound message).
     pub held: Vec<(i64, i64, Option<Micros>)>,
+    /// Fetched rows the provider refused before ([`Send::Again`]): counted once already.
+    pub again: std::collections::HashSet<i64>,
 }
 
 /// What a row's line and recipient say in a tick.
@@ -364,8 +406,9 @@ impl Tick {
         let Some(Some(ci)) = self.rows.get(&id).copied() else {
             return Judged::NoRecipient;
         };
+        let send = self.send_of(id);
         let (rules, line) = &self.lines[*li];
-        match check(rules, line, &self.contacts[ci], channel, now) {
+        match check_send(rules, line, &self.contacts[ci], channel, now, send) {
             Decision::Go => Judged::Free,
             Decision::Hold { rule, until } => {
                 self.held.push((id, rules[rule].id, until));
@@ -386,8 +429,17 @@ impl Tick {
         let Some(Some(ci)) = self.rows.get(&id).copied() else {
             return;
         };
+        let send = self.send_of(id);
         let (rules, line) = &mut self.lines[*li];
-        record(rules, line, &mut self.contacts[ci], channel, now);
+        record_send(rules, line, &mut self.contacts[ci], channel, now, send);
+    }
+
+    fn send_of(&self, id: i64) -> Send {
+        if self.again.contains(&id) {
+            Send::Again
+        } else {
+            Send::First
+        }
     }
 }
 
@@ -407,6 +459,43 @@ mod tests {
             reset: NaiveTime::from_hms_opt(3, 0, 0).unwrap(),
             tz: chrono_tz::America::New_York,
         })
+    }
+
+    /// A message the provider refused, sent again, was counted the first time: only the pair
+    /// rate counts it again.
+    #[test]
+    fn a_message_sent_again_counts_only_for_the_pair_rate() {
+        let rules = vec![
+            rule(1, Kind::Unanswered, 1, daily_3am_ny()),
+            rule(2, Kind::LineStreak, 1, daily_3am_ny()),
+            rule(3, Kind::PairRate, 1, Window::Rolling(6 * SEC)),
+        ];
+        let mut l = Line {
+            used: vec![(0, None); rules.len()],
+            ..Line::default()
+        };
+        let mut c = Contact::default();
+        let now = 10 * DAY;
+        assert_eq!(check(&rules, &l, &c, "sms", now), Decision::Go);
+        record(&rules, &mut l, &mut c, "sms", now);
+        // Again 10 s later: neither streak holds it, and neither counts it.
+        let again = now + 10 * SEC;
+        assert_eq!(
+            check_send(&rules, &l, &c, "sms", again, Send::Again),
+            Decision::Go
+        );
+        record_send(&rules, &mut l, &mut c, "sms", again, Send::Again);
+        assert_eq!((c.unanswered, l.streak), (1, 1), "counted once");
+        // The pair rate counted the request: another within 6 s waits.
+        assert!(matches!(
+            check_send(&rules, &l, &c, "sms", again + 2 * SEC, Send::Again),
+            Decision::Hold { rule: 2, .. }
+        ));
+        // A new message is held by the streaks, as after one message.
+        assert!(matches!(
+            check(&rules, &l, &c, "sms", again + 20 * SEC),
+            Decision::Hold { .. }
+        ));
     }
 
     fn rule(id: i64, kind: Kind, max: u32, window: Window) -> Rule {

@@ -777,6 +777,7 @@ mod contact_tests {
             contacts: vec![Contact::default(); 2],
             held: vec![],
             busy: vec![false],
+            again: Default::default(),
         };
         let mut ledgers: Ledgers<SimCap> = HashMap::new();
         let r = release(
