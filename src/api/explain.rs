@@ -106,20 +106,26 @@ struct Pending {
     enqueued_at: Micros,
 }
 
-/// The contact rule that holds message `p` (see sql/contacts.sql), and what lets it go.
-fn contact_constraint(c: &SpiClient<'_>, p: &Pending) -> Result<Option<Constraint>> {
-    // A database not yet updated to 0.5.0 has no contact rules.
-    let present = c
+/// Whether this database's schema has `table` (an extension not yet updated lacks the newer
+/// ones).
+fn present(c: &SpiClient<'_>, table: &str) -> Result<bool> {
+    let p = c
         .select(
-            "SELECT pg_catalog.to_regclass('throttle.contact_rule') IS NOT NULL",
+            "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
             None,
-            &[],
+            &[table.into()],
         )
         .map_err(error::internal)?
         .first()
         .get::<bool>(1)
         .map_err(error::internal)?;
-    if present != Some(true) {
+    Ok(p == Some(true))
+}
+
+/// The contact rule that holds message `p` (see sql/contacts.sql), and what lets it go.
+fn contact_constraint(c: &SpiClient<'_>, p: &Pending) -> Result<Option<Constraint>> {
+    // A database not yet updated to 0.5.0 has no contact rules.
+    if !present(c, "throttle.contact_rule")? {
         return Ok(None);
     }
     let t = c
@@ -328,17 +334,7 @@ fn rate_constraint(
 /// sql/feedback.sql), as a clause to append; empty when it runs at its configured rate.
 fn slowed(c: &SpiClient<'_>, id: i64) -> Result<String> {
     // A database not yet updated to 0.6.0 has no feedback.
-    let present = c
-        .select(
-            "SELECT pg_catalog.to_regclass('throttle.limit_feedback') IS NOT NULL",
-            None,
-            &[],
-        )
-        .map_err(error::internal)?
-        .first()
-        .get::<bool>(1)
-        .map_err(error::internal)?;
-    if present != Some(true) {
+    if !present(c, "throttle.limit_feedback")? {
         return Ok(String::new());
     }
     let t = c
