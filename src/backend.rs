@@ -122,3 +122,17 @@ impl Drop for LatestSnapshot {
         }
     }
 }
+
+/// Whether this database's schema has table `name` (schema-qualified): a database whose
+/// extension is not yet updated lacks the newer ones, and the worker and explain leave
+/// those steps out.
+pub fn has_table(c: &pgrx::spi::SpiClient<'_>, name: &str) -> pgrx::spi::Result<bool> {
+    Ok(c.select(
+        "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+        None,
+        &[name.into()],
+    )?
+    .first()
+    .get::<bool>(1)?
+        == Some(true))
+}

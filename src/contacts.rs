@@ -219,7 +219,7 @@ static KEPT: crate::backend::BackendLocal<
 > = crate::backend::BackendLocal::new(None);
 
 /// `sql` (a constant of this module) prepared with argument types `types`, kept.
-fn kept(
+pub(crate) fn kept(
     c: &SpiClient<'_>,
     sql: &'static str,
     types: &[PgBuiltInOids],
@@ -421,14 +421,7 @@ fn read_again(
     t: &mut contact::Tick,
 ) -> pgrx::spi::Result<()> {
     if cache.attempts.is_none() {
-        cache.attempts = c
-            .select(
-                "SELECT to_regclass('throttle.attempt') IS NOT NULL",
-                None,
-                &[],
-            )?
-            .first()
-            .get::<bool>(1)?;
+        cache.attempts = Some(crate::backend::has_table(c, "throttle.attempt")?);
     }
     if cache.attempts != Some(true) || t.rows.is_empty() {
         return Ok(());

@@ -7,6 +7,7 @@
 
 use crate::limiter::Micros;
 use crate::worker::ts;
+use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
@@ -36,24 +37,26 @@ pub struct State {
     /// extension not yet updated to 0.6.0 has none).
     present: Option<bool>,
     next_prune: Micros,
+    /// The earliest `visible_at` in the table when last read (`Micros::MAX`: none; None:
+    /// read it now), and when that was.
+    next_due: Option<Micros>,
+    read_at: Micros,
 }
 
 impl State {
     /// Look again (the configuration changed: perhaps an ALTER EXTENSION UPDATE).
     pub fn clear(&mut self) {
         self.present = None;
+        self.next_due = None;
     }
 }
 
 /// What a tick did.
 pub struct Done {
-    pub requeued: i64,
     pub died: i64,
     /// When to look again (the next visibility timeout, or more to do now).
     pub wake: Option<Micros>,
 }
-
-const SQL_PRESENT: &str = "SELECT to_regclass('throttle.inflight') IS NOT NULL";
 
 const SQL_NEXT_DUE: &str = "SELECT min(visible_at) FROM throttle.inflight";
 
@@ -119,63 +122,79 @@ impl Drop for Requeue {
     }
 }
 
+/// How often the worker reads the table's next visibility timeout when nothing it knows of
+/// is due: a message read in a transaction that had not committed when it looked is found
+/// within this (one that falls due sooner than anything noted wakes it at once).
+const REREAD_US: Micros = 1_000_000;
+
 /// The worker's delivery step of a tick (see the module's documentation).
 pub fn tick(c: &mut SpiClient<'_>, st: &mut State, now: Micros) -> pgrx::spi::Result<Done> {
     let mut done = Done {
-        requeued: 0,
         died: 0,
         wake: None,
     };
     if st.present.is_none() {
-        st.present = c.select(SQL_PRESENT, None, &[])?.first().get::<bool>(1)?;
+        st.present = Some(crate::backend::has_table(c, "throttle.inflight")?);
     }
     if st.present != Some(true) {
         return Ok(done);
     }
     let noted = crate::shmem::inflight_due(now);
-    let next = |c: &mut SpiClient<'_>| -> pgrx::spi::Result<Option<Micros>> {
-        Ok(c.select(SQL_NEXT_DUE, None, &[])?
+    let next = |c: &mut SpiClient<'_>| -> pgrx::spi::Result<Micros> {
+        let p = crate::contacts::kept(c, SQL_NEXT_DUE, &[], false)?;
+        Ok(c.select(&*p, None, &[])?
             .first()
             .get::<TimestampWithTimeZone>(1)?
-            .map(i64::from))
+            .map_or(Micros::MAX, i64::from))
     };
-    let mut due = next(c)?;
-    if due.is_some_and(|d| d <= now) {
-        let row = {
-            let _requeue = Requeue::start();
-            c.update(
-                SQL_RECLAIM,
-                None,
-                &[
-                    ts(now).into(),
-                    BATCH.into(),
-                    crate::gucs::max_attempts().into(),
-                ],
-            )?
-            .first()
-            .get_two::<i64, i64>()?
-        };
-        done.requeued = row.0.unwrap_or(0);
-        done.died = row.1.unwrap_or(0);
-        // A whole batch: more may be due (at once); else the next one's time.
-        due = if done.requeued + done.died >= BATCH {
-            Some(now)
-        } else {
-            next(c)?
-        };
+    // The table is read when what it said last is due, when a consumer noted a time that
+    // came, and once a second at most otherwise: not on every tick.
+    let stale = match st.next_due {
+        None => true,
+        Some(d) => d <= now || noted <= now || now >= st.read_at + REREAD_US,
+    };
+    if stale {
+        let mut due = next(c)?;
+        if due <= now {
+            let p =
+                crate::contacts::kept(c, SQL_RECLAIM, &[TIMESTAMPTZOID, INT8OID, INT4OID], true)?;
+            let (requeued, died) = {
+                let _requeue = Requeue::start();
+                c.update(
+                    &*p,
+                    None,
+                    &[
+                        ts(now).into(),
+                        BATCH.into(),
+                        crate::gucs::max_attempts().into(),
+                    ],
+                )?
+                .first()
+                .get_two::<i64, i64>()?
+            };
+            done.died = died.unwrap_or(0);
+            // A whole batch: more may be due (at once); else the next one's time.
+            due = if requeued.unwrap_or(0) + done.died >= BATCH {
+                now
+            } else {
+                next(c)?
+            };
+        }
+        st.next_due = Some(due);
+        st.read_at = now;
     }
-    done.wake = due;
-    if noted != i64::MAX && noted > now {
-        done.wake = Some(done.wake.map_or(noted, |w| w.min(noted)));
-    }
+    let due = st
+        .next_due
+        .unwrap_or(Micros::MAX)
+        .min(if noted > now { noted } else { Micros::MAX });
+    // Asleep, the worker wakes for the next timeout it knows of; while anything is in flight
+    // it also looks again within a second (see REREAD_US).
+    done.wake = (due != Micros::MAX).then(|| due.min(now + REREAD_US));
     let retention = crate::gucs::sent_retention_us();
     if retention > 0 && now >= st.next_prune {
+        let p = crate::contacts::kept(c, SQL_PRUNE_SENT, &[TIMESTAMPTZOID, INT8OID], true)?;
         let n = c
-            .update(
-                SQL_PRUNE_SENT,
-                None,
-                &[ts(now - retention).into(), BATCH.into()],
-            )?
+            .update(&*p, None, &[ts(now - retention).into(), BATCH.into()])?
             .first()
             .get::<i64>(1)?
             .unwrap_or(0);

@@ -29,7 +29,7 @@ impl State {
     }
 }
 
-const SQL_PRESENT: &str = "SELECT to_regclass('throttle.limit_feedback') IS NOT NULL";
+const SQL_STEP: &str = "SELECT throttle.feedback_step()";
 
 /// The worker's feedback step of a tick: when to look again (None: nothing is slowed or held).
 pub fn tick(
@@ -38,7 +38,7 @@ pub fn tick(
     now: Micros,
 ) -> pgrx::spi::Result<Option<Micros>> {
     if st.present.is_none() {
-        st.present = c.select(SQL_PRESENT, None, &[])?.first().get::<bool>(1)?;
+        st.present = Some(crate::backend::has_table(c, "throttle.limit_feedback")?);
     }
     if st.present != Some(true) {
         return Ok(None);
@@ -46,8 +46,9 @@ pub fn tick(
     if st.next.is_some_and(|n| n > now) {
         return Ok(st.next);
     }
+    let step = crate::contacts::kept(c, SQL_STEP, &[], true)?;
     let next = c
-        .update("SELECT throttle.feedback_step()", None, &[])?
+        .update(&*step, None, &[])?
         .first()
         .get::<TimestampWithTimeZone>(1)?
         .map(i64::from);

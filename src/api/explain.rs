@@ -109,17 +109,7 @@ struct Pending {
 /// Whether this database's schema has `table` (an extension not yet updated lacks the newer
 /// ones).
 fn present(c: &SpiClient<'_>, table: &str) -> Result<bool> {
-    let p = c
-        .select(
-            "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
-            None,
-            &[table.into()],
-        )
-        .map_err(error::internal)?
-        .first()
-        .get::<bool>(1)
-        .map_err(error::internal)?;
-    Ok(p == Some(true))
+    crate::backend::has_table(c, table).map_err(error::internal)
 }
 
 /// The contact rule that holds message `p` (see sql/contacts.sql), and what lets it go.
