@@ -13,6 +13,7 @@ use crate::error::{self, Result};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::JsonB;
+use rustc_hash::FxHashMap;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -65,8 +66,8 @@ struct Sender {
     sender_type: Option<String>,
     #[serde(default)]
     expiry_error_code: Option<String>,
-    #[serde(default = "one")]
-    weight: i32,
+    #[serde(default)]
+    weight: Option<i32>,
 }
 
 #[derive(Serialize, Deserialize, Clone)]
@@ -83,12 +84,12 @@ struct RateLimit {
     #[serde(default)]
     sender_type: Option<String>,
     rate: i64,
-    #[serde(default = "one_second")]
-    per: String,
+    #[serde(default)]
+    per: Option<String>,
     #[serde(default)]
     burst: Option<i64>,
     #[serde(default)]
-    each_sender: bool,
+    each_sender: Option<bool>,
     #[serde(default)]
     note: Option<String>,
 }
@@ -107,20 +108,20 @@ struct Cap {
     #[serde(default)]
     sender_type: Option<String>,
     cap: i64,
-    #[serde(default = "day")]
-    period: String,
-    #[serde(default = "midnight")]
-    reset_at: String,
-    #[serde(default = "utc")]
-    time_zone: String,
     #[serde(default)]
-    overage_pct: i32,
-    #[serde(default = "warn_at")]
-    warn_at: Vec<i32>,
-    #[serde(default = "defer")]
-    at_cap: String,
-    #[serde(default = "eight")]
-    local_time: String,
+    period: Option<String>,
+    #[serde(default)]
+    reset_at: Option<String>,
+    #[serde(default)]
+    time_zone: Option<String>,
+    #[serde(default)]
+    overage_pct: Option<i32>,
+    #[serde(default)]
+    warn_at: Option<Vec<i32>>,
+    #[serde(default)]
+    at_cap: Option<String>,
+    #[serde(default)]
+    local_time: Option<String>,
     #[serde(default)]
     error_code: Option<String>,
     #[serde(default)]
@@ -164,14 +165,14 @@ struct ContactRule {
     max_count: i32,
     #[serde(default)]
     per: Option<String>,
-    #[serde(default = "three")]
-    reset_at: String,
-    #[serde(default = "new_york")]
-    time_zone: String,
-    #[serde(default = "day_long")]
-    reply_window: String,
-    #[serde(default = "hold")]
-    at_limit: String,
+    #[serde(default)]
+    reset_at: Option<String>,
+    #[serde(default)]
+    time_zone: Option<String>,
+    #[serde(default)]
+    reply_window: Option<String>,
+    #[serde(default)]
+    at_limit: Option<String>,
     #[serde(default)]
     error_code: Option<String>,
     #[serde(default)]
@@ -199,85 +200,26 @@ struct FeedbackRule {
     carrier: Option<String>,
     #[serde(default)]
     channel: Option<String>,
-    #[serde(default = "sender_scope")]
-    scope: String,
-    #[serde(default = "slow_down")]
-    action: String,
-    #[serde(default = "half")]
-    factor: f64,
-    #[serde(default = "tenth")]
-    min_factor: f64,
-    #[serde(default = "minute")]
-    cool_down: String,
-    #[serde(default = "ten_minutes")]
-    recovery: String,
-    #[serde(default = "midnight")]
-    reset_at: String,
-    #[serde(default = "los_angeles")]
-    time_zone: String,
+    #[serde(default)]
+    scope: Option<String>,
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    factor: Option<f64>,
+    #[serde(default)]
+    min_factor: Option<f64>,
+    #[serde(default)]
+    cool_down: Option<String>,
+    #[serde(default)]
+    recovery: Option<String>,
+    #[serde(default)]
+    reset_at: Option<String>,
+    #[serde(default)]
+    time_zone: Option<String>,
     #[serde(default)]
     profile: Option<String>,
     #[serde(default)]
     note: Option<String>,
-}
-
-// The tables' own defaults, for fields a document leaves out.
-fn one() -> i32 {
-    1
-}
-fn one_second() -> String {
-    "00:00:01".into()
-}
-fn day() -> String {
-    "day".into()
-}
-fn midnight() -> String {
-    "00:00:00".into()
-}
-fn utc() -> String {
-    "UTC".into()
-}
-fn warn_at() -> Vec<i32> {
-    vec![75, 90, 100]
-}
-fn defer() -> String {
-    "defer".into()
-}
-fn eight() -> String {
-    "08:00:00".into()
-}
-fn three() -> String {
-    "03:00:00".into()
-}
-fn new_york() -> String {
-    "America/New_York".into()
-}
-fn day_long() -> String {
-    "24:00:00".into()
-}
-fn hold() -> String {
-    "hold".into()
-}
-fn sender_scope() -> String {
-    "sender".into()
-}
-fn slow_down() -> String {
-    "slow_down".into()
-}
-fn half() -> f64 {
-    0.5
-}
-fn tenth() -> f64 {
-    0.1
-}
-fn minute() -> String {
-    "00:01:00".into()
-}
-fn ten_minutes() -> String {
-    "00:10:00".into()
-}
-fn los_angeles() -> String {
-    "America/Los_Angeles".into()
 }
 
 /// One kind of row: its place in the document, its table, its columns, how an unnamed row is
@@ -465,7 +407,9 @@ static KINDS: [Kind; 8] = [
 
 impl Kind {
     /// `jsonb_build_object` of the columns of `t` (the one shape both sides are compared in).
-    fn object(&self, configured_rate: bool) -> String {
+    /// `defaults`: each column's default expression, for a document's row that leaves it out
+    /// (the table's own, read from the catalog: never written twice).
+    fn object(&self, configured_rate: bool, defaults: &FxHashMap<String, String>) -> String {
         let mut parts = Vec::new();
         for c in self.cols {
             let v = match (*c, configured_rate) {
@@ -475,11 +419,38 @@ impl Kind {
                     "CASE WHEN f.limit_id IS NULL THEN t.burst ELSE f.configured_burst END"
                         .to_string()
                 }
-                (c, _) => format!("t.{c}"),
+                (c, _) => match defaults.get(c) {
+                    Some(d) => format!("coalesce(t.{c}, {d})"),
+                    None => format!("t.{c}"),
+                },
             };
             parts.push(format!("'{c}', {v}"));
         }
         format!("jsonb_build_object({})", parts.join(", "))
+    }
+
+    /// The default expressions of the table's columns.
+    fn defaults(&self, c: &SpiClient<'_>) -> Result<FxHashMap<String, String>> {
+        let mut out = FxHashMap::default();
+        for row in c
+            .select(
+                "SELECT a.attname::text, pg_catalog.pg_get_expr(d.adbin, d.adrelid)
+                   FROM pg_catalog.pg_attribute a
+                   JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+                  WHERE a.attrelid = ('throttle.' || $1)::regclass AND NOT a.attisdropped",
+                None,
+                &[self.table.into()],
+            )
+            .map_err(error::internal)?
+        {
+            if let (Some(n), Some(d)) = (
+                row.get::<String>(1).map_err(error::internal)?,
+                row.get::<String>(2).map_err(error::internal)?,
+            ) {
+                out.insert(n, d);
+            }
+        }
+        Ok(out)
     }
 
     /// Every configuration row of the table now: (ctid, row, children).
@@ -505,7 +476,7 @@ impl Kind {
         };
         let sql = format!(
             "SELECT t.ctid::text, {}{children} FROM throttle.{} t{join} WHERE {} ORDER BY 2",
-            self.object(slowed),
+            self.object(slowed, &FxHashMap::default()),
             self.table,
             self.filter
         );
@@ -705,7 +676,7 @@ fn plan(
     changes: &mut Vec<Change>,
 ) -> Result<Plan> {
     let current = k.current(c)?;
-    let mut by_key: rustc_hash::FxHashMap<String, (String, Value)> = current
+    let mut by_key: FxHashMap<String, (String, Value)> = current
         .into_iter()
         .map(|(ctid, v)| (k.key_of(&v), (ctid, v)))
         .collect();
@@ -714,7 +685,7 @@ fn plan(
         .prepare(
             &format!(
                 "SELECT {} FROM jsonb_populate_record(NULL::throttle.{}, $1) t",
-                k.object(false),
+                k.object(false, &k.defaults(c)?),
                 k.table
             ),
             &[JSONB],
