@@ -354,9 +354,17 @@ impl Cache {
     }
 }
 
-/// Plans cached per backend before they are forgotten and rebuilt on demand (at most
-/// 131,072 slots of 208 bytes: 27 MB).
+/// Plans cached per backend before they are forgotten and rebuilt on demand, at least (at
+/// most 131,072 slots of 208 bytes: 27 MB). A session that has read more senders' limits
+/// (`throttle.preload_senders`) keeps two plans per sender: a platform's lines, each admitted
+/// in turn, would otherwise empty the cache every 65,536 admissions and rebuild every plan.
 const MAX_CACHED_PLANS: usize = 65_536;
+
+impl Cache {
+    fn plans_full(&self) -> bool {
+        self.plans.len() >= MAX_CACHED_PLANS.max(2 * self.senders.len())
+    }
+}
 
 /// Run `f` on the plan for admitting `sender` to `carrier` on `channel`, from the cache or
 /// the tables. Unknown sender: 42704; more than [`MAX_WANTS`] applicable limits: 54000.
@@ -436,7 +444,7 @@ pub fn with_known_plan<R, F: FnOnce(&PlanView) -> R>(
             if c.generation != generation {
                 c.clear();
                 c.generation = generation;
-            } else if c.plans.len() >= MAX_CACHED_PLANS {
+            } else if c.plans_full() {
                 // Full: forget the plans only. Each sender's limits stay cached, so a plan is
                 // rebuilt without a query (the worker, serving every queue, relies on it).
                 c.plans.clear();

@@ -148,8 +148,8 @@ fn define_postmaster() {
     );
     GucRegistry::define_int_guc(
         c"throttle.lease_idle",
-        c"How long a calendar-cap lease may sit unspent before the worker takes it back.",
-        c"throttle_admit spends calendar caps from leases the worker grants; what an idle lease holds unspent goes back to the cap, so queued messages are never held by room no one uses.",
+        c"How long a calendar-cap lease may sit unspent before the worker takes it back when its room is wanted.",
+        c"throttle_admit spends calendar caps from leases the worker grants; what an idle lease holds unspent goes back to the cap once messages queue under it (or more than three quarters of throttle.max_cap_leases are taken), so queued messages are never held by room no one uses. A lease nobody else needs is kept until its window ends.",
         &LEASE_IDLE_MS,
         10,
         3_600_000,

@@ -1227,12 +1227,19 @@ struct CapsHeader {
     queue_db: u32,
     /// Queue counts in use (the first `queue_len`, sorted by id).
     queue_len: u32,
+    /// Lease entries from this index on have never been used.
+    lease_hwm: u32,
+    /// A backend asked for more of a lease since the worker last looked (so the worker reads
+    /// the lease entries only then, not on every tick).
+    lease_asked: u32,
 }
 
 /// The caps area, locked: its header's fields, the lease entries and the queue counts.
 struct CapsShared<'a> {
     queue_db: &'a mut u32,
     queue_len: &'a mut u32,
+    lease_hwm: &'a mut u32,
+    lease_asked: &'a mut u32,
     leases: &'a mut [Lease],
     queue: &'a mut [QueueCount],
 }
@@ -1268,6 +1275,8 @@ fn with_caps<R>(f: impl FnOnce(&mut CapsShared<'_>) -> R) -> Result<R, ShmemErro
         CapsShared {
             queue_db: &mut (*s.caps).queue_db,
             queue_len: &mut (*s.caps).queue_len,
+            lease_hwm: &mut (*s.caps).lease_hwm,
+            lease_asked: &mut (*s.caps).lease_asked,
             leases: std::slice::from_raw_parts_mut(s.leases, s.max_leases),
             queue: std::slice::from_raw_parts_mut(s.queue, s.max_queue_caps),
         }
@@ -1362,14 +1371,19 @@ fn lease_slot(c: &mut CapsShared<'_>, db: u32, w: &CapWant) -> Option<usize> {
             return Some(w.hint as usize - 1);
         }
     }
-    if let Some(k) = c.leases.iter().position(same) {
+    let used = (*c.lease_hwm as usize).min(c.leases.len());
+    if let Some(k) = c.leases[..used].iter().position(same) {
         return Some(k);
     }
-    let k = c.leases.iter().position(|l| l.cap_id == 0).or_else(|| {
+    // A never used entry, else one holding nothing (emptied, or of a window that is over).
+    let k = if used < c.leases.len() {
+        *c.lease_hwm = used as u32 + 1;
+        used
+    } else {
         c.leases
             .iter()
-            .position(|l| l.want == 0 && (l.window_end <= w.at || l.left == 0))
-    })?;
+            .position(|l| l.cap_id == 0 || (l.want == 0 && (l.window_end <= w.at || l.left == 0)))?
+    };
     c.leases[k] = Lease {
         db,
         cap_id: w.cap_id,
@@ -1423,6 +1437,9 @@ pub fn lease_take(db: u32, wants: &mut [CapWant], cost: i64) -> Result<LeaseAnsw
             asked = true;
         }
         if asked {
+            *c.lease_asked = 1;
+        }
+        if asked {
             return Ok(LeaseAnswer::Asked);
         }
         let at = crate::backend::transaction_start();
@@ -1440,16 +1457,15 @@ pub fn lease_take(db: u32, wants: &mut [CapWant], cost: i64) -> Result<LeaseAnsw
 
 /// Give back `cost` taken by [`lease_take`] (the rate limits then refused the admission).
 pub fn lease_refund(db: u32, wants: &[CapWant], cost: i64) {
-    let _ =
-        with_caps(|c| {
-            for w in wants {
-                if let Some(l) = c.leases.iter_mut().find(|l| {
-                    l.db == db && l.cap_id == w.cap_id && l.window_start == w.window_start
-                }) {
-                    l.left += cost;
-                }
+    let _ = with_caps(|c| {
+        for w in wants {
+            if let Some(k) = find_lease(c, db, w.hint, |l| {
+                l.cap_id == w.cap_id && l.window_start == w.window_start
+            }) {
+                c.leases[k].left += cost;
             }
-        });
+        }
+    });
 }
 
 /// The window of a cap that a lease is for: the cap (its id, and its row's created_at, which
@@ -1467,6 +1483,8 @@ pub struct LeaseRequest {
     pub key: LeaseKey,
     pub want: i64,
     pub at: Micros,
+    /// Where the lease's entry is (index + 1), checked first when it is granted.
+    pub slot: u32,
 }
 
 /// What the worker granted a lease (counted in `throttle.cap_usage`): `n` more, and whether
@@ -1476,6 +1494,8 @@ pub struct LeaseGrant {
     pub key: LeaseKey,
     pub n: i64,
     pub full: bool,
+    /// Where the lease's entry was (index + 1), checked first.
+    pub slot: u32,
 }
 
 /// The unspent part (`n`) of an idle lease, taken back.
@@ -1493,16 +1513,41 @@ fn lease_key(l: &Lease) -> LeaseKey {
     }
 }
 
-/// For the worker: the leases of database `db` that backends asked more of.
+/// The entry of a lease of database `db` that `is` names: at `hint` (index + 1, 0: not
+/// known) if it is there, else found among the entries ever used.
+fn find_lease(
+    c: &CapsShared<'_>,
+    db: u32,
+    hint: u32,
+    is: impl Fn(&Lease) -> bool,
+) -> Option<usize> {
+    let live = |l: &Lease| l.db == db && l.cap_id != 0 && is(l);
+    if let Some(k) = (hint as usize).checked_sub(1) {
+        if c.leases.get(k).is_some_and(live) {
+            return Some(k);
+        }
+    }
+    let used = (*c.lease_hwm as usize).min(c.leases.len());
+    c.leases[..used].iter().position(live)
+}
+
+/// For the worker: the leases of database `db` that backends asked more of, if any backend
+/// asked since the last call (the entries are read only then).
 pub fn lease_requests(db: u32) -> Vec<LeaseRequest> {
     with_caps(|c| {
-        c.leases
+        if std::mem::take(c.lease_asked) == 0 {
+            return Vec::new();
+        }
+        let used = (*c.lease_hwm as usize).min(c.leases.len());
+        c.leases[..used]
             .iter()
-            .filter(|l| l.db == db && l.cap_id != 0 && l.want > 0)
-            .map(|l| LeaseRequest {
+            .enumerate()
+            .filter(|(_, l)| l.db == db && l.cap_id != 0 && l.want > 0)
+            .map(|(k, l)| LeaseRequest {
                 key: lease_key(l),
                 want: l.want,
                 at: l.want_at,
+                slot: k as u32 + 1,
             })
             .collect()
     })
@@ -1513,10 +1558,8 @@ pub fn lease_requests(db: u32) -> Vec<LeaseRequest> {
 /// hand out what it granted.
 pub fn lease_grant(db: u32, g: &LeaseGrant, now: Micros) {
     let waiter = with_caps(|c| {
-        let l = c
-            .leases
-            .iter_mut()
-            .find(|l| l.db == db && lease_key(l) == g.key)?;
+        let k = find_lease(c, db, g.slot, |l| lease_key(l) == g.key)?;
+        let l = &mut c.leases[k];
         l.left += g.n;
         l.full = g.full;
         l.want = 0;
@@ -1534,40 +1577,62 @@ pub fn lease_grant(db: u32, g: &LeaseGrant, now: Micros) {
     }
 }
 
-/// For the worker: take back the unspent part of every lease of database `db` that nobody
-/// has spent from or asked more of since `idle_since` (a lease must not sit on room that
-/// queued messages need). The caller uncounts them from `throttle.cap_usage.leased`; if its
-/// transaction fails, that room is lost for the window, never spent twice.
-pub fn lease_reclaim(db: u32, idle_since: Micros) -> Vec<LeaseBack> {
+/// For the worker: take back the unspent part of the leases of database `db` that nobody has
+/// spent from or asked more of since `idle_since` and whose room is wanted: `wanted` says so
+/// of a cap (queued messages wait on it), and every idle lease is wanted while more than
+/// three quarters of the entries hold one (a new cap must find an entry). A lease nobody
+/// wants stays where the admissions that spend it find it, until its window is over. The
+/// caller uncounts what comes back from `throttle.cap_usage.leased`; if its transaction
+/// fails, that room is lost for the window, never spent twice. Also says when the oldest
+/// lease left holding unspent room of a wanted cap was last touched, and whether any lease
+/// of `db` still holds unspent room.
+pub fn lease_reclaim(
+    db: u32,
+    idle_since: Micros,
+    now: Micros,
+    wanted: impl Fn(i64) -> bool,
+) -> LeaseSweep {
     with_caps(|c| {
-        let mut back = Vec::new();
-        for l in c.leases.iter_mut() {
-            if l.db == db && l.cap_id != 0 && l.left > 0 && l.want == 0 && l.touched <= idle_since {
-                back.push(LeaseBack {
+        let used = (*c.lease_hwm as usize).min(c.leases.len());
+        let holding = |l: &Lease| l.cap_id != 0 && l.left > 0 && l.want == 0;
+        let live = c.leases[..used]
+            .iter()
+            .filter(|l| holding(l) && l.window_end > now)
+            .count();
+        let crowded = live * 4 > c.leases.len() * 3;
+        let mut sweep = LeaseSweep::default();
+        for l in c.leases[..used].iter_mut() {
+            if l.db != db || !holding(l) {
+                continue;
+            }
+            if !(crowded || wanted(l.cap_id)) {
+                sweep.holding = true;
+            } else if l.touched <= idle_since {
+                sweep.back.push(LeaseBack {
                     key: lease_key(l),
                     n: l.left,
                 });
                 l.left = 0;
                 l.full = false;
+            } else {
+                sweep.holding = true;
+                sweep.oldest_wanted =
+                    Some(sweep.oldest_wanted.map_or(l.touched, |o| o.min(l.touched)));
             }
         }
-        back
+        sweep
     })
     .unwrap_or_default()
 }
 
-/// When the first lease of database `db` that holds unspent room was last touched (the
-/// worker wakes once it has been idle for long enough, to take it back).
-pub fn lease_oldest_touch(db: u32) -> Option<Micros> {
-    with_caps(|c| {
-        c.leases
-            .iter()
-            .filter(|l| l.db == db && l.cap_id != 0 && l.left > 0 && l.want == 0)
-            .map(|l| l.touched)
-            .min()
-    })
-    .ok()
-    .flatten()
+/// What [`lease_reclaim`] took back and found.
+#[derive(Debug, Default)]
+pub struct LeaseSweep {
+    pub back: Vec<LeaseBack>,
+    /// When the least recently touched lease of a wanted cap left holding room was touched.
+    pub oldest_wanted: Option<Micros>,
+    /// Some lease still holds unspent room.
+    pub holding: bool,
 }
 
 /// Every live lease (for monitoring).

@@ -573,6 +573,8 @@ struct Worker {
     feedback: feedback::State,
     /// When to prune old contact state next.
     next_prune: Micros,
+    /// When to look at the leases for idle ones to take back next (None: none holds room).
+    next_lease_look: Option<Micros>,
 }
 
 /// What a tick asks of the loop: how long to sleep (None: until the latch is set).
@@ -703,6 +705,7 @@ impl Worker {
             delivery: delivery::State::default(),
             feedback: feedback::State::default(),
             next_prune: 0,
+            next_lease_look: Some(0),
         }
     }
 
@@ -832,6 +835,9 @@ impl Worker {
         let mut ledgers = Ledgers::default();
         if flags.caps {
             self.reclaim_leases(c, st, &mut ledgers, now)?;
+        } else {
+            // No cap: no lease to look at.
+            self.next_lease_look = None;
         }
         self.grant_leases(c, st, &mut ledgers, now)?;
         let counted = self.count_queue_caps(c, flags.queue_caps)?;
@@ -922,7 +928,13 @@ impl Worker {
                 key: r.key,
                 n: n as i64,
                 full,
+                slot: r.slot,
             });
+        }
+        if !self.after.grants.is_empty() {
+            // A lease holds room now: look at it again before long (see `reclaim_leases`).
+            let soon = now + gucs::lease_idle_us() / 4;
+            self.next_lease_look = Some(self.next_lease_look.map_or(soon, |t| t.min(soon)));
         }
         Ok(())
     }
@@ -1356,13 +1368,12 @@ impl Worker {
         let e: Option<TimestampWithTimeZone> =
             c.select(&st.next_expiry, None, &[])?.first().get(1)?;
         self.next_expiry = e.map(i64::from);
-        let lease_idle = shmem::lease_oldest_touch(self.db).map(|t| t + gucs::lease_idle_us());
         let rescan = Some(self.last_rediscovery + gucs::rescan_interval_us());
         let wake = [
             self.sched.next_wake(),
             self.next_expiry,
             soon,
-            lease_idle,
+            self.next_lease_look,
             rescan,
         ]
         .into_iter()
@@ -1432,8 +1443,11 @@ impl Worker {
         Ok(())
     }
 
-    /// Take back what idle leases hold unspent and uncount it from the caps' windows in this
-    /// transaction (a window that is over keeps its count: it no longer matters).
+    /// Take back what idle leases of caps that queued messages wait on hold unspent (or of
+    /// any cap, while the lease entries run short) and uncount it from the caps' windows in
+    /// this transaction (a window that is over keeps its count: it no longer matters). The
+    /// entries are read a few times per `throttle.lease_idle` while some lease holds room,
+    /// and when a wanted lease will have been idle long enough; not on every tick.
     fn reclaim_leases(
         &mut self,
         c: &mut SpiClient<'_>,
@@ -1441,8 +1455,21 @@ impl Worker {
         ledgers: &mut Ledgers,
         now: Micros,
     ) -> pgrx::spi::Result<()> {
-        let back = shmem::lease_reclaim(self.db, now - gucs::lease_idle_us());
-        for b in back {
+        if self.next_lease_look.is_none_or(|at| now < at) {
+            return Ok(());
+        }
+        let idle = gucs::lease_idle_us();
+        let sched = &self.sched;
+        let sweep = shmem::lease_reclaim(self.db, now - idle, now, |cap| {
+            sched.waiting_on(LimitRef::Cap(cap)).is_some()
+        });
+        self.next_lease_look = match (sweep.oldest_wanted, sweep.holding) {
+            (Some(t), _) => Some((t + idle).min(now + idle / 4)),
+            (None, true) => Some(now + idle / 4),
+            // None holds room: look again once a backend asks for a lease.
+            (None, false) => None,
+        };
+        for b in sweep.back {
             let Some(def) = cap_named(&b.key) else {
                 continue;
             };
