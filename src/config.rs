@@ -71,6 +71,8 @@ pub struct PlanView<'a> {
     pub caps: bool,
     /// ... and it is known that some do (no need to look again this generation).
     pub caps_known: bool,
+    /// ... and which (when known).
+    pub cap_defs: Option<&'a CapDefs>,
     /// The sender's weight (see [`SenderLimits::weight`]).
     pub weight: u16,
     user: u32,
@@ -104,7 +106,12 @@ struct PlanEntry {
     user: u32,
     wants: SmallVec<[Want; 2]>,
     limits: SmallVec<[u32; 2]>,
+    /// The calendar caps that apply (`caps` 1): the admission needs no second look-up.
+    cap_defs: Option<CapDefs>,
 }
+
+/// The calendar caps that apply to one queue.
+pub type CapDefs = Rc<[Rc<crate::caps::CapDef>]>;
 
 impl PlanView<'_> {
     /// Whether the current role was authorized for this plan (see [`authorize`]).
@@ -187,6 +194,7 @@ impl PlanEntry {
             partitions: self.partitions,
             caps: self.caps != 0,
             caps_known: self.caps == 1,
+            cap_defs: self.cap_defs.as_ref(),
             weight: self.weight,
             user: self.user,
             idx: &self.limits,
@@ -204,6 +212,7 @@ impl PlanEntry {
             user: 0,
             wants: SmallVec::new(),
             limits: SmallVec::new(),
+            cap_defs: None,
         }
     }
 }
@@ -413,15 +422,18 @@ pub fn with_cached_plan<R>(
 /// Slot hints kept per backend (4 bytes each: small enough to stay in cache).
 const HINTS: usize = 1 << 15;
 
-/// Record whether calendar caps apply to the cached plan of (sender, carrier, channel), as
-/// `caps::caps_for` found: a plan that none apply to goes back to the fast path.
-pub fn note_plan_caps(sender: &[u8], carrier: &[u8], channel: &[u8], apply: bool) {
+/// Record which calendar caps apply to the cached plan of (sender, carrier, channel), as
+/// `caps::caps_for` found (None: none): a plan that none apply to goes back to the fast
+/// path, and one that some apply to keeps them, so the next admission looks them up in the
+/// plan alone.
+pub fn note_plan_caps(sender: &[u8], carrier: &[u8], channel: &[u8], defs: Option<CapDefs>) {
     let hash = plan_hash(sender, carrier, channel);
     let generation = shmem::config_generation();
     with_cache(|c| {
         if c.generation == generation {
             if let Some(e) = c.plans.find_mut(hash, sender, carrier, channel) {
-                e.caps = u8::from(apply);
+                e.caps = u8::from(defs.is_some());
+                e.cap_defs = defs;
             }
         }
     });
@@ -519,6 +531,7 @@ pub fn with_known_plan<R, F: FnOnce(&PlanView) -> R>(
             partitions,
             caps: any_caps,
             caps_known: false,
+            cap_defs: None,
             weight: loaded.weight,
             user: 0,
             idx: &idx,
@@ -565,6 +578,7 @@ fn add_plan(
         },
         wants,
         limits: idx.into_iter().collect(),
+        cap_defs: None,
     });
     Ok(())
 }

@@ -1577,20 +1577,20 @@ pub fn lease_grant(db: u32, g: &LeaseGrant, now: Micros) {
     }
 }
 
-/// For the worker: take back the unspent part of the leases of database `db` that nobody has
-/// spent from or asked more of since `idle_since` and whose room is wanted: `wanted` says so
-/// of a cap (queued messages wait on it), and every idle lease is wanted while more than
-/// three quarters of the entries hold one (a new cap must find an entry). A lease nobody
-/// wants stays where the admissions that spend it find it, until its window is over. The
-/// caller uncounts what comes back from `throttle.cap_usage.leased`; if its transaction
-/// fails, that room is lost for the window, never spent twice. Also says when the oldest
-/// lease left holding unspent room of a wanted cap was last touched, and whether any lease
-/// of `db` still holds unspent room.
+/// For the worker: take back the unspent part of the leases of database `db` whose room is
+/// wanted and that nobody has spent from or asked more of since then: `wanted` gives that
+/// instant for a cap (None: not wanted; queued messages wait on it, or it changed), and
+/// every lease idle since `idle_since` is wanted while more than three quarters of the
+/// entries hold one (a new cap must find an entry). A lease nobody wants stays where the
+/// admissions that spend it find it, until its window is over. The caller uncounts what
+/// comes back from `throttle.cap_usage.leased`; if its transaction fails, that room is lost
+/// for the window, never spent twice. Also says when the oldest lease left holding unspent
+/// room of a wanted cap was last touched, and whether any lease of `db` still holds room.
 pub fn lease_reclaim(
     db: u32,
     idle_since: Micros,
     now: Micros,
-    wanted: impl Fn(i64) -> bool,
+    wanted: impl Fn(i64) -> Option<Micros>,
 ) -> LeaseSweep {
     with_caps(|c| {
         let used = (*c.lease_hwm as usize).min(c.leases.len());
@@ -1605,9 +1605,16 @@ pub fn lease_reclaim(
             if l.db != db || !holding(l) {
                 continue;
             }
-            if !(crowded || wanted(l.cap_id)) {
-                sweep.holding = true;
-            } else if l.touched <= idle_since {
+            let since = match (wanted(l.cap_id), crowded) {
+                (Some(t), true) => t.max(idle_since),
+                (Some(t), false) => t,
+                (None, true) => idle_since,
+                (None, false) => {
+                    sweep.holding = true;
+                    continue;
+                }
+            };
+            if l.touched <= since {
                 sweep.back.push(LeaseBack {
                     key: lease_key(l),
                     n: l.left,

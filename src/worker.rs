@@ -575,6 +575,11 @@ struct Worker {
     next_prune: Micros,
     /// When to look at the leases for idle ones to take back next (None: none holds room).
     next_lease_look: Option<Micros>,
+    /// What each cap this worker leased from allowed then (`CapRule::allowed`): a cap that
+    /// changed has its leases taken back at once, so none spends more than it now allows.
+    leased_caps: FxHashMap<i64, u64>,
+    /// Caps changed since they were leased from, whose leases to take back.
+    changed_caps: Vec<i64>,
 }
 
 /// What a tick asks of the loop: how long to sleep (None: until the latch is set).
@@ -706,6 +711,8 @@ impl Worker {
             feedback: feedback::State::default(),
             next_prune: 0,
             next_lease_look: Some(0),
+            leased_caps: FxHashMap::default(),
+            changed_caps: Vec::new(),
         }
     }
 
@@ -890,6 +897,19 @@ impl Worker {
             self.unpark_known(c, st, now)?;
             self.unhold = true;
             self.sweep = true;
+            self.leased_caps.retain(|&id, allowed| {
+                let same = caps::cap(id)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|d| d.rule.allowed() == *allowed);
+                if !same {
+                    self.changed_caps.push(id);
+                }
+                same
+            });
+            if !self.changed_caps.is_empty() {
+                self.next_lease_look = Some(now);
+            }
         }
         Ok(())
     }
@@ -915,12 +935,15 @@ impl Worker {
         for (r, def) in requests {
             let start = r.key.window_start;
             let (n, full) = match def {
-                Some(def) => load_ledger(c, st, ledgers, &def, r.at)?.lease(
-                    start,
-                    r.want.max(0) as u64,
-                    r.at,
-                    now,
-                ),
+                Some(def) => {
+                    self.leased_caps.insert(def.id, def.rule.allowed());
+                    load_ledger(c, st, ledgers, &def, r.at)?.lease(
+                        start,
+                        r.want.max(0) as u64,
+                        r.at,
+                        now,
+                    )
+                }
                 // Gone: the asking backend reads the configuration again.
                 None => (0, false),
             };
@@ -1460,8 +1483,13 @@ impl Worker {
         }
         let idle = gucs::lease_idle_us();
         let sched = &self.sched;
+        let changed = std::mem::take(&mut self.changed_caps);
         let sweep = shmem::lease_reclaim(self.db, now - idle, now, |cap| {
-            sched.waiting_on(LimitRef::Cap(cap)).is_some()
+            if changed.contains(&cap) {
+                Some(now) // changed: taken back at once
+            } else {
+                sched.waiting_on(LimitRef::Cap(cap)).map(|_| now - idle)
+            }
         });
         self.next_lease_look = match (sweep.oldest_wanted, sweep.holding) {
             (Some(t), _) => Some((t + idle).min(now + idle / 4)),

@@ -838,3 +838,45 @@ fn idle_leases_come_back_when_the_lease_table_runs_short() {
     );
     assert_eq!(left, 0, "idle leases taken back");
 }
+
+/// A cap lowered live takes back what its leases hold unspent at once, busy or idle: the
+/// admissions after the change spend no more than the new cap allows.
+#[test]
+fn a_lowered_cap_takes_its_leases_back_at_once() {
+    // Idle leases would never come back by themselves in this test.
+    let server = Server::start("caps-lease-lowered", &["throttle.lease_idle = '10min'"]);
+    let mut c = server.connect();
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender, brand) VALUES ('ll-1', 'llb');
+         INSERT INTO throttle.cap (scope, scope_id, cap, time_zone) VALUES ('brand', 'llb', 1000, 'UTC');",
+    )
+    .expect("configure");
+    let admit = |c: &mut Client| -> bool {
+        c.query_one(
+            "SELECT (throttle.throttle_admit('ll-1', 'att')).admitted",
+            &[],
+        )
+        .expect("admit")
+        .get(0)
+    };
+    assert!(admit(&mut c));
+    assert!(count(&mut c, "SELECT leased_unspent FROM throttle.cap_state") > 4);
+    c.batch_execute("UPDATE throttle.cap SET cap = 5")
+        .expect("lower the cap");
+    let unspent = wait_for(
+        &mut c,
+        "SELECT leased_unspent FROM throttle.cap_state",
+        Duration::from_secs(5),
+        |n| n == 0,
+    );
+    assert_eq!(unspent, 0, "the lease came back");
+    let admitted = (0..10).filter(|_| admit(&mut c)).count();
+    assert_eq!(admitted, 4, "one before and four after: the new cap of 5");
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT used + leased - leased_unspent FROM throttle.cap_state"
+        ),
+        5
+    );
+}

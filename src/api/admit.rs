@@ -155,7 +155,7 @@ fn decide<R>(
         return Err(Box::new(error::not_preloaded()));
     }
     let mut then = Some(then);
-    let mut caps_known = false;
+    let mut caps_known: Option<Option<config::CapDefs>> = None;
     let mut authorized = false;
     let fast = loop {
         let mut ask = false;
@@ -165,8 +165,9 @@ fn decide<R>(
                 return None;
             }
             if plan.caps {
-                caps_known = plan.caps_known;
-                return None; // calendar caps may apply: the lease path below
+                // Calendar caps may apply: the lease path below (with them, when known).
+                caps_known = Some(plan.cap_defs.filter(|_| plan.caps_known).cloned());
+                return None;
             }
             let then = then.take()?;
             Some(admit_plan(plan, call, headroom, then))
@@ -179,7 +180,7 @@ fn decide<R>(
     };
     match (fast, then.take()) {
         (Some(r), _) => r,
-        (None, Some(then)) => decide_with_caps(call, headroom, caps_known, then),
+        (None, Some(then)) => decide_with_caps(call, headroom, caps_known.flatten(), then),
         (None, None) => Err(Box::new(error::internal("admission decided twice"))),
     }
 }
@@ -217,12 +218,16 @@ const LEASE_WAIT_MS: u32 = 2_000;
 fn decide_with_caps<R>(
     call: &Call,
     headroom: bool,
-    caps_known: bool,
+    mut known: Option<config::CapDefs>,
     then: impl FnOnce(usize, Outcome, Option<(i64, &str)>) -> Result<R>,
 ) -> Result<R> {
     let mut waited = 0u32;
     loop {
-        let Some(defs) = caps_that_apply(call, caps_known)? else {
+        let found = match known.take() {
+            Some(defs) => Some(defs),
+            None => caps_that_apply(call)?,
+        };
+        let Some(defs) = found else {
             return config::with_plan(call.sender, call.carrier, call.channel, |plan| {
                 admit_plan(plan, call, headroom, then)
             })?;
@@ -250,24 +255,16 @@ fn decide_with_caps<R>(
 }
 
 /// The calendar caps on `call`'s queue (None when none applies, or the sender is unknown:
-/// `with_plan` says so), noting in the queue's plan whether any does.
-fn caps_that_apply(call: &Call, caps_known: bool) -> Result<Option<Rc<[Rc<caps::CapDef>]>>> {
-    match caps::caps_for_queue(call.sender, call.carrier, call.channel).map_err(Box::new)? {
-        Some(d) if !d.is_empty() => {
-            if !caps_known {
-                config::note_plan_caps(call.sender, call.carrier, call.channel, true);
-            }
-            Ok(Some(d))
-        }
-        // Unknown sender (with_plan says so), or no cap applies: the plan says so from
-        // now on, and the next call takes the fast path.
-        found => {
-            if found.is_some() {
-                config::note_plan_caps(call.sender, call.carrier, call.channel, false);
-            }
-            Ok(None)
-        }
-    }
+/// `with_plan` says so), noted in the queue's plan: the next call finds them there, or takes
+/// the fast path when none applies.
+fn caps_that_apply(call: &Call) -> Result<Option<config::CapDefs>> {
+    let found = caps::caps_for_queue(call.sender, call.carrier, call.channel).map_err(Box::new)?;
+    let Some(found) = found else {
+        return Ok(None); // unknown sender
+    };
+    let defs = (!found.is_empty()).then_some(found);
+    config::note_plan_caps(call.sender, call.carrier, call.channel, defs.clone());
+    Ok(defs)
 }
 
 /// Whether the caps `defs` can be leased in database `db`: not too many of them, and the
