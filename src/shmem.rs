@@ -1577,20 +1577,22 @@ pub fn lease_grant(db: u32, g: &LeaseGrant, now: Micros) {
     }
 }
 
-/// For the worker: take back the unspent part of the leases of database `db` whose room is
-/// wanted and that nobody has spent from or asked more of since then: `wanted` gives that
-/// instant for a cap (None: not wanted; queued messages wait on it, or it changed), and
-/// every lease idle since `idle_since` is wanted while more than three quarters of the
-/// entries hold one (a new cap must find an entry). A lease nobody wants stays where the
-/// admissions that spend it find it, until its window is over. The caller uncounts what
-/// comes back from `throttle.cap_usage.leased`; if its transaction fails, that room is lost
-/// for the window, never spent twice. Also says when the oldest lease left holding unspent
-/// room of a wanted cap was last touched, and whether any lease of `db` still holds room.
+/// For the worker: take back the unspent part of some leases of database `db`:
+/// - every lease of a cap in `changed` (it may now allow less than was leased);
+/// - a lease nobody has spent from or asked more of since `idle_since`, if its room is wanted:
+///   `waited` says so of a cap (queued messages wait on it), and every cap's is while more
+///   than three quarters of the entries hold a lease (a new cap must find an entry).
+///
+/// A lease nobody wants stays where the admissions that spend it find it, until its window
+/// is over. The caller uncounts what comes back from `throttle.cap_usage.leased`; if its
+/// transaction fails, that room is lost for the window, never spent twice. `waited` runs
+/// under the caps lock, only for idle leases.
 pub fn lease_reclaim(
     db: u32,
     idle_since: Micros,
     now: Micros,
-    wanted: impl Fn(i64) -> Option<Micros>,
+    changed: &rustc_hash::FxHashSet<i64>,
+    waited: impl Fn(i64) -> bool,
 ) -> LeaseSweep {
     with_caps(|c| {
         let used = (*c.lease_hwm as usize).min(c.leases.len());
@@ -1605,27 +1607,18 @@ pub fn lease_reclaim(
             if l.db != db || !holding(l) {
                 continue;
             }
-            let since = match (wanted(l.cap_id), crowded) {
-                (Some(t), true) => t.max(idle_since),
-                (Some(t), false) => t,
-                (None, true) => idle_since,
-                (None, false) => {
-                    sweep.holding = true;
-                    continue;
-                }
-            };
-            if l.touched <= since {
-                sweep.back.push(LeaseBack {
-                    key: lease_key(l),
-                    n: l.left,
-                });
-                l.left = 0;
-                l.full = false;
-            } else {
+            let back = changed.contains(&l.cap_id)
+                || (l.touched <= idle_since && (crowded || waited(l.cap_id)));
+            if !back {
                 sweep.holding = true;
-                sweep.oldest_wanted =
-                    Some(sweep.oldest_wanted.map_or(l.touched, |o| o.min(l.touched)));
+                continue;
             }
+            sweep.back.push(LeaseBack {
+                key: lease_key(l),
+                n: l.left,
+            });
+            l.left = 0;
+            l.full = false;
         }
         sweep
     })
@@ -1636,8 +1629,6 @@ pub fn lease_reclaim(
 #[derive(Debug, Default)]
 pub struct LeaseSweep {
     pub back: Vec<LeaseBack>,
-    /// When the least recently touched lease of a wanted cap left holding room was touched.
-    pub oldest_wanted: Option<Micros>,
     /// Some lease still holds unspent room.
     pub holding: bool,
 }

@@ -494,13 +494,10 @@ fn read_ledgers(
     need: &[(Rc<CapDef>, Micros)],
 ) -> pgrx::spi::Result<()> {
     let mut missing: Vec<(Rc<CapDef>, Micros, Micros)> = Vec::new();
+    let mut seen = rustc_hash::FxHashSet::default();
     for (def, at) in need {
         let (start, end) = def.window_of(*at);
-        if !ledgers.contains_key(&(def.id, start))
-            && !missing
-                .iter()
-                .any(|(d, s, _)| d.id == def.id && *s == start)
-        {
+        if !ledgers.contains_key(&(def.id, start)) && seen.insert((def.id, start)) {
             missing.push((def.clone(), start, end));
         }
     }
@@ -579,7 +576,7 @@ struct Worker {
     /// changed has its leases taken back at once, so none spends more than it now allows.
     leased_caps: FxHashMap<i64, u64>,
     /// Caps changed since they were leased from, whose leases to take back.
-    changed_caps: Vec<i64>,
+    changed_caps: rustc_hash::FxHashSet<i64>,
 }
 
 /// What a tick asks of the loop: how long to sleep (None: until the latch is set).
@@ -712,7 +709,7 @@ impl Worker {
             next_prune: 0,
             next_lease_look: Some(0),
             leased_caps: FxHashMap::default(),
-            changed_caps: Vec::new(),
+            changed_caps: Default::default(),
         }
     }
 
@@ -903,7 +900,7 @@ impl Worker {
                     .flatten()
                     .is_some_and(|d| d.rule.allowed() == *allowed);
                 if !same {
-                    self.changed_caps.push(id);
+                    self.changed_caps.insert(id);
                 }
                 same
             });
@@ -1468,9 +1465,10 @@ impl Worker {
 
     /// Take back what idle leases of caps that queued messages wait on hold unspent (or of
     /// any cap, while the lease entries run short) and uncount it from the caps' windows in
-    /// this transaction (a window that is over keeps its count: it no longer matters). The
-    /// entries are read a few times per `throttle.lease_idle` while some lease holds room,
-    /// and when a wanted lease will have been idle long enough; not on every tick.
+    /// this transaction (a window that is over keeps its count: it no longer matters); and
+    /// all a changed cap's leases hold. The entries are read a few times per
+    /// `throttle.lease_idle` while some lease holds room, and right after a cap changed; not
+    /// on every tick.
     fn reclaim_leases(
         &mut self,
         c: &mut SpiClient<'_>,
@@ -1484,23 +1482,24 @@ impl Worker {
         let idle = gucs::lease_idle_us();
         let sched = &self.sched;
         let changed = std::mem::take(&mut self.changed_caps);
-        let sweep = shmem::lease_reclaim(self.db, now - idle, now, |cap| {
-            if changed.contains(&cap) {
-                Some(now) // changed: taken back at once
-            } else {
-                sched.waiting_on(LimitRef::Cap(cap)).map(|_| now - idle)
-            }
+        let sweep = shmem::lease_reclaim(self.db, now - idle, now, &changed, |cap| {
+            sched.waiting_on(LimitRef::Cap(cap)).is_some()
         });
-        self.next_lease_look = match (sweep.oldest_wanted, sweep.holding) {
-            (Some(t), _) => Some((t + idle).min(now + idle / 4)),
-            (None, true) => Some(now + idle / 4),
-            // None holds room: look again once a backend asks for a lease.
-            (None, false) => None,
-        };
-        for b in sweep.back {
-            let Some(def) = cap_named(&b.key) else {
-                continue;
-            };
+        // While a lease holds room, look again a few times per lease_idle: an idle one is
+        // taken back within a quarter of it once its room is wanted. None holds room: look
+        // again once one is granted (see `grant_leases`).
+        self.next_lease_look = sweep.holding.then_some(now + idle / 4);
+        let back: Vec<_> = sweep
+            .back
+            .into_iter()
+            .filter_map(|b| cap_named(&b.key).map(|d| (b, d)))
+            .collect();
+        let need: Vec<(Rc<CapDef>, Micros)> = back
+            .iter()
+            .map(|(b, d)| (d.clone(), b.key.window_start))
+            .collect();
+        read_ledgers(c, st, ledgers, &need)?;
+        for (b, def) in back {
             let start = b.key.window_start;
             if load_ledger(c, st, ledgers, &def, start)?.reclaim(start, b.n.max(0) as u64, now) {
                 // Queues told to wait for this cap's reset may go now.
