@@ -725,6 +725,16 @@ fn a_full_lease_table_names_its_setting() {
     );
 }
 
+/// Whether one message of `sender` to AT&T is admitted now.
+fn admitted(c: &mut Client, sender: &str) -> bool {
+    c.query_one(
+        "SELECT (throttle.throttle_admit($1, 'att')).admitted",
+        &[&sender],
+    )
+    .expect("admit")
+    .get(0)
+}
+
 /// A lease that no queued message and no other cap needs is kept past `throttle.lease_idle`:
 /// the admissions that spend it later need no round trip to the worker. Once messages queue
 /// under the cap, the idle lease comes back to them.
@@ -807,14 +817,7 @@ fn idle_leases_come_back_when_the_lease_table_runs_short() {
               SELECT 'brand', 'lcb-' || g, 1000, 'UTC' FROM generate_series(1, 13) g;",
     )
     .expect("configure");
-    let admit = |c: &mut Client, n: i32| -> bool {
-        c.query_one(
-            "SELECT (throttle.throttle_admit($1, 'att')).admitted",
-            &[&format!("lc-{n}")],
-        )
-        .expect("admit")
-        .get(0)
-    };
+    let admit = |c: &mut Client, n: i32| admitted(c, &format!("lc-{n}"));
     // Twelve of sixteen entries: not crowded, the leases stay.
     for g in 1..=12 {
         assert!(admit(&mut c, g));
