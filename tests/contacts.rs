@@ -480,9 +480,12 @@ fn profiles_create_the_contact_rules_of_a_line() {
     );
 }
 
-/// Yesterday 12:00 in New York, as the time admissions are judged at.
+/// 12:00 in New York at least 28 hours ago (the day before the New York day of 16 hours
+/// ago), as the time admissions are judged at: the test judges up to 16 hours after it, which
+/// must not be past `throttle.max_future` (1 h) at any hour of the day the suite runs. (It
+/// was yesterday's noon: between midnight and 03:00 New York, noon + 16 h was in the future.)
 const NOON: &str =
-    "(date_trunc('day', now() AT TIME ZONE 'America/New_York') - interval '12 hours')
+    "(date_trunc('day', (now() - interval '16 hours') AT TIME ZONE 'America/New_York') - interval '12 hours')
                      AT TIME ZONE 'America/New_York'";
 
 /// `throttle_admit(sender, 'att', NOON + offset, 1, channel, recipient)`: (admitted, retry_at
