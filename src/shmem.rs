@@ -1438,8 +1438,6 @@ pub fn lease_take(db: u32, wants: &mut [CapWant], cost: i64) -> Result<LeaseAnsw
         }
         if asked {
             *c.lease_asked = 1;
-        }
-        if asked {
             return Ok(LeaseAnswer::Asked);
         }
         let at = crate::backend::transaction_start();
