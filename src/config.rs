@@ -69,9 +69,7 @@ pub struct PlanView<'a> {
     /// Calendar caps may apply to this (sender, carrier, channel): some exist and this plan
     /// has not been found free of them yet (see [`note_plan_caps`]).
     pub caps: bool,
-    /// ... and it is known that some do (no need to look again this generation).
-    pub caps_known: bool,
-    /// ... and which (when known).
+    /// ... and which, once known (no need to look again this generation).
     pub cap_defs: Option<&'a CapDefs>,
     /// The sender's weight (see [`SenderLimits::weight`]).
     pub weight: u16,
@@ -106,7 +104,8 @@ struct PlanEntry {
     user: u32,
     wants: SmallVec<[Want; 2]>,
     limits: SmallVec<[u32; 2]>,
-    /// The calendar caps that apply (`caps` 1): the admission needs no second look-up.
+    /// The calendar caps that apply (set with `caps` 1): the admission needs no second
+    /// look-up.
     cap_defs: Option<CapDefs>,
 }
 
@@ -193,7 +192,6 @@ impl PlanEntry {
             wants: &self.wants,
             partitions: self.partitions,
             caps: self.caps != 0,
-            caps_known: self.caps == 1,
             cap_defs: self.cap_defs.as_ref(),
             weight: self.weight,
             user: self.user,
@@ -363,8 +361,8 @@ impl Cache {
     }
 }
 
-/// Plans cached per backend before they are forgotten and rebuilt on demand, at least (at
-/// most 131,072 slots of 208 bytes: 27 MB). A session that has read more senders' limits
+/// Plans cached per backend before they are forgotten and rebuilt on demand, at least
+/// (131,072 slots of about 220 bytes: 29 MB). A session that has read more senders' limits
 /// (`throttle.preload_senders`) keeps two plans per sender: a platform's lines, each admitted
 /// in turn, would otherwise empty the cache every 65,536 admissions and rebuild every plan.
 const MAX_CACHED_PLANS: usize = 65_536;
@@ -530,7 +528,6 @@ pub fn with_known_plan<R, F: FnOnce(&PlanView) -> R>(
             wants: &wants,
             partitions,
             caps: any_caps,
-            caps_known: false,
             cap_defs: None,
             weight: loaded.weight,
             user: 0,

@@ -1582,7 +1582,9 @@ pub fn lease_grant(db: u32, g: &LeaseGrant, now: Micros) {
 ///   than three quarters of the entries hold a lease (a new cap must find an entry).
 ///
 /// A lease nobody wants stays where the admissions that spend it find it, until its window
-/// is over. The caller uncounts what comes back from `throttle.cap_usage.leased`; if its
+/// is over; then it is left alone (a window that is over keeps its count) and does not count
+/// as holding room, so the worker stops looking once every window with a lease has ended.
+/// The caller uncounts what comes back from `throttle.cap_usage.leased`; if its
 /// transaction fails, that room is lost for the window, never spent twice. `waited` runs
 /// under the caps lock, only for idle leases.
 pub fn lease_reclaim(
@@ -1594,11 +1596,8 @@ pub fn lease_reclaim(
 ) -> LeaseSweep {
     with_caps(|c| {
         let used = (*c.lease_hwm as usize).min(c.leases.len());
-        let holding = |l: &Lease| l.cap_id != 0 && l.left > 0 && l.want == 0;
-        let live = c.leases[..used]
-            .iter()
-            .filter(|l| holding(l) && l.window_end > now)
-            .count();
+        let holding = |l: &Lease| l.cap_id != 0 && l.left > 0 && l.want == 0 && l.window_end > now;
+        let live = c.leases[..used].iter().filter(|l| holding(l)).count();
         let crowded = live * 4 > c.leases.len() * 3;
         let mut sweep = LeaseSweep::default();
         for l in c.leases[..used].iter_mut() {
@@ -1627,7 +1626,7 @@ pub fn lease_reclaim(
 #[derive(Debug, Default)]
 pub struct LeaseSweep {
     pub back: Vec<LeaseBack>,
-    /// Some lease still holds unspent room.
+    /// Some lease of a window not over yet still holds unspent room.
     pub holding: bool,
 }
 

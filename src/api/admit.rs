@@ -155,7 +155,7 @@ fn decide<R>(
         return Err(Box::new(error::not_preloaded()));
     }
     let mut then = Some(then);
-    let mut caps_known: Option<Option<config::CapDefs>> = None;
+    let mut known_caps: Option<config::CapDefs> = None;
     let mut authorized = false;
     let fast = loop {
         let mut ask = false;
@@ -166,7 +166,7 @@ fn decide<R>(
             }
             if plan.caps {
                 // Calendar caps may apply: the lease path below (with them, when known).
-                caps_known = Some(plan.cap_defs.filter(|_| plan.caps_known).cloned());
+                known_caps = plan.cap_defs.cloned();
                 return None;
             }
             let then = then.take()?;
@@ -180,7 +180,7 @@ fn decide<R>(
     };
     match (fast, then.take()) {
         (Some(r), _) => r,
-        (None, Some(then)) => decide_with_caps(call, headroom, caps_known.flatten(), then),
+        (None, Some(then)) => decide_with_caps(call, headroom, known_caps, then),
         (None, None) => Err(Box::new(error::internal("admission decided twice"))),
     }
 }
