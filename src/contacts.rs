@@ -272,19 +272,11 @@ fn rule_of(row: &pgrx::spi::SpiHeapTupleData<'_>) -> pgrx::spi::Result<Option<Ru
     let (Some(kind), Some(tz)) = (kind, zone.and_then(|z| z.parse::<chrono_tz::Tz>().ok())) else {
         return Ok(None);
     };
-    let window = match per {
-        Some(p) if p > 0 => Window::Rolling(p),
-        _ => Window::Calendar(Calendar {
-            period: Period::Day,
-            reset: crate::caps::parse_time(&reset).unwrap_or(NaiveTime::MIN),
-            tz,
-        }),
-    };
     Ok(Some(Rule {
         id,
         kind,
         max: max.max(1) as u32,
-        window,
+        window: window_of(per, &reset, tz),
         reply_window: reply.max(0),
         at_limit: if refuse {
             AtLimit::Refuse
@@ -293,6 +285,70 @@ fn rule_of(row: &pgrx::spi::SpiHeapTupleData<'_>) -> pgrx::spi::Result<Option<Ru
         },
         channel,
     }))
+}
+
+/// The window a rule counts in: rolling over `per` µs, or calendar days resetting at `reset`
+/// in `tz`.
+fn window_of(per: Option<i64>, reset: &str, tz: chrono_tz::Tz) -> Window {
+    match per {
+        Some(p) if p > 0 => Window::Rolling(p),
+        _ => Window::Calendar(Calendar {
+            period: Period::Day,
+            reset: crate::caps::parse_time(reset).unwrap_or(NaiveTime::MIN),
+            tz,
+        }),
+    }
+}
+
+/// The contact caps (new and follow-up contacts) of `sender` on `channel`, for capacity
+/// planning: each rule's id, name, scope, count and window.
+const SQL_PLAN_CAPS: &str = "
+    SELECT r.rule_id, r.max_count, (extract(epoch FROM r.per) * 1000000)::int8, r.reset_at::text,
+           r.time_zone, coalesce(r.name, r.kind::text || ' (rule ' || r.rule_id || ')'), r.scope::text
+      FROM throttle.sender s
+      JOIN throttle.contact_rule r
+        ON (r.scope = 'sender' AND r.scope_id = s.sender)
+        OR (r.scope = 'campaign' AND r.scope_id = s.campaign)
+        OR (r.scope = 'brand' AND r.scope_id = s.brand)
+        OR (r.scope = 'account' AND r.scope_id = s.account)
+     WHERE s.sender = $1 AND r.kind IN ('new_contacts', 'follow_up_contacts')
+       AND (r.channel IS NULL OR r.channel = $2)
+     ORDER BY r.rule_id";
+
+/// A contact cap that applies to a line: every line of its scope counts its own.
+pub struct LineCap {
+    pub rule_id: i64,
+    pub name: String,
+    pub scope: String,
+    pub max: u32,
+    pub window: Window,
+}
+
+/// The contact caps of `sender` on `channel` (none where the schema has no contact rules).
+pub fn line_caps(
+    c: &SpiClient<'_>,
+    sender: &str,
+    channel: &str,
+) -> pgrx::spi::Result<Vec<LineCap>> {
+    if c.select(SQL_PRESENT, None, &[])?.first().get::<bool>(1)? != Some(true) {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for row in c.select(SQL_PLAN_CAPS, None, &[sender.into(), channel.into()])? {
+        let zone: Option<String> = row.get(5)?;
+        let Some(tz) = zone.and_then(|z| z.parse::<chrono_tz::Tz>().ok()) else {
+            continue;
+        };
+        let reset: String = row.get(4)?.unwrap_or_default();
+        out.push(LineCap {
+            rule_id: row.get(1)?.unwrap_or(0),
+            name: row.get(6)?.unwrap_or_default(),
+            scope: row.get(7)?.unwrap_or_default(),
+            max: row.get::<i32>(2)?.unwrap_or(1).max(1) as u32,
+            window: window_of(row.get(3)?, &reset, tz),
+        });
+    }
+    Ok(out)
 }
 
 /// The rules of these lines (read for those not cached, in one statement).

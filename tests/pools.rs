@@ -246,7 +246,7 @@ fn a_line_that_leaves_the_pool_reassigns_its_recipients_once() {
 }
 
 #[test]
-fn plan_lines_says_200_lines_for_10000_new_contacts_a_day() {
+fn plan_lines_and_plan_capacity_say_200_lines_for_10000_new_contacts_a_day() {
     let server = Server::start("pools-plan", &["throttle.worker_enabled = off"]);
     let mut c = server.connect();
     c.batch_execute(
@@ -278,6 +278,52 @@ fn plan_lines_says_200_lines_for_10000_new_contacts_a_day() {
         .batch_execute("SELECT * FROM throttle.plan_lines('pl-1', -1)")
         .expect_err("negative");
     assert_eq!(sqlstate(&e), "22023");
+    // plan_capacity answers the same in its rows: each contact cap counts every message as a
+    // contact, at the rule's pace per line; the total takes the most lines any row needs.
+    c.batch_execute(
+        "INSERT INTO throttle.rate_limit (scope, scope_id, rate, per) VALUES ('sender', 'pl-1', 1, '1 second')",
+    )
+    .expect("rate");
+    // (A deadline under a window still lets each line take on one window's contacts: the
+    // rolling 12 hours' 100, where a day's pace would be 200.)
+    for (messages, deadline, rolling) in [
+        (10_000i64, "1 day", 50),
+        (70_000, "7 days", 50),
+        (10_000, "1 hour", 100),
+    ] {
+        let rows: Vec<(String, String, Option<i64>)> = c
+            .query(
+                "SELECT limit_name, scope, senders_needed
+                   FROM throttle.plan_capacity('pl-1', $1, ARRAY['att'], deadline => $2::text::interval)",
+                &[&messages, &deadline],
+            )
+            .expect("plan_capacity")
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        let needed = |name: &str| {
+            rows.iter()
+                .find(|r| r.0.starts_with(name))
+                .unwrap_or_else(|| panic!("no row {name} in {rows:?}"))
+                .2
+        };
+        assert_eq!(needed("new_contacts"), Some(200), "{deadline}: {rows:?}");
+        assert_eq!(needed("total"), Some(200), "{deadline}: {rows:?}");
+        let follow_ups: Vec<Option<i64>> = rows
+            .iter()
+            .filter(|r| r.0.starts_with("follow_up_contacts"))
+            .map(|r| r.2)
+            .collect();
+        assert_eq!(
+            follow_ups,
+            vec![Some(50), Some(rolling)],
+            "{deadline}: {rows:?}"
+        );
+        assert!(
+            rows.iter().any(|r| r.1 == "account (each line)"),
+            "{rows:?}"
+        );
+    }
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! Integer microseconds in and out (any fixed epoch); no clock.
 
 use crate::calendar::Calendar;
+use crate::contact::Window;
 use crate::gcra::Rate;
 use crate::Micros;
 
@@ -197,6 +198,37 @@ pub fn cap_ready_at(
     at
 }
 
+/// What a contact cap of a line (at most `max` distinct contacts per `window`) means for
+/// `contacts` contacts it would count: how long one line takes to count them all from an
+/// unused window (calendar windows as a cap's, a rolling window releasing `max` more each
+/// period), and what one line takes on within the deadline *at the rule's steady pace*:
+/// `max` per window's length (so "10,000 new contacts a day" at 50 a day needs 200 lines,
+/// whatever the hour), and at least one window's `max` for a shorter deadline.
+pub fn contact_estimate(
+    window: &Window,
+    max: u64,
+    contacts: u64,
+    now: Micros,
+    deadline_us: Option<Micros>,
+) -> Estimate {
+    let max = max.max(1);
+    let (time, length) = match window {
+        Window::Calendar(cal) => (
+            cap_time(cal, max, contacts, now),
+            cal.window_end(now) - cal.window_start(now),
+        ),
+        Window::Rolling(p) => {
+            let later = contacts.div_ceil(max).saturating_sub(1) as i128;
+            ((later * *p as i128).min(i64::MAX as i128) as Micros, *p)
+        }
+    };
+    Estimate {
+        time,
+        room: deadline_us
+            .map(|d| (max as i128 * d as i128 / length.max(1) as i128).max(max as i128)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,5 +394,33 @@ mod tests {
         assert_eq!(cap_ready_at(&d, 0, 0, 2, end, now), DAY);
         // Followed for 400 windows at most.
         assert_eq!(cap_ready_at(&d, 1, 0, 10_000, end, now), 400 * DAY);
+    }
+
+    #[test]
+    fn contact_estimate_plans_lines_at_the_rules_daily_pace() {
+        let w = Window::Calendar(cal(Period::Day));
+        let now = 6 * HOUR;
+        // Sendblue: 10,000 new contacts a day at 50 per line and day need 200 lines, at any
+        // hour; a week's 70,000 need as many.
+        let e = contact_estimate(&w, 50, 10_000, now, Some(DAY));
+        assert_eq!(e.room, Some(50));
+        assert_eq!(senders_needed(10_000, e.room.unwrap_or(0)), 200);
+        let week = contact_estimate(&w, 50, 70_000, now, Some(7 * DAY));
+        assert_eq!(senders_needed(70_000, week.room.unwrap_or(0)), 200);
+        // A shorter deadline still lets a line take on one day's 50.
+        assert_eq!(contact_estimate(&w, 50, 10, now, Some(HOUR)).room, Some(50));
+        // One line alone: 50 today, then 50 a day from each reset: the 10,000th on the
+        // 200th day (199 resets after today's).
+        assert_eq!(e.time, 199 * DAY - now);
+        assert_eq!(contact_estimate(&w, 50, 50, now, None).time, 0);
+        assert_eq!(contact_estimate(&w, 50, 50, now, None).room, None);
+        // A rolling 24 h: 50 now, 50 more every 24 h.
+        let r = Window::Rolling(DAY);
+        assert_eq!(contact_estimate(&r, 50, 51, now, None).time, DAY);
+        assert_eq!(
+            contact_estimate(&r, 50, 10_000, now, Some(DAY)).room,
+            Some(50)
+        );
+        assert_eq!(contact_estimate(&r, 50, 0, now, None).time, 0);
     }
 }

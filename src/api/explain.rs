@@ -645,16 +645,7 @@ fn plan_capacity(
     };
     let mut out: Vec<PlanRow> = loads
         .iter()
-        .map(|l| {
-            load_row(
-                l,
-                scope_of(&scopes, l.scope_id()),
-                volume,
-                deadline_us,
-                now,
-                &mut tally,
-            )
-        })
+        .map(|l| load_row(l, l.scope(&scopes), volume, deadline_us, now, &mut tally))
         .collect();
     out.push(total_row(volume, deadline_us, &tally));
     Ok(TableIterator::new(out))
@@ -737,10 +728,12 @@ fn checked_deadline(deadline: &Interval) -> Result<Option<Micros>> {
     }
 }
 
-/// What a load of a plan goes through: a rate limit (by its id) or a calendar cap.
+/// What a load of a plan goes through: a rate limit (by its id), a calendar cap, or a
+/// contact cap of the line (every line counts its own, whatever the rule's scope).
 enum Source {
     Rate { id: i64, rate: crate::limiter::Rate },
     Cap(std::rc::Rc<caps::CapDef>),
+    Contacts(crate::contacts::LineCap),
 }
 
 /// The volume (in segments) that one limit or cap of a plan sees: a limit or cap sees the
@@ -752,12 +745,16 @@ struct Load {
 }
 
 impl Load {
-    /// The limit's id, or the cap's negated (as `limit_id` in `explain`).
-    fn scope_id(&self) -> i64 {
-        match &self.source {
-            Source::Rate { id, .. } => *id,
-            Source::Cap(def) => -def.id,
-        }
+    /// The limit's scope, and whether it is each sender's own (more senders split the
+    /// volume) rather than shared.
+    fn scope(&self, scopes: &[(i64, String)]) -> (String, bool) {
+        let scope = match &self.source {
+            Source::Rate { id, .. } => scope_of(scopes, *id),
+            Source::Cap(def) => scope_of(scopes, -def.id),
+            Source::Contacts(cap) => return (format!("{} (each line)", cap.scope), true),
+        };
+        let own = scope == "sender";
+        (scope, own)
     }
 
     /// Whether `other` is the same limit or cap.
@@ -765,6 +762,7 @@ impl Load {
         match (&self.source, other) {
             (Source::Rate { id: a, .. }, Source::Rate { id: b, .. }) => a == b,
             (Source::Cap(a), Source::Cap(b)) => a.id == b.id,
+            (Source::Contacts(a), Source::Contacts(b)) => a.rule_id == b.rule_id,
             _ => false,
         }
     }
@@ -774,6 +772,8 @@ impl Load {
         match &self.source {
             Source::Rate { rate, .. } => cost > rate.max_at_once(),
             Source::Cap(def) => cost > def.rule.allowed(),
+            // A contact counts once, whatever its messages' segments.
+            Source::Contacts(_) => false,
         }
     }
 
@@ -784,6 +784,13 @@ impl Load {
             Source::Cap(def) => {
                 capacity::cap_estimate(&def.cal, def.rule.allowed(), self.volume, now, deadline_us)
             }
+            Source::Contacts(cap) => capacity::contact_estimate(
+                &cap.window,
+                cap.max as u64,
+                self.volume,
+                now,
+                deadline_us,
+            ),
         }
     }
 }
@@ -815,6 +822,19 @@ fn plan_loads(
         for def in caps::caps_for(sender, carrier, channel)?.unwrap_or_default() {
             add_load(&mut loads, def.label.clone(), Source::Cap(def), n);
         }
+    }
+    // A line's contact caps: each message may go to a contact the rule counts (a new one, or a
+    // follow-up), so they count at most the messages themselves, whatever their segments.
+    let line_caps = Spi::connect(|c| crate::contacts::line_caps(&c, sender, channel))
+        .map_err(error::internal)?;
+    for cap in line_caps {
+        let name = cap.name.clone();
+        add_load(
+            &mut loads,
+            name,
+            Source::Contacts(cap),
+            volume.messages as u64,
+        );
     }
     Ok(loads)
 }
@@ -874,10 +894,11 @@ struct Tally {
     impossible: Option<String>,
 }
 
-/// The row of load `l` (whose limit has scope `scope`), counted in `tally`.
+/// The row of load `l` (whose limit has scope `scope`, each sender's own or shared), counted
+/// in `tally`.
 fn load_row(
     l: &Load,
-    scope: String,
+    (scope, own): (String, bool),
     volume: Volume,
     deadline_us: Option<Micros>,
     now: Micros,
@@ -893,10 +914,13 @@ fn load_row(
         );
         return (l.name.clone(), scope, segments, None, None, note);
     }
-    let (needed, note) = match estimate.room {
-        Some(room) => deadline_note(l, &scope, room, tally),
+    let (needed, mut note) = match estimate.room {
+        Some(room) => deadline_note(l, &scope, own, room, tally),
         None => (None, String::new()),
     };
+    if let Source::Contacts(cap) = &l.source {
+        note = contacts_note(cap, note);
+    }
     tally.worst = tally.worst.max(estimate.time);
     (
         l.name.clone(),
@@ -908,10 +932,37 @@ fn load_row(
     )
 }
 
-/// How load `l` stands against the deadline, through a limit of `scope` that one sender
-/// passes `room` of within it: the senders needed (its own limit only) and a note.
-fn deadline_note(l: &Load, scope: &str, room: i128, tally: &mut Tally) -> (Option<i64>, String) {
-    match capacity::against_deadline(l.volume, room, scope == "sender") {
+/// The note of a contact cap's row: what it counts, at what pace, then `then`.
+fn contacts_note(cap: &crate::contacts::LineCap, then: String) -> String {
+    let per = match cap.window {
+        crate::limiter::contact::Window::Calendar(_) => "calendar day".to_string(),
+        crate::limiter::contact::Window::Rolling(p) => match interval(p) {
+            Some(i) => format!("rolling {i}"),
+            None => "window".to_string(),
+        },
+    };
+    let head = format!(
+        "each line takes on {} contacts per {per} (every message counted as one)",
+        cap.max
+    );
+    if then.is_empty() {
+        head
+    } else {
+        format!("{head}; {then}")
+    }
+}
+
+/// How load `l` stands against the deadline, through a limit of `scope` (each sender's `own`
+/// or shared) that one sender passes `room` of within it: the senders needed (its own limit
+/// only) and a note.
+fn deadline_note(
+    l: &Load,
+    scope: &str,
+    own: bool,
+    room: i128,
+    tally: &mut Tally,
+) -> (Option<i64>, String) {
+    match capacity::against_deadline(l.volume, room, own) {
         capacity::Verdict::Senders(k) => {
             tally.senders = tally.senders.max(k);
             let note = if k <= 1 {
