@@ -121,11 +121,12 @@ ALTER TABLE throttle.pending ADD COLUMN held_rule bigint;
 CREATE INDEX pending_held_rule_idx ON throttle.pending (sender, recipient) WHERE held_rule IS NOT NULL;
 
 -- Sticky number pools: a message may name a pool (pending.pool) instead of a sender. A
--- recipient's first message through a pool picks the pool's line with the most headroom (the
--- fewest recipients assigned to it in the last 24 hours: the new contacts it has taken on);
--- every later message to that recipient goes through the same line, even when another is
--- idle, unless that line has left the pool (then the recipient is reassigned once, and the
--- previous line recorded). Assignments are rows: they survive restarts.
+-- recipient's first message through a pool picks the pool's line with the most headroom
+-- (throttle.pool_headroom: room under its new-contact caps, then the shortest wait behind
+-- what it has queued at its own rate); every later message to that recipient goes through
+-- the same line, even when another is idle, unless that line has left the pool (then the
+-- recipient is reassigned once, and the previous line recorded). Assignments are rows: they
+-- survive restarts.
 CREATE TABLE throttle.pool (
     pool       text PRIMARY KEY CHECK (pool <> ''),
     note       text,
@@ -150,6 +151,62 @@ CREATE TABLE throttle.pool_assignment (
 CREATE INDEX pool_assignment_line_idx ON throttle.pool_assignment (pool, sender, assigned_at);
 
 ALTER TABLE throttle.pending ADD COLUMN pool text;
+
+-- The lines of `pool` in the order a new recipient's first message picks them, with the
+-- headroom each has now:
+--   contact_room  the fewest new contacts any of its new_contacts rules (for `channel`) still
+--                 allows in its window: the rule's count less the contacts counted in the
+--                 window or, if more, the recipients the pool gave the line in it (NULL: no
+--                 such rule);
+--   queued        messages waiting on the line (counted up to 1,000);
+--   wait          how long those take at the line's slowest own rate limit for `carrier` and
+--                 `channel` (0 without one);
+--   taken_24h     recipients the pool gave the line in the last 24 hours.
+-- Lines with contact room (or no contact caps) come first, then the shortest wait, the most
+-- contact room, the fewest recipients taken on; a hash of `recipient` breaks ties.
+CREATE FUNCTION throttle.pool_headroom(
+    pool text, carrier text DEFAULT 'att', channel text DEFAULT 'sms', recipient text DEFAULT ''
+) RETURNS TABLE (sender text, contact_room bigint, queued bigint, wait interval, taken_24h bigint)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT l.sender, cr.room, q.n,
+           CASE WHEN rl.per_s > 0 THEN make_interval(secs => q.n / rl.per_s) ELSE interval '0' END,
+           t.n
+      FROM throttle.pool_line l
+      LEFT JOIN throttle.sender s ON s.sender = l.sender
+     CROSS JOIN LATERAL (
+           SELECT count(*) AS n
+             FROM (SELECT 1 FROM throttle.pending p WHERE p.sender = l.sender LIMIT 1000) w) q
+     CROSS JOIN LATERAL (
+           SELECT min(r.rate / extract(epoch FROM r.per)::float8) AS per_s
+             FROM throttle.rate_limit r
+            WHERE r.scope = 'sender' AND r.scope_id = l.sender
+              AND (r.carrier IS NULL OR r.carrier = pool_headroom.carrier)
+              AND (r.channel IS NULL OR r.channel = pool_headroom.channel)) rl
+     CROSS JOIN LATERAL (
+           SELECT min(r.max_count - greatest(
+                      (SELECT count(*) FROM throttle.contact_sent c
+                        WHERE c.sender = l.sender AND c.counted_as = 1 AND c.counted_at >= w.start),
+                      (SELECT count(*) FROM throttle.pool_assignment a
+                        WHERE a.pool = l.pool AND a.sender = l.sender AND a.assigned_at >= w.start)))::int8 AS room
+             FROM throttle.contact_rule r
+            CROSS JOIN LATERAL (
+                  SELECT CASE WHEN r.per IS NOT NULL THEN now() - r.per
+                              ELSE (date_trunc('day', (now() AT TIME ZONE r.time_zone) - r.reset_at)
+                                    + r.reset_at) AT TIME ZONE r.time_zone END AS start) w
+            WHERE r.kind = 'new_contacts'
+              AND (r.channel IS NULL OR r.channel = pool_headroom.channel)
+              AND ((r.scope = 'sender' AND r.scope_id = l.sender)
+                   OR (r.scope = 'campaign' AND r.scope_id = s.campaign)
+                   OR (r.scope = 'brand' AND r.scope_id = s.brand)
+                   OR (r.scope = 'account' AND r.scope_id = s.account))) cr
+     CROSS JOIN LATERAL (
+           SELECT count(*) AS n FROM throttle.pool_assignment a
+            WHERE a.pool = l.pool AND a.sender = l.sender
+              AND a.assigned_at > now() - interval '24 hours') t
+     WHERE l.pool = pool_headroom.pool
+     ORDER BY coalesce(cr.room, 1) > 0 DESC, 4, cr.room DESC NULLS FIRST, t.n,
+              hashtext(pool_headroom.recipient || chr(1) || l.sender)
+$$;
 
 -- The line of a message named by its pool (before the message's other checks; as the owner:
 -- applications do not write assignments). Concurrent first messages to one recipient agree
@@ -179,12 +236,8 @@ BEGIN
             RETURN NEW;
         END IF;
         v_prev := v_line;
-        SELECT l.sender INTO v_line FROM throttle.pool_line l
-         WHERE l.pool = NEW.pool
-         ORDER BY (SELECT count(*) FROM throttle.pool_assignment a
-                    WHERE a.pool = l.pool AND a.sender = l.sender
-                      AND a.assigned_at > now() - interval '24 hours'),
-                  hashtext(NEW.recipient || chr(1) || l.sender)
+        SELECT h.sender INTO v_line
+          FROM throttle.pool_headroom(NEW.pool, NEW.carrier, NEW.channel, NEW.recipient) h
          LIMIT 1;
         IF NOT FOUND THEN
             IF EXISTS (SELECT 1 FROM throttle.pool p WHERE p.pool = NEW.pool) THEN

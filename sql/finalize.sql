@@ -211,10 +211,12 @@ SELECT s.sender, r.rule_id, r.name, r.kind, r.max_count, r.per, r.reset_at, r.ti
 GRANT SELECT ON throttle.contact_rule, throttle.contact_rule_state TO PUBLIC;
 GRANT SELECT ON throttle.pool, throttle.pool_line TO PUBLIC;
 REVOKE ALL ON FUNCTION throttle.pending_assign_pool() FROM PUBLIC;
+REVOKE ALL ON FUNCTION throttle.pool_headroom(text, text, text, text) FROM PUBLIC;
 COMMENT ON TABLE throttle.pool IS 'Sticky number pools: a message naming a pool goes through its recipient''s line';
 COMMENT ON TABLE throttle.pool_line IS 'The lines (senders) of each pool';
 COMMENT ON TABLE throttle.pool_assignment IS 'Each recipient''s line in each pool (and the line before a reassignment)';
 COMMENT ON FUNCTION throttle.pending_assign_pool() IS 'Internal: the line of a message named by its pool (the recipient''s, or the one with the most headroom)';
+COMMENT ON FUNCTION throttle.pool_headroom(text, text, text, text) IS 'The lines of a pool in the order a new recipient''s first message picks them: room under new-contact caps, wait behind what each has queued at its own rate, recipients taken on in 24 hours';
 COMMENT ON FUNCTION throttle.enqueue_pool(text, text, text, jsonb, text, integer, smallint, timestamptz, timestamptz) IS 'Enqueue one message through a sticky pool; returns its id';
 COMMENT ON FUNCTION throttle.throttle_admit(text, text, timestamptz, integer, text, text) IS
     'throttle_admit() of a message to a recipient: the line''s contact rules first (at ts, under the line''s lock), counted with the admission';

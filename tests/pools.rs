@@ -1,6 +1,7 @@
 //! Sticky number pools against a real server: every recipient sees one line, lines share new
 //! recipients, each line keeps its own rate in every window, concurrent first messages agree
-//! on one line, a line that leaves reassigns its recipients once; capacity planning in lines;
+//! on one line, a new recipient goes to the line with the most headroom, a line that leaves
+//! reassigns its recipients once; capacity planning in lines;
 //! old contact state is pruned.
 
 use pg_throttle_tests::{count, sqlstate, wait_for, Server};
@@ -243,6 +244,71 @@ fn a_line_that_leaves_the_pool_reassigns_its_recipients_once() {
         count(&mut c, "SELECT count(*) FROM throttle.pool_assignment"),
         1
     );
+}
+
+/// The line of each of `recipients` (enqueued one at a time through `pool`), by line.
+fn picks(c: &mut postgres::Client, pool: &str, recipients: &[String]) -> HashMap<String, usize> {
+    let mut by_line = HashMap::new();
+    for r in recipients {
+        let id: i64 = c
+            .query_one("SELECT throttle.enqueue_pool($1, 'att', $2)", &[&pool, r])
+            .expect("enqueue_pool")
+            .get(0);
+        let line: String = c
+            .query_one("SELECT sender FROM throttle.pending WHERE id = $1", &[&id])
+            .expect("its line")
+            .get(0);
+        *by_line.entry(line).or_insert(0) += 1;
+    }
+    by_line
+}
+
+#[test]
+fn a_new_recipient_goes_to_the_line_with_the_most_headroom() {
+    let server = Server::start("pools-headroom", &["throttle.worker_enabled = off"]);
+    let mut c = server.connect();
+    // Contact caps: line a takes on 2 new contacts a day, line b 50; both 1,000/s. Each new
+    // recipient goes where the wait behind what is queued is shortest, then where more
+    // contact room is left: b, a, b, a, and once a has no room left, b.
+    let lines = pool(&mut c, "ph", 2, 1000);
+    c.batch_execute(&format!(
+        "INSERT INTO throttle.contact_rule (scope, scope_id, kind, max_count) VALUES
+             ('sender', '{}', 'new_contacts', 2), ('sender', '{}', 'new_contacts', 50)",
+        lines[0], lines[1]
+    ))
+    .expect("rules");
+    let recipients: Vec<String> = (0..6).map(|i| format!("+15557100{i:03}")).collect();
+    let by_line = picks(&mut c, "ph", &recipients);
+    assert_eq!(by_line.get(&lines[0]), Some(&2), "{by_line:?}");
+    assert_eq!(by_line.get(&lines[1]), Some(&4), "{by_line:?}");
+    let room: Vec<(String, Option<i64>, i64)> = c
+        .query(
+            "SELECT sender, contact_room, queued FROM throttle.pool_headroom('ph')",
+            &[],
+        )
+        .expect("pool_headroom")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        room,
+        vec![
+            (lines[1].clone(), Some(46), 4),
+            (lines[0].clone(), Some(0), 2)
+        ]
+    );
+    // The rate: line c has 10 messages queued at 1/s, line d none. Five new recipients all
+    // go to d (its wait stays under c's 10 s), where counting recipients alone alternated.
+    let lines = pool(&mut c, "pr", 2, 1);
+    c.execute(
+        "INSERT INTO throttle.pending (sender, carrier, recipient)
+         SELECT $1, 'att', '+15557200' || lpad(g::text, 3, '0') FROM generate_series(1, 10) g",
+        &[&lines[0]],
+    )
+    .expect("backlog");
+    let recipients: Vec<String> = (0..5).map(|i| format!("+15557300{i:03}")).collect();
+    let by_line = picks(&mut c, "pr", &recipients);
+    assert_eq!(by_line.get(&lines[1]), Some(&5), "{by_line:?}");
 }
 
 #[test]

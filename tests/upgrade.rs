@@ -1,4 +1,4 @@
-//! Upgrading a database from the released 0.1.0, 0.2.0, 0.3.0, 0.4.0 and 0.5.0 (their install scripts kept in
+//! Upgrading a database from the released 0.1.0, 0.2.0, 0.3.0, 0.4.0, 0.5.0 and 0.6.0 (their install scripts kept in
 //! sql/) with `ALTER EXTENSION pg_throttle UPDATE`, through the chain of upgrade scripts:
 //! everything in it is kept, the old default burst becomes window-exact, the schema is the
 //! same as a fresh install's, and it works.
@@ -73,7 +73,7 @@ fn schema_of(c: &mut Client) -> Vec<String> {
 }
 
 /// The version this build installs.
-const CURRENT: &str = "0.6.0";
+const CURRENT: &str = "0.7.0";
 
 /// The schema of `c`'s database is exactly a fresh install's (made in a new database).
 fn assert_same_as_fresh(server: &Server, c: &mut Client, db: &str) {
@@ -438,6 +438,37 @@ fn update_from_0_5_0_keeps_the_queue_and_delivery_works_after() {
         .expect("sent")
         .get(0);
     assert_eq!(sent, 3);
+}
+
+#[test]
+fn update_from_0_6_0_keeps_the_queue_and_pools_pick_by_headroom_after() {
+    let (_server, mut c) = updated_with_three_messages("upgrade6", "0.6.0", "u6-1", "fresh6");
+    // Two lines, one with room for a single new contact a day, the other for 50: the three
+    // new recipients all go to the roomier line (0.6.0 alternated, and put two on the first,
+    // over its cap: the second waited for the next day).
+    c.batch_execute(
+        "INSERT INTO throttle.pool (pool) VALUES ('u6p');
+         INSERT INTO throttle.sender (sender) VALUES ('u6-a'), ('u6-b');
+         INSERT INTO throttle.pool_line (pool, sender) VALUES ('u6p', 'u6-a'), ('u6p', 'u6-b');
+         INSERT INTO throttle.contact_rule (scope, scope_id, kind, max_count) VALUES
+             ('sender', 'u6-a', 'new_contacts', 1), ('sender', 'u6-b', 'new_contacts', 50);",
+    )
+    .expect("pool");
+    for i in 0..3 {
+        c.query_one(
+            "SELECT throttle.enqueue_pool('u6p', 'att', '+1555700000' || $1::int4::text)",
+            &[&i],
+        )
+        .expect("enqueue_pool");
+    }
+    let on_a: i64 = c
+        .query_one(
+            "SELECT count(*) FROM throttle.pool_assignment WHERE pool = 'u6p' AND sender = 'u6-a'",
+            &[],
+        )
+        .expect("assignments")
+        .get(0);
+    assert_eq!(on_a, 0);
 }
 
 #[test]
