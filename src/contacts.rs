@@ -184,8 +184,9 @@ pub fn unhold(
     Ok(queues)
 }
 
-/// Forget contact state older than the retention, a batch at a time, oldest first (by index:
-/// never a scan of what is kept).
+/// Forget contact state older than the retention, and inbound message ids (kept to count a
+/// webhook delivered twice once) older than [`INBOUND_IDS_KEPT`], a batch of each at a time,
+/// oldest first (by index: never a scan of what is kept).
 const SQL_PRUNE: &str = "
     WITH s AS (DELETE FROM throttle.contact_sent c
                 WHERE c.ctid = ANY (ARRAY(SELECT o.ctid FROM throttle.contact_sent o
@@ -195,18 +196,34 @@ const SQL_PRUNE: &str = "
                 WHERE c.ctid = ANY (ARRAY(SELECT o.ctid FROM throttle.contact_inbound o
                                            WHERE o.last_inbound_at < $1 ORDER BY o.last_inbound_at LIMIT $2
                                            FOR UPDATE SKIP LOCKED))
+               RETURNING 1),
+         m AS (DELETE FROM throttle.inbound_message m
+                WHERE m.ctid = ANY (ARRAY(SELECT o.ctid FROM throttle.inbound_message o
+                                           WHERE o.recorded_at < $3 ORDER BY o.recorded_at LIMIT $2
+                                           FOR UPDATE SKIP LOCKED))
                RETURNING 1)
-    SELECT (SELECT count(*) FROM s) + (SELECT count(*) FROM i)";
+    SELECT greatest((SELECT count(*) FROM s), (SELECT count(*) FROM i), (SELECT count(*) FROM m))";
+
+/// How long an inbound message's id is remembered (as `throttle.inbound()` prunes too).
+const INBOUND_IDS_KEPT: Micros = 7 * 86_400_000_000;
 
 /// Rows pruned per statement.
 const PRUNE_BATCH: i32 = 1_000;
 
-/// Prune contact state older than `throttle.contact_retention` (a batch; returns whether a
-/// whole batch went, so that more may be left).
+/// Prune contact state older than `throttle.contact_retention` and old inbound message ids
+/// (a batch of each; returns whether a whole batch went, so that more may be left).
 pub fn prune(c: &mut SpiClient<'_>, now: Micros) -> pgrx::spi::Result<bool> {
     let cutoff = now - crate::gucs::contact_retention_us();
     let n = c
-        .update(SQL_PRUNE, None, &[ts(cutoff).into(), PRUNE_BATCH.into()])?
+        .update(
+            SQL_PRUNE,
+            None,
+            &[
+                ts(cutoff).into(),
+                PRUNE_BATCH.into(),
+                ts(now - INBOUND_IDS_KEPT).into(),
+            ],
+        )?
         .first()
         .get::<i64>(1)?
         .unwrap_or(0);

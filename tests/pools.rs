@@ -405,14 +405,29 @@ fn contact_state_older_than_the_retention_is_pruned() {
          SELECT 'pr-1', '+1777' || g, 1, now() - interval '33 days', now() - interval '33 days' FROM generate_series(1, 1500) g;
          INSERT INTO throttle.contact_sent (sender, contact, counted_as, counted_at, last_sent_at)
          SELECT 'pr-1', '+1888' || g, 1, now(), now() FROM generate_series(1, 10) g;
+         INSERT INTO throttle.inbound_message (message_id, sender, contact, received_at, recorded_at)
+         SELECT 'old-' || g, 'pr-1', '+1999' || g, now() - interval '8 days', now() - interval '8 days'
+           FROM generate_series(1, 1500) g;
+         INSERT INTO throttle.inbound_message (message_id, sender, contact, received_at, recorded_at)
+         SELECT 'new-' || g, 'pr-1', '+1999' || g, now() - interval '6 days', now() - interval '6 days'
+           FROM generate_series(1, 10) g;
          SELECT pg_reload_conf();",
     )
     .expect("old and new state");
     let left = wait_for(
         &mut c,
-        "SELECT (SELECT count(*) FROM throttle.contact_inbound) + (SELECT count(*) FROM throttle.contact_sent)",
+        "SELECT (SELECT count(*) FROM throttle.contact_inbound) + (SELECT count(*) FROM throttle.contact_sent)
+              + (SELECT count(*) FROM throttle.inbound_message)",
         Duration::from_secs(40),
-        |n| n == 20,
+        |n| n == 30,
     );
-    assert_eq!(left, 20, "only the recent state is left");
+    assert_eq!(left, 30, "only the recent state and inbound ids are left");
+    let ids: i64 = c
+        .query_one(
+            "SELECT count(*) FROM throttle.inbound_message WHERE message_id LIKE 'new-%'",
+            &[],
+        )
+        .expect("ids")
+        .get(0);
+    assert_eq!(ids, 10, "a week's inbound ids are kept");
 }
