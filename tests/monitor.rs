@@ -120,6 +120,62 @@ fn explain_says_which_limit_holds_a_message_and_until_when() {
     assert_eq!(sqlstate(&e), "42704");
 }
 
+/// A session that meets many senders reads all their limits at once
+/// (`throttle.preload_senders`); what it then plans with is what reading each sender alone
+/// gives, over senders of every scope, sender type, carrier and channel.
+#[test]
+fn limits_read_at_once_are_those_read_one_sender_at_a_time() {
+    let server = Server::start("monitor-preload", &[]);
+    let mut c = server.connect();
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender, campaign, brand, account, sender_type, weight)
+         SELECT 'pre-' || g, 'pc-' || (g % 7), CASE WHEN g % 3 > 0 THEN 'pb-' || (g % 5) END,
+                'pa-' || (g % 2), (ARRAY['long_code', 'short_code', NULL])[1 + g % 3], 1 + g % 4
+           FROM generate_series(1, 80) g;
+         INSERT INTO throttle.rate_limit (scope, scope_id, rate, per, burst)
+         SELECT 'sender', 'pre-' || g, g, '1 second', CASE WHEN g % 2 = 0 THEN g END
+           FROM generate_series(1, 80, 3) g;
+         INSERT INTO throttle.rate_limit (name, scope, scope_id, carrier, rate, per)
+         SELECT CASE WHEN g % 2 = 0 THEN 'camp ' || g END, 'campaign', 'pc-' || g, 'att', 100 + g, '1 minute'
+           FROM generate_series(0, 6) g;
+         INSERT INTO throttle.rate_limit (scope, scope_id, channel, rate, per, burst)
+         SELECT 'brand', 'pb-' || g, 'mms', 10 + g, '1 hour', 5 FROM generate_series(0, 4) g;
+         INSERT INTO throttle.rate_limit (scope, scope_id, sender_type, rate, per, each_sender)
+         SELECT 'account', 'pa-' || g, 'short_code', 50 + g, '1 second', g = 0 FROM generate_series(0, 1) g;
+         INSERT INTO throttle.rate_limit (scope, scope_id, rate, per)
+         VALUES ('account', 'pa-1', 1000, '1 day');",
+    )
+    .expect("configure");
+    let plans = |c: &mut postgres::Client| -> Vec<String> {
+        c.query(
+            "SELECT s.sender || ' ' || k.carrier || ' ' || ch.channel || ': ' || p.limit_name || ' '
+                    || p.volume || ' ' || p.time_needed
+               FROM throttle.sender s, unnest(ARRAY['att', 'tmobile']) k(carrier),
+                    unnest(ARRAY['sms', 'mms']) ch(channel),
+                    LATERAL throttle.plan_capacity(s.sender, 1000, ARRAY[k.carrier], channel => ch.channel) p
+              ORDER BY 1",
+            &[],
+        )
+        .expect("plans")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+    // 80 senders: past the first 32 read alone, the rest at once.
+    let at_once = plans(&mut c);
+    let mut alone = server.connect();
+    alone
+        .batch_execute("SET throttle.preload_senders = 0")
+        .expect("one at a time");
+    let one_by_one = plans(&mut alone);
+    assert!(
+        at_once.len() > 80 * 2 * 2,
+        "limits and totals: {}",
+        at_once.len()
+    );
+    assert_eq!(at_once, one_by_one);
+}
+
 /// Capacity planning from the same limits: time for a volume, and senders for a deadline.
 #[test]
 fn plan_capacity_answers_how_long_and_how_many_lines() {
