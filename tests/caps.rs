@@ -15,7 +15,7 @@ fn a_cap_hit_just_before_the_reset_releases_after_it_and_usage_survives_a_crash(
         "INSERT INTO throttle.sender (sender, brand) VALUES ('cr-1', 'acme');
          INSERT INTO throttle.cap (name, scope, scope_id, cap, period, reset_at, time_zone)
          SELECT 'acme daily', 'brand', 'acme', 5, 'day',
-                (date_trunc('second', now() AT TIME ZONE 'America/Los_Angeles') + interval '4 seconds')::time,
+                (date_trunc('second', now() AT TIME ZONE 'America/Los_Angeles') + interval '6 seconds')::time,
                 'America/Los_Angeles';",
     )
     .expect("configure");
@@ -24,8 +24,10 @@ fn a_cap_hit_just_before_the_reset_releases_after_it_and_usage_survives_a_crash(
         "SELECT (extract(epoch FROM window_end) * 1000000)::int8 FROM throttle.cap_state",
     );
     let now_us: i64 = count(&mut c, "SELECT (extract(epoch FROM now()) * 1000000)::int8");
+    // 5 to 6 s after the configuring statement, less what this one came later (a busy machine
+    // took 9 ms there once): enough for the first 5 to go and the rest to be seen waiting.
     assert!(
-        (3_000_000..=4_100_000).contains(&(reset - now_us)),
+        (2_500_000..=6_100_000).contains(&(reset - now_us)),
         "reset {} µs away",
         reset - now_us
     );
