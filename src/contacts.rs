@@ -95,12 +95,15 @@ const SQL_RULES: &str = "
 
 /// Take the locks of these lines, where no client holds them (an admission or an inbound
 /// message on a line holds its lock until it commits; the worker never waits for one).
+/// (Each key is `throttle.line_lock_key`'s, written out: a call of that function, which sets
+/// its search_path, costs a save and restore of the settings per line.)
 const SQL_TRY_LINES: &str = "
-    SELECT q.i::int4, pg_catalog.pg_try_advisory_xact_lock(throttle.line_lock_key(q.s))
+    SELECT q.i::int4, pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtextextended(q.s, 7368))
       FROM unnest($1::text[]) WITH ORDINALITY AS q(s, i)";
 
 /// An admission's wait for its line's lock (see [`read_one`]).
-const SQL_LOCK_LINE: &str = "SELECT pg_catalog.pg_advisory_xact_lock(throttle.line_lock_key($1))";
+const SQL_LOCK_LINE: &str =
+    "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended($1, 7368))";
 
 /// One recipient's state on one line (for an admission).
 const SQL_ONE: &str = "
@@ -416,6 +419,7 @@ pub fn read_tick(
     if queues.is_empty() || !any(c, cache)? {
         return Ok((t, keys));
     }
+    let _generic = crate::backend::GenericPlans::set();
     let senders: Vec<&str> = queues.iter().map(|q| q.0).collect();
     let rules = rules_of(c, cache, &senders)?;
     let mut line_at: FxHashMap<&str, usize> = FxHashMap::default();
@@ -593,6 +597,7 @@ pub fn read_one(
     channel: &str,
     now: Micros,
 ) -> pgrx::spi::Result<Option<(contact::Tick, Keys)>> {
+    let _generic = crate::backend::GenericPlans::set();
     if !any(c, cache)? {
         return Ok(None);
     }
@@ -642,6 +647,7 @@ pub fn write_tick(
     if t.lines.is_empty() {
         return Ok(());
     }
+    let _generic = crate::backend::GenericPlans::set();
     write_holds(c, t)?;
     write_contacts(c, t, keys, now)?;
     write_lines(c, t, keys, now)

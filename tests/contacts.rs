@@ -255,6 +255,16 @@ fn the_6th_message_without_a_reply_waits_and_goes_right_after_an_inbound() {
         .expect("the contact writes");
     assert_eq!(wait_ready(&mut c, &ids[5..], 1, 10), 1);
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // The worker and admissions write a line's lock key out (src/contacts.rs); inbound()
+    // calls throttle.line_lock_key: the same key, or the two would not exclude each other.
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM (VALUES ('un-line'), ('+15554000001'), ('')) v(s)
+              WHERE throttle.line_lock_key(s) = pg_catalog.hashtextextended(s, 7368)"
+        ),
+        3
+    );
 }
 
 #[test]
