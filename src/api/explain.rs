@@ -825,7 +825,7 @@ fn plan_loads(
     }
     // A line's contact caps: each message may go to a contact the rule counts (a new one, or a
     // follow-up), so they count at most the messages themselves, whatever their segments.
-    let line_caps = Spi::connect(|c| crate::contacts::line_caps(&c, sender, channel))
+    let line_caps = Spi::connect(|c| crate::contacts::line_caps(c, sender, channel))
         .map_err(error::internal)?;
     for cap in line_caps {
         let name = cap.name.clone();
