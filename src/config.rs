@@ -823,6 +823,82 @@ pub fn few_senders(client: &pgrx::spi::SpiClient<'_>, max: i64) -> pgrx::spi::Re
     Ok(n <= max)
 }
 
+/// Every limit by id, every sender's weight, and which limits may apply to which sender, as
+/// [`LOAD_ALL_SQL`] reads them (None if its arrays do not line up, which cannot be: the
+/// senders are then read one at a time).
+type AllLimits = (
+    FxHashMap<i64, LimitRow>,
+    FxHashMap<String, u16>,
+    Vec<(String, i64)>,
+);
+
+fn read_all(client: &pgrx::spi::SpiClient<'_>) -> pgrx::spi::Result<Option<AllLimits>> {
+    let row = client.select(LOAD_ALL_SQL, None, &[])?.first();
+    // Every column an array (NULL when its table has no rows), read whole.
+    macro_rules! col {
+        ($t:ty, $i:expr) => {
+            row.get::<Vec<Option<$t>>>($i)?.unwrap_or_default()
+        };
+    }
+    let ids = col!(i64, 1);
+    let (carriers, channels) = (col!(String, 2), col!(String, 3));
+    let (rates, pers, bursts) = (col!(i64, 4), col!(i64, 5), col!(i64, 6));
+    let labels = col!(String, 7);
+    let created = col!(TimestampWithTimeZone, 8);
+    let each = col!(bool, 9);
+    let (senders, weight) = (col!(String, 10), col!(i32, 11));
+    let (to, limit_ids) = (col!(String, 12), col!(i64, 13));
+    let n = ids.len();
+    if [
+        carriers.len(),
+        channels.len(),
+        rates.len(),
+        pers.len(),
+        bursts.len(),
+    ]
+    .into_iter()
+    .chain([labels.len(), created.len(), each.len()])
+    .any(|k| k != n)
+        || weight.len() != senders.len()
+        || limit_ids.len() != to.len()
+    {
+        return Ok(None); // cannot be: then read one sender at a time
+    }
+    let mut limits: FxHashMap<i64, LimitRow> = FxHashMap::default();
+    let mut columns = carriers.into_iter().zip(channels).zip(labels);
+    for i in 0..n {
+        let Some(((carrier, channel), label)) = columns.next() else {
+            break;
+        };
+        let Some(id) = ids[i] else { continue };
+        limits.insert(
+            id,
+            (
+                id,
+                carrier,
+                channel,
+                rates[i].unwrap_or(0),
+                pers[i].unwrap_or(0),
+                bursts[i],
+                label.unwrap_or_default(),
+                created[i].map_or(0, i64::from),
+                each[i].unwrap_or(false),
+            ),
+        );
+    }
+    let weights: FxHashMap<String, u16> = senders
+        .into_iter()
+        .zip(weight)
+        .filter_map(|(s, w)| Some((s?, weight_of(w))))
+        .collect();
+    let applies: Vec<(String, i64)> = to
+        .into_iter()
+        .zip(limit_ids)
+        .filter_map(|(s, id)| Some((s?, id?)))
+        .collect();
+    Ok(Some((limits, weights, applies)))
+}
+
 /// Every registered sender's limits, read in one statement (as committed now), if there are
 /// at most `throttle.preload_senders` of them; None if there are more (they are read one
 /// sender at a time, as each is first used). A session admitting for many senders then pays
@@ -837,70 +913,7 @@ fn preload() -> Result<Option<Vec<(Box<[u8]>, SenderLimits)>>> {
         if !few_senders(client, max)? {
             return Ok(None);
         }
-        let row = client.select(LOAD_ALL_SQL, None, &[])?.first();
-        // Every column an array (NULL when its table has no rows), read whole.
-        macro_rules! col {
-            ($t:ty, $i:expr) => {
-                row.get::<Vec<Option<$t>>>($i)?.unwrap_or_default()
-            };
-        }
-        let ids = col!(i64, 1);
-        let (carriers, channels) = (col!(String, 2), col!(String, 3));
-        let (rates, pers, bursts) = (col!(i64, 4), col!(i64, 5), col!(i64, 6));
-        let labels = col!(String, 7);
-        let created = col!(TimestampWithTimeZone, 8);
-        let each = col!(bool, 9);
-        let (senders, weight) = (col!(String, 10), col!(i32, 11));
-        let (to, limit_ids) = (col!(String, 12), col!(i64, 13));
-        let n = ids.len();
-        if [
-            carriers.len(),
-            channels.len(),
-            rates.len(),
-            pers.len(),
-            bursts.len(),
-        ]
-        .into_iter()
-        .chain([labels.len(), created.len(), each.len()])
-        .any(|k| k != n)
-            || weight.len() != senders.len()
-            || limit_ids.len() != to.len()
-        {
-            return Ok(None); // cannot be: then read one sender at a time
-        }
-        let mut limits: FxHashMap<i64, LimitRow> = FxHashMap::default();
-        let mut columns = carriers.into_iter().zip(channels).zip(labels);
-        for i in 0..n {
-            let Some(((carrier, channel), label)) = columns.next() else {
-                break;
-            };
-            let Some(id) = ids[i] else { continue };
-            limits.insert(
-                id,
-                (
-                    id,
-                    carrier,
-                    channel,
-                    rates[i].unwrap_or(0),
-                    pers[i].unwrap_or(0),
-                    bursts[i],
-                    label.unwrap_or_default(),
-                    created[i].map_or(0, i64::from),
-                    each[i].unwrap_or(false),
-                ),
-            );
-        }
-        let weights: FxHashMap<String, u16> = senders
-            .into_iter()
-            .zip(weight)
-            .filter_map(|(s, w)| Some((s?, weight_of(w))))
-            .collect();
-        let applies: Vec<(String, i64)> = to
-            .into_iter()
-            .zip(limit_ids)
-            .filter_map(|(s, id)| Some((s?, id?)))
-            .collect();
-        Ok::<_, pgrx::spi::SpiError>(Some((limits, weights, applies)))
+        read_all(client)
     });
     drop(snapshot);
     let Some((rows, weights, applies)) = read.map_err(error::internal)? else {
