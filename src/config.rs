@@ -865,11 +865,8 @@ fn read_all(client: &pgrx::spi::SpiClient<'_>) -> pgrx::spi::Result<Option<AllLi
         return Ok(None); // cannot be: then read one sender at a time
     }
     let mut limits: FxHashMap<i64, LimitRow> = FxHashMap::default();
-    let mut columns = carriers.into_iter().zip(channels).zip(labels);
-    for i in 0..n {
-        let Some(((carrier, channel), label)) = columns.next() else {
-            break;
-        };
+    let columns = carriers.into_iter().zip(channels).zip(labels);
+    for (i, ((carrier, channel), label)) in columns.enumerate() {
         let Some(id) = ids[i] else { continue };
         limits.insert(
             id,

@@ -83,7 +83,7 @@ const SQL_RULES: &str = "
     SELECT q.s, r.rule_id, r.kind::text, r.max_count,
            (extract(epoch FROM r.per) * 1000000)::int8, r.reset_at::text, r.time_zone,
            (extract(epoch FROM r.reply_window) * 1000000)::int8, r.at_limit::text, r.channel,
-           coalesce(r.name, r.rule_id::text), r.error_code
+           coalesce(r.name, r.rule_id::text), r.error_code, r.scope::text, r.name
       FROM unnest($1::text[]) AS q(s)
       LEFT JOIN throttle.sender s ON s.sender = q.s
       JOIN throttle.contact_rule r
@@ -292,11 +292,19 @@ fn rule_of(row: &pgrx::spi::SpiHeapTupleData<'_>) -> pgrx::spi::Result<Option<Ru
     let (Some(kind), Some(tz)) = (kind, zone.and_then(|z| z.parse::<chrono_tz::Tz>().ok())) else {
         return Ok(None);
     };
+    let window = match per {
+        Some(p) if p > 0 => Window::Rolling(p),
+        _ => Window::Calendar(Calendar {
+            period: Period::Day,
+            reset: crate::caps::parse_time(&reset).unwrap_or(NaiveTime::MIN),
+            tz,
+        }),
+    };
     Ok(Some(Rule {
         id,
         kind,
         max: max.max(1) as u32,
-        window: window_of(per, &reset, tz),
+        window,
         reply_window: reply.max(0),
         at_limit: if refuse {
             AtLimit::Refuse
@@ -307,34 +315,6 @@ fn rule_of(row: &pgrx::spi::SpiHeapTupleData<'_>) -> pgrx::spi::Result<Option<Ru
     }))
 }
 
-/// The window a rule counts in: rolling over `per` µs, or calendar days resetting at `reset`
-/// in `tz`.
-fn window_of(per: Option<i64>, reset: &str, tz: chrono_tz::Tz) -> Window {
-    match per {
-        Some(p) if p > 0 => Window::Rolling(p),
-        _ => Window::Calendar(Calendar {
-            period: Period::Day,
-            reset: crate::caps::parse_time(reset).unwrap_or(NaiveTime::MIN),
-            tz,
-        }),
-    }
-}
-
-/// The contact caps (new and follow-up contacts) of `sender` on `channel`, for capacity
-/// planning: each rule's id, name, scope, count and window.
-const SQL_PLAN_CAPS: &str = "
-    SELECT r.rule_id, r.max_count, (extract(epoch FROM r.per) * 1000000)::int8, r.reset_at::text,
-           r.time_zone, coalesce(r.name, r.kind::text || ' (rule ' || r.rule_id || ')'), r.scope::text
-      FROM throttle.sender s
-      JOIN throttle.contact_rule r
-        ON (r.scope = 'sender' AND r.scope_id = s.sender)
-        OR (r.scope = 'campaign' AND r.scope_id = s.campaign)
-        OR (r.scope = 'brand' AND r.scope_id = s.brand)
-        OR (r.scope = 'account' AND r.scope_id = s.account)
-     WHERE s.sender = $1 AND r.kind IN ('new_contacts', 'follow_up_contacts')
-       AND (r.channel IS NULL OR r.channel = $2)
-     ORDER BY r.rule_id";
-
 /// A contact cap that applies to a line: every line of its scope counts its own.
 pub struct LineCap {
     pub rule_id: i64,
@@ -344,7 +324,9 @@ pub struct LineCap {
     pub window: Window,
 }
 
-/// The contact caps of `sender` on `channel` (none where the schema has no contact rules).
+/// The contact caps (new and follow-up contacts) of `sender` on `channel`, for capacity
+/// planning, named as `throttle.plan_lines` names them (none where the schema has no contact
+/// rules).
 pub fn line_caps(
     c: &SpiClient<'_>,
     sender: &str,
@@ -354,18 +336,18 @@ pub fn line_caps(
         return Ok(Vec::new());
     }
     let mut out = Vec::new();
-    for row in c.select(SQL_PLAN_CAPS, None, &[sender.into(), channel.into()])? {
-        let zone: Option<String> = row.get(5)?;
-        let Some(tz) = zone.and_then(|z| z.parse::<chrono_tz::Tz>().ok()) else {
+    for row in c.select(SQL_RULES, None, &[vec![sender.to_string()].into()])? {
+        let Some(r) = rule_of(&row)? else { continue };
+        if r.kind.counted_as().is_none() || !r.applies_to(channel) {
             continue;
-        };
-        let reset: String = row.get(4)?.unwrap_or_default();
+        }
+        let name: Option<String> = row.get(14)?;
         out.push(LineCap {
-            rule_id: row.get(1)?.unwrap_or(0),
-            name: row.get(6)?.unwrap_or_default(),
-            scope: row.get(7)?.unwrap_or_default(),
-            max: row.get::<i32>(2)?.unwrap_or(1).max(1) as u32,
-            window: window_of(row.get(3)?, &reset, tz),
+            rule_id: r.id,
+            name: name.unwrap_or_else(|| format!("{} (rule {})", r.kind.as_str(), r.id)),
+            scope: row.get(13)?.unwrap_or_default(),
+            max: r.max,
+            window: r.window,
         });
     }
     Ok(out)

@@ -120,7 +120,8 @@ pub struct Rule {
 }
 
 impl Rule {
-    fn applies_to(&self, channel: &str) -> bool {
+    /// Whether the rule counts messages on `channel`.
+    pub fn applies_to(&self, channel: &str) -> bool {
         self.channel.as_deref().is_none_or(|c| c == channel)
     }
 }
