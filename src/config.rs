@@ -267,7 +267,7 @@ impl PlanTable {
             let cap = (self.slots.len() * 2).max(64);
             let old = std::mem::replace(
                 &mut self.slots,
-                (0..cap).map(|_| PlanEntry::empty()).collect(),
+                crate::backend::huge_vec(cap, PlanEntry::empty),
             );
             for e in old.into_iter().filter(|e| e.hash != 0) {
                 self.place(e);
