@@ -194,3 +194,33 @@ pub fn huge_vec<T>(n: usize, fill: impl FnMut() -> T) -> Vec<T> {
     v.extend(std::iter::repeat_with(fill).take(n));
     v
 }
+
+/// Run as `owner` (the extension's owner) for as long as this guard lives, as a SECURITY
+/// DEFINER function would: for the statements on tables no other role may touch, run for a
+/// role already authorized for what they do. The guard puts the caller's identity back on
+/// drop; an error's abort restores it too.
+pub struct AsOwner(pg_sys::Oid, core::ffi::c_int);
+
+impl AsOwner {
+    pub fn set(owner: pg_sys::Oid) -> AsOwner {
+        let mut user = pg_sys::InvalidOid;
+        let mut sec: core::ffi::c_int = 0;
+        // SAFETY: both functions only read or write this backend's current user and security
+        // context (plain backend-local state); the pointers are to live locals.
+        unsafe {
+            pg_sys::GetUserIdAndSecContext(&mut user, &mut sec);
+            pg_sys::SetUserIdAndSecContext(
+                owner,
+                sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as core::ffi::c_int,
+            );
+        }
+        AsOwner(user, sec)
+    }
+}
+
+impl Drop for AsOwner {
+    fn drop(&mut self) {
+        // SAFETY: as in `set`: backend-local state, set back to what `set` found.
+        unsafe { pg_sys::SetUserIdAndSecContext(self.0, self.1) };
+    }
+}

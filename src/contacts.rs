@@ -52,6 +52,8 @@ pub struct Cache {
     labels: FxHashMap<i64, (String, Option<String>)>,
     /// Whether throttle.attempt exists (0.6.0; None: not looked yet).
     attempts: Option<bool>,
+    /// The owner of the contact tables (None: not looked yet).
+    owner: Option<pg_sys::Oid>,
 }
 
 impl Cache {
@@ -264,6 +266,24 @@ pub(crate) fn kept(
 
 fn us(t: Option<TimestampWithTimeZone>) -> Option<Micros> {
     t.map(i64::from)
+}
+
+const SQL_OWNER: &str =
+    "SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = 'throttle.contact_sent'::pg_catalog.regclass";
+
+/// The owner of the contact tables (read once per configuration): an admission, authorized
+/// for its sender first, reads and writes them as their owner, as `throttle.inbound()` does.
+fn owner(c: &SpiClient<'_>, cache: &mut Cache) -> pgrx::spi::Result<pg_sys::Oid> {
+    if let Some(o) = cache.owner {
+        return Ok(o);
+    }
+    let o = c
+        .select(SQL_OWNER, None, &[])?
+        .first()
+        .get::<pg_sys::Oid>(1)?
+        .unwrap_or(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID));
+    cache.owner = Some(o);
+    Ok(o)
 }
 
 /// Whether any contact rule exists (read once per configuration).
@@ -570,7 +590,9 @@ fn read_lines(
 /// An admission's conversation state: the rules of line `sender` and the state of it and of
 /// `recipient`, read under the line's lock (taken here, held to the end of the transaction:
 /// admissions on one line with contact rules take turns, and the worker leaves the line
-/// alone meanwhile). None when the line has no contact rules.
+/// alone meanwhile). What an earlier admission of the same transaction read or counted on
+/// the line is used as it is kept (see `contact_txn`). None when the line has no contact
+/// rules.
 pub fn read_one(
     c: &mut SpiClient<'_>,
     cache: &mut Cache,
@@ -579,6 +601,7 @@ pub fn read_one(
     channel: &str,
     now: Micros,
 ) -> pgrx::spi::Result<Option<(contact::Tick, Keys)>> {
+    use crate::contact_txn::{self as txn, Kept};
     let _generic = crate::backend::GenericPlans::set();
     if !any(c, cache)? {
         return Ok(None);
@@ -587,9 +610,8 @@ pub fn read_one(
     if rules.is_empty() {
         return Ok(None);
     }
-    let p = kept(c, SQL_LOCK_LINE, &[TEXTOID], true)?;
-    c.update(&*p, None, &[sender.into()])?;
-    let _latest = crate::backend::LatestSnapshot::push();
+    let owner = owner(c, cache)?;
+    let _owner = crate::backend::AsOwner::set(owner);
     let mut t = contact::Tick {
         queues: vec![Some((0, channel.to_string()))],
         lines: vec![(
@@ -602,20 +624,70 @@ pub fn read_one(
         busy: vec![false],
         ..contact::Tick::default()
     };
-    let p = kept(c, SQL_ONE, &[TEXTOID, TEXTOID], false)?;
-    for row in c.select(&*p, None, &[sender.into(), recipient.into()])? {
-        t.contacts.push(contact_of(&row, 1)?);
-    }
-    if t.contacts.is_empty() {
-        t.contacts.push(Contact::default());
-    }
     t.rows.insert(0, Some(0));
     let keys = Keys {
         lines: vec![sender.to_string()],
         contacts: vec![(0, recipient.to_string())],
     };
-    read_lines(c, &mut t, &keys.lines, now)?;
+    let starts = txn::starts(&rules, now);
+    let contact = match txn::lookup(sender, recipient, &rules, &starts) {
+        Kept::Line(line, contact) => {
+            t.lines[0].1 = line;
+            contact
+        }
+        Kept::Stale(contact) => {
+            // Written first, so that the use read again counts it.
+            txn::write_line(c, sender)?;
+            let _latest = crate::backend::LatestSnapshot::push();
+            read_lines(c, &mut t, &keys.lines, now)?;
+            contact
+        }
+        Kept::No => {
+            let p = kept(c, SQL_LOCK_LINE, &[TEXTOID], true)?;
+            c.update(&*p, None, &[sender.into()])?;
+            let _latest = crate::backend::LatestSnapshot::push();
+            read_lines(c, &mut t, &keys.lines, now)?;
+            None
+        }
+    };
+    let contact = match contact {
+        Some(ct) => ct,
+        None => {
+            let _latest = crate::backend::LatestSnapshot::push();
+            let p = kept(c, SQL_ONE, &[TEXTOID, TEXTOID], false)?;
+            let mut read = None;
+            for row in c.select(&*p, None, &[sender.into(), recipient.into()])? {
+                read = Some(contact_of(&row, 1)?);
+            }
+            read.unwrap_or_default()
+        }
+    };
+    t.contacts.push(contact);
+    crate::contact_txn::owned_by(owner);
+    kept_by_txn(&t, &keys, now);
     Ok(Some((t, keys)))
+}
+
+/// Keep the state of an admission's line and recipient (as read, or as counted) until its
+/// transaction ends, which writes what was counted (see `contact_txn`).
+pub fn kept_by_txn(t: &contact::Tick, keys: &Keys, now: Micros) {
+    let (Some((rules, line)), Some(contact), Some(sender), Some((_, recipient))) = (
+        t.lines.first(),
+        t.contacts.first(),
+        keys.lines.first(),
+        keys.contacts.first(),
+    ) else {
+        return;
+    };
+    crate::contact_txn::store(
+        sender,
+        rules,
+        line.clone(),
+        crate::contact_txn::starts(rules, now),
+        recipient,
+        contact.clone(),
+        now,
+    );
 }
 
 /// Write what the tick decided: its holds, and the state of the contacts and lines it counted

@@ -19,6 +19,9 @@ static TICKET: BackendLocal<Option<(i64, pg_sys::Oid)>> = BackendLocal::new(None
 /// A one-time ticket naming the calling role (see the module's documentation).
 #[pg_extern(volatile, parallel_unsafe)]
 fn consumer_ticket() -> i64 {
+    // A consumer (take, inbound) is about to act on the lines: what this transaction's
+    // admissions counted under contact rules is written first, so that it sees it.
+    crate::error::or_raise(crate::contact_txn::flush());
     let mut n = 0i64;
     // SAFETY: pg_strong_random writes exactly the given length into the buffer: here the 8
     // bytes of `n`, a live local.

@@ -700,3 +700,145 @@ fn a_client_holding_a_line_stalls_neither_the_worker_nor_other_lines() {
     tx.commit().expect("commit");
     assert_eq!(wait_ready(&mut c, &a, 3, 10), 3, "line A goes once it ends");
 }
+
+/// Admitted of `recipients`, each admitted at NOON + `offset`, in one statement.
+fn admit_all(c: &mut Client, sender: &str, recipients: &[String], offset: &str) -> i64 {
+    c.query_one(
+        &format!(
+            "SELECT count(*) FILTER (WHERE (throttle.throttle_admit($1, 'att', {NOON} + $2::text::interval,
+                                                                 1, 'sms', r)).admitted)
+               FROM unnest($3::text[]) WITH ORDINALITY AS u(r, o)"
+        ),
+        &[&sender, &offset, &recipients],
+    )
+    .expect("admit")
+    .get(0)
+}
+
+/// Contacts of `sender` counted as `kind` (1 new, 2 follow-up) in its rows.
+fn counted_rows(c: &mut Client, sender: &str, kind: i16) -> i64 {
+    count(
+        c,
+        &format!(
+            "SELECT count(*) FROM throttle.contact_sent WHERE sender = '{sender}' AND counted_as = {kind}"
+        ),
+    )
+}
+
+#[test]
+fn admissions_of_one_transaction_count_as_if_one_at_a_time() {
+    let server = Server::start("contacts-txn", &["throttle.worker_enabled = off"]);
+    let mut c = server.connect();
+    // Many admissions in one statement: exactly the cap, written once at commit, and the next
+    // transaction goes on from there.
+    line(
+        &mut c,
+        "tx-many",
+        "('new_contacts', 5, NULL, NULL, NULL, NULL)",
+    );
+    let to = numbers("+1555810", 9);
+    assert_eq!(admit_all(&mut c, "tx-many", &to[..8], "0"), 5);
+    assert_eq!(counted_rows(&mut c, "tx-many", 1), 5, "written at commit");
+    assert!(!admit(&mut c, "tx-many", &to[8], "1 minute", "sms").0);
+    assert!(
+        admit(&mut c, "tx-many", &to[0], "1 minute", "sms").0,
+        "counted today: free"
+    );
+
+    // The windows move on within a transaction: what was counted is written, and the use is
+    // read again for the new day.
+    line(
+        &mut c,
+        "tx-day",
+        "('new_contacts', 2, NULL, NULL, NULL, NULL)",
+    );
+    let to = numbers("+1555820", 5);
+    c.batch_execute("BEGIN").expect("begin");
+    assert_eq!(admit_all(&mut c, "tx-day", &to[..3], "0"), 2);
+    assert_eq!(
+        admit_all(&mut c, "tx-day", &to[2..5], "15 hours"),
+        2,
+        "after 03:00 New York, two more"
+    );
+    c.batch_execute("COMMIT").expect("commit");
+    assert_eq!(counted_rows(&mut c, "tx-day", 1), 4);
+
+    // An inbound message in the same transaction is seen by the admissions after it.
+    line(&mut c, "tx-in", "('unanswered', 2, NULL, NULL, NULL, NULL)");
+    c.batch_execute("BEGIN").expect("begin");
+    let one = vec!["+15558300000".to_string(); 3];
+    assert_eq!(admit_all(&mut c, "tx-in", &one, "0"), 2);
+    c.batch_execute(&format!(
+        "SELECT throttle.inbound('tx-in', '+15558300000', {NOON} + interval '1 minute')"
+    ))
+    .expect("inbound");
+    assert_eq!(
+        admit_all(&mut c, "tx-in", &one, "2 minutes"),
+        3,
+        "a reply came"
+    );
+    c.batch_execute("COMMIT").expect("commit");
+
+    // A savepoint rolled back releases the line's lock it took: what it counted is forgotten,
+    // and what others count meanwhile is read afresh, never written over.
+    line(
+        &mut c,
+        "tx-sub",
+        "('new_contacts', 2, NULL, NULL, NULL, NULL)",
+    );
+    let to = numbers("+1555840", 4);
+    c.batch_execute("BEGIN; SAVEPOINT a").expect("savepoint");
+    assert_eq!(admit_all(&mut c, "tx-sub", &to[..1], "0"), 1);
+    c.batch_execute("ROLLBACK TO SAVEPOINT a")
+        .expect("rollback to");
+    let mut other = server.connect();
+    other
+        .batch_execute("SET lock_timeout = '5s'")
+        .expect("lock timeout");
+    assert_eq!(
+        admit_all(&mut other, "tx-sub", &to[1..3], "0"),
+        2,
+        "the line's lock went with the savepoint"
+    );
+    assert_eq!(
+        admit_all(&mut c, "tx-sub", &to[3..4], "0"),
+        0,
+        "the other session's two are seen"
+    );
+    c.batch_execute("COMMIT").expect("commit");
+    let rows: Vec<String> = c
+        .query(
+            "SELECT contact FROM throttle.contact_sent WHERE sender = 'tx-sub' ORDER BY contact",
+            &[],
+        )
+        .expect("rows")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(rows, to[1..3].to_vec());
+}
+
+#[test]
+fn a_role_other_than_the_owner_admits_under_contact_rules_without_reading_their_tables() {
+    let server = Server::start("contacts-role", &["throttle.worker_enabled = off"]);
+    let mut c = server.connect();
+    line(
+        &mut c,
+        "rl-line",
+        "('new_contacts', 3, NULL, NULL, NULL, NULL)",
+    );
+    c.batch_execute(
+        "CREATE ROLE rl_app;
+         GRANT USAGE ON SCHEMA throttle TO rl_app;
+         SET ROLE rl_app",
+    )
+    .expect("a role");
+    let to = numbers("+1555850", 5);
+    assert_eq!(admit_all(&mut c, "rl-line", &to, "0"), 3);
+    let e = c
+        .query("SELECT count(*) FROM throttle.contact_sent", &[])
+        .expect_err("the contact tables stay the owner's");
+    assert_eq!(sqlstate(&e), "42501");
+    c.batch_execute("RESET ROLE").expect("reset role");
+    assert_eq!(counted_rows(&mut c, "rl-line", 1), 3);
+}

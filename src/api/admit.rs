@@ -704,8 +704,7 @@ fn admit_to<R>(
                     })?;
                     if matches!(outcome, Outcome::Admitted { .. }) {
                         t.count(0, 0, call.now);
-                        Spi::connect_mut(|c| crate::contacts::write_tick(c, &t, &keys, call.now))
-                            .map_err(|e| Box::new(error::internal(e)))?;
+                        crate::contacts::kept_by_txn(&t, &keys, call.now);
                     }
                     Ok(Some((n + n_rules, outcome, blocker)))
                 }
