@@ -888,6 +888,9 @@ fn platform(name: &str, lines: i64) -> (Server, f64) {
             "throttle.max_queue_caps = 110000",
             "throttle.max_cap_leases = 16384",
             "throttle.preload_senders = 200000",
+            // Huge pages where the machine has them reserved (vm.nr_hugepages), as a platform
+            // would configure: see the README's "At platform scale".
+            "huge_pages = try",
         ],
     );
     let mut c = server.connect();
@@ -915,6 +918,21 @@ fn platform(name: &str, lines: i64) -> (Server, f64) {
     );
     assert_eq!(counted, lines, "queue caps counted");
     (server, secs)
+}
+
+/// Huge pages the machine has taken or reserved (HugePages_Total - HugePages_Free +
+/// HugePages_Rsvd), MB.
+fn huge_pages_used_mb() -> i64 {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| -> i64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("HugePages_Total:") - field("HugePages_Free:") + field("HugePages_Rsvd:"))
+        * field("Hugepagesize:")
+        / 1024
 }
 
 /// Private memory of a backend, kB (RssAnon: not the shared memory it maps).
@@ -1013,6 +1031,10 @@ fn platform_scale(s: &mut Summary) {
     let (big, big_secs) = platform("bench-platform", BIG);
     let (small, small_secs) = platform("bench-platform-small", SMALL);
     println!("  configured in {big_secs:.1} s (the small one in {small_secs:.2} s)");
+    println!(
+        "  huge pages reserved or in use on this machine: {} MB (0: the servers' shared memory is in 4 kB pages)",
+        huge_pages_used_mb()
+    );
     s.value("platform", "configuration of 100,000 lines", big_secs, "s");
     let (mut b, mut m) = (big.connect(), small.connect());
     let tables: Vec<(String, i64, i64, i64)> = b
