@@ -35,6 +35,9 @@ struct TxnLine {
     /// Where each rule's window began when `line.used` was counted.
     starts: Vec<Micros>,
     contacts: FxHashMap<String, Contact>,
+    /// Recipients changed since the line was last written before commit (so a transaction
+    /// whose windows keep moving writes each change once, not everything at every move).
+    unwritten: rustc_hash::FxHashSet<String>,
 }
 
 #[derive(Default)]
@@ -117,6 +120,7 @@ pub fn store(
                 line: Line::default(),
                 starts: Vec::new(),
                 contacts: FxHashMap::default(),
+                unwritten: Default::default(),
             });
         l.rules = rules.clone();
         // A line's changes stay marked until they are written at commit.
@@ -124,6 +128,9 @@ pub fn store(
         l.line = line;
         l.line.dirty = dirty;
         l.starts = starts;
+        if contact.dirty {
+            l.unwritten.insert(recipient.to_string());
+        }
         match l.contacts.get_mut(recipient) {
             Some(c) => {
                 let dirty = c.dirty || contact.dirty;
@@ -158,12 +165,20 @@ fn changed(only: Option<&str>) -> (crate::limiter::contact::Tick, crate::contact
     with_state(|s| {
         let mut t = crate::limiter::contact::Tick::default();
         let mut keys = crate::contacts::Keys::default();
-        for (name, l) in &s.lines {
+        for (name, l) in &mut s.lines {
             if only.is_some_and(|o| o != name) {
                 continue;
             }
-            let dirty: Vec<(&String, &Contact)> =
-                l.contacts.iter().filter(|(_, c)| c.dirty).collect();
+            // Before commit: everything changed. Before a line is read again: what changed
+            // since its last write.
+            let dirty: Vec<(&String, &Contact)> = match only {
+                None => l.contacts.iter().filter(|(_, c)| c.dirty).collect(),
+                Some(_) => l
+                    .unwritten
+                    .iter()
+                    .filter_map(|k| l.contacts.get_key_value(k))
+                    .collect(),
+            };
             if !l.line.dirty && dirty.is_empty() {
                 continue;
             }
@@ -172,6 +187,9 @@ fn changed(only: Option<&str>) -> (crate::limiter::contact::Tick, crate::contact
             for (to, ct) in dirty {
                 t.contacts.push(ct.clone());
                 keys.contacts.push((t.lines.len() - 1, to.clone()));
+            }
+            if only.is_some() {
+                l.unwritten.clear();
             }
         }
         (t, keys, s.latest)
@@ -245,9 +263,19 @@ unsafe extern "C-unwind" fn subxact_callback(
                 l.sub = parent;
             }
         }),
-        pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB => {
-            with_state(|s| s.lines.retain(|_, l| l.sub != my))
-        }
+        pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB => with_state(|s| {
+            s.lines.retain(|_, l| l.sub != my);
+            // Writes made in it are undone: what the kept lines changed is unwritten again
+            // (their use, read again, must count it).
+            for l in s.lines.values_mut() {
+                l.unwritten = l
+                    .contacts
+                    .iter()
+                    .filter(|(_, c)| c.dirty)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+            }
+        }),
         _ => {}
     }
 }

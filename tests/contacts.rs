@@ -763,6 +763,28 @@ fn admissions_of_one_transaction_count_as_if_one_at_a_time() {
     c.batch_execute("COMMIT").expect("commit");
     assert_eq!(counted_rows(&mut c, "tx-day", 1), 4);
 
+    // A rolling window moves with every admission's time: each is judged on the use read
+    // again after what the ones before counted is written.
+    line(
+        &mut c,
+        "tx-roll",
+        "('new_contacts', 3, '1 hour', NULL, NULL, NULL)",
+    );
+    let to = numbers("+1555825", 8);
+    let admitted: i64 = c
+        .query_one(
+            &format!(
+                "SELECT count(*) FILTER (WHERE (throttle.throttle_admit('tx-roll', 'att',
+                            {NOON} + make_interval(secs => o::int), 1, 'sms', r)).admitted)
+                   FROM unnest($1::text[]) WITH ORDINALITY AS u(r, o)"
+            ),
+            &[&to],
+        )
+        .expect("admit")
+        .get(0);
+    assert_eq!(admitted, 3, "3 in any hour");
+    assert_eq!(counted_rows(&mut c, "tx-roll", 1), 3);
+
     // An inbound message in the same transaction is seen by the admissions after it.
     line(&mut c, "tx-in", "('unanswered', 2, NULL, NULL, NULL, NULL)");
     c.batch_execute("BEGIN").expect("begin");
