@@ -864,3 +864,70 @@ fn a_role_other_than_the_owner_admits_under_contact_rules_without_reading_their_
     c.batch_execute("RESET ROLE").expect("reset role");
     assert_eq!(counted_rows(&mut c, "rl-line", 1), 3);
 }
+
+/// The recipients `sender` has state for, sorted.
+fn contacts_of(c: &mut Client, sender: &str) -> Vec<String> {
+    c.query(
+        "SELECT contact FROM throttle.contact_sent WHERE sender = $1 ORDER BY contact",
+        &[&sender],
+    )
+    .expect("contacts")
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+#[test]
+fn counts_follow_commits_and_rollbacks_inside_procedures_and_exception_blocks() {
+    let server = Server::start("contacts-txn-ends", &["throttle.worker_enabled = off"]);
+    let mut c = server.connect();
+    for l in ["te-do", "te-exc", "te-proc", "te-rb"] {
+        line(&mut c, l, "('new_contacts', 50, NULL, NULL, NULL, NULL)");
+    }
+    let admit = |line: &str, to: &str| {
+        format!("PERFORM throttle.throttle_admit('{line}', 'att', now(), 1, 'sms', '{to}');")
+    };
+    // A COMMIT inside a DO block writes what came before it; the rest is written at the end.
+    c.batch_execute(&format!(
+        "DO $$ BEGIN {} COMMIT; {} END $$",
+        admit("te-do", "+15558600001"),
+        admit("te-do", "+15558600002")
+    ))
+    .expect("do");
+    assert_eq!(
+        contacts_of(&mut c, "te-do"),
+        ["+15558600001", "+15558600002"]
+    );
+    // An exception block that fails forgets the line it locked; what comes after counts.
+    c.batch_execute(&format!(
+        "DO $$ BEGIN
+             BEGIN {} RAISE EXCEPTION 'undone'; EXCEPTION WHEN raise_exception THEN NULL; END;
+             {}
+         END $$",
+        admit("te-exc", "+15558600003"),
+        admit("te-exc", "+15558600004")
+    ))
+    .expect("exception block");
+    assert_eq!(contacts_of(&mut c, "te-exc"), ["+15558600004"]);
+    // A procedure's COMMIT and ROLLBACK.
+    c.batch_execute(&format!(
+        "CREATE PROCEDURE te_proc() LANGUAGE plpgsql AS $$ BEGIN {} COMMIT; {} ROLLBACK; {} END $$",
+        admit("te-proc", "+15558600005"),
+        admit("te-proc", "+15558600006"),
+        admit("te-proc", "+15558600007")
+    ))
+    .expect("procedure");
+    // (Alone in its message: a CALL among other statements runs in a transaction block,
+    // where it may not commit.)
+    c.batch_execute("CALL te_proc()").expect("call");
+    assert_eq!(
+        contacts_of(&mut c, "te-proc"),
+        ["+15558600005", "+15558600007"]
+    );
+    // A transaction rolled back writes nothing.
+    c.batch_execute(
+        "BEGIN; SELECT throttle.throttle_admit('te-rb', 'att', now(), 1, 'sms', '+15558600008'); ROLLBACK;",
+    )
+    .expect("rollback");
+    assert!(contacts_of(&mut c, "te-rb").is_empty());
+}
