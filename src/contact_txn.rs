@@ -48,6 +48,8 @@ struct State {
     /// The owner of the contact tables, who writes them.
     owner: pg_sys::Oid,
     callbacks: bool,
+    /// Recipients kept, over every line.
+    kept: usize,
 }
 
 static STATE: BackendLocal<Option<State>> = BackendLocal::new(None);
@@ -139,6 +141,7 @@ pub fn store(
             }
             None => {
                 l.contacts.insert(recipient.to_string(), contact);
+                s.kept += 1;
             }
         }
         !std::mem::replace(&mut s.callbacks, true)
@@ -215,7 +218,27 @@ pub fn flush() -> crate::error::Fast<()> {
         Spi::connect_mut(|c| crate::contacts::write_tick(c, &t, &keys, latest))
             .map_err(|e| Box::new(crate::error::internal(e)))?;
     }
-    with_state(|s| s.lines.clear());
+    with_state(|s| {
+        s.lines.clear();
+        s.kept = 0;
+    });
+    Ok(())
+}
+
+/// Most recipients a transaction keeps (about 150 bytes each) before what it counted is
+/// written and what it read is forgotten.
+const MAX_KEPT: usize = 10_000;
+
+/// Bound what this transaction keeps: past [`MAX_KEPT`] recipients, write what was counted
+/// and forget what was read (the lines' locks stay held; later admissions read again). Only
+/// outside subtransactions: one that rolls back would undo the write, and what it forgot could
+/// then not be written again at commit.
+pub fn bound() -> crate::error::Fast<()> {
+    // SAFETY: GetCurrentTransactionNestLevel only reads backend-local transaction state.
+    let top = unsafe { pg_sys::GetCurrentTransactionNestLevel() } <= 1;
+    if top && with_state(|s| s.kept) > MAX_KEPT {
+        return flush();
+    }
     Ok(())
 }
 
@@ -240,6 +263,7 @@ unsafe extern "C-unwind" fn xact_callback(
         | XACT_EVENT_PARALLEL_ABORT => with_state(|s| {
             s.lines.clear();
             s.latest = 0;
+            s.kept = 0;
         }),
         _ => {}
     }
@@ -265,6 +289,7 @@ unsafe extern "C-unwind" fn subxact_callback(
         }),
         pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB => with_state(|s| {
             s.lines.retain(|_, l| l.sub != my);
+            s.kept = s.lines.values().map(|l| l.contacts.len()).sum();
             // Writes made in it are undone: what the kept lines changed is unwritten again
             // (their use, read again, must count it).
             for l in s.lines.values_mut() {

@@ -931,3 +931,27 @@ fn counts_follow_commits_and_rollbacks_inside_procedures_and_exception_blocks() 
     .expect("rollback");
     assert!(contacts_of(&mut c, "te-rb").is_empty());
 }
+
+#[test]
+fn a_transaction_past_10000_recipients_writes_what_it_counted_and_counts_on_exactly() {
+    let server = Server::start("contacts-txn-bound", &["throttle.worker_enabled = off"]);
+    let mut c = server.connect();
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender) VALUES ('tb-line');
+         INSERT INTO throttle.rate_limit (scope, scope_id, rate, per) VALUES ('sender', 'tb-line', 1000000, '1 second');
+         INSERT INTO throttle.contact_rule (scope, scope_id, kind, max_count) VALUES ('sender', 'tb-line', 'new_contacts', 10500);",
+    )
+    .expect("configure");
+    // One statement: past 10,000 kept recipients the transaction writes and reads again.
+    let admitted: i64 = c
+        .query_one(
+            "SELECT count(*) FILTER (WHERE (throttle.throttle_admit('tb-line', 'att', now(), 1, 'sms',
+                                                                   '+1555' || g)).admitted)
+               FROM generate_series(1, 10600) g",
+            &[],
+        )
+        .expect("admit")
+        .get(0);
+    assert_eq!(admitted, 10_500, "exactly the cap across the write");
+    assert_eq!(counted_rows(&mut c, "tb-line", 1), 10_500);
+}

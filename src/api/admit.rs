@@ -726,6 +726,7 @@ fn admit_to<R>(
         }
     };
     CONTACT_RULES.with(|c| *c = Some((generation, cache)));
+    crate::contact_txn::bound()?;
     match outcome? {
         None => decide(call, true, then),
         Some((n, outcome, blocker)) => then(
