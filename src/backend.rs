@@ -196,13 +196,17 @@ pub fn huge_vec<T>(n: usize, fill: impl FnMut() -> T) -> Vec<T> {
 }
 
 /// Run as `owner` (the extension's owner) for as long as this guard lives, as a SECURITY
-/// DEFINER function would: for the statements on tables no other role may touch, run for a
-/// role already authorized for what they do. The guard puts the caller's identity back on
-/// drop; an error's abort restores it too.
-pub struct AsOwner(pg_sys::Oid, core::ffi::c_int);
+/// DEFINER function with `SET search_path = pg_catalog` would: for the statements on tables
+/// no other role may touch, run for a role already authorized for what they do. Names resolve
+/// in pg_catalog only meanwhile ([`CatalogSearchPath`]), so no function or operator the
+/// caller put in their search path runs as the owner (a cached plan is analysed again under
+/// the path current when it runs). The guard puts the caller's identity and path back on
+/// drop; an error's abort restores them too.
+pub struct AsOwner(pg_sys::Oid, core::ffi::c_int, CatalogSearchPath);
 
 impl AsOwner {
     pub fn set(owner: pg_sys::Oid) -> AsOwner {
+        let path = CatalogSearchPath::push();
         let mut user = pg_sys::InvalidOid;
         let mut sec: core::ffi::c_int = 0;
         // SAFETY: both functions only read or write this backend's current user and security
@@ -214,7 +218,7 @@ impl AsOwner {
                 sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as core::ffi::c_int,
             );
         }
-        AsOwner(user, sec)
+        AsOwner(user, sec, path)
     }
 }
 
@@ -222,5 +226,35 @@ impl Drop for AsOwner {
     fn drop(&mut self) {
         // SAFETY: as in `set`: backend-local state, set back to what `set` found.
         unsafe { pg_sys::SetUserIdAndSecContext(self.0, self.1) };
+    }
+}
+
+/// Resolve names as if the search path held only `pg_catalog`, for as long as this guard
+/// lives (see [`AsOwner`]). The guard pops it on drop, on every path out; an error's abort
+/// drops any left over.
+pub struct CatalogSearchPath(());
+
+impl CatalogSearchPath {
+    pub fn push() -> CatalogSearchPath {
+        let mut path = pg_sys::OverrideSearchPath {
+            schemas: std::ptr::null_mut(),
+            addCatalog: true,
+            addTemp: false,
+            generation: 0,
+        };
+        // SAFETY: PushOverrideSearchPath copies the path it is given (an empty schema list,
+        // with pg_catalog and without pg_temp) into its own memory before returning, so the
+        // local may go; it raises no error for such a path.
+        unsafe { pg_sys::PushOverrideSearchPath(&mut path) };
+        CatalogSearchPath(())
+    }
+}
+
+impl Drop for CatalogSearchPath {
+    fn drop(&mut self) {
+        // SAFETY: pops the entry `push` pushed: guards live in one scope each and are dropped
+        // in reverse order, and nothing between pushes an override of its own without
+        // popping it.
+        unsafe { pg_sys::PopOverrideSearchPath() };
     }
 }

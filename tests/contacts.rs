@@ -852,16 +852,34 @@ fn a_role_other_than_the_owner_admits_under_contact_rules_without_reading_their_
     c.batch_execute(
         "CREATE ROLE rl_app;
          GRANT USAGE ON SCHEMA throttle TO rl_app;
+         CREATE SCHEMA rl_own AUTHORIZATION rl_app;
          SET ROLE rl_app",
     )
     .expect("a role");
+    // The role's own `=` for text, first in its search path: it must never run as the
+    // owner, who reads and writes the contact tables for the role.
+    c.batch_execute(
+        "CREATE FUNCTION rl_own.spy_eq(a text, b text) RETURNS boolean LANGUAGE plpgsql AS $$
+         BEGIN
+             IF current_user <> 'rl_app' THEN
+                 RAISE EXCEPTION 'the role''s operator ran as %', current_user;
+             END IF;
+             RETURN a OPERATOR(pg_catalog.=) b;
+         END $$;
+         CREATE OPERATOR rl_own.= (LEFTARG = text, RIGHTARG = text, FUNCTION = rl_own.spy_eq);
+         SET search_path = rl_own, pg_catalog, public",
+    )
+    .expect("an operator of the role's own");
     let to = numbers("+1555850", 5);
-    assert_eq!(admit_all(&mut c, "rl-line", &to, "0"), 3);
+    assert_eq!(admit_all(&mut c, "rl-line", &to[..2], "0"), 2);
+    // (Now the contact tables have rows for the operator to be called on.)
+    assert_eq!(admit_all(&mut c, "rl-line", &to[2..], "0"), 1);
     let e = c
         .query("SELECT count(*) FROM throttle.contact_sent", &[])
         .expect_err("the contact tables stay the owner's");
     assert_eq!(sqlstate(&e), "42501");
-    c.batch_execute("RESET ROLE").expect("reset role");
+    c.batch_execute("RESET ROLE; RESET search_path")
+        .expect("reset role");
     assert_eq!(counted_rows(&mut c, "rl-line", 1), 3);
 }
 
