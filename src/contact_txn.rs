@@ -225,7 +225,8 @@ pub fn flush() -> crate::error::Fast<()> {
     Ok(())
 }
 
-/// Most recipients a transaction keeps (about 150 bytes each) before what it counted is
+/// Most recipients a transaction keeps (each a key, a state and a hash entry: a hundred
+/// bytes or more) before what it counted is
 /// written and what it read is forgotten.
 const MAX_KEPT: usize = 10_000;
 
@@ -245,7 +246,7 @@ pub fn bound() -> crate::error::Fast<()> {
 /// Before commit (or PREPARE): write what was counted. At the end: forget it all.
 ///
 /// # Safety
-/// Called only by PostgreSQL, as the transaction callback [`keep`] registered.
+/// Called only by PostgreSQL, as the transaction callback [`store`] registered.
 #[pg_guard]
 unsafe extern "C-unwind" fn xact_callback(
     event: pg_sys::XactEvent::Type,
@@ -273,7 +274,7 @@ unsafe extern "C-unwind" fn xact_callback(
 /// forgotten, their locks released (abort).
 ///
 /// # Safety
-/// Called only by PostgreSQL, as the subtransaction callback [`keep`] registered.
+/// Called only by PostgreSQL, as the subtransaction callback [`store`] registered.
 #[pg_guard]
 unsafe extern "C-unwind" fn subxact_callback(
     event: pg_sys::SubXactEvent::Type,
