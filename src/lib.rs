@@ -16,6 +16,7 @@ mod contacts;
 mod delivery;
 mod error;
 mod feedback;
+mod generic_plan;
 mod gucs;
 mod hooks;
 mod queue;

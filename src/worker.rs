@@ -11,6 +11,7 @@
 
 use crate::backend::LatestSnapshot;
 use crate::caps::{self, Action, CapDef};
+use crate::generic_plan::GenericPlan;
 use crate::limiter::calendar::Calendar;
 use crate::limiter::cap::CapRule;
 use crate::limiter::schedule::{self, Row, Scheduler, Verdict};
@@ -99,6 +100,21 @@ const SQL_FETCH_AFTER: &str = fetch_sql!(
     " AND p.priority = q.rp AND p.id > q.ri",
     "p.id"
 );
+/// The columns [`SQL_FETCH`] and [`SQL_FETCH_AFTER`] return: queue position, ctid, id, cost,
+/// priority.
+const FETCH_COLUMNS: [pg_sys::Oid; 5] = [
+    pg_sys::INT4OID,
+    pg_sys::TIDOID,
+    pg_sys::INT8OID,
+    pg_sys::INT4OID,
+    pg_sys::INT2OID,
+];
+
+/// A statement's text as a C string (statements are constants without NUL bytes).
+fn sql_c(sql: &str) -> std::ffi::CString {
+    std::ffi::CString::new(sql).unwrap_or_default()
+}
+
 /// Move the rows at these ctids (fetched in this transaction: a row updated meanwhile by
 /// someone else has moved on and stays, its token wasted, never overspent) and count them per
 /// queue (for the queue caps).
@@ -204,8 +220,8 @@ struct Stmts {
     discover_all: OwnedPreparedStatement,
     known: OwnedPreparedStatement,
     limit_ids: OwnedPreparedStatement,
-    fetch: OwnedPreparedStatement,
-    fetch_after: OwnedPreparedStatement,
+    fetch: GenericPlan,
+    fetch_after: GenericPlan,
     notify_ready: OwnedPreparedStatement,
     mv: OwnedPreparedStatement,
     mv_counted: OwnedPreparedStatement,
@@ -233,32 +249,32 @@ impl Stmts {
             limit_ids: c
                 .prepare("SELECT limit_id FROM throttle.rate_limit", &[])?
                 .keep(),
-            fetch: c
-                .prepare(
-                    SQL_FETCH,
-                    &[
-                        texts[0],
-                        texts[1],
-                        texts[2],
-                        oid(INT4ARRAYOID),
-                        oid(TIMESTAMPTZOID),
-                    ],
-                )?
-                .keep(),
-            fetch_after: c
-                .prepare(
-                    SQL_FETCH_AFTER,
-                    &[
-                        texts[0],
-                        texts[1],
-                        texts[2],
-                        oid(INT4ARRAYOID),
-                        oid(TIMESTAMPTZOID),
-                        oid(INT2ARRAYOID),
-                        oid(INT8ARRAYOID),
-                    ],
-                )?
-                .keep(),
+            fetch: GenericPlan::prepare(
+                c,
+                &sql_c(SQL_FETCH),
+                &[
+                    TEXTARRAYOID.value(),
+                    TEXTARRAYOID.value(),
+                    TEXTARRAYOID.value(),
+                    INT4ARRAYOID.value(),
+                    TIMESTAMPTZOID.value(),
+                ],
+                &FETCH_COLUMNS,
+            )?,
+            fetch_after: GenericPlan::prepare(
+                c,
+                &sql_c(SQL_FETCH_AFTER),
+                &[
+                    TEXTARRAYOID.value(),
+                    TEXTARRAYOID.value(),
+                    TEXTARRAYOID.value(),
+                    INT4ARRAYOID.value(),
+                    TIMESTAMPTZOID.value(),
+                    INT2ARRAYOID.value(),
+                    INT8ARRAYOID.value(),
+                ],
+                &FETCH_COLUMNS,
+            )?,
             notify_ready: c
                 .prepare_mut("SELECT pg_notify('throttle_ready', $1)", &[oid(TEXTOID)])?
                 .keep(),
@@ -1200,17 +1216,29 @@ impl Worker {
                     ri.push(r.id);
                 }
             }
-            let mut args: Vec<DatumWithOid> =
-                vec![s.into(), ca.into(), ch.into(), n.into(), ts(now).into()];
+            let mut args = vec![
+                s.into_datum(),
+                ca.into_datum(),
+                ch.into_datum(),
+                n.into_datum(),
+            ];
+            args.push(ts(now).into_datum());
             if !rp.is_empty() {
-                args.extend([rp.into(), ri.into()]);
+                args.extend([rp.into_datum(), ri.into_datum()]);
             }
-            for row in c.select(stmt, None, &args)? {
-                let k: i32 = row.get(1)?.unwrap_or(0);
-                let ctid: Option<pg_sys::ItemPointerData> = row.get(2)?;
-                let id: i64 = row.get(3)?.unwrap_or(0);
-                let cost: i32 = row.get(4)?.unwrap_or(1);
-                let priority: i16 = row.get(5)?.unwrap_or(0);
+            let args: Option<Vec<pg_sys::Datum>> = args.into_iter().collect();
+            let args = args.ok_or(pgrx::spi::SpiError::SpiError(
+                pgrx::spi::SpiErrorCodes::Param,
+            ))?;
+            stmt.for_each(c, &args, |[k, ctid, id, cost, priority]| {
+                // FETCH_COLUMNS: int4, tid (by reference: copied here), int8, int4, int2.
+                let k = k.map_or(0, |d| d.value() as i32);
+                // SAFETY: a non-NULL tid datum points at an ItemPointerData of the row being
+                // read, alive while this closure runs; it is copied out.
+                let ctid = ctid.map(|d| unsafe { *d.cast_mut_ptr::<pg_sys::ItemPointerData>() });
+                let id = id.map_or(0, |d| d.value() as i64);
+                let cost = cost.map_or(1, |d| d.value() as i32);
+                let priority = priority.map_or(0, |d| d.value() as i16);
                 let at = (k as usize).checked_sub(1).and_then(|k| which.get(k));
                 if let (Some(&i), Some(ctid)) = (at, ctid) {
                     f.ctids.insert(id, ctid);
@@ -1220,7 +1248,7 @@ impl Worker {
                         cost: cost.max(1) as u64,
                     });
                 }
-            }
+            })?;
         }
         // Each batch in its queue's order (the rows mostly come in it: a sort of sorted rows).
         for b in &mut f.batches {
