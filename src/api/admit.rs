@@ -437,6 +437,43 @@ unsafe fn plain_text<'a>(a: &pg_sys::NullableDatum) -> Option<&'a [u8]> {
     }
 }
 
+/// The arguments of `try_admit` or `throttle_admit` when they need nothing but the common
+/// case: all plain (not toasted) and valid; None sends the call down
+/// the general path, which gives each other case its proper answer or error.
+///
+/// # Safety
+/// `fcinfo` is the call information of `try_admit` or `throttle_admit`, running now; the
+/// bytes are used only while the call lasts (`'a`).
+#[inline(always)]
+unsafe fn fast_args<'a>(fcinfo: pg_sys::FunctionCallInfo) -> Option<Call<'a>> {
+    // SAFETY: `fcinfo` is the live call information of one of the two functions (the caller's
+    // contract). `nargs` is checked to be 5 before the five entries of `args` are viewed;
+    // arguments 0, 1 and 4 are declared `text` (as `plain_text` needs) and 2 and 3 are
+    // pass-by-value timestamptz and integer datums, read as such after their NULL flags are
+    // checked.
+    unsafe {
+        if (*fcinfo).nargs != 5 {
+            return None;
+        }
+        let args = (*fcinfo).args.as_slice(5);
+        let sender = plain_text(&args[0])?;
+        let carrier = plain_text(&args[1])?;
+        let channel = plain_text(&args[4])?;
+        if args[2].isnull || args[3].isnull {
+            return None;
+        }
+        let now = checked_ts(args[2].value.value() as i64).ok()?;
+        let cost = checked_cost(args[3].value.value() as i32).ok()?;
+        Some(Call {
+            sender,
+            carrier,
+            channel,
+            now,
+            cost,
+        })
+    }
+}
+
 /// `try_admit`'s common case as one function with a scalar answer (a `Result` travelling
 /// back through memory cost more than the admission's arithmetic): 0 refused, 1 admitted,
 /// 2 take the general path, which handles everything else (NULLs, bad values, detoasting,
@@ -447,42 +484,48 @@ unsafe fn plain_text<'a>(a: &pg_sys::NullableDatum) -> Option<&'a [u8]> {
 #[inline(never)]
 unsafe fn try_admit_fast(fcinfo: pg_sys::FunctionCallInfo) -> u8 {
     // SAFETY: `fcinfo` is the live call information of `try_admit` (the caller's contract).
-    // `nargs` is checked to be 5 before the five entries of `args` are viewed; arguments 0, 1
-    // and 4 are declared `text` (as `plain_text` needs) and 2 and 3 are pass-by-value
-    // timestamptz and integer datums, read as such after their NULL flags are checked.
-    unsafe {
-        if (*fcinfo).nargs != 5 {
+    let Some(c) = (unsafe { fast_args(fcinfo) }) else {
+        return 2;
+    };
+    config::with_cached_plan(c.sender, c.carrier, c.channel, |plan, hint| {
+        if plan.caps || !plan.allowed() {
             return 2;
         }
-        let args = (*fcinfo).args.as_slice(5);
-        let (Some(sender), Some(carrier), Some(channel)) = (
-            plain_text(&args[0]),
-            plain_text(&args[1]),
-            plain_text(&args[4]),
-        ) else {
-            return 2;
-        };
-        if args[2].isnull || args[3].isnull {
-            return 2;
+        match shmem::admit_hinted(plan.wants, plan.partitions, c.cost, c.now, false, hint) {
+            Ok(Outcome::Admitted { .. }) => 1,
+            Ok(Outcome::Refused { .. }) => 0,
+            Err(_) => 2,
         }
-        let (Ok(now), Ok(cost)) = (
-            checked_ts(args[2].value.value() as i64),
-            checked_cost(args[3].value.value() as i32),
-        ) else {
-            return 2;
-        };
-        config::with_cached_plan(sender, carrier, channel, |plan, hint| {
-            if plan.caps || !plan.allowed() {
-                return 2;
-            }
-            match shmem::admit_hinted(plan.wants, plan.partitions, cost, now, false, hint) {
-                Ok(Outcome::Admitted { .. }) => 1,
-                Ok(Outcome::Refused { .. }) => 0,
-                Err(_) => 2,
-            }
+    })
+    .unwrap_or(2)
+}
+
+/// `throttle_admit`'s common case, as [`try_admit_fast`]: the plan is cached, no calendar cap
+/// applies, the role may act for the sender. The answer's row type is looked up first, so
+/// once buckets are debited nothing can send the call down the general path (which would
+/// debit them again). None: take the general path.
+///
+/// # Safety
+/// `fcinfo` is the call information of `throttle_admit`, running now.
+#[inline(never)]
+unsafe fn throttle_admit_fast(fcinfo: pg_sys::FunctionCallInfo) -> Option<pg_sys::Datum> {
+    // SAFETY: `fcinfo` is the live call information of `throttle_admit` (the caller's
+    // contract), a function returning the composite `throttle.admission`.
+    let c = unsafe { fast_args(fcinfo) }?;
+    // SAFETY: as above; an error finding the type is left to the general path to raise.
+    let desc = unsafe { admission_desc(fcinfo) }.ok()?;
+    config::with_cached_plan(c.sender, c.carrier, c.channel, |plan, hint| {
+        if plan.caps || !plan.allowed() {
+            return None;
+        }
+        let outcome =
+            shmem::admit_hinted(plan.wants, plan.partitions, c.cost, c.now, true, hint).ok()?;
+        // SAFETY: `desc` is the blessed descriptor of `throttle.admission` found above.
+        Some(unsafe {
+            admission_tuple(desc, plan.wants.len(), outcome, blocker_of(plan, &outcome))
         })
-        .unwrap_or(2)
-    }
+    })
+    .flatten()
 }
 
 /// `throttle.try_admit(sender, carrier, ts, cost, channel) → boolean`: true when admitted
@@ -525,6 +568,11 @@ pub extern "C" fn pg_finfo_pg_throttle_admit() -> &'static pg_sys::Pg_finfo_reco
 pub unsafe extern "C-unwind" fn pg_throttle_admit(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
+    // SAFETY: PostgreSQL calls this V1 function with the call information of
+    // `throttle.throttle_admit`, whose SQL declaration (above) has the arguments it reads.
+    if let Some(d) = unsafe { throttle_admit_fast(fcinfo) } {
+        return d;
+    }
     // SAFETY: `fcinfo` is the call information of `throttle.throttle_admit`, running now; the
     // `Call` borrowed from its arguments is dropped before this function returns.
     let r = unsafe { read_call(fcinfo) }.and_then(|call| {
@@ -550,6 +598,20 @@ unsafe fn admission_datum(
     // SAFETY: `fcinfo` is the live call information of `throttle_admit` (the caller's
     // contract), a function returning the composite `throttle.admission`.
     let desc = unsafe { admission_desc(fcinfo)? };
+    // SAFETY: `desc` is that type's blessed descriptor.
+    Ok(unsafe { admission_tuple(desc, limits, outcome, blocked) })
+}
+
+/// A `throttle.admission` row with these fields, formed with its descriptor `desc`.
+///
+/// # Safety
+/// `desc` is the blessed descriptor of `throttle.admission` (from [`admission_desc`]).
+unsafe fn admission_tuple(
+    desc: pg_sys::TupleDesc,
+    limits: usize,
+    outcome: Outcome,
+    blocked: Option<(i64, &str)>,
+) -> pg_sys::Datum {
     let mut values = [pg_sys::Datum::from(0usize); 6];
     let mut nulls = [true; 6];
     let mut set = |i: usize, d: pg_sys::Datum| {
@@ -589,7 +651,7 @@ unsafe fn admission_datum(
     unsafe {
         let tuple = pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
         // No field is toasted, so the tuple header is the composite datum.
-        Ok(pg_sys::Datum::from((*tuple).t_data))
+        pg_sys::Datum::from((*tuple).t_data)
     }
 }
 
