@@ -156,39 +156,47 @@ pub unsafe extern "C-unwind" fn pg_throttle_pending_changed(
             h.write(text_bytes(d));
             h.write_u8(0);
         }
-        let queue = (h.finish(), pg_sys::GetCurrentSubTransactionId());
-        let register = with_noted(|n| {
-            if n.queues.insert(queue) {
-                n.ids.push(id);
-            }
-            !std::mem::replace(&mut n.registered, true)
-        });
-        if register {
-            register_xact_callback(PgXactCallbackEvent::Commit, || {
-                let (ids, rescan) = with_noted(|n| {
-                    n.queues.clear();
-                    n.registered = false;
-                    (std::mem::take(&mut n.ids), std::mem::take(&mut n.rescan))
-                });
-                shmem::ring_push(&ids, rescan);
-            });
-            // A prepared transaction's rows become visible at COMMIT PREPARED, in another
-            // session, after any callback here: refuse rather than lose track of them.
-            crate::error::refuse_prepare(
-                "cannot PREPARE a transaction that enqueued messages into throttle.pending",
-                "Commit it directly; pg_throttle hands new messages to its worker at commit.",
-            );
-            register_xact_callback(PgXactCallbackEvent::Abort, || {
-                with_noted(|n| {
-                    n.queues.clear();
-                    n.ids.clear();
-                    n.registered = false;
-                    n.rescan = false;
-                });
-            });
-        }
+        note(id, h.finish());
         // AFTER trigger: the return value is ignored.
         pg_sys::Datum::from(0usize)
+    }
+}
+
+/// Note new row `id` of the queue hashed `queue` for the worker: once per queue and
+/// subtransaction (the worker fetches the rest by queue). The transaction's first note
+/// registers the callbacks that hand the ids over at commit and forget them on abort.
+fn note(id: i64, queue: u64) {
+    // SAFETY: GetCurrentSubTransactionId only reads backend-local state.
+    let queue = (queue, unsafe { pg_sys::GetCurrentSubTransactionId() });
+    let register = with_noted(|n| {
+        if n.queues.insert(queue) {
+            n.ids.push(id);
+        }
+        !std::mem::replace(&mut n.registered, true)
+    });
+    if register {
+        register_xact_callback(PgXactCallbackEvent::Commit, || {
+            let (ids, rescan) = with_noted(|n| {
+                n.queues.clear();
+                n.registered = false;
+                (std::mem::take(&mut n.ids), std::mem::take(&mut n.rescan))
+            });
+            shmem::ring_push(&ids, rescan);
+        });
+        // A prepared transaction's rows become visible at COMMIT PREPARED, in another
+        // session, after any callback here: refuse rather than lose track of them.
+        crate::error::refuse_prepare(
+            "cannot PREPARE a transaction that enqueued messages into throttle.pending",
+            "Commit it directly; pg_throttle hands new messages to its worker at commit.",
+        );
+        register_xact_callback(PgXactCallbackEvent::Abort, || {
+            with_noted(|n| {
+                n.queues.clear();
+                n.ids.clear();
+                n.registered = false;
+                n.rescan = false;
+            });
+        });
     }
 }
 

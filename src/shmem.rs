@@ -307,42 +307,7 @@ unsafe extern "C-unwind" fn startup_hook() {
         // bytes, the others by their offsets) and within the segment, which holds the header,
         // PARTITIONS * spp slots and the caps area.
         unsafe {
-            header.write(Header {
-                magic: MAGIC,
-                slots_per_part: spp as u64,
-                max_buckets: max as u64,
-                started_at,
-                config_gen: AtomicU64::new(1),
-                live: AtomicI64::new(0),
-                parts: std::array::from_fn(|_| PartLock {
-                    locked: AtomicU32::new(0),
-                    len: 0,
-                }),
-                worker: WorkerShared {
-                    latch: AtomicPtr::new(null_mut()),
-                    pid: AtomicI32::new(0),
-                    last_tick_at: AtomicI64::new(0),
-                    ticks: AtomicU64::new(0),
-                    released: AtomicU64::new(0),
-                    dead: AtomicU64::new(0),
-                    queues: AtomicU64::new(0),
-                    parked: AtomicU64::new(0),
-                    failed: AtomicU64::new(0),
-                    late_us: AtomicI64::new(0),
-                    database: AtomicU32::new(0),
-                    db_gone: AtomicBool::new(false),
-                    per_s_milli: AtomicU64::new(0),
-                    rate_t0: AtomicI64::new(0),
-                    rate_n0: AtomicU64::new(0),
-                    inflight_due: AtomicI64::new(i64::MAX),
-                },
-                ring: RingHead {
-                    locked: AtomicU32::new(0),
-                    overflowed: false,
-                    head: 0,
-                    tail: 0,
-                },
-            });
+            header.write(new_header(spp, max, started_at));
             for i in 0..PARTITIONS * spp {
                 slots.add(i).write(empty);
             }
@@ -368,6 +333,46 @@ unsafe extern "C-unwind" fn startup_hook() {
         };
     }
     drop(init_lock);
+}
+
+/// The header of a segment just made: no bucket live, no worker yet, the ring empty.
+fn new_header(spp: usize, max: usize, started_at: Micros) -> Header {
+    Header {
+        magic: MAGIC,
+        slots_per_part: spp as u64,
+        max_buckets: max as u64,
+        started_at,
+        config_gen: AtomicU64::new(1),
+        live: AtomicI64::new(0),
+        parts: std::array::from_fn(|_| PartLock {
+            locked: AtomicU32::new(0),
+            len: 0,
+        }),
+        worker: WorkerShared {
+            latch: AtomicPtr::new(null_mut()),
+            pid: AtomicI32::new(0),
+            last_tick_at: AtomicI64::new(0),
+            ticks: AtomicU64::new(0),
+            released: AtomicU64::new(0),
+            dead: AtomicU64::new(0),
+            queues: AtomicU64::new(0),
+            parked: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            late_us: AtomicI64::new(0),
+            database: AtomicU32::new(0),
+            db_gone: AtomicBool::new(false),
+            per_s_milli: AtomicU64::new(0),
+            rate_t0: AtomicI64::new(0),
+            rate_n0: AtomicU64::new(0),
+            inflight_due: AtomicI64::new(i64::MAX),
+        },
+        ring: RingHead {
+            locked: AtomicU32::new(0),
+            overflowed: false,
+            head: 0,
+            tail: 0,
+        },
+    }
 }
 
 /// Shared memory is not there: the library was not in `shared_preload_libraries`.
