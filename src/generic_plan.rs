@@ -10,6 +10,10 @@
 //! - **several guarded calls per column**: each `get` checks the column's type and crosses
 //!   into PostgreSQL through a `sigsetjmp`. Here each row is deformed by one call and the
 //!   columns, whose types are checked once per execution, are read from the arrays.
+//!
+//! (The contact statements get generic plans from [`crate::backend::GenericPlans`], a guard
+//! over `plan_cache_mode` around pgrx's statements. Here the plan carries the option itself,
+//! and the rows are read without pgrx's per-column calls, which the fetch needed as well.)
 
 use pgrx::pg_sys;
 use pgrx::spi::{Spi, SpiClient, SpiError, SpiErrorCodes};
