@@ -51,15 +51,13 @@ impl GenericPlan {
         };
         let Some(plan) = NonNull::new(plan) else {
             // SAFETY: SPI_result is a plain int SPI sets in this backend's one thread.
-            Spi::check_status(unsafe { pg_sys::SPI_result })?;
-            return Err(SpiError::SpiError(SpiErrorCodes::Argument));
+            return Err(spi_error(unsafe { pg_sys::SPI_result }));
         };
         // SAFETY: `plan` was just returned by SPI_prepare_cursor and is not kept yet; 0 is
         // success, anything else an error code.
         let kept = unsafe { pg_sys::SPI_keepplan(plan.as_ptr()) };
         if kept != 0 {
-            Spi::check_status(kept)?;
-            return Err(SpiError::SpiError(SpiErrorCodes::Argument));
+            return Err(spi_error(kept));
         }
         Ok(GenericPlan { plan, columns })
     }
@@ -135,6 +133,17 @@ impl GenericPlan {
             Ok(n)
         }
     }
+}
+
+/// The error for an SPI failure code (`Argument` when the code is not one: pgrx's
+/// `check_status` panics on codes it does not know).
+fn spi_error(code: i32) -> SpiError {
+    if code < 0 {
+        if let Err(e) = Spi::check_status(code) {
+            return e;
+        }
+    }
+    SpiError::SpiError(SpiErrorCodes::Argument)
 }
 
 impl Drop for GenericPlan {
