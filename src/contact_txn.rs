@@ -225,9 +225,8 @@ pub fn flush() -> crate::error::Fast<()> {
     Ok(())
 }
 
-/// Most recipients a transaction keeps (each a key, a state and a hash entry: a hundred
-/// bytes or more) before what it counted is
-/// written and what it read is forgotten.
+/// Most recipients a transaction keeps (each a key, a state and a hash entry) before what it
+/// counted is written and what it read is forgotten.
 const MAX_KEPT: usize = 10_000;
 
 /// Bound what this transaction keeps: past [`MAX_KEPT`] recipients, write what was counted

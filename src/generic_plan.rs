@@ -17,7 +17,7 @@
 
 use pgrx::pg_sys;
 use pgrx::spi::{Spi, SpiClient, SpiError, SpiErrorCodes};
-use std::ffi::CStr;
+use std::ffi::CString;
 use std::ptr::NonNull;
 
 /// A kept SPI plan that always uses its generic plan; freed on drop.
@@ -32,10 +32,12 @@ impl GenericPlan {
     /// it for the life of the backend (`_c`: SPI is connected).
     pub fn prepare(
         _c: &SpiClient<'_>,
-        sql: &CStr,
+        sql: &str,
         args: &[pg_sys::Oid],
         columns: &'static [pg_sys::Oid],
     ) -> pgrx::spi::Result<GenericPlan> {
+        // Statement text never holds a NUL byte; one that did could not be prepared anyway.
+        let sql = CString::new(sql).map_err(|_| SpiError::SpiError(SpiErrorCodes::Argument))?;
         let mut types = args.to_vec();
         let nargs = i32::try_from(types.len()).unwrap_or(i32::MAX);
         // SAFETY: `sql` is a NUL-terminated string and `types` holds `nargs` type oids, both

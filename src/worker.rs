@@ -110,11 +110,6 @@ const FETCH_COLUMNS: [pg_sys::Oid; 5] = [
     pg_sys::INT2OID,
 ];
 
-/// A statement's text as a C string (statements are constants without NUL bytes).
-fn sql_c(sql: &str) -> std::ffi::CString {
-    std::ffi::CString::new(sql).unwrap_or_default()
-}
-
 /// Move the rows at these ctids (fetched in this transaction: a row updated meanwhile by
 /// someone else has moved on and stays, its token wasted, never overspent) and count them per
 /// queue (for the queue caps).
@@ -251,7 +246,7 @@ impl Stmts {
                 .keep(),
             fetch: GenericPlan::prepare(
                 c,
-                &sql_c(SQL_FETCH),
+                SQL_FETCH,
                 &[
                     TEXTARRAYOID.value(),
                     TEXTARRAYOID.value(),
@@ -263,7 +258,7 @@ impl Stmts {
             )?,
             fetch_after: GenericPlan::prepare(
                 c,
-                &sql_c(SQL_FETCH_AFTER),
+                SQL_FETCH_AFTER,
                 &[
                     TEXTARRAYOID.value(),
                     TEXTARRAYOID.value(),
