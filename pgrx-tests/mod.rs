@@ -296,4 +296,27 @@ mod tests {
         run("INSERT INTO throttle.cap (scope, scope_id, cap) VALUES ('brand', 'tc-brand', 10)");
         admitted("tc-line", "tmobile", 0, 1, "sms");
     }
+
+    #[pg_test]
+    fn each_of_thousands_of_plans_in_one_session_finds_its_own_limits() {
+        // 3,000 senders, each with a window-exact limit of its own size (1 to 5 an hour), two
+        // carriers each: 6,000 plans, the session's plan table grown many times over within
+        // one statement. A plan found for the wrong sender would admit its count, not this
+        // one's.
+        run("INSERT INTO throttle.sender (sender) SELECT 'tp-' || i FROM generate_series(1, 3000) i");
+        run(
+            "INSERT INTO throttle.rate_limit (scope, scope_id, rate, per)
+             SELECT 'sender', 'tp-' || i, 1 + i % 5, '1 hour' FROM generate_series(1, 3000) i",
+        );
+        let wrong = one::<i64>(
+            "WITH a AS (
+                 SELECT i, count(*) FILTER (WHERE throttle.try_admit('tp-' || i, c,
+                            now() + interval '10 minutes' + k * interval '1 ms')) AS n
+                   FROM generate_series(1, 6) k, generate_series(1, 3000) i,
+                        unnest(ARRAY['att', 'tmobile']) c
+                  GROUP BY i)
+             SELECT count(*) FROM a WHERE n <> 1 + i % 5",
+        );
+        assert_eq!(wrong, Some(0));
+    }
 }

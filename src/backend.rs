@@ -170,6 +170,13 @@ pub fn has_table(c: &pgrx::spi::SpiClient<'_>, name: &str) -> pgrx::spi::Result<
 /// `madvise` or `always`). A backend's plan table for 100,000 lines spans tens of megabytes:
 /// in 4 kB pages nearly every look-up also misses the TLB.
 pub fn huge_vec<T>(n: usize, fill: impl FnMut() -> T) -> Vec<T> {
+    let mut v = huge_capacity(n);
+    v.extend(std::iter::repeat_with(fill).take(n));
+    v
+}
+
+/// An empty vector with room for `n` values, in memory advised as [`huge_vec`]'s is.
+pub fn huge_capacity<T>(n: usize) -> Vec<T> {
     const HUGE: usize = 2 << 20;
     let mut v: Vec<T> = Vec::with_capacity(n);
     let bytes = n.saturating_mul(std::mem::size_of::<T>());
@@ -191,7 +198,6 @@ pub fn huge_vec<T>(n: usize, fill: impl FnMut() -> T) -> Vec<T> {
             }
         }
     }
-    v.extend(std::iter::repeat_with(fill).take(n));
     v
 }
 

@@ -177,13 +177,14 @@ fn plan_hash(sender: &[u8], carrier: &[u8], channel: &[u8]) -> u64 {
     (z ^ (z >> 32)) | 1 << 63
 }
 
-/// The plans, inline in an open-addressing table (linear probing, at most half full; a
-/// zero hash marks an empty slot). A hit costs one probe into one entry: once a query's scan
-/// has flushed the caches, each dependent miss is what an admission costs, and a separate
-/// index in front of the entries was one more.
+/// The plans: dense in `entries`, found through `index`, an open-addressing table (linear
+/// probing, at most half full) of (the hash's high half, entry position + 1; 0: empty).
+/// The index is 8 bytes a slot, so it stays in cache where the entries would not: a hit
+/// costs a probe that is nearly always a cache hit, then one entry. Entries are never moved
+/// while cached and only forgotten all at once.
 struct PlanTable {
-    slots: Vec<PlanEntry>,
-    len: usize,
+    index: Vec<[u32; 2]>,
+    entries: Vec<PlanEntry>,
 }
 
 impl PlanEntry {
@@ -199,47 +200,38 @@ impl PlanEntry {
             arena,
         }
     }
-
-    fn empty() -> PlanEntry {
-        PlanEntry {
-            hash: 0,
-            key: PlanKey::new(),
-            partitions: 0,
-            caps: 0,
-            weight: 1,
-            user: 0,
-            wants: SmallVec::new(),
-            limits: SmallVec::new(),
-            cap_defs: None,
-        }
-    }
 }
 
 impl PlanTable {
     fn len(&self) -> usize {
-        self.len
+        self.entries.len()
     }
 
     fn clear(&mut self) {
-        self.slots = Vec::new();
-        self.len = 0;
+        self.index = Vec::new();
+        self.entries = Vec::new();
     }
 
-    /// The slot of the plan for (sender, carrier, channel), if cached.
+    /// The entry of the plan for (sender, carrier, channel), if cached.
     #[inline]
     fn position(&self, hash: u64, sender: &[u8], carrier: &[u8], channel: &[u8]) -> Option<usize> {
-        if self.slots.is_empty() {
+        if self.index.is_empty() {
             return None;
         }
-        let mask = self.slots.len() - 1;
+        let mask = self.index.len() - 1;
+        let tag = (hash >> 32) as u32;
         let mut i = hash as usize & mask;
         loop {
-            let e = &self.slots[i];
-            if e.hash == hash && e.is(sender, carrier, channel) {
-                return Some(i);
-            }
-            if e.hash == 0 {
+            let [t, at] = self.index[i];
+            if at == 0 {
                 return None;
+            }
+            if t == tag {
+                let at = at as usize - 1;
+                let e = self.entries.get(at)?;
+                if e.hash == hash && e.is(sender, carrier, channel) {
+                    return Some(at);
+                }
             }
             i = (i + 1) & mask;
         }
@@ -248,7 +240,7 @@ impl PlanTable {
     #[inline]
     fn find(&self, hash: u64, sender: &[u8], carrier: &[u8], channel: &[u8]) -> Option<&PlanEntry> {
         let i = self.position(hash, sender, carrier, channel)?;
-        self.slots.get(i)
+        self.entries.get(i)
     }
 
     fn find_mut(
@@ -259,32 +251,37 @@ impl PlanTable {
         channel: &[u8],
     ) -> Option<&mut PlanEntry> {
         let i = self.position(hash, sender, carrier, channel)?;
-        self.slots.get_mut(i)
+        self.entries.get_mut(i)
     }
 
     fn insert(&mut self, e: PlanEntry) {
-        if (self.len + 1) * 2 > self.slots.len() {
-            let cap = (self.slots.len() * 2).max(64);
-            let old = std::mem::replace(
-                &mut self.slots,
-                crate::backend::huge_vec(cap, PlanEntry::empty),
-            );
-            for e in old.into_iter().filter(|e| e.hash != 0) {
-                self.place(e);
+        if (self.entries.len() + 1) * 2 > self.index.len() {
+            let slots = (self.index.len() * 2).max(64);
+            self.index = crate::backend::huge_vec(slots, || [0; 2]);
+            for (at, e) in self.entries.iter().enumerate() {
+                place(&mut self.index, e.hash, at);
             }
         }
-        self.place(e);
-        self.len += 1;
-    }
-
-    fn place(&mut self, e: PlanEntry) {
-        let mask = self.slots.len() - 1;
-        let mut i = e.hash as usize & mask;
-        while self.slots[i].hash != 0 {
-            i = (i + 1) & mask;
+        if self.entries.len() == self.entries.capacity() {
+            // Grown in huge-page-advised memory, as the index is (the entries are what a
+            // look-up reads last).
+            let mut grown = crate::backend::huge_capacity(self.entries.capacity().max(32) * 2);
+            grown.append(&mut self.entries);
+            self.entries = grown;
         }
-        self.slots[i] = e;
+        place(&mut self.index, e.hash, self.entries.len());
+        self.entries.push(e);
     }
+}
+
+/// Put entry `at`, of hash `hash`, in the first free slot of `index` from its home slot.
+fn place(index: &mut [[u32; 2]], hash: u64, at: usize) {
+    let mask = index.len() - 1;
+    let mut i = hash as usize & mask;
+    while index[i][1] != 0 {
+        i = (i + 1) & mask;
+    }
+    index[i] = [(hash >> 32) as u32, (at + 1) as u32];
 }
 
 struct Cache {
@@ -329,8 +326,8 @@ fn with_cache<R>(f: impl FnOnce(&mut Cache) -> R) -> R {
         f(c.get_or_insert_with(|| Cache {
             generation: 0,
             plans: PlanTable {
-                slots: Vec::new(),
-                len: 0,
+                index: Vec::new(),
+                entries: Vec::new(),
             },
             arena: Vec::new(),
             arena_pos: FxHashMap::default(),
@@ -362,7 +359,7 @@ impl Cache {
 }
 
 /// Plans cached per backend before they are forgotten and rebuilt on demand, at least
-/// (131,072 slots of about 220 bytes: 29 MB). A session that has read more senders' limits
+/// (65,536 entries of 232 bytes and an index of 131,072 slots of 8: 16 MB). A session that has read more senders' limits
 /// (`throttle.preload_senders`) keeps two plans per sender: a platform's lines, each admitted
 /// in turn, would otherwise empty the cache every 65,536 admissions and rebuild every plan.
 const MAX_CACHED_PLANS: usize = 65_536;
