@@ -1,7 +1,9 @@
 //! The one module that owns shared memory: the bucket table, its partition locks and the
 //! configuration generation counter.
 //!
-//! Layout: a `Header`, then `PARTITIONS × slots_per_part` slots. Each partition has its own
+//! Layout: a `Header`, then `PARTITIONS × slots_per_part` index entries (8 bytes each), then as
+//! many slots (192 bytes each: a partition's live buckets fill the first of its slots, see
+//! `limiter::table`), then the other tables. Each partition has its own
 //! lock; an admission locks the partitions of every bucket it touches, in ascending order, so
 //! concurrent admissions never deadlock and never over-admit. The size comes from
 //! `throttle.max_buckets`, read once at postmaster start.
@@ -16,7 +18,7 @@
 //! panic unwinding through a critical section releases it too.
 
 use crate::gucs;
-use crate::limiter::table::{Full, Key, Slot, Table};
+use crate::limiter::table::{Full, IndexEntry, Key, Slot, Table};
 use crate::limiter::{self, Bucket, Micros, Outcome, Rate};
 use pgrx::pg_sys;
 use std::ffi::CStr;
@@ -27,7 +29,7 @@ use std::sync::atomic::{
 
 pub const PARTITIONS: usize = 32;
 const SEGMENT: &CStr = c"pg_throttle buckets";
-const MAGIC: u64 = 0x7067_7468_726f_7401;
+const MAGIC: u64 = 0x7067_7468_726f_7402;
 
 #[repr(C)]
 struct Header {
@@ -97,6 +99,7 @@ struct PartLock {
 /// segment, which stays mapped at the same address for the life of the process.
 struct Shared {
     header: *mut Header,
+    index: *mut IndexEntry,
     slots: *mut Slot,
     ring: *mut i64,
     /// Entries of the ring.
@@ -112,6 +115,7 @@ struct Shared {
 // backend's single thread.
 static mut SHARED: Shared = Shared {
     header: null_mut(),
+    index: null_mut(),
     slots: null_mut(),
     ring: null_mut(),
     ring_cap: 0,
@@ -127,8 +131,8 @@ static mut PREV_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
 fn slots_per_part(max_buckets: usize) -> usize {
     // Room for 1.25 times the average share, rounded up to a power of two: at max_buckets a
     // partition holds about 3,125 of its 4,096 slots by default, many standard deviations below
-    // the 7/8 at which it counts as full. A sparser table costs admissions page-table reach
-    // (a slot is 192 bytes: twice the slots measured about 10 % slower).
+    // the 7/8 at which it counts as full. The live buckets are dense at the start of each
+    // partition's slots whatever their number; the index has an entry for each slot.
     (max_buckets * 5 / 4)
         .div_ceil(PARTITIONS)
         .max(64)
@@ -143,6 +147,7 @@ struct Layout {
     ring_cap: usize,
     max_leases: usize,
     max_queue_caps: usize,
+    index: usize,
     slots: usize,
     ring: usize,
     caps: usize,
@@ -160,8 +165,10 @@ impl Layout {
             gucs::max_cap_leases(),
             gucs::max_queue_caps(),
         );
-        let slots = size_of::<Header>().next_multiple_of(64);
-        let ring = slots + PARTITIONS * slots_per_part(max_buckets) * size_of::<Slot>();
+        let n = PARTITIONS * slots_per_part(max_buckets);
+        let index = size_of::<Header>().next_multiple_of(64);
+        let slots = (index + n * size_of::<IndexEntry>()).next_multiple_of(64);
+        let ring = slots + n * size_of::<Slot>();
         let caps = (ring + ring_cap * size_of::<i64>()).next_multiple_of(64);
         let leases = (caps + size_of::<CapsHeader>()).next_multiple_of(64);
         let queue = (leases + max_leases * size_of::<Lease>()).next_multiple_of(64);
@@ -171,6 +178,7 @@ impl Layout {
             ring_cap,
             max_leases,
             max_queue_caps,
+            index,
             slots,
             ring,
             caps,
@@ -274,12 +282,13 @@ unsafe extern "C-unwind" fn startup_hook() {
     // whether another process made them already.
     let raw = unsafe { pg_sys::ShmemInitStruct(SEGMENT.as_ptr(), size, &mut found) }.cast::<u8>();
     // SAFETY: the layout's size counts 64 bytes of slack for this alignment, and the
-    // header, slots, ring, caps header, leases and queue counts lie within the rest at its
-    // offsets (each a multiple of 64 or of its entry's alignment).
-    let (header, slots, ring, caps, leases, queue) = unsafe {
+    // header, index, slots, ring, caps header, leases and queue counts lie within the rest
+    // at its offsets (each a multiple of 64 or of its entry's alignment).
+    let (header, index, slots, ring, caps, leases, queue) = unsafe {
         let base = raw.add(raw.align_offset(64));
         (
             base.cast::<Header>(),
+            base.add(layout.index).cast::<IndexEntry>(),
             base.add(layout.slots).cast::<Slot>(),
             base.add(layout.ring).cast::<i64>(),
             base.add(layout.caps).cast::<CapsHeader>(),
@@ -305,9 +314,11 @@ unsafe extern "C-unwind" fn startup_hook() {
         // SAFETY: the segment was just made (`found` is false) and no other process uses it
         // before AddinShmemInitLock is released; the pointers are aligned (the header to 64
         // bytes, the others by their offsets) and within the segment, which holds the header,
-        // PARTITIONS * spp slots and the caps area.
+        // PARTITIONS * spp index entries and slots, and the caps area.
         unsafe {
             header.write(new_header(spp, max, started_at));
+            // All zeroes is an empty index entry.
+            std::ptr::write_bytes(index, 0, PARTITIONS * spp);
             for i in 0..PARTITIONS * spp {
                 slots.add(i).write(empty);
             }
@@ -322,6 +333,7 @@ unsafe extern "C-unwind" fn startup_hook() {
     unsafe {
         SHARED = Shared {
             header,
+            index,
             slots,
             ring,
             ring_cap: layout.ring_cap,
@@ -523,14 +535,14 @@ fn partition_of(hash: u64) -> usize {
     (hash >> 59) as usize % PARTITIONS
 }
 
-/// Start loading the cache lines an admission will touch: each partition lock and each
-/// bucket's home slot.
+/// Start loading the cache lines an admission will touch first: each partition lock and each
+/// bucket's home entry in its partition's index (the slot it names comes after).
 #[inline]
 fn prefetch(s: &Shared, wants: &[Want]) {
     // SAFETY: `s` points into our segment, mapped for the life of the process. Each address is
-    // a partition's lock (`parts[p]` is bounds-checked) or a slot of that partition (its home
-    // index is below spp), so every offset stays within the segment; a prefetch only hints
-    // the cache and reads or writes nothing, so no lock is needed.
+    // a partition's lock (`parts[p]` is bounds-checked) or an index entry of that partition
+    // (its home position is below spp), so every offset stays within the segment; a prefetch
+    // only hints the cache and reads or writes nothing, so no lock is needed.
     #[cfg(target_arch = "x86_64")]
     unsafe {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
@@ -539,13 +551,7 @@ fn prefetch(s: &Shared, wants: &[Want]) {
             let p = w.partition as usize;
             _mm_prefetch::<_MM_HINT_T0>((&raw const (*s.header).parts[p]).cast());
             let home = p * spp + (w.hash as usize & (spp - 1));
-            let slot = s.slots.add(home).cast::<i8>();
-            _mm_prefetch::<_MM_HINT_T0>(slot);
-            // A window's batches fill the slot's other two cache lines.
-            if w.rate.is_window() {
-                _mm_prefetch::<_MM_HINT_T0>(slot.add(64));
-                _mm_prefetch::<_MM_HINT_T0>(slot.add(128));
-            }
+            _mm_prefetch::<_MM_HINT_T0>(s.index.add(home).cast::<i8>());
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -560,13 +566,14 @@ fn prefetch(s: &Shared, wants: &[Want]) {
 /// mutably).
 unsafe fn table(s: &Shared, p: usize) -> Table<'static> {
     // SAFETY: `s` points into our segment, mapped for the life of the process. `parts[p]` is
-    // bounds-checked first, so `p` < PARTITIONS and the partition's `spp` slots lie within the
-    // segment; the caller holds its lock, so no other backend reads or writes them or its
+    // bounds-checked first, so `p` < PARTITIONS and the partition's `spp` index entries and
+    // slots lie within the segment; the caller holds its lock, so no other backend reads or writes them or its
     // count while the view is in use.
     unsafe {
         let len = &mut (*s.header).parts[p].len;
         let spp = (*s.header).slots_per_part as usize;
         Table {
+            index: std::slice::from_raw_parts_mut(s.index.add(p * spp), spp),
             slots: std::slice::from_raw_parts_mut(s.slots.add(p * spp), spp),
             len,
         }
@@ -1300,7 +1307,7 @@ pub fn tables() -> Result<Vec<(&'static str, &'static str, i64, i64, i64)>, Shme
         "throttle.max_buckets",
         live,
         max,
-        size_of::<Slot>() as i64,
+        (size_of::<Slot>() + size_of::<IndexEntry>()) as i64,
     )];
     // SAFETY: `s.header` points at the header in our segment, mapped for the life of the
     // process; the ring's fields are read under its lock, which no caller holds.

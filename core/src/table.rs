@@ -1,6 +1,9 @@
-//! A fixed-capacity open-addressing hash table of buckets, laid over a slice of slots so the
-//! same code runs on a `Vec` in tests and on shared memory in the server. Linear probing with
-//! backward-shift deletion: no tombstones, lookups stay O(1) at any age.
+//! A fixed-capacity hash table of buckets, laid over slices so the same code runs on `Vec`s in
+//! tests and on shared memory in the server. The buckets are dense: the live ones fill the
+//! first `len` slots, so a few thousand of them span a few hundred pages (an admission's
+//! address translation then stays in the TLB), found through an index of 8-byte entries
+//! (linear probing with backward-shift deletion: no tombstones, lookups stay O(1) at any
+//! age). Removing a bucket moves the last one into its slot.
 
 use super::{Bucket, Micros};
 
@@ -50,44 +53,67 @@ impl Slot {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Full;
 
-/// One partition: a power-of-two slice of slots and its live count.
+/// One entry of a partition's index: the low half of its key's hash, and its slot's
+/// position plus one (0: an empty entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub tag: u32,
+    pub at: u32,
+}
+
+/// One partition: its index (a power of two of entries), its slots (at least as many as may
+/// be live: the live ones are `slots[..len]`) and its live count.
 pub struct Table<'a> {
+    pub index: &'a mut [IndexEntry],
     pub slots: &'a mut [Slot],
     pub len: &'a mut u32,
 }
 
 impl Table<'_> {
-    /// Live entries allowed before the partition counts as full (7/8 of the slots).
+    /// Live entries allowed before the partition counts as full (7/8 of the index, and no
+    /// more than there are slots).
     pub fn max_len(&self) -> usize {
-        self.slots.len() - self.slots.len() / 8
+        (self.index.len() - self.index.len() / 8).min(self.slots.len())
     }
 
     #[inline]
     fn mask(&self) -> usize {
-        self.slots.len() - 1
+        self.index.len() - 1
     }
 
-    /// Index of `key`, if present.
-    pub fn find(&self, key: Key, hash: u64) -> Option<usize> {
+    /// Position in the index of the entry for `key`, if present, and its slot.
+    #[inline]
+    fn probe(&self, key: Key, hash: u64) -> Option<(usize, usize)> {
         let mask = self.mask();
+        let tag = hash as u32;
         let mut i = hash as usize & mask;
         loop {
-            let s = &self.slots[i];
-            if s.is_empty() {
+            let e = self.index[i];
+            if e.at == 0 {
                 return None;
             }
-            if s.key == key {
-                return Some(i);
+            if e.tag == tag {
+                let at = e.at as usize - 1;
+                if self.slots[at].key == key {
+                    return Some((i, at));
+                }
             }
             i = (i + 1) & mask;
         }
     }
 
-    /// Index of `key`, inserting `make()` if absent. When the partition is full, buckets that
+    /// Slot of `key`, if present.
+    #[inline]
+    pub fn find(&self, key: Key, hash: u64) -> Option<usize> {
+        self.probe(key, hash).map(|(_, at)| at)
+    }
+
+    /// Slot of `key`, inserting `make()` if absent. When the partition is full, buckets that
     /// are full at `now` (they hold no debt: forgetting them loses nothing) are dropped first.
     /// `budget` is asked before a new entry is added (a global cap across partitions) and
     /// told of every entry dropped; it returns false when no entry may be added. Entries for
-    /// which `keep` is true are never dropped. Dropping moves entries: indices found before
+    /// which `keep` is true are never dropped. Dropping moves entries: slots found before
     /// this call may be stale after it.
     pub fn find_or_insert(
         &mut self,
@@ -108,50 +134,67 @@ impl Table<'_> {
                 return Err(Full);
             }
         }
-        let mask = self.mask();
-        let mut i = hash as usize & mask;
-        while !self.slots[i].is_empty() {
-            i = (i + 1) & mask;
-        }
-        self.slots[i] = Slot {
+        let at = *self.len as usize;
+        self.slots[at] = Slot {
             key,
             bucket: make(),
         };
+        let mask = self.mask();
+        let mut i = hash as usize & mask;
+        while self.index[i].at != 0 {
+            i = (i + 1) & mask;
+        }
+        self.index[i] = IndexEntry {
+            tag: hash as u32,
+            at: at as u32 + 1,
+        };
         *self.len += 1;
-        Ok(i)
+        Ok(at)
     }
 
     /// Drop every bucket that is full at `now`, except those `keep` names; returns how many
     /// were dropped.
     pub fn forget_full(&mut self, now: Micros, keep: impl Fn(&Key) -> bool) -> usize {
         let mut dropped = 0;
-        let mut i = 0;
-        while i < self.slots.len() {
-            let s = &self.slots[i];
-            if !s.is_empty() && s.bucket.is_full(now) && !keep(&s.key) {
-                self.remove(i);
+        let mut at = 0;
+        while at < *self.len as usize {
+            let s = &self.slots[at];
+            if s.bucket.is_full(now) && !keep(&s.key) {
+                self.remove(at);
                 dropped += 1;
-                // The slot may now hold a shifted entry: look at it again.
+                // The slot now holds what was the last one: look at it again.
             } else {
-                i += 1;
+                at += 1;
             }
         }
         dropped
     }
 
-    /// Remove the entry at `i`, shifting later entries of its probe run back.
-    pub fn remove(&mut self, mut i: usize) {
+    /// Position in the index of the entry that points at slot `at` (live).
+    fn entry_of(&self, at: usize) -> usize {
         let mask = self.mask();
+        let mut i = self.slots[at].key.hash() as usize & mask;
+        while self.index[i].at as usize != at + 1 {
+            i = (i + 1) & mask;
+        }
+        i
+    }
+
+    /// Remove the bucket in slot `at` (live): its index entry goes, shifting later entries
+    /// of its probe run back, and the last live slot moves into its place.
+    pub fn remove(&mut self, at: usize) {
+        let mask = self.mask();
+        let mut i = self.entry_of(at);
         let mut j = i;
-        loop {
-            self.slots[i].key = Key::EMPTY;
+        'shift: loop {
+            self.index[i] = IndexEntry::default();
             loop {
                 j = (j + 1) & mask;
-                if self.slots[j].is_empty() {
-                    *self.len -= 1;
-                    return;
+                let e = self.index[j];
+                if e.at == 0 {
+                    break 'shift;
                 }
-                let home = self.slots[j].key.hash() as usize & mask;
+                let home = e.tag as usize & mask;
                 // Move j back to i unless its home lies cyclically in (i, j].
                 let stays = if i <= j {
                     i < home && home <= j
@@ -162,14 +205,22 @@ impl Table<'_> {
                     break;
                 }
             }
-            self.slots[i] = self.slots[j];
+            self.index[i] = self.index[j];
             i = j;
         }
+        let last = *self.len as usize - 1;
+        if at != last {
+            let e = self.entry_of(last);
+            self.index[e].at = at as u32 + 1;
+            self.slots[at] = self.slots[last];
+        }
+        self.slots[last].key = Key::EMPTY;
+        *self.len -= 1;
     }
 
     /// Every live entry.
     pub fn iter(&self) -> impl Iterator<Item = &Slot> {
-        self.slots.iter().filter(|s| !s.is_empty())
+        self.slots[..*self.len as usize].iter()
     }
 }
 
@@ -179,6 +230,10 @@ mod tests {
     use crate::Rate;
     use proptest::prelude::*;
     use std::collections::HashMap;
+
+    fn empty_index(n: usize) -> Vec<IndexEntry> {
+        vec![IndexEntry::default(); n]
+    }
 
     fn empty_slots(n: usize) -> Vec<Slot> {
         let b = Bucket::full_at(Rate::new(1, 1_000_000, 1).unwrap(), 0);
@@ -204,9 +259,10 @@ mod tests {
 
     #[test]
     fn full_partition_forgets_only_refilled_buckets() {
-        let mut slots = empty_slots(16);
+        let (mut index, mut slots) = (empty_index(16), empty_slots(16));
         let mut len = 0;
         let mut t = Table {
+            index: &mut index,
             slots: &mut slots,
             len: &mut len,
         };
@@ -243,9 +299,10 @@ mod tests {
 
     #[test]
     fn global_budget_is_respected() {
-        let mut slots = empty_slots(64);
+        let (mut index, mut slots) = (empty_index(64), empty_slots(64));
         let mut len = 0;
         let mut t = Table {
+            index: &mut index,
             slots: &mut slots,
             len: &mut len,
         };
@@ -277,9 +334,9 @@ mod tests {
         /// Against a HashMap model: inserts, removals and forgetting keep every key findable.
         #[test]
         fn behaves_like_a_map(ops in prop::collection::vec((0u8..3, 1i64..40, 0u64..3), 1..400)) {
-            let mut slots = empty_slots(64);
+            let (mut index, mut slots) = (empty_index(64), empty_slots(64));
             let mut len = 0;
-            let mut t = Table { slots: &mut slots, len: &mut len };
+            let mut t = Table { index: &mut index, slots: &mut slots, len: &mut len };
             let mut model: HashMap<Key, Micros> = HashMap::new();
             let mut unlimited = |_: i64| true;
             for (op, id, sub) in ops {
@@ -302,6 +359,11 @@ mod tests {
                     }
                 }
                 prop_assert_eq!(*t.len as usize, model.len());
+                // Dense: the live buckets are exactly the first `len` slots.
+                let live: Vec<Key> = t.iter().map(|s| s.key).collect();
+                prop_assert!(live.iter().all(|k| model.contains_key(k)));
+                prop_assert_eq!(live.len(), model.len());
+                prop_assert!(t.slots[model.len()..].iter().all(|s| s.is_empty()));
                 for (k, at) in &model {
                     let i = t.find(*k, k.hash());
                     prop_assert!(i.is_some());
