@@ -513,16 +513,26 @@ unsafe fn throttle_admit_fast(fcinfo: pg_sys::FunctionCallInfo) -> Option<pg_sys
     // contract), a function returning the composite `throttle.admission`.
     let c = unsafe { fast_args(fcinfo) }?;
     // SAFETY: as above; an error finding the type is left to the general path to raise.
-    let desc = unsafe { admission_desc(fcinfo) }.ok()?;
+    let answer = unsafe { answer_type(fcinfo) }.ok()?;
     config::with_cached_plan(c.sender, c.carrier, c.channel, |plan, hint| {
         if plan.caps || !plan.allowed() {
             return None;
         }
         let outcome =
             shmem::admit_hinted(plan.wants, plan.partitions, c.cost, c.now, true, hint).ok()?;
-        // SAFETY: `desc` is the blessed descriptor of `throttle.admission` found above.
+        if let Outcome::Admitted { headroom: Some(h) } = outcome {
+            if let Some(d) = answer.admitted(h, plan.wants.len()) {
+                return Some(d);
+            }
+        }
+        // SAFETY: `answer.desc` is the blessed descriptor of `throttle.admission`.
         Some(unsafe {
-            admission_tuple(desc, plan.wants.len(), outcome, blocker_of(plan, &outcome))
+            admission_tuple(
+                answer.desc,
+                plan.wants.len(),
+                outcome,
+                blocker_of(plan, &outcome),
+            )
         })
     })
     .flatten()
@@ -597,7 +607,7 @@ unsafe fn admission_datum(
 ) -> Result<pg_sys::Datum> {
     // SAFETY: `fcinfo` is the live call information of `throttle_admit` (the caller's
     // contract), a function returning the composite `throttle.admission`.
-    let desc = unsafe { admission_desc(fcinfo)? };
+    let desc = unsafe { answer_type(fcinfo)? }.desc;
     // SAFETY: `desc` is that type's blessed descriptor.
     Ok(unsafe { admission_tuple(desc, limits, outcome, blocked) })
 }
@@ -605,7 +615,7 @@ unsafe fn admission_datum(
 /// A `throttle.admission` row with these fields, formed with its descriptor `desc`.
 ///
 /// # Safety
-/// `desc` is the blessed descriptor of `throttle.admission` (from [`admission_desc`]).
+/// `desc` is the blessed descriptor of `throttle.admission` (from [`answer_type`]).
 unsafe fn admission_tuple(
     desc: pg_sys::TupleDesc,
     limits: usize,
@@ -655,21 +665,127 @@ unsafe fn admission_tuple(
     }
 }
 
-/// The blessed descriptor of the function's result type, cached for the life of the call site
-/// in `flinfo->fn_extra` (the usual C idiom: one catalog look-up per query, not per row).
+/// What a `throttle_admit` call site keeps for the life of its `flinfo` (in `fn_extra`, the
+/// usual C idiom: one catalog look-up per query, not per row): the answer's row type, and an
+/// admitted answer as a row to copy, with where its two varying fields are. Most answers are
+/// admissions: copying 50 bytes and writing two fields is a fraction of `heap_form_tuple`'s
+/// work per attribute.
+struct AnswerType {
+    desc: pg_sys::TupleDesc,
+    /// An admitted answer formed by `heap_form_tuple` (null: none, every answer is formed),
+    /// its length, and the byte offsets in it of `headroom` (bigint) and `limits` (integer).
+    admitted: *const u8,
+    len: usize,
+    headroom_at: usize,
+    limits_at: usize,
+}
+
+impl AnswerType {
+    /// An admitted answer with `headroom` and `limits`, copied from the template; None when
+    /// there is no template.
+    #[inline]
+    fn admitted(&self, headroom: u64, limits: usize) -> Option<pg_sys::Datum> {
+        if self.admitted.is_null() {
+            return None;
+        }
+        // SAFETY: `admitted` points at `len` bytes (a tuple header and its data, in `fn_mcxt`,
+        // alive as long as this call site), and `headroom_at + 8` and `limits_at + 4` are
+        // within them (checked when the template was made). The copy is a fresh palloc of
+        // `len` bytes in the current memory context, as `heap_form_tuple`'s result would be;
+        // the writes are unaligned-safe.
+        unsafe {
+            let p = pg_sys::palloc(self.len).cast::<u8>();
+            std::ptr::copy_nonoverlapping(self.admitted, p, self.len);
+            p.add(self.headroom_at)
+                .cast::<i64>()
+                .write_unaligned(headroom as i64);
+            p.add(self.limits_at)
+                .cast::<i32>()
+                .write_unaligned(limits as i32);
+            Some(pg_sys::Datum::from(p))
+        }
+    }
+}
+
+/// The bytes of a composite datum (a tuple header with its data).
+///
+/// # Safety
+/// `d` is a composite datum formed by [`admission_tuple`], alive now.
+unsafe fn tuple_bytes<'a>(d: pg_sys::Datum) -> &'a [u8] {
+    // SAFETY: a composite datum is a plain 4-byte-header varlena (never toasted or short:
+    // `heap_form_tuple` sets its length with SET_VARSIZE), so its size is readable and it
+    // spans that many bytes.
+    unsafe {
+        let p = d.cast_mut_ptr::<pg_sys::varlena>();
+        std::slice::from_raw_parts(p.cast::<u8>(), pgrx::varlena::varsize_any(p))
+    }
+}
+
+/// The offset of the one run of `n` bytes in which `a` and `b` differ (None if they differ
+/// elsewhere too, or not in `n` bytes, or have different lengths).
+fn differing_run(a: &[u8], b: &[u8], n: usize) -> Option<usize> {
+    if a.len() != b.len() {
+        return None;
+    }
+    let first = a.iter().zip(b).position(|(x, y)| x != y)?;
+    let last = a.len()
+        - 1
+        - a.iter()
+            .rev()
+            .zip(b.iter().rev())
+            .position(|(x, y)| x != y)?;
+    (last + 1 - first <= n && first + n <= a.len()).then_some(first)
+}
+
+/// The template of an admitted answer for [`AnswerType`]: formed by `heap_form_tuple` with
+/// `desc`, its fields found by forming answers that differ in one field each, then checked:
+/// the template with two other values written in must equal the answer formed with them.
+/// None if anything does not line up (every answer is then formed).
+///
+/// # Safety
+/// `desc` is the blessed descriptor of `throttle.admission`; the tuples are palloc'd in the
+/// current memory context, which must outlive the template's use.
+unsafe fn admitted_template(desc: pg_sys::TupleDesc) -> Option<(*const u8, usize, usize, usize)> {
+    let form = |headroom: u64, limits: usize| {
+        // SAFETY: `desc` is the blessed descriptor of `throttle.admission` (the caller's
+        // contract), and the datum is formed by `admission_tuple`, so its bytes are readable.
+        unsafe {
+            let d = admission_tuple(
+                desc,
+                limits,
+                Outcome::Admitted {
+                    headroom: Some(headroom),
+                },
+                None,
+            );
+            tuple_bytes(d)
+        }
+    };
+    let base = form(0, 0);
+    let headroom_at = differing_run(base, form(u64::MAX, 0), 8)?;
+    let limits_at = differing_run(base, form(0, u32::MAX as usize), 4)?;
+    let (h, l) = (0x0102_0304_0506_0708_u64, 0x0A0B_0C0D_usize);
+    let mut check = base.to_vec();
+    check[headroom_at..headroom_at + 8].copy_from_slice(&(h as i64).to_ne_bytes());
+    check[limits_at..limits_at + 4].copy_from_slice(&(l as i32).to_ne_bytes());
+    (check == form(h, l)).then_some((base.as_ptr(), base.len(), headroom_at, limits_at))
+}
+
+/// The call site's [`AnswerType`], made on its first call.
 ///
 /// # Safety
 /// `fcinfo` is the call information of `throttle_admit`, running now.
-unsafe fn admission_desc(fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::TupleDesc> {
+unsafe fn answer_type<'a>(fcinfo: pg_sys::FunctionCallInfo) -> Result<&'a AnswerType> {
     // SAFETY: `fcinfo` and its `flinfo` are live for this call (the caller's contract), and
     // only this function uses `fn_extra` of `throttle_admit`'s flinfo: it is NULL or the
-    // descriptor stored below. `get_call_result_type` writes through pointers to two locals.
-    // The copy is made in `fn_mcxt`, which lives as long as the flinfo, so the cached pointer
-    // stays valid for every later call through it; the old memory context is restored.
+    // `AnswerType` stored below. `get_call_result_type` writes through pointers to two locals.
+    // The descriptor, the template and the `AnswerType` are made in `fn_mcxt`, which lives as
+    // long as the flinfo, so the cached pointer stays valid for every later call through it;
+    // the old memory context is restored.
     unsafe {
         let flinfo = (*fcinfo).flinfo;
         if !(*flinfo).fn_extra.is_null() {
-            return Ok((*flinfo).fn_extra.cast());
+            return Ok(&*(*flinfo).fn_extra.cast::<AnswerType>());
         }
         let mut typoid = pg_sys::InvalidOid;
         let mut desc: pg_sys::TupleDesc = std::ptr::null_mut();
@@ -680,10 +796,20 @@ unsafe fn admission_desc(fcinfo: pg_sys::FunctionCallInfo) -> Result<pg_sys::Tup
             )));
         }
         let old = pg_sys::MemoryContextSwitchTo((*flinfo).fn_mcxt);
-        let copy = pg_sys::BlessTupleDesc(pg_sys::CreateTupleDescCopy(desc));
+        let desc = pg_sys::BlessTupleDesc(pg_sys::CreateTupleDescCopy(desc));
+        let (admitted, len, headroom_at, limits_at) =
+            admitted_template(desc).unwrap_or((std::ptr::null(), 0, 0, 0));
+        let answer = pg_sys::palloc(size_of::<AnswerType>()).cast::<AnswerType>();
+        answer.write(AnswerType {
+            desc,
+            admitted,
+            len,
+            headroom_at,
+            limits_at,
+        });
         pg_sys::MemoryContextSwitchTo(old);
-        (*flinfo).fn_extra = copy.cast();
-        Ok(copy)
+        (*flinfo).fn_extra = answer.cast();
+        Ok(&*answer)
     }
 }
 
