@@ -666,14 +666,20 @@ unsafe fn admission_tuple(
 }
 
 /// What a `throttle_admit` call site keeps for the life of its `flinfo` (in `fn_extra`, the
-/// usual C idiom: one catalog look-up per query, not per row): the answer's row type, and an
-/// admitted answer as a row to copy, with where its two varying fields are. Most answers are
-/// admissions: copying 50 bytes and writing two fields is a fraction of `heap_form_tuple`'s
-/// work per attribute.
+/// usual C idiom: one catalog look-up per query, not per row): the answer's row type, and,
+/// from its second admission on, an admitted answer as a row to copy, with where its two
+/// varying fields are. Most answers are admissions: copying 50 bytes and writing two fields
+/// is a fraction of `heap_form_tuple`'s work per attribute. (A statement that admits once,
+/// the usual shape of an application's call, never pays for making the template.)
 struct AnswerType {
     desc: pg_sys::TupleDesc,
-    /// An admitted answer formed by `heap_form_tuple` (null: none, every answer is formed),
-    /// its length, and the byte offsets in it of `headroom` (bigint) and `limits` (integer).
+    /// The memory context of the call site (`fn_mcxt`), where the template is made.
+    mcxt: pg_sys::MemoryContext,
+    /// Admitted answers so far, counted up to the one that makes the template.
+    admissions: u8,
+    /// An admitted answer formed by `heap_form_tuple` (null: none yet, or none could be
+    /// made), its length, and the byte offsets in it of `headroom` (bigint) and `limits`
+    /// (integer).
     admitted: *const u8,
     len: usize,
     headroom_at: usize,
@@ -681,12 +687,25 @@ struct AnswerType {
 }
 
 impl AnswerType {
-    /// An admitted answer with `headroom` and `limits`, copied from the template; None when
-    /// there is no template.
+    /// An admitted answer with `headroom` and `limits`, copied from the template (made on
+    /// the call site's second admission); None when there is no template.
     #[inline]
-    fn admitted(&self, headroom: u64, limits: usize) -> Option<pg_sys::Datum> {
+    fn admitted(&mut self, headroom: u64, limits: usize) -> Option<pg_sys::Datum> {
         if self.admitted.is_null() {
-            return None;
+            self.admissions = self.admissions.saturating_add(1);
+            if self.admissions != 2 {
+                return None;
+            }
+            // SAFETY: `desc` is the blessed descriptor of `throttle.admission`, and `mcxt` the
+            // call site's memory context, which outlives every use of the template; the
+            // current context is restored.
+            let made = unsafe {
+                let old = pg_sys::MemoryContextSwitchTo(self.mcxt);
+                let made = admitted_template(self.desc);
+                pg_sys::MemoryContextSwitchTo(old);
+                made
+            };
+            (self.admitted, self.len, self.headroom_at, self.limits_at) = made?;
         }
         // SAFETY: `admitted` points at `len` bytes (a tuple header and its data, in `fn_mcxt`,
         // alive as long as this call site), and `headroom_at + 8` and `limits_at + 4` are
@@ -775,17 +794,17 @@ unsafe fn admitted_template(desc: pg_sys::TupleDesc) -> Option<(*const u8, usize
 ///
 /// # Safety
 /// `fcinfo` is the call information of `throttle_admit`, running now.
-unsafe fn answer_type<'a>(fcinfo: pg_sys::FunctionCallInfo) -> Result<&'a AnswerType> {
+unsafe fn answer_type<'a>(fcinfo: pg_sys::FunctionCallInfo) -> Result<&'a mut AnswerType> {
     // SAFETY: `fcinfo` and its `flinfo` are live for this call (the caller's contract), and
     // only this function uses `fn_extra` of `throttle_admit`'s flinfo: it is NULL or the
-    // `AnswerType` stored below. `get_call_result_type` writes through pointers to two locals.
-    // The descriptor, the template and the `AnswerType` are made in `fn_mcxt`, which lives as
-    // long as the flinfo, so the cached pointer stays valid for every later call through it;
-    // the old memory context is restored.
+    // `AnswerType` stored below, used by one call at a time. `get_call_result_type` writes
+    // through pointers to two locals. The descriptor and the `AnswerType` are made in
+    // `fn_mcxt`, which lives as long as the flinfo, so the cached pointer stays valid for every
+    // later call through it; the old memory context is restored.
     unsafe {
         let flinfo = (*fcinfo).flinfo;
         if !(*flinfo).fn_extra.is_null() {
-            return Ok(&*(*flinfo).fn_extra.cast::<AnswerType>());
+            return Ok(&mut *(*flinfo).fn_extra.cast::<AnswerType>());
         }
         let mut typoid = pg_sys::InvalidOid;
         let mut desc: pg_sys::TupleDesc = std::ptr::null_mut();
@@ -797,19 +816,19 @@ unsafe fn answer_type<'a>(fcinfo: pg_sys::FunctionCallInfo) -> Result<&'a Answer
         }
         let old = pg_sys::MemoryContextSwitchTo((*flinfo).fn_mcxt);
         let desc = pg_sys::BlessTupleDesc(pg_sys::CreateTupleDescCopy(desc));
-        let (admitted, len, headroom_at, limits_at) =
-            admitted_template(desc).unwrap_or((std::ptr::null(), 0, 0, 0));
         let answer = pg_sys::palloc(size_of::<AnswerType>()).cast::<AnswerType>();
         answer.write(AnswerType {
             desc,
-            admitted,
-            len,
-            headroom_at,
-            limits_at,
+            mcxt: (*flinfo).fn_mcxt,
+            admissions: 0,
+            admitted: std::ptr::null(),
+            len: 0,
+            headroom_at: 0,
+            limits_at: 0,
         });
         pg_sys::MemoryContextSwitchTo(old);
         (*flinfo).fn_extra = answer.cast();
-        Ok(&*answer)
+        Ok(&mut *answer)
     }
 }
 
