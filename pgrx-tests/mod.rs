@@ -322,9 +322,12 @@ mod tests {
 
     #[pg_test]
     fn each_answer_of_a_statement_carries_its_own_headroom_and_limits() {
-        // After a session's first call the answers come from its fast path: each must still
-        // say what this call left (the fewest units left in any of its limits) and how many
-        // limits applied to it (two to AT&T: the line's and its campaign's; one to T-Mobile).
+        // After a session's first call the answers come from its fast path, from the second
+        // admission (and the second refusal by one limit) copied from a template row: each
+        // must still say what this call left (the fewest units left in any of its limits), how
+        // many limits applied (two to AT&T: the line's and its campaign's; one to T-Mobile),
+        // and, when refused, what blocked it and when the same call would pass (5 an hour
+        // with a burst of 5: the next unit 720 s after the fifth).
         run("INSERT INTO throttle.sender (sender, campaign) VALUES ('t7-line', 't7-camp')");
         run(
             "INSERT INTO throttle.rate_limit (name, scope, scope_id, carrier, rate, per, burst) VALUES
@@ -332,14 +335,19 @@ mod tests {
              ('t7-camp', 'campaign', 't7-camp', 'att', 100, '1 hour', 100)",
         );
         let answers = one::<String>(
-            "SELECT string_agg(format('%s/%s/%s', (a).admitted, (a).headroom, (a).limits), ' ' ORDER BY k)
+            "SELECT string_agg(format('%s/%s/%s/%s/%s', (a).admitted, (a).headroom, (a).limits, (a).blocked_by,
+                                      extract(epoch FROM (a).retry_at - (now() + interval '10 minutes'))::int),
+                               ' ' ORDER BY k)
                FROM (SELECT k, throttle.throttle_admit('t7-line', CASE WHEN k % 2 = 0 THEN 'att' ELSE 'tmobile' END,
                                                        now() + interval '10 minutes') AS a
-                       FROM generate_series(1, 7) k) s",
+                       FROM generate_series(1, 9) k) s",
         );
         assert_eq!(
             answers.as_deref(),
-            Some("t/4/1 t/3/2 t/2/1 t/1/2 t/0/1 f/0/2 f/0/1")
+            Some(
+                "t/4/1// t/3/2// t/2/1// t/1/2// t/0/1// f/0/2/t7-line/720 f/0/1/t7-line/720 \
+                 f/0/2/t7-line/720 f/0/1/t7-line/720"
+            )
         );
     }
 }

@@ -520,20 +520,15 @@ unsafe fn throttle_admit_fast(fcinfo: pg_sys::FunctionCallInfo) -> Option<pg_sys
         }
         let outcome =
             shmem::admit_hinted(plan.wants, plan.partitions, c.cost, c.now, true, hint).ok()?;
-        if let Outcome::Admitted { headroom: Some(h) } = outcome {
-            if let Some(d) = answer.admitted(h, plan.wants.len()) {
-                return Some(d);
-            }
-        }
+        let limits = plan.wants.len();
+        let copied = match outcome {
+            Outcome::Admitted { headroom: Some(h) } => answer.admitted(h, limits),
+            _ => answer.refused(&outcome, blocker_of(plan, &outcome), limits),
+        };
         // SAFETY: `answer.desc` is the blessed descriptor of `throttle.admission`.
-        Some(unsafe {
-            admission_tuple(
-                answer.desc,
-                plan.wants.len(),
-                outcome,
-                blocker_of(plan, &outcome),
-            )
-        })
+        Some(copied.unwrap_or_else(|| unsafe {
+            admission_tuple(answer.desc, limits, outcome, blocker_of(plan, &outcome))
+        }))
     })
     .flatten()
 }
@@ -666,64 +661,215 @@ unsafe fn admission_tuple(
 }
 
 /// What a `throttle_admit` call site keeps for the life of its `flinfo` (in `fn_extra`, the
-/// usual C idiom: one catalog look-up per query, not per row): the answer's row type, and,
-/// from its second admission on, an admitted answer as a row to copy, with where its two
-/// varying fields are. Most answers are admissions: copying 50 bytes and writing two fields
-/// is a fraction of `heap_form_tuple`'s work per attribute. (A statement that admits once,
-/// the usual shape of an application's call, never pays for making the template.)
+/// usual C idiom: one catalog look-up per query, not per row): the answer's row type, and
+/// answers as rows to copy, with where their varying fields are. Copying 50 to 100 bytes and
+/// writing two or three fields is a fraction of `heap_form_tuple`'s work per attribute. A
+/// template is made only once the call site has needed it twice (an admission; a refusal by
+/// the same limit), so a statement that admits once, the usual shape of an application's call,
+/// never pays for one.
 struct AnswerType {
     desc: pg_sys::TupleDesc,
-    /// The memory context of the call site (`fn_mcxt`), where the template is made.
+    /// The memory context of the call site (`fn_mcxt`), where templates are made.
     mcxt: pg_sys::MemoryContext,
     /// Admitted answers so far, counted up to the one that makes the template.
     admissions: u8,
-    /// An admitted answer formed by `heap_form_tuple` (null: none yet, or none could be
-    /// made), its length, and the byte offsets in it of `headroom` (bigint) and `limits`
-    /// (integer).
-    admitted: *const u8,
+    /// An admitted answer, varying in `headroom` and `limits` (None: not made yet, or it
+    /// could not be).
+    admitted: Option<Template<2>>,
+    /// Refused answers by blocking limit (a few, by the limit's id): the limit last refused
+    /// there and the configuration generation it was read in (its name may change with it),
+    /// and its answer varying in `retry_at`, `headroom` and `limits` once it refused twice in
+    /// a row.
+    refused: [((i64, u64), Option<Template<3>>); REFUSED_ROWS],
+    /// Templates still allowed to be made at this call site (each costs a few rows formed).
+    budget: u8,
+}
+
+/// Refusing limits a call site keeps an answer row for.
+const REFUSED_ROWS: usize = 64;
+
+/// A row formed by `heap_form_tuple`, `len` bytes at `row` (in the call site's memory
+/// context), and the byte offset and width (8 or 4) of each of its `N` varying fields.
+#[derive(Clone, Copy)]
+struct Template<const N: usize> {
+    row: *const u8,
     len: usize,
-    headroom_at: usize,
-    limits_at: usize,
+    at: [usize; N],
+    width: [usize; N],
+}
+
+impl<const N: usize> Template<N> {
+    /// Find the template of the rows `form` makes, whose field `i` is `values[i]` and
+    /// `width[i]` bytes wide: each field's place is where a row with it alone changed (to all
+    /// bits set) differs from the first; the template with two other values written in must
+    /// then equal the row formed with them. None if anything does not line up.
+    fn find<'a>(form: impl Fn([i64; N]) -> &'a [u8], width: [usize; N]) -> Option<Template<N>> {
+        let base = form([0; N]);
+        let mut at = [0; N];
+        for i in 0..N {
+            let mut v = [0; N];
+            v[i] = -1;
+            at[i] = differing_run(base, form(v), width[i])?;
+        }
+        let t = Template {
+            row: base.as_ptr(),
+            len: base.len(),
+            at,
+            width,
+        };
+        let check: [i64; N] = std::array::from_fn(|i| 0x0102_0304_0506_0708 + i as i64 * 0x11);
+        let mut copy = base.to_vec();
+        t.write(&mut copy, check);
+        (copy == form(check)).then_some(t)
+    }
+
+    /// Write `values` into `row` (a copy of the template).
+    fn write(&self, row: &mut [u8], values: [i64; N]) {
+        for ((&at, &w), v) in self.at.iter().zip(&self.width).zip(values) {
+            match w {
+                8 => row[at..at + 8].copy_from_slice(&v.to_ne_bytes()),
+                _ => row[at..at + 4].copy_from_slice(&(v as i32).to_ne_bytes()),
+            }
+        }
+    }
+
+    /// A fresh row, palloc'd in the current memory context as `heap_form_tuple`'s would be,
+    /// with `values` written in.
+    #[inline]
+    fn copy(&self, values: [i64; N]) -> pg_sys::Datum {
+        // SAFETY: `row` points at `len` bytes (a tuple header and its data) in the call site's
+        // memory context, which outlives every use of the template; palloc returns `len`
+        // writable bytes (or raises an error), which no one else sees yet; each field's
+        // `at + width` is within `len` (`differing_run` found it so), and the writes are
+        // unaligned-safe.
+        unsafe {
+            let p = pg_sys::palloc(self.len).cast::<u8>();
+            std::ptr::copy_nonoverlapping(self.row, p, self.len);
+            for ((&at, &w), v) in self.at.iter().zip(&self.width).zip(values) {
+                let f = p.add(at);
+                if w == 8 {
+                    f.cast::<i64>().write_unaligned(v);
+                } else {
+                    f.cast::<i32>().write_unaligned(v as i32);
+                }
+            }
+            pg_sys::Datum::from(p)
+        }
+    }
 }
 
 impl AnswerType {
+    /// Run `make` in the call site's memory context if a template may still be made.
+    fn make<T>(&mut self, make: impl FnOnce(pg_sys::TupleDesc) -> Option<T>) -> Option<T> {
+        self.budget = self.budget.checked_sub(1)?;
+        // SAFETY: `mcxt` is the call site's memory context, alive as long as this
+        // `AnswerType`; the current context is restored.
+        unsafe {
+            let old = pg_sys::MemoryContextSwitchTo(self.mcxt);
+            let made = make(self.desc);
+            pg_sys::MemoryContextSwitchTo(old);
+            made
+        }
+    }
+
     /// An admitted answer with `headroom` and `limits`, copied from the template (made on
     /// the call site's second admission); None when there is no template.
     #[inline]
     fn admitted(&mut self, headroom: u64, limits: usize) -> Option<pg_sys::Datum> {
-        if self.admitted.is_null() {
+        if self.admitted.is_none() {
             self.admissions = self.admissions.saturating_add(1);
             if self.admissions != 2 {
                 return None;
             }
-            // SAFETY: `desc` is the blessed descriptor of `throttle.admission`, and `mcxt` the
-            // call site's memory context, which outlives every use of the template; the
-            // current context is restored.
-            let made = unsafe {
-                let old = pg_sys::MemoryContextSwitchTo(self.mcxt);
-                let made = admitted_template(self.desc);
-                pg_sys::MemoryContextSwitchTo(old);
-                made
-            };
-            (self.admitted, self.len, self.headroom_at, self.limits_at) = made?;
+            self.admitted = self.make(|desc| {
+                let form = |[h, l]: [i64; 2]| {
+                    // SAFETY: `desc` is the blessed descriptor of `throttle.admission`; the row
+                    // is formed in the call site's context and read while it lives.
+                    unsafe { admitted_row(desc, h, l) }
+                };
+                Template::find(form, [8, 4])
+            });
         }
-        // SAFETY: `admitted` points at `len` bytes (a tuple header and its data, in `fn_mcxt`,
-        // alive as long as this call site), and `headroom_at + 8` and `limits_at + 4` are
-        // within them (checked when the template was made). The copy is a fresh palloc of
-        // `len` bytes in the current memory context, as `heap_form_tuple`'s result would be;
-        // the writes are unaligned-safe.
-        unsafe {
-            let p = pg_sys::palloc(self.len).cast::<u8>();
-            std::ptr::copy_nonoverlapping(self.admitted, p, self.len);
-            p.add(self.headroom_at)
-                .cast::<i64>()
-                .write_unaligned(headroom as i64);
-            p.add(self.limits_at)
-                .cast::<i32>()
-                .write_unaligned(limits as i32);
-            Some(pg_sys::Datum::from(p))
-        }
+        Some(self.admitted?.copy([headroom as i64, limits as i64]))
     }
+
+    /// A refused answer, copied from its blocking limit's template (made on that limit's
+    /// second refusal in a row at its place here); None when there is none.
+    #[inline(never)]
+    fn refused(
+        &mut self,
+        outcome: &Outcome,
+        blocked: Option<(i64, &str)>,
+        limits: usize,
+    ) -> Option<pg_sys::Datum> {
+        let (
+            Outcome::Refused {
+                retry_at: Some(retry_at),
+                headroom,
+                ..
+            },
+            Some((id, label)),
+        ) = (*outcome, blocked)
+        else {
+            return None;
+        };
+        let k = ((id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % REFUSED_ROWS;
+        let key = (id, shmem::config_generation());
+        if self.refused[k].0 != key {
+            self.refused[k] = (key, None);
+            return None;
+        }
+        if self.refused[k].1.is_none() {
+            let t = self.make(|desc| {
+                let form = |[r, h, l]: [i64; 3]| {
+                    // SAFETY: as in `admitted`.
+                    unsafe { refused_row(desc, id, label, r, h, l) }
+                };
+                Template::find(form, [8, 8, 4])
+            })?;
+            self.refused[k].1 = Some(t);
+        }
+        Some(
+            self.refused[k]
+                .1?
+                .copy([retry_at, headroom as i64, limits as i64]),
+        )
+    }
+}
+
+/// The bytes of an admitted answer formed by [`admission_tuple`].
+///
+/// # Safety
+/// `desc` is the blessed descriptor of `throttle.admission`; the row is palloc'd in the
+/// current memory context and read while it lives.
+unsafe fn admitted_row<'a>(desc: pg_sys::TupleDesc, headroom: i64, limits: i64) -> &'a [u8] {
+    let o = Outcome::Admitted {
+        headroom: Some(headroom as u64),
+    };
+    // SAFETY: the caller's contract; the datum is a composite formed just now.
+    unsafe { tuple_bytes(admission_tuple(desc, limits as u32 as usize, o, None)) }
+}
+
+/// The bytes of an answer refused by limit `id` (`label`), formed by [`admission_tuple`].
+///
+/// # Safety
+/// As [`admitted_row`].
+unsafe fn refused_row<'a>(
+    desc: pg_sys::TupleDesc,
+    id: i64,
+    label: &str,
+    retry_at: i64,
+    headroom: i64,
+    limits: i64,
+) -> &'a [u8] {
+    let o = Outcome::Refused {
+        blocker: 0,
+        retry_at: Some(retry_at),
+        headroom: headroom as u64,
+    };
+    let blocked = Some((id, label));
+    // SAFETY: the caller's contract; the datum is a composite formed just now.
+    unsafe { tuple_bytes(admission_tuple(desc, limits as u32 as usize, o, blocked)) }
 }
 
 /// The bytes of a composite datum (a tuple header with its data).
@@ -740,8 +886,8 @@ unsafe fn tuple_bytes<'a>(d: pg_sys::Datum) -> &'a [u8] {
     }
 }
 
-/// The offset of the one run of `n` bytes in which `a` and `b` differ (None if they differ
-/// elsewhere too, or not in `n` bytes, or have different lengths).
+/// The offset of the one run of at most `n` bytes in which `a` and `b` differ (None if they
+/// differ in more, or not at all, or have different lengths).
 fn differing_run(a: &[u8], b: &[u8], n: usize) -> Option<usize> {
     if a.len() != b.len() {
         return None;
@@ -754,40 +900,6 @@ fn differing_run(a: &[u8], b: &[u8], n: usize) -> Option<usize> {
             .zip(b.iter().rev())
             .position(|(x, y)| x != y)?;
     (last + 1 - first <= n && first + n <= a.len()).then_some(first)
-}
-
-/// The template of an admitted answer for [`AnswerType`]: formed by `heap_form_tuple` with
-/// `desc`, its fields found by forming answers that differ in one field each, then checked:
-/// the template with two other values written in must equal the answer formed with them.
-/// None if anything does not line up (every answer is then formed).
-///
-/// # Safety
-/// `desc` is the blessed descriptor of `throttle.admission`; the tuples are palloc'd in the
-/// current memory context, which must outlive the template's use.
-unsafe fn admitted_template(desc: pg_sys::TupleDesc) -> Option<(*const u8, usize, usize, usize)> {
-    let form = |headroom: u64, limits: usize| {
-        // SAFETY: `desc` is the blessed descriptor of `throttle.admission` (the caller's
-        // contract), and the datum is formed by `admission_tuple`, so its bytes are readable.
-        unsafe {
-            let d = admission_tuple(
-                desc,
-                limits,
-                Outcome::Admitted {
-                    headroom: Some(headroom),
-                },
-                None,
-            );
-            tuple_bytes(d)
-        }
-    };
-    let base = form(0, 0);
-    let headroom_at = differing_run(base, form(u64::MAX, 0), 8)?;
-    let limits_at = differing_run(base, form(0, u32::MAX as usize), 4)?;
-    let (h, l) = (0x0102_0304_0506_0708_u64, 0x0A0B_0C0D_usize);
-    let mut check = base.to_vec();
-    check[headroom_at..headroom_at + 8].copy_from_slice(&(h as i64).to_ne_bytes());
-    check[limits_at..limits_at + 4].copy_from_slice(&(l as i32).to_ne_bytes());
-    (check == form(h, l)).then_some((base.as_ptr(), base.len(), headroom_at, limits_at))
 }
 
 /// The call site's [`AnswerType`], made on its first call.
@@ -821,10 +933,9 @@ unsafe fn answer_type<'a>(fcinfo: pg_sys::FunctionCallInfo) -> Result<&'a mut An
             desc,
             mcxt: (*flinfo).fn_mcxt,
             admissions: 0,
-            admitted: std::ptr::null(),
-            len: 0,
-            headroom_at: 0,
-            limits_at: 0,
+            admitted: None,
+            refused: [((0, 0), None); REFUSED_ROWS],
+            budget: 64,
         });
         pg_sys::MemoryContextSwitchTo(old);
         (*flinfo).fn_extra = answer.cast();
