@@ -11,7 +11,7 @@
 
 use crate::backend::BackendLocal;
 use crate::error::{self, Fast as Result};
-use crate::limiter::table::Key;
+use crate::limiter::table::{self, IndexEntry, Key};
 use crate::limiter::Rate;
 use crate::shmem::{self, Want, MAX_WANTS};
 use pgrx::prelude::*;
@@ -177,13 +177,13 @@ fn plan_hash(sender: &[u8], carrier: &[u8], channel: &[u8]) -> u64 {
     (z ^ (z >> 32)) | 1 << 63
 }
 
-/// The plans: dense in `entries`, found through `index`, an open-addressing table (linear
-/// probing, at most half full) of (the hash's high half, entry position + 1; 0: empty).
-/// The index is 8 bytes a slot, so it stays in cache where the entries would not: a hit
-/// costs a probe that is nearly always a cache hit, then one entry. Entries are never moved
-/// while cached and only forgotten all at once.
+/// The plans: dense in `entries`, found through `index` (at most half full), the same kind
+/// of index as a partition's buckets have in shared memory (`limiter::table`). The index is
+/// 8 bytes an entry, so it stays in cache where the plans would not: a hit costs a probe that
+/// is nearly always a cache hit, then one plan. Plans are never moved while cached and only
+/// forgotten all at once.
 struct PlanTable {
-    index: Vec<[u32; 2]>,
+    index: Vec<IndexEntry>,
     entries: Vec<PlanEntry>,
 }
 
@@ -215,26 +215,11 @@ impl PlanTable {
     /// The entry of the plan for (sender, carrier, channel), if cached.
     #[inline]
     fn position(&self, hash: u64, sender: &[u8], carrier: &[u8], channel: &[u8]) -> Option<usize> {
-        if self.index.is_empty() {
-            return None;
-        }
-        let mask = self.index.len() - 1;
-        let tag = (hash >> 32) as u32;
-        let mut i = hash as usize & mask;
-        loop {
-            let [t, at] = self.index[i];
-            if at == 0 {
-                return None;
-            }
-            if t == tag {
-                let at = at as usize - 1;
-                let e = self.entries.get(at)?;
-                if e.hash == hash && e.is(sender, carrier, channel) {
-                    return Some(at);
-                }
-            }
-            i = (i + 1) & mask;
-        }
+        let is = |at: usize| {
+            let e = &self.entries[at];
+            e.hash == hash && e.is(sender, carrier, channel)
+        };
+        table::probe(&self.index, hash, is).map(|(_, at)| at)
     }
 
     #[inline]
@@ -257,9 +242,9 @@ impl PlanTable {
     fn insert(&mut self, e: PlanEntry) {
         if (self.entries.len() + 1) * 2 > self.index.len() {
             let slots = (self.index.len() * 2).max(64);
-            self.index = crate::backend::huge_vec(slots, || [0; 2]);
+            self.index = crate::backend::huge_vec(slots, IndexEntry::default);
             for (at, e) in self.entries.iter().enumerate() {
-                place(&mut self.index, e.hash, at);
+                table::place(&mut self.index, e.hash, at);
             }
         }
         if self.entries.len() == self.entries.capacity() {
@@ -269,19 +254,9 @@ impl PlanTable {
             grown.append(&mut self.entries);
             self.entries = grown;
         }
-        place(&mut self.index, e.hash, self.entries.len());
+        table::place(&mut self.index, e.hash, self.entries.len());
         self.entries.push(e);
     }
-}
-
-/// Put entry `at`, of hash `hash`, in the first free slot of `index` from its home slot.
-fn place(index: &mut [[u32; 2]], hash: u64, at: usize) {
-    let mask = index.len() - 1;
-    let mut i = hash as usize & mask;
-    while index[i][1] != 0 {
-        i = (i + 1) & mask;
-    }
-    index[i] = [(hash >> 32) as u32, (at + 1) as u32];
 }
 
 struct Cache {
@@ -359,9 +334,10 @@ impl Cache {
 }
 
 /// Plans cached per backend before they are forgotten and rebuilt on demand, at least
-/// (65,536 entries of 232 bytes and an index of 131,072 slots of 8: 16 MB). A session that has read more senders' limits
-/// (`throttle.preload_senders`) keeps two plans per sender: a platform's lines, each admitted
-/// in turn, would otherwise empty the cache every 65,536 admissions and rebuild every plan.
+/// (65,536 plans of 232 bytes and an index of 131,072 entries of 8: 16 MB). A session that
+/// has read more senders' limits (`throttle.preload_senders`) keeps two plans per sender: a
+/// platform's lines, each admitted in turn, would otherwise empty the cache every 65,536
+/// admissions and rebuild every plan.
 const MAX_CACHED_PLANS: usize = 65_536;
 
 impl Cache {

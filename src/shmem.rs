@@ -567,8 +567,8 @@ fn prefetch(s: &Shared, wants: &[Want]) {
 unsafe fn table(s: &Shared, p: usize) -> Table<'static> {
     // SAFETY: `s` points into our segment, mapped for the life of the process. `parts[p]` is
     // bounds-checked first, so `p` < PARTITIONS and the partition's `spp` index entries and
-    // slots lie within the segment; the caller holds its lock, so no other backend reads or writes them or its
-    // count while the view is in use.
+    // slots lie within the segment; the caller holds its lock, so no other backend reads or
+    // writes them or its count while the view is in use.
     unsafe {
         let len = &mut (*s.header).parts[p].len;
         let spp = (*s.header).slots_per_part as usize;

@@ -53,13 +53,50 @@ impl Slot {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Full;
 
-/// One entry of a partition's index: the low half of its key's hash, and its slot's
-/// position plus one (0: an empty entry).
+/// One entry of an index over dense entries (a partition's buckets here; a session's plans
+/// in the server): the low half of its hash, which also gives its home position (an index
+/// has fewer than 2^32 entries), and its entry's position plus one (0: an empty entry).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IndexEntry {
     pub tag: u32,
     pub at: u32,
+}
+
+/// In `index` (a power of two of entries, linear probing), the position and the entry of the
+/// first entry of hash `hash` for which `is(entry)` holds, if any.
+#[inline]
+pub fn probe(
+    index: &[IndexEntry],
+    hash: u64,
+    mut is: impl FnMut(usize) -> bool,
+) -> Option<(usize, usize)> {
+    let mask = index.len().checked_sub(1)?;
+    let tag = hash as u32;
+    let mut i = hash as usize & mask;
+    loop {
+        let e = index[i];
+        if e.at == 0 {
+            return None;
+        }
+        if e.tag == tag && is(e.at as usize - 1) {
+            return Some((i, e.at as usize - 1));
+        }
+        i = (i + 1) & mask;
+    }
+}
+
+/// Put entry `at`, of hash `hash`, in the first free position of `index` from its home.
+pub fn place(index: &mut [IndexEntry], hash: u64, at: usize) {
+    let mask = index.len() - 1;
+    let mut i = hash as usize & mask;
+    while index[i].at != 0 {
+        i = (i + 1) & mask;
+    }
+    index[i] = IndexEntry {
+        tag: hash as u32,
+        at: at as u32 + 1,
+    };
 }
 
 /// One partition: its index (a power of two of entries), its slots (at least as many as may
@@ -82,31 +119,10 @@ impl Table<'_> {
         self.index.len() - 1
     }
 
-    /// Position in the index of the entry for `key`, if present, and its slot.
-    #[inline]
-    fn probe(&self, key: Key, hash: u64) -> Option<(usize, usize)> {
-        let mask = self.mask();
-        let tag = hash as u32;
-        let mut i = hash as usize & mask;
-        loop {
-            let e = self.index[i];
-            if e.at == 0 {
-                return None;
-            }
-            if e.tag == tag {
-                let at = e.at as usize - 1;
-                if self.slots[at].key == key {
-                    return Some((i, at));
-                }
-            }
-            i = (i + 1) & mask;
-        }
-    }
-
     /// Slot of `key`, if present.
     #[inline]
     pub fn find(&self, key: Key, hash: u64) -> Option<usize> {
-        self.probe(key, hash).map(|(_, at)| at)
+        probe(self.index, hash, |at| self.slots[at].key == key).map(|(_, at)| at)
     }
 
     /// Slot of `key`, inserting `make()` if absent. When the partition is full, buckets that
@@ -139,15 +155,7 @@ impl Table<'_> {
             key,
             bucket: make(),
         };
-        let mask = self.mask();
-        let mut i = hash as usize & mask;
-        while self.index[i].at != 0 {
-            i = (i + 1) & mask;
-        }
-        self.index[i] = IndexEntry {
-            tag: hash as u32,
-            at: at as u32 + 1,
-        };
+        place(self.index, hash, at);
         *self.len += 1;
         Ok(at)
     }
@@ -172,12 +180,10 @@ impl Table<'_> {
 
     /// Position in the index of the entry that points at slot `at` (live).
     fn entry_of(&self, at: usize) -> usize {
-        let mask = self.mask();
-        let mut i = self.slots[at].key.hash() as usize & mask;
-        while self.index[i].at as usize != at + 1 {
-            i = (i + 1) & mask;
-        }
-        i
+        let hash = self.slots[at].key.hash();
+        let found = probe(self.index, hash, |e| e == at);
+        debug_assert!(found.is_some(), "a live slot has its index entry");
+        found.map_or(0, |(i, _)| i)
     }
 
     /// Remove the bucket in slot `at` (live): its index entry goes, shifting later entries

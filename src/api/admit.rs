@@ -520,15 +520,17 @@ unsafe fn throttle_admit_fast(fcinfo: pg_sys::FunctionCallInfo) -> Option<pg_sys
         }
         let outcome =
             shmem::admit_hinted(plan.wants, plan.partitions, c.cost, c.now, true, hint).ok()?;
-        let limits = plan.wants.len();
+        let (limits, blocked) = (plan.wants.len(), blocker_of(plan, &outcome));
         let copied = match outcome {
             Outcome::Admitted { headroom: Some(h) } => answer.admitted(h, limits),
-            _ => answer.refused(&outcome, blocker_of(plan, &outcome), limits),
+            _ => answer.refused(&outcome, blocked, limits),
         };
         // SAFETY: `answer.desc` is the blessed descriptor of `throttle.admission`.
-        Some(copied.unwrap_or_else(|| unsafe {
-            admission_tuple(answer.desc, limits, outcome, blocker_of(plan, &outcome))
-        }))
+        Some(
+            copied.unwrap_or_else(|| unsafe {
+                admission_tuple(answer.desc, limits, outcome, blocked)
+            }),
+        )
     })
     .flatten()
 }
@@ -662,7 +664,7 @@ unsafe fn admission_tuple(
 
 /// What a `throttle_admit` call site keeps for the life of its `flinfo` (in `fn_extra`, the
 /// usual C idiom: one catalog look-up per query, not per row): the answer's row type, and
-/// answers as rows to copy, with where their varying fields are. Copying 50 to 100 bytes and
+/// answers as rows to copy, with where their varying fields are. Copying one row's bytes and
 /// writing two or three fields is a fraction of `heap_form_tuple`'s work per attribute. A
 /// template is made only once the call site has needed it twice (an admission; a refusal by
 /// the same limit), so a statement that admits once, the usual shape of an application's call,
@@ -687,6 +689,9 @@ struct AnswerType {
 
 /// Refusing limits a call site keeps an answer row for.
 const REFUSED_ROWS: usize = 64;
+
+/// Templates a call site may make (each costs a few rows formed).
+const TEMPLATES: u8 = 64;
 
 /// A row formed by `heap_form_tuple`, `len` bytes at `row` (in the call site's memory
 /// context), and the byte offset and width (8 or 4) of each of its `N` varying fields.
@@ -719,16 +724,29 @@ impl<const N: usize> Template<N> {
         };
         let check: [i64; N] = std::array::from_fn(|i| 0x0102_0304_0506_0708 + i as i64 * 0x11);
         let mut copy = base.to_vec();
-        t.write(&mut copy, check);
+        // SAFETY: `copy` holds the template's `len` bytes, and each field lies within them
+        // (`differing_run` found it so).
+        unsafe { t.write(copy.as_mut_ptr(), check) };
         (copy == form(check)).then_some(t)
     }
 
-    /// Write `values` into `row` (a copy of the template).
-    fn write(&self, row: &mut [u8], values: [i64; N]) {
+    /// Write `values` into the row at `row` (a copy of the template).
+    ///
+    /// # Safety
+    /// `row` points at `len` writable bytes.
+    #[inline]
+    unsafe fn write(&self, row: *mut u8, values: [i64; N]) {
         for ((&at, &w), v) in self.at.iter().zip(&self.width).zip(values) {
-            match w {
-                8 => row[at..at + 8].copy_from_slice(&v.to_ne_bytes()),
-                _ => row[at..at + 4].copy_from_slice(&(v as i32).to_ne_bytes()),
+            // SAFETY: each field's `at + width` is within `len` (`differing_run` found it
+            // so), `row` has `len` writable bytes (the caller's contract), and the writes are
+            // unaligned-safe.
+            unsafe {
+                let f = row.add(at);
+                if w == 8 {
+                    f.cast::<i64>().write_unaligned(v);
+                } else {
+                    f.cast::<i32>().write_unaligned(v as i32);
+                }
             }
         }
     }
@@ -739,20 +757,11 @@ impl<const N: usize> Template<N> {
     fn copy(&self, values: [i64; N]) -> pg_sys::Datum {
         // SAFETY: `row` points at `len` bytes (a tuple header and its data) in the call site's
         // memory context, which outlives every use of the template; palloc returns `len`
-        // writable bytes (or raises an error), which no one else sees yet; each field's
-        // `at + width` is within `len` (`differing_run` found it so), and the writes are
-        // unaligned-safe.
+        // writable bytes (or raises an error), which no one else sees yet.
         unsafe {
             let p = pg_sys::palloc(self.len).cast::<u8>();
             std::ptr::copy_nonoverlapping(self.row, p, self.len);
-            for ((&at, &w), v) in self.at.iter().zip(&self.width).zip(values) {
-                let f = p.add(at);
-                if w == 8 {
-                    f.cast::<i64>().write_unaligned(v);
-                } else {
-                    f.cast::<i32>().write_unaligned(v as i32);
-                }
-            }
+            self.write(p, values);
             pg_sys::Datum::from(p)
         }
     }
@@ -935,7 +944,7 @@ unsafe fn answer_type<'a>(fcinfo: pg_sys::FunctionCallInfo) -> Result<&'a mut An
             admissions: 0,
             admitted: None,
             refused: [((0, 0), None); REFUSED_ROWS],
-            budget: 64,
+            budget: TEMPLATES,
         });
         pg_sys::MemoryContextSwitchTo(old);
         (*flinfo).fn_extra = answer.cast();
