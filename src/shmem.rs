@@ -634,6 +634,16 @@ pub fn admit(
 }
 
 /// The hint for slot `idx` of partition `p`: its position in the whole table, plus one.
+/// The position within partition `p` that `hint` names, if it names one there (whether it
+/// still holds the bucket is for [`Table::holds`] to say, under the partition's lock).
+fn hinted_in(s: &Shared, p: usize, hint: u32) -> Option<usize> {
+    // SAFETY: `s.header` points at the header in our segment, mapped for the life of the
+    // process; `slots_per_part` is written when the segment is made and never again.
+    let spp = unsafe { (*s.header).slots_per_part } as usize;
+    let slot = (hint as usize).checked_sub(1)?;
+    (slot / spp == p).then_some(slot % spp)
+}
+
 fn slot_hint(s: &Shared, p: usize, idx: usize) -> u32 {
     // SAFETY: `s.header` points at the header in our segment, mapped for the life of the
     // process; `slots_per_part` is written when the segment is made and never again.
@@ -694,12 +704,14 @@ pub fn admit_hinted(
     let keep = |k: &Key| keys.iter().any(|w| w.key == *k);
     let _locks = Locked::acquire(s, mask);
     // Pass 1: make sure every bucket exists (inserting may move others in its partition).
-    for w in wants {
+    // The hint names the first want's slot as it was last time: checked, it saves a probe.
+    let hinted = hinted_in(s, wants[0].partition as usize, *hint);
+    for (i, w) in wants.iter().enumerate() {
         // SAFETY: `_locks` holds the lock of every want's partition (`partitions` has a bit set
         // for each, as `admit` requires and the assertion above checks), and the previous view
         // is gone.
         let mut t = unsafe { table(s, w.partition as usize) };
-        ensure(s, &mut t, w, now, keep)?;
+        ensure(s, &mut t, w, hinted.filter(|_| i == 0), now, keep)?;
     }
     // Pass 2: nothing moves any more. Find every slot first (each look-up borrows its
     // partition briefly), then reach the buckets only through raw pointers from the base of
@@ -712,7 +724,11 @@ pub fn admit_hinted(
         // SAFETY: `_locks` holds the lock of every want's partition, and the previous view is
         // gone.
         let t = unsafe { table(s, w.partition as usize) };
-        at[i] = w.partition as usize * spp + t.find(w.key, w.hash).ok_or(ShmemError::Full)?;
+        let found = hinted
+            .filter(|_| i == 0)
+            .and_then(|h| t.holds(w.key, h))
+            .or_else(|| t.find(w.key, w.hash));
+        at[i] = w.partition as usize * spp + found.ok_or(ShmemError::Full)?;
     }
     *hint = (at[0] + 1).try_into().unwrap_or(0);
     let mut refs = [BucketPtr(null_mut()); MAX_WANTS];
@@ -762,9 +778,13 @@ fn ensure(
     s: &Shared,
     t: &mut Table<'_>,
     w: &Want,
+    hinted: Option<usize>,
     now: Micros,
     keep: impl Fn(&Key) -> bool,
 ) -> Result<usize, ShmemError> {
+    if let Some(i) = hinted.and_then(|at| t.holds(w.key, at)) {
+        return Ok(i);
+    }
     if let Some(i) = t.find(w.key, w.hash) {
         return Ok(i);
     }
@@ -798,7 +818,8 @@ fn admit_one(
     let _lock = Locked::acquire(s, 1 << w.partition);
     // SAFETY: `_lock` holds the want's partition, and this is the only view of it.
     let mut t = unsafe { table(s, w.partition as usize) };
-    let idx = ensure(s, &mut t, w, now, |_| false)?;
+    let hinted = hinted_in(s, w.partition as usize, *hint);
+    let idx = ensure(s, &mut t, w, hinted, now, |_| false)?;
     *hint = slot_hint(s, w.partition as usize, idx);
     let b = &mut t.slots[idx].bucket;
     b.rebase(w.rate, now);

@@ -125,6 +125,13 @@ impl Table<'_> {
         probe(self.index, hash, |at| self.slots[at].key == key).map(|(_, at)| at)
     }
 
+    /// `at`, when it is a live slot holding `key` (a remembered position checked without
+    /// probing the index; keys are unique within a partition, so a match is the entry).
+    #[inline]
+    pub fn holds(&self, key: Key, at: usize) -> Option<usize> {
+        (at < *self.len as usize && self.slots[at].key == key).then_some(at)
+    }
+
     /// Slot of `key`, inserting `make()` if absent. When the partition is full, buckets that
     /// are full at `now` (they hold no debt: forgetting them loses nothing) are dropped first.
     /// `budget` is asked before a new entry is added (a global cap across partitions) and
@@ -344,6 +351,7 @@ mod tests {
             let mut len = 0;
             let mut t = Table { index: &mut index, slots: &mut slots, len: &mut len };
             let mut model: HashMap<Key, Micros> = HashMap::new();
+            let mut remembered: HashMap<Key, usize> = HashMap::new();
             let mut unlimited = |_: i64| true;
             for (op, id, sub) in ops {
                 let k = Key::new(id, sub);
@@ -374,6 +382,19 @@ mod tests {
                     let i = t.find(*k, k.hash());
                     prop_assert!(i.is_some());
                     prop_assert_eq!(t.slots[i.unwrap()].bucket, busy(*at));
+                }
+                // A remembered position (a hint), however stale, is accepted only where its
+                // key still lives: then it is the key's slot.
+                for (k, at) in &remembered {
+                    if let Some(i) = t.holds(*k, *at) {
+                        prop_assert!(model.contains_key(k));
+                        prop_assert_eq!(Some(i), t.find(*k, k.hash()));
+                    }
+                }
+                for k in model.keys() {
+                    let i = t.find(*k, k.hash()).unwrap_or(usize::MAX);
+                    prop_assert_eq!(t.holds(*k, i), Some(i));
+                    remembered.insert(*k, i);
                 }
             }
         }
