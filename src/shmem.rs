@@ -705,7 +705,9 @@ pub fn admit_hinted(
     let _locks = Locked::acquire(s, mask);
     // Pass 1: make sure every bucket exists (inserting may move others in its partition).
     // The hint names the first want's slot as it was last time: checked, it saves a probe.
-    let hinted = hinted_in(s, wants[0].partition as usize, *hint);
+    let hinted = wants
+        .first()
+        .and_then(|w| hinted_in(s, w.partition as usize, *hint));
     for (i, w) in wants.iter().enumerate() {
         // SAFETY: `_locks` holds the lock of every want's partition (`partitions` has a bit set
         // for each, as `admit` requires and the assertion above checks), and the previous view
