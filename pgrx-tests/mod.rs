@@ -350,4 +350,38 @@ mod tests {
             )
         );
     }
+
+    /// The state an admission reads of a recipient it has not seen in its transaction yet:
+    /// straight from the tables' primary keys, it is what the statement reads, for every mix
+    /// of NULLs, counts and recent sends, and for recipients only one table (or neither)
+    /// knows.
+    #[pg_test]
+    fn a_recipients_state_read_from_the_keys_is_what_the_statement_reads() {
+        run("INSERT INTO throttle.contact_sent
+                    (sender, contact, counted_as, counted_at, unanswered, unanswered_since, recent, last_sent_at)
+             VALUES ('tp-line', 'tp-a', 1, now() - interval '1 hour', 3, now() - interval '2 hours',
+                     ARRAY[now() - interval '10 s', now() - interval '5 s'], now()),
+                    ('tp-line', 'tp-b', NULL, NULL, 0, NULL, '{}', now()),
+                    ('tp-line', 'tp-c', 2, now() - interval '1 minute', 7, NULL, ARRAY[now()], now()),
+                    ('tp-line', 'tp-e', 1, NULL, -4, now(), '{}', now()),
+                    ('tp-other', 'tp-f', 2, now(), 1, NULL, '{}', now())");
+        run(
+            "INSERT INTO throttle.contact_inbound (sender, contact, last_inbound_at)
+             VALUES ('tp-line', 'tp-a', now() - interval '3 hours'),
+                    ('tp-line', 'tp-d', now() - interval '1 day'),
+                    ('tp-other', 'tp-a', now())",
+        );
+        let mut known = 0;
+        for r in ["tp-a", "tp-b", "tp-c", "tp-d", "tp-e", "tp-f", "tp-none"] {
+            let _latest = crate::backend::LatestSnapshot::push();
+            let direct = crate::contact_probe::contact("tp-line", r);
+            let statement = Spi::connect(|c| crate::contacts::read_one_contact(&c, "tp-line", r))
+                .expect("the statement reads");
+            assert_eq!(direct.as_ref(), Some(&statement), "recipient {r}");
+            known += usize::from(statement != Default::default());
+        }
+        // The rows were seen: four of the seven have state on this line (tp-b's row holds
+        // nothing but what an unknown recipient has; tp-f is another line's).
+        assert_eq!(known, 4);
+    }
 }

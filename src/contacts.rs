@@ -654,18 +654,31 @@ pub fn read_one(
         Some(ct) => ct,
         None => {
             let _latest = crate::backend::LatestSnapshot::push();
-            let p = kept(c, SQL_ONE, &[TEXTOID, TEXTOID], false)?;
-            let mut read = None;
-            for row in c.select(&*p, None, &[sender.into(), recipient.into()])? {
-                read = Some(contact_of(&row, 1)?);
+            match crate::contact_probe::contact(sender, recipient) {
+                Some(read) => read,
+                None => read_one_contact(c, sender, recipient)?,
             }
-            read.unwrap_or_default()
         }
     };
     t.contacts.push(contact);
     crate::contact_txn::owned_by(owner);
     kept_by_txn(&t, &keys, now);
     Ok(Some((t, keys)))
+}
+
+/// `recipient`'s state on line `sender` read with a statement (what
+/// [`crate::contact_probe::contact`] reads without one), under the active snapshot.
+pub(crate) fn read_one_contact(
+    c: &SpiClient<'_>,
+    sender: &str,
+    recipient: &str,
+) -> pgrx::spi::Result<Contact> {
+    let p = kept(c, SQL_ONE, &[TEXTOID, TEXTOID], false)?;
+    let mut read = None;
+    for row in c.select(&*p, None, &[sender.into(), recipient.into()])? {
+        read = Some(contact_of(&row, 1)?);
+    }
+    Ok(read.unwrap_or_default())
 }
 
 /// Keep the state of an admission's line and recipient (as read, or as counted) until its
