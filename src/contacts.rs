@@ -386,7 +386,9 @@ fn rules_of(
         .collect();
     if !missing.is_empty() {
         let mut read: FxHashMap<String, Vec<Rule>> = FxHashMap::default();
-        for row in c.select(SQL_RULES, None, &[missing.clone().into()])? {
+        // Kept: an admission reads a new line's rules alone, once per line and session.
+        let p = kept(c, SQL_RULES, &[TEXTARRAYOID], false)?;
+        for row in c.select(&*p, None, &[missing.clone().into()])? {
             let s: String = row.get(1)?.unwrap_or_default();
             if let Some(r) = rule_of(&row)? {
                 let name: String = row.get(11)?.unwrap_or_default();
