@@ -146,15 +146,21 @@ const SQL_HOLD: &str = "
       FROM unnest($1::int8[], $2::timestamptz[], $3::int8[]) AS h(id, until, rule)
      WHERE p.id = h.id";
 
+/// Each row's recent sends travel as the text of an int8[] of µs since 2000-01-01 UTC
+/// (PostgreSQL's epoch: the values it keeps; one element of `$7` per row), turned back into
+/// timestamptz[] row by row: a row reads only its own.
+/// (They were one flat array for all rows, which every row scanned for its own part: a
+/// statement of n rows under a pair rate took n² steps.)
 const SQL_SENT: &str = "
     INSERT INTO throttle.contact_sent AS c
            (sender, contact, counted_as, counted_at, unanswered, unanswered_since, recent, last_sent_at)
     SELECT u.s, u.c, u.k, u.at, u.n, u.since,
-           coalesce((SELECT array_agg(r.t ORDER BY r.o) FROM unnest($9::timestamptz[]) WITH ORDINALITY AS r(t, o)
-                      WHERE r.o > u.off AND r.o <= u.off + u.len), '{}'),
-           $10
+           CASE WHEN u.r = '{}' THEN '{}'::timestamptz[]
+                ELSE ARRAY(SELECT timestamptz '2000-01-01 00:00:00+00' + e.x * interval '1 microsecond'
+                             FROM unnest(u.r::int8[]) WITH ORDINALITY AS e(x, o) ORDER BY e.o) END,
+           $8
       FROM unnest($1::text[], $2::text[], $3::int2[], $4::timestamptz[], $5::int4[], $6::timestamptz[],
-                  $7::int4[], $8::int4[]) AS u(s, c, k, at, n, since, off, len)
+                  $7::text[]) AS u(s, c, k, at, n, since, r)
     ON CONFLICT ON CONSTRAINT contact_sent_pkey DO UPDATE
        SET counted_as = excluded.counted_as, counted_at = excluded.counted_at,
            unanswered = excluded.unanswered, unanswered_since = excluded.unanswered_since,
@@ -750,7 +756,7 @@ fn write_contacts(
 ) -> pgrx::spi::Result<()> {
     let (mut s, mut cn, mut k, mut at, mut n, mut since) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
-    let (mut off, mut len, mut recent) = (vec![], vec![], vec![]);
+    let mut recent: Vec<String> = vec![];
     for (ct, (li, contact)) in t.contacts.iter().zip(&keys.contacts) {
         if !ct.dirty {
             continue;
@@ -761,22 +767,18 @@ fn write_contacts(
         at.push(ct.counted.map(|c| ts(c.1)));
         n.push(ct.unanswered.min(i32::MAX as u32) as i32);
         since.push(ct.unanswered_since.map(ts));
-        off.push(recent.len() as i32);
-        len.push(ct.recent.len() as i32);
-        recent.extend(ct.recent.iter().map(|&r| ts(r)));
+        recent.push(int8_array_text(&ct.recent));
     }
     if s.is_empty() {
         return Ok(());
     }
-    let args: [DatumWithOid; 10] = [
+    let args: [DatumWithOid; 8] = [
         s.into(),
         cn.into(),
         k.into(),
         at.into(),
         n.into(),
         since.into(),
-        off.into(),
-        len.into(),
         recent.into(),
         ts(now).into(),
     ];
@@ -790,15 +792,28 @@ fn write_contacts(
             TIMESTAMPTZARRAYOID,
             INT4ARRAYOID,
             TIMESTAMPTZARRAYOID,
-            INT4ARRAYOID,
-            INT4ARRAYOID,
-            TIMESTAMPTZARRAYOID,
+            TEXTARRAYOID,
             TIMESTAMPTZOID,
         ],
         true,
     )?;
     c.update(&*p, None, &args)?;
     Ok(())
+}
+
+/// `{t1,t2,...}`: times (µs since 2000-01-01 UTC), the text of an int8[].
+fn int8_array_text(times: &[Micros]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(2 + 17 * times.len());
+    out.push('{');
+    for (i, t) in times.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{t}");
+    }
+    out.push('}');
+    out
 }
 
 /// The streaks of the lines the tick counted (one statement).

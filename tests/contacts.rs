@@ -973,3 +973,58 @@ fn a_transaction_past_10000_recipients_writes_what_it_counted_and_counts_on_exac
     assert_eq!(admitted, 10_500, "exactly the cap across the write");
     assert_eq!(counted_rows(&mut c, "tb-line", 1), 10_500);
 }
+
+/// Many recipients admitted in one statement under a pair rate: each recipient's row keeps
+/// exactly its own recent sends (written for all of them at once, before commit), and the
+/// next admission reads them back.
+#[test]
+fn a_statement_of_many_recipients_keeps_each_ones_own_recent_sends() {
+    let server = Server::start("contacts-recent", &["throttle.worker_enabled = off"]);
+    let mut c = server.connect();
+    line(
+        &mut c,
+        "rs-line",
+        "('pair_rate', 2, '1 minute', NULL, NULL, NULL)",
+    );
+    c.batch_execute("UPDATE throttle.rate_limit SET rate = 1000000 WHERE scope_id = 'rs-line'")
+        .expect("a rate that never binds");
+    // Two sends to each of 300 recipients, at times of their own; the statement's start, as
+    // µs since the Unix epoch, is what they are counted from.
+    let base = count(
+        &mut c,
+        "WITH a AS (
+             SELECT (throttle.throttle_admit('rs-line', 'att', now() + (g * 1000 + k * 1000000) * interval '1 microsecond',
+                                              1, 'sms', '+1555700' || lpad(g::text, 4, '0'))).admitted AS ok
+               FROM generate_series(1, 300) g, generate_series(0, 1) k)
+         SELECT CASE WHEN bool_and(ok) AND count(*) = 600
+                     THEN (extract(epoch FROM now()) * 1000000)::int8 ELSE -1 END FROM a",
+    );
+    assert!(base > 0, "every one of the 600 sends was admitted");
+    let rows = c
+        .query(
+            "SELECT contact, array(SELECT (extract(epoch FROM t) * 1000000)::int8 FROM unnest(recent) AS t)
+               FROM throttle.contact_sent WHERE sender = 'rs-line' ORDER BY contact",
+            &[],
+        )
+        .expect("recent");
+    assert_eq!(rows.len(), 300);
+    for (i, r) in rows.iter().enumerate() {
+        let g = i as i64 + 1;
+        let recent: Vec<i64> = r.get(1);
+        assert_eq!(
+            recent,
+            vec![base + g * 1000, base + g * 1000 + 1_000_000],
+            "{}",
+            r.get::<_, String>(0)
+        );
+    }
+    // Read back: a third send within the minute is refused for each, until the first of its
+    // two leaves the window.
+    let third = count(
+        &mut c,
+        "SELECT count(*) FILTER (WHERE (throttle.throttle_admit('rs-line', 'att', now() + interval '2 seconds',
+                                        1, 'sms', '+1555700' || lpad(g::text, 4, '0'))).admitted)
+           FROM generate_series(1, 300) g",
+    );
+    assert_eq!(third, 0);
+}
