@@ -2,9 +2,11 @@
 //! with contact rules needs it for each recipient it has not seen in its transaction yet.
 //!
 //! The same read as a statement (`contacts::SQL_ONE`) costs a plan-cache look-up, an executor
-//! start and end, and the statement's bookkeeping around two index look-ups: measured, about
-//! 60 % of such an admission's time. Here each table is probed through its primary key with
-//! the active snapshot, and the row's columns are read where the tuple lies.
+//! start and end, and the statement's bookkeeping around two index look-ups: measured, 44 % of
+//! a statement of admissions to new recipients (20,000 over 1,000 lines: 423–432 ms with the
+//! statement's reads, 235–242 ms with no read at all, 329–344 ms with these). Here each table
+//! is probed through its primary key with the active snapshot, and the row's columns are read
+//! where the tuple lies.
 //!
 //! The tables are found by name once per transaction, and their layout (columns' names and
 //! types, the keys' columns) is checked at every read on the relations as opened: any
