@@ -14,6 +14,7 @@
 //! caller reads with the statement instead.
 
 use crate::backend::BackendLocal;
+use crate::contacts::ContactColumns;
 use crate::limiter::contact::Contact;
 use crate::limiter::Micros;
 use pgrx::pg_sys;
@@ -61,33 +62,26 @@ const INBOUND_COLUMNS: [(&str, pg_sys::Oid); 3] = [
 pub fn contact(sender: &str, recipient: &str) -> Option<Contact> {
     let tables = tables()?;
     let (sender, recipient) = (sender.into_datum()?, recipient.into_datum()?);
-    let mut c = Contact::default();
+    let mut c = ContactColumns::default();
     probe(tables.sent, sender, recipient, &SENT_COLUMNS, |v| {
-        c.counted = v[2]
-            .zip(v[3])
-            .map(|(k, t)| (k.value() as i16, t.value() as Micros));
-        c.unanswered = v[4].map_or(0, |n| (n.value() as i32).max(0) as u32);
+        c.counted_as = v[2].map(|k| k.value() as i16);
+        c.counted_at = v[3].map(|t| t.value() as Micros);
+        c.unanswered = v[4].map(|n| n.value() as i32);
         c.unanswered_since = v[5].map(|t| t.value() as Micros);
         // SAFETY: a non-null `recent` of the row just read, declared timestamptz[] (checked
         // with the layout); it is read (detoasted and copied) while the slot still holds it.
-        let recent = v[6].and_then(|d| unsafe {
+        c.recent = v[6].and_then(|d| unsafe {
             Vec::<Option<TimestampWithTimeZone>>::from_polymorphic_datum(
                 d,
                 false,
                 pg_sys::TIMESTAMPTZARRAYOID,
             )
         });
-        c.recent = recent
-            .unwrap_or_default()
-            .into_iter()
-            .flatten()
-            .map(i64::from)
-            .collect();
     })?;
     probe(tables.inbound, sender, recipient, &INBOUND_COLUMNS, |v| {
         c.last_inbound = v[2].map(|t| t.value() as Micros);
     })?;
-    Some(c)
+    Some(c.into())
 }
 
 /// The tables, found by name once per local transaction.

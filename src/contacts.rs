@@ -523,28 +523,49 @@ fn read_again(
     Ok(())
 }
 
+/// A contact's columns as read (None: NULL, or no row), from `contact_sent` and
+/// `contact_inbound`, by a statement or through the tables' keys (`contact_probe`).
+#[derive(Default)]
+pub(crate) struct ContactColumns {
+    pub counted_as: Option<i16>,
+    pub counted_at: Option<Micros>,
+    pub unanswered: Option<i32>,
+    pub unanswered_since: Option<Micros>,
+    pub recent: Option<Vec<Option<TimestampWithTimeZone>>>,
+    pub last_inbound: Option<Micros>,
+}
+
+impl From<ContactColumns> for Contact {
+    fn from(c: ContactColumns) -> Contact {
+        Contact {
+            last_inbound: c.last_inbound,
+            counted: c.counted_as.zip(c.counted_at),
+            unanswered: c.unanswered.unwrap_or(0).max(0) as u32,
+            unanswered_since: c.unanswered_since,
+            recent: c
+                .recent
+                .unwrap_or_default()
+                .into_iter()
+                .flatten()
+                .map(i64::from)
+                .collect(),
+            dirty: false,
+        }
+    }
+}
+
 /// A contact's state from a row whose columns from `at` on are counted_as, counted_at,
 /// unanswered, unanswered_since, recent, last_inbound_at.
 fn contact_of(row: &pgrx::spi::SpiHeapTupleData<'_>, at: usize) -> pgrx::spi::Result<Contact> {
-    let counted = match (row.get::<i16>(at)?, us(row.get(at + 1)?)) {
-        (Some(k), Some(t)) => Some((k, t)),
-        _ => None,
-    };
-    let recent: Vec<Micros> = row
-        .get::<Vec<Option<TimestampWithTimeZone>>>(at + 4)?
-        .unwrap_or_default()
-        .into_iter()
-        .flatten()
-        .map(i64::from)
-        .collect();
-    Ok(Contact {
-        last_inbound: us(row.get(at + 5)?),
-        counted,
-        unanswered: row.get::<i32>(at + 2)?.unwrap_or(0).max(0) as u32,
+    Ok(ContactColumns {
+        counted_as: row.get(at)?,
+        counted_at: us(row.get(at + 1)?),
+        unanswered: row.get(at + 2)?,
         unanswered_since: us(row.get(at + 3)?),
-        recent,
-        dirty: false,
-    })
+        recent: row.get(at + 4)?,
+        last_inbound: us(row.get(at + 5)?),
+    }
+    .into())
 }
 
 /// Each line's last inbound message, streak, and the use of its contact caps.
