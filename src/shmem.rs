@@ -633,9 +633,9 @@ pub fn admit(
     admit_hinted(wants, partitions, cost, now, headroom, &mut 0)
 }
 
-/// The hint for slot `idx` of partition `p`: its position in the whole table, plus one.
 /// The position within partition `p` that `hint` names, if it names one there (whether it
-/// still holds the bucket is for [`Table::holds`] to say, under the partition's lock).
+/// still holds the bucket is for [`Table::holds`] to say, under the partition's lock): the
+/// reading of what [`slot_hint`] writes.
 fn hinted_in(s: &Shared, p: usize, hint: u32) -> Option<usize> {
     // SAFETY: `s.header` points at the header in our segment, mapped for the life of the
     // process; `slots_per_part` is written when the segment is made and never again.
@@ -644,6 +644,7 @@ fn hinted_in(s: &Shared, p: usize, hint: u32) -> Option<usize> {
     (slot / spp == p).then_some(slot % spp)
 }
 
+/// The hint for slot `idx` of partition `p`: its position in the whole table, plus one.
 fn slot_hint(s: &Shared, p: usize, idx: usize) -> u32 {
     // SAFETY: `s.header` points at the header in our segment, mapped for the life of the
     // process; `slots_per_part` is written when the segment is made and never again.
@@ -729,10 +730,13 @@ pub fn admit_hinted(
         let found = hinted
             .filter(|_| i == 0)
             .and_then(|h| t.holds(w.key, h))
-            .or_else(|| t.find(w.key, w.hash));
-        at[i] = w.partition as usize * spp + found.ok_or(ShmemError::Full)?;
+            .or_else(|| t.find(w.key, w.hash))
+            .ok_or(ShmemError::Full)?;
+        if i == 0 {
+            *hint = slot_hint(s, w.partition as usize, found);
+        }
+        at[i] = w.partition as usize * spp + found;
     }
-    *hint = (at[0] + 1).try_into().unwrap_or(0);
     let mut refs = [BucketPtr(null_mut()); MAX_WANTS];
     for (i, w) in wants.iter().enumerate() {
         // SAFETY: `at[i]` is the index of a live slot, found above, of a partition whose lock

@@ -687,8 +687,10 @@ struct AnswerType {
     budget: u8,
 }
 
-/// Refusing limits a call site keeps an answer row for.
+/// Refusing limits a call site keeps an answer row for (a power of two: a limit's place is
+/// the top bits of its id's hash).
 const REFUSED_ROWS: usize = 64;
+const _: () = assert!(REFUSED_ROWS.is_power_of_two());
 
 /// Templates a call site may make (each costs a few rows formed).
 const TEMPLATES: u8 = 64;
@@ -822,7 +824,8 @@ impl AnswerType {
         else {
             return None;
         };
-        let k = ((id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % REFUSED_ROWS;
+        let k = ((id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            >> (u64::BITS - REFUSED_ROWS.trailing_zeros())) as usize;
         let key = (id, shmem::config_generation());
         if self.refused[k].0 != key {
             self.refused[k] = (key, None);
