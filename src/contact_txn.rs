@@ -210,6 +210,16 @@ pub fn write_line(c: &mut pgrx::spi::SpiClient<'_>, sender: &str) -> pgrx::spi::
 /// Write everything this transaction counted, and forget what it read (a consumer is about
 /// to act on the lines: see the module's documentation).
 pub fn flush() -> crate::error::Fast<()> {
+    write_all()?;
+    with_state(|s| {
+        s.lines.clear();
+        s.kept = 0;
+    });
+    Ok(())
+}
+
+/// Write everything this transaction counted.
+fn write_all() -> crate::error::Fast<()> {
     let (t, keys, latest) = changed(None);
     if !t.lines.is_empty() {
         // Before commit no statement is running: the writes need a snapshot of their own.
@@ -218,10 +228,6 @@ pub fn flush() -> crate::error::Fast<()> {
         Spi::connect_mut(|c| crate::contacts::write_tick(c, &t, &keys, latest))
             .map_err(|e| Box::new(crate::error::internal(e)))?;
     }
-    with_state(|s| {
-        s.lines.clear();
-        s.kept = 0;
-    });
     Ok(())
 }
 
@@ -230,14 +236,24 @@ pub fn flush() -> crate::error::Fast<()> {
 const MAX_KEPT: usize = 10_000;
 
 /// Bound what this transaction keeps: past [`MAX_KEPT`] recipients, write what was counted
-/// and forget what was read (the lines' locks stay held; later admissions read again). Only
-/// outside subtransactions: one that rolls back would undo the write, and what it forgot could
-/// then not be written again at commit.
+/// and forget the recipients (later admissions read theirs again). The lines stay kept, as
+/// written: their locks stay held, so nobody else changed them, and their use as counted is
+/// what the tables now say (reading it again cost a statement or two per line). Only outside
+/// subtransactions: one that rolls back would undo the write, and what it forgot could then
+/// not be written again at commit.
 pub fn bound() -> crate::error::Fast<()> {
     // SAFETY: GetCurrentTransactionNestLevel only reads backend-local transaction state.
     let top = unsafe { pg_sys::GetCurrentTransactionNestLevel() } <= 1;
     if top && with_state(|s| s.kept) > MAX_KEPT {
-        return flush();
+        write_all()?;
+        with_state(|s| {
+            for l in s.lines.values_mut() {
+                l.line.dirty = false;
+                l.contacts.clear();
+                l.unwritten.clear();
+            }
+            s.kept = 0;
+        });
     }
     Ok(())
 }
