@@ -6,6 +6,7 @@ pub mod cap;
 pub mod capacity;
 pub mod contact;
 pub mod gcra;
+pub mod presence;
 pub mod schedule;
 #[cfg(test)]
 mod sim;
