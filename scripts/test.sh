@@ -43,7 +43,7 @@ rm -rf "$work/pkgcheck" && mkdir -p "$work/pkgcheck"
 tar -C "$work/pkgcheck" -xzf "$tarball"
 DESTDIR="$work/pkgcheck/root" "$work/pkgcheck"/pg_throttle-*/install.sh >/dev/null
 cmp "$work/pkgcheck/root$($PG_CONFIG --pkglibdir)/pg_throttle.so" "$($PG_CONFIG --pkglibdir)/pg_throttle.so"
-for f in pg_throttle.control pg_throttle--0.1.0.sql pg_throttle--0.6.0--0.7.0.sql; do
+for f in pg_throttle.control pg_throttle--0.1.0.sql pg_throttle--0.7.0--0.8.0.sql; do
     test -f "$work/pkgcheck/root$($PG_CONFIG --sharedir)/extension/$f" || { echo "package: $f missing" >&2; exit 1; }
 done
 dpkg-deb -c "$deb" > "$work/pkgcheck/deb.list"

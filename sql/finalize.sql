@@ -273,3 +273,7 @@ COMMENT ON FUNCTION throttle.check_feedback_rule() IS 'Internal: validates throt
 REVOKE ALL ON FUNCTION throttle.import_config(jsonb, boolean) FROM PUBLIC;
 COMMENT ON FUNCTION throttle.export_config() IS 'The whole configuration (senders, account roles, rate limits, caps with exemptions, queue caps, contact rules, pools with lines, your feedback rules) as one JSON document';
 COMMENT ON FUNCTION throttle.import_config(jsonb, boolean) IS 'Make the configuration what a document of export_config() says, in one transaction (dry_run: only say what would change); rows that did not change are not touched';
+
+-- The contact filter (src/contact_filter.rs).
+COMMENT ON FUNCTION throttle.contact_seen() IS 'Internal: adds each row written to the contact tables to the filter of recipients seen (src/contact_filter.rs)';
+COMMENT ON FUNCTION throttle.contact_filter() IS 'The filter that spares admissions with contact rules a read for recipients never seen on a line: ready (for this database), size, bits set, estimated false-positive rate';

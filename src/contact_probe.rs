@@ -61,6 +61,11 @@ const INBOUND_COLUMNS: [(&str, pg_sys::Oid); 3] = [
 /// runs the statement). A recipient neither table knows is `Some(Contact::default())`.
 pub fn contact(sender: &str, recipient: &str) -> Option<Contact> {
     let tables = tables()?;
+    if crate::contact_filter::never_seen(tables.sent.table, tables.inbound.table, sender, recipient)
+    {
+        // Neither table ever held a row for the pair.
+        return Some(Contact::default());
+    }
     let (sender, recipient) = (sender.into_datum()?, recipient.into_datum()?);
     let mut c = ContactColumns::default();
     probe(tables.sent, sender, recipient, &SENT_COLUMNS, |v| {

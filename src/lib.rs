@@ -11,6 +11,7 @@ mod backend;
 mod caps;
 mod config;
 mod config_doc;
+mod contact_filter;
 mod contact_probe;
 mod contact_txn;
 mod contacts;

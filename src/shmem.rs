@@ -246,7 +246,10 @@ unsafe extern "C-unwind" fn request_hook() {
     }
     // SAFETY: PostgreSQL runs shmem_request_hook exactly where RequestAddinShmemSpace is
     // allowed (it raises an error anywhere else).
-    unsafe { pg_sys::RequestAddinShmemSpace(Layout::of_settings().size) };
+    unsafe {
+        pg_sys::RequestAddinShmemSpace(Layout::of_settings().size);
+        pg_sys::RequestAddinShmemSpace(crate::contact_filter::request_size());
+    }
 }
 
 /// PostgreSQL's `shmem_startup_hook`: find the segment, or create and initialise it.
@@ -344,6 +347,9 @@ unsafe extern "C-unwind" fn startup_hook() {
             max_queue_caps: layout.max_queue_caps,
         };
     }
+    // SAFETY: in this startup hook, with AddinShmemInitLock held, after the request hook
+    // reserved the filter's size.
+    unsafe { crate::contact_filter::attach() };
     drop(init_lock);
 }
 

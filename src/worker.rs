@@ -581,6 +581,8 @@ struct Worker {
     feedback: feedback::State,
     /// When to prune old contact state next.
     next_prune: Micros,
+    /// The contact filter's build (see contact_filter.rs).
+    filter: crate::contact_filter::Build,
     /// When to look at the leases for idle ones to take back next (None: none holds room).
     next_lease_look: Option<Micros>,
     /// What each cap this worker leased from allowed then (`CapRule::allowed`): a cap that
@@ -718,6 +720,7 @@ impl Worker {
             delivery: delivery::State::default(),
             feedback: feedback::State::default(),
             next_prune: 0,
+            filter: Default::default(),
             next_lease_look: Some(0),
             leased_caps: FxHashMap::default(),
             changed_caps: Default::default(),
@@ -875,6 +878,8 @@ impl Worker {
                 self.next_prune = now + if more { 100_000 } else { 10_000_000 };
             }
             soon = Some(soon.map_or(self.next_prune, |s| s.min(self.next_prune)));
+            let back = crate::contact_filter::step(c, &mut self.filter, now)?;
+            soon = Some(soon.map_or(back, |s| s.min(back)));
         }
         let delivered = delivery::tick(c, &mut self.delivery, now)?;
         tick.dead += delivered.died as u64;

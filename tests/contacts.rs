@@ -1028,3 +1028,73 @@ fn a_statement_of_many_recipients_keeps_each_ones_own_recent_sends() {
     );
     assert_eq!(third, 0);
 }
+
+/// Wait (to a deadline) until the worker has made the contact filter ready.
+fn filter_ready(c: &mut Client) {
+    let ready = wait_for(
+        c,
+        "SELECT count(*) FROM throttle.contact_filter() WHERE ready",
+        Duration::from_secs(30),
+        |n| n == 1,
+    );
+    assert_eq!(ready, 1, "the contact filter is ready");
+}
+
+/// The filter that spares admissions a read of recipients never seen: a pair written in any
+/// way (by an admission, or straight into the table) is read again, after a server start too
+/// (the worker reads the tables into the new filter before it is used).
+#[test]
+fn the_contact_filter_never_spares_the_read_of_a_pair_that_was_written() {
+    let mut server = Server::start("contacts-filter", &[]);
+    let mut c = server.connect();
+    line(
+        &mut c,
+        "cf-line",
+        "('unanswered', 1, NULL, 'refuse', NULL, NULL)",
+    );
+    filter_ready(&mut c);
+    let admit_now = |c: &mut Client, to: &str| -> bool {
+        c.query_one(
+            "SELECT admitted FROM throttle.throttle_admit('cf-line', 'att', now(), 1, 'sms', $1)",
+            &[&to],
+        )
+        .expect("admit")
+        .get(0)
+    };
+    // Written straight into the table: one message without a reply already.
+    c.batch_execute(
+        "INSERT INTO throttle.contact_sent (sender, contact, unanswered, last_sent_at)
+         VALUES ('cf-line', '+15559100001', 1, now())",
+    )
+    .expect("a contact written directly");
+    assert!(
+        !admit_now(&mut c, "+15559100001"),
+        "its unanswered count is read"
+    );
+    // Through admissions: the first to a new recipient goes, the second (in another
+    // transaction, after the first was written) does not.
+    assert!(admit_now(&mut c, "+15559100002"));
+    assert!(!admit_now(&mut c, "+15559100002"));
+    // After a server start (shared memory is new) the filter is built from the tables again.
+    drop(c);
+    server.restart("immediate");
+    // For its first second a server refuses every admission (each limit counts as spent at
+    // the start): past it, a refusal is the contact rule's.
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut c = server.connect();
+    filter_ready(&mut c);
+    assert!(!admit_now(&mut c, "+15559100001"));
+    assert!(!admit_now(&mut c, "+15559100002"));
+    assert!(
+        admit_now(&mut c, "+15559100003"),
+        "a new recipient still goes"
+    );
+    let f = c
+        .query_one(
+            "SELECT bits_set, false_positive_rate FROM throttle.contact_filter()",
+            &[],
+        )
+        .expect("filter");
+    assert!(f.get::<_, i64>(0) > 0);
+    assert!(f.get::<_, f64>(1) < 1e-6);
+}

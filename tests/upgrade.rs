@@ -1,4 +1,4 @@
-//! Upgrading a database from the released 0.1.0, 0.2.0, 0.3.0, 0.4.0, 0.5.0 and 0.6.0 (their install scripts kept in
+//! Upgrading a database from the released 0.1.0, 0.2.0, 0.3.0, 0.4.0, 0.5.0, 0.6.0 and 0.7.0 (their install scripts kept in
 //! sql/) with `ALTER EXTENSION pg_throttle UPDATE`, through the chain of upgrade scripts:
 //! everything in it is kept, the old default burst becomes window-exact, the schema is the
 //! same as a fresh install's, and it works.
@@ -73,7 +73,7 @@ fn schema_of(c: &mut Client) -> Vec<String> {
 }
 
 /// The version this build installs.
-const CURRENT: &str = "0.7.0";
+const CURRENT: &str = "0.8.0";
 
 /// The schema of `c`'s database is exactly a fresh install's (made in a new database).
 fn assert_same_as_fresh(server: &Server, c: &mut Client, db: &str) {
@@ -469,6 +469,48 @@ fn update_from_0_6_0_keeps_the_queue_and_pools_pick_by_headroom_after() {
         .expect("assignments")
         .get(0);
     assert_eq!(on_a, 0);
+}
+
+#[test]
+fn update_from_0_7_0_reads_into_the_contact_filter_what_0_7_0_wrote() {
+    let (server, mut c) = server_with("upgrade7", "0.7.0");
+    // A line whose contact was written under 0.7.0 (no trigger then): one message without
+    // a reply, at the rule's limit.
+    c.batch_execute(
+        "INSERT INTO throttle.sender (sender) VALUES ('u7-1');
+         INSERT INTO throttle.rate_limit (scope, scope_id, rate, per) VALUES ('sender', 'u7-1', 100, '1 second');
+         INSERT INTO throttle.contact_rule (scope, scope_id, kind, max_count, at_limit)
+              VALUES ('sender', 'u7-1', 'unanswered', 1, 'refuse');
+         INSERT INTO throttle.contact_sent (sender, contact, unanswered, last_sent_at)
+              VALUES ('u7-1', '+15557700001', 1, now());",
+    )
+    .expect("fill 0.7.0");
+    c.batch_execute("ALTER EXTENSION pg_throttle UPDATE")
+        .expect("ALTER EXTENSION UPDATE");
+    assert_eq!(version(&mut c), CURRENT);
+    assert_same_as_fresh(&server, &mut c, "fresh7");
+    worker_on(&mut c);
+    let ready = wait_for(
+        &mut c,
+        "SELECT count(*) FROM throttle.contact_filter() WHERE ready",
+        Duration::from_secs(30),
+        |n| n == 1,
+    );
+    assert_eq!(ready, 1, "the worker made the filter ready");
+    let admitted = |c: &mut Client, to: &str| -> bool {
+        c.query_one(
+            "SELECT admitted FROM throttle.throttle_admit('u7-1', 'att', now(), 1, 'sms', $1)",
+            &[&to],
+        )
+        .expect("admit")
+        .get(0)
+    };
+    assert!(
+        !admitted(&mut c, "+15557700001"),
+        "what 0.7.0 wrote is read"
+    );
+    assert!(admitted(&mut c, "+15557700002"));
+    assert!(!admitted(&mut c, "+15557700002"));
 }
 
 #[test]
