@@ -372,13 +372,27 @@ mod tests {
                     ('tp-other', 'tp-a', now())",
         );
         let mut known = 0;
-        for r in ["tp-a", "tp-b", "tp-c", "tp-d", "tp-e", "tp-f", "tp-none"] {
+        let no_row = crate::limiter::contact::Contact {
+            unstored: true,
+            ..Default::default()
+        };
+        for (r, unstored) in [
+            ("tp-a", false),
+            ("tp-b", false),
+            ("tp-c", false),
+            ("tp-d", true),
+            ("tp-e", false),
+            ("tp-f", true),
+            ("tp-none", true),
+        ] {
             let _latest = crate::backend::LatestSnapshot::push();
             let direct = crate::contact_probe::contact("tp-line", r);
             let statement = Spi::connect(|c| crate::contacts::read_one_contact(&c, "tp-line", r))
                 .expect("the statement reads");
             assert_eq!(direct.as_ref(), Some(&statement), "recipient {r}");
-            known += usize::from(statement != Default::default());
+            // Whether the pair has a row of what was sent (its first write is then an update).
+            assert_eq!(statement.unstored, unstored, "recipient {r}");
+            known += usize::from(statement != no_row && statement != Default::default());
         }
         // The rows were seen: four of the seven have state on this line (tp-b's row holds
         // nothing but what an unknown recipient has; tp-f is another line's).

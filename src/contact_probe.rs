@@ -64,7 +64,10 @@ pub fn contact(sender: &str, recipient: &str) -> Option<Contact> {
     if crate::contact_filter::never_seen(tables.sent.table, tables.inbound.table, sender, recipient)
     {
         // Neither table ever held a row for the pair.
-        return Some(Contact::default());
+        return Some(Contact {
+            unstored: true,
+            ..Contact::default()
+        });
     }
     let (sender, recipient) = (sender.into_datum()?, recipient.into_datum()?);
     let mut c = ContactColumns::default();

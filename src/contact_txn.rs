@@ -136,8 +136,11 @@ pub fn store(
         match l.contacts.get_mut(recipient) {
             Some(c) => {
                 let dirty = c.dirty || contact.dirty;
+                // Once written, a row stays (the admission's copy may predate the write).
+                let unstored = c.unstored && contact.unstored;
                 *c = contact;
                 c.dirty = dirty;
+                c.unstored = unstored;
             }
             None => {
                 l.contacts.insert(recipient.to_string(), contact);
@@ -192,7 +195,12 @@ fn changed(only: Option<&str>) -> (crate::limiter::contact::Tick, crate::contact
                 keys.contacts.push((t.lines.len() - 1, to.clone()));
             }
             if only.is_some() {
-                l.unwritten.clear();
+                // Written now: each has its row from here on (a later write updates it).
+                for k in l.unwritten.drain() {
+                    if let Some(c) = l.contacts.get_mut(&k) {
+                        c.unstored = false;
+                    }
+                }
             }
         }
         (t, keys, s.latest)

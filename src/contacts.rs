@@ -166,6 +166,20 @@ const SQL_SENT: &str = "
            unanswered = excluded.unanswered, unanswered_since = excluded.unanswered_since,
            recent = excluded.recent, last_sent_at = excluded.last_sent_at";
 
+/// [`SQL_SENT`] for rows read as absent (`Contact::unstored`): a plain insert, without the
+/// conflict check (half of the write's time for a new recipient). The line's lock, held since
+/// the read, keeps every writer of pg_throttle's own from adding the pair meanwhile.
+const SQL_SENT_NEW: &str = "
+    INSERT INTO throttle.contact_sent
+           (sender, contact, counted_as, counted_at, unanswered, unanswered_since, recent, last_sent_at)
+    SELECT u.s, u.c, u.k, u.at, u.n, u.since,
+           CASE WHEN u.r = '{}' THEN '{}'::timestamptz[]
+                ELSE ARRAY(SELECT timestamptz '2000-01-01 00:00:00+00' + e.x * interval '1 microsecond'
+                             FROM unnest(u.r::int8[]) WITH ORDINALITY AS e(x, o) ORDER BY e.o) END,
+           $8
+      FROM unnest($1::text[], $2::text[], $3::int2[], $4::timestamptz[], $5::int4[], $6::timestamptz[],
+                  $7::text[]) AS u(s, c, k, at, n, since, r)";
+
 const SQL_LINE_SENT: &str = "
     INSERT INTO throttle.line_sent AS l (sender, streak, streak_since, updated_at)
     SELECT u.s, u.n, u.since, $4 FROM unnest($1::text[], $2::int4[], $3::timestamptz[]) AS u(s, n, since)
@@ -550,6 +564,8 @@ impl From<ContactColumns> for Contact {
                 .map(i64::from)
                 .collect(),
             dirty: false,
+            // `unanswered` is NOT NULL: it is read iff the pair has a row.
+            unstored: c.unanswered.is_none(),
         }
     }
 }
@@ -775,50 +791,53 @@ fn write_contacts(
     keys: &Keys,
     now: Micros,
 ) -> pgrx::spi::Result<()> {
-    let (mut s, mut cn, mut k, mut at, mut n, mut since) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
-    let mut recent: Vec<String> = vec![];
-    for (ct, (li, contact)) in t.contacts.iter().zip(&keys.contacts) {
-        if !ct.dirty {
+    // Rows read as absent are inserted; the others inserted or updated.
+    for new in [true, false] {
+        let (mut s, mut cn, mut k, mut at, mut n, mut since) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let mut recent: Vec<String> = vec![];
+        for (ct, (li, contact)) in t.contacts.iter().zip(&keys.contacts) {
+            if !ct.dirty || ct.unstored != new {
+                continue;
+            }
+            s.push(keys.lines[*li].clone());
+            cn.push(contact.clone());
+            k.push(ct.counted.map(|c| c.0));
+            at.push(ct.counted.map(|c| ts(c.1)));
+            n.push(ct.unanswered.min(i32::MAX as u32) as i32);
+            since.push(ct.unanswered_since.map(ts));
+            recent.push(int8_array_text(&ct.recent));
+        }
+        if s.is_empty() {
             continue;
         }
-        s.push(keys.lines[*li].clone());
-        cn.push(contact.clone());
-        k.push(ct.counted.map(|c| c.0));
-        at.push(ct.counted.map(|c| ts(c.1)));
-        n.push(ct.unanswered.min(i32::MAX as u32) as i32);
-        since.push(ct.unanswered_since.map(ts));
-        recent.push(int8_array_text(&ct.recent));
+        let args: [DatumWithOid; 8] = [
+            s.into(),
+            cn.into(),
+            k.into(),
+            at.into(),
+            n.into(),
+            since.into(),
+            recent.into(),
+            ts(now).into(),
+        ];
+        let p = kept(
+            c,
+            if new { SQL_SENT_NEW } else { SQL_SENT },
+            &[
+                TEXTARRAYOID,
+                TEXTARRAYOID,
+                INT2ARRAYOID,
+                TIMESTAMPTZARRAYOID,
+                INT4ARRAYOID,
+                TIMESTAMPTZARRAYOID,
+                TEXTARRAYOID,
+                TIMESTAMPTZOID,
+            ],
+            true,
+        )?;
+        c.update(&*p, None, &args)?;
     }
-    if s.is_empty() {
-        return Ok(());
-    }
-    let args: [DatumWithOid; 8] = [
-        s.into(),
-        cn.into(),
-        k.into(),
-        at.into(),
-        n.into(),
-        since.into(),
-        recent.into(),
-        ts(now).into(),
-    ];
-    let p = kept(
-        c,
-        SQL_SENT,
-        &[
-            TEXTARRAYOID,
-            TEXTARRAYOID,
-            INT2ARRAYOID,
-            TIMESTAMPTZARRAYOID,
-            INT4ARRAYOID,
-            TIMESTAMPTZARRAYOID,
-            TEXTARRAYOID,
-            TIMESTAMPTZOID,
-        ],
-        true,
-    )?;
-    c.update(&*p, None, &args)?;
     Ok(())
 }
 

@@ -1098,3 +1098,36 @@ fn the_contact_filter_never_spares_the_read_of_a_pair_that_was_written() {
     assert!(f.get::<_, i64>(0) > 0);
     assert!(f.get::<_, f64>(1) < 1e-6);
 }
+
+/// A recipient read as absent is first written with a plain insert; admitted again in the
+/// same transaction after its window moved (which writes it before the line is read again),
+/// it is written once more at commit as an update of that row, not a second insert.
+#[test]
+fn a_recipient_admitted_again_after_its_window_moved_in_one_transaction_keeps_one_row() {
+    let server = Server::start("contacts-again", &["throttle.worker_enabled = off"]);
+    let mut c = server.connect();
+    line(
+        &mut c,
+        "ag-line",
+        "('new_contacts', 5, NULL, NULL, NULL, NULL)",
+    );
+    c.batch_execute("BEGIN").expect("begin");
+    assert!(admit(&mut c, "ag-line", "+15559200001", "0", "sms").0);
+    assert!(
+        admit(&mut c, "ag-line", "+15559200001", "15 hours", "sms").0,
+        "after 03:00 New York: a new day"
+    );
+    c.batch_execute("COMMIT")
+        .expect("commit: one row for the recipient");
+    let rows = c
+        .query(
+            &format!(
+                "SELECT counted_at = {NOON} + interval '15 hours' FROM throttle.contact_sent
+                  WHERE sender = 'ag-line' AND contact = '+15559200001'"
+            ),
+            &[],
+        )
+        .expect("rows");
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].get::<_, bool>(0), "counted on the second day");
+}

@@ -142,6 +142,10 @@ pub struct Contact {
     pub recent: Vec<Micros>,
     /// Changed since it was read: to be written back.
     pub dirty: bool,
+    /// Read with no row of its own in the table of what was sent (and not written since):
+    /// its first write is a plain insert. False when unknown: the write then inserts or
+    /// updates, which is always right.
+    pub unstored: bool,
 }
 
 /// A line's own state, and the use of each of its contact caps in their current windows.
