@@ -146,12 +146,15 @@ const SQL_HOLD: &str = "
       FROM unnest($1::int8[], $2::timestamptz[], $3::int8[]) AS h(id, until, rule)
      WHERE p.id = h.id";
 
-/// Each row's recent sends travel as the text of an int8[] of µs since 2000-01-01 UTC
-/// (PostgreSQL's epoch: the values it keeps; one element of `$7` per row), turned back into
-/// timestamptz[] row by row: a row reads only its own.
+/// The rows of contacts written (for [`SQL_SENT`] and [`SQL_SENT_NEW`]), as a literal for
+/// `concat!`. Each row's recent sends travel as the text of an int8[] of µs since 2000-01-01
+/// UTC (PostgreSQL's epoch: the values it keeps; one element of `$7` per row), turned back
+/// into timestamptz[] row by row: a row reads only its own.
 /// (They were one flat array for all rows, which every row scanned for its own part: a
 /// statement of n rows under a pair rate took n² steps.)
-const SQL_SENT: &str = "
+macro_rules! contact_rows {
+    () => {
+        "
     INSERT INTO throttle.contact_sent AS c
            (sender, contact, counted_as, counted_at, unanswered, unanswered_since, recent, last_sent_at)
     SELECT u.s, u.c, u.k, u.at, u.n, u.since,
@@ -160,25 +163,23 @@ const SQL_SENT: &str = "
                              FROM unnest(u.r::int8[]) WITH ORDINALITY AS e(x, o) ORDER BY e.o) END,
            $8
       FROM unnest($1::text[], $2::text[], $3::int2[], $4::timestamptz[], $5::int4[], $6::timestamptz[],
-                  $7::text[]) AS u(s, c, k, at, n, since, r)
+                  $7::text[]) AS u(s, c, k, at, n, since, r)"
+    };
+}
+
+const SQL_SENT: &str = concat!(
+    contact_rows!(),
+    "
     ON CONFLICT ON CONSTRAINT contact_sent_pkey DO UPDATE
        SET counted_as = excluded.counted_as, counted_at = excluded.counted_at,
            unanswered = excluded.unanswered, unanswered_since = excluded.unanswered_since,
-           recent = excluded.recent, last_sent_at = excluded.last_sent_at";
+           recent = excluded.recent, last_sent_at = excluded.last_sent_at"
+);
 
 /// [`SQL_SENT`] for rows read as absent (`Contact::unstored`): a plain insert, without the
 /// conflict check (half of the write's time for a new recipient). The line's lock, held since
 /// the read, keeps every writer of pg_throttle's own from adding the pair meanwhile.
-const SQL_SENT_NEW: &str = "
-    INSERT INTO throttle.contact_sent
-           (sender, contact, counted_as, counted_at, unanswered, unanswered_since, recent, last_sent_at)
-    SELECT u.s, u.c, u.k, u.at, u.n, u.since,
-           CASE WHEN u.r = '{}' THEN '{}'::timestamptz[]
-                ELSE ARRAY(SELECT timestamptz '2000-01-01 00:00:00+00' + e.x * interval '1 microsecond'
-                             FROM unnest(u.r::int8[]) WITH ORDINALITY AS e(x, o) ORDER BY e.o) END,
-           $8
-      FROM unnest($1::text[], $2::text[], $3::int2[], $4::timestamptz[], $5::int4[], $6::timestamptz[],
-                  $7::text[]) AS u(s, c, k, at, n, since, r)";
+const SQL_SENT_NEW: &str = contact_rows!();
 
 const SQL_LINE_SENT: &str = "
     INSERT INTO throttle.line_sent AS l (sender, streak, streak_since, updated_at)
