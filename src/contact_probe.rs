@@ -58,17 +58,10 @@ const INBOUND_COLUMNS: [(&str, pg_sys::Oid); 3] = [
 
 /// `recipient`'s state on line `sender` as committed when the active snapshot was taken
 /// (the caller pushes the latest one), or None when this read cannot answer (the caller then
-/// runs the statement). A recipient neither table knows is `Some(Contact::default())`.
+/// runs the statement). A recipient neither table knows is a contact with no state, marked
+/// unstored.
 pub fn contact(sender: &str, recipient: &str) -> Option<Contact> {
     let tables = tables()?;
-    if crate::contact_filter::never_seen(tables.sent.table, tables.inbound.table, sender, recipient)
-    {
-        // Neither table ever held a row for the pair.
-        return Some(Contact {
-            unstored: true,
-            ..Contact::default()
-        });
-    }
     let (sender, recipient) = (sender.into_datum()?, recipient.into_datum()?);
     let mut c = ContactColumns::default();
     probe(tables.sent, sender, recipient, &SENT_COLUMNS, |v| {
@@ -90,6 +83,15 @@ pub fn contact(sender: &str, recipient: &str) -> Option<Contact> {
         c.last_inbound = v[2].map(|t| t.value() as Micros);
     })?;
     Some(c.into())
+}
+
+/// Whether neither table ever held a row for (`sender`, `recipient`), as the filter of pairs
+/// seen says (false: they may have, or the filter cannot say). No snapshot is needed: the
+/// filter holds every pair written by any transaction, committed or not.
+pub fn never_seen(sender: &str, recipient: &str) -> bool {
+    tables().is_some_and(|t| {
+        crate::contact_filter::never_seen(t.sent.table, t.inbound.table, sender, recipient)
+    })
 }
 
 /// The tables, found by name once per local transaction.
