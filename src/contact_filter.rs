@@ -167,7 +167,7 @@ pub unsafe extern "C-unwind" fn pg_throttle_contact_seen(
     unsafe {
         let ctx = (*fcinfo).context;
         if ctx.is_null() || (*ctx).type_ != pg_sys::NodeTag::T_TriggerData {
-            error!("throttle.contact_seen() is a trigger function");
+            not_as_trigger("throttle.contact_seen() is a trigger function");
         }
         let td = ctx.cast::<pg_sys::TriggerData>();
         let event = (*td).tg_event;
@@ -182,7 +182,9 @@ pub unsafe extern "C-unwind" fn pg_throttle_contact_seen(
             std::ptr::null_mut()
         };
         if !row || !before || tuple.is_null() {
-            error!("throttle.contact_seen() fires only BEFORE INSERT OR UPDATE FOR EACH ROW");
+            not_as_trigger(
+                "throttle.contact_seen() fires only BEFORE INSERT OR UPDATE FOR EACH ROW",
+            );
         }
         let desc = (*(*td).tg_relation).rd_att;
         let d = pgrx::PgTupleDesc::from_pg_unchecked(desc);
@@ -219,6 +221,17 @@ pub unsafe extern "C-unwind" fn pg_throttle_contact_seen(
         // filter answers for.
         pg_sys::Datum::from(tuple)
     }
+}
+
+/// 39P01, as PostgreSQL's own trigger functions raise it when called otherwise.
+fn not_as_trigger(msg: &'static str) -> ! {
+    pgrx::ereport!(
+        PgLogLevel::ERROR,
+        PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+        msg,
+        "it is the trigger contact_seen of throttle.contact_sent and throttle.contact_inbound"
+    );
+    unreachable!("ereport at ERROR does not return")
 }
 
 pgrx::extension_sql!(

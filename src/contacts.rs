@@ -699,10 +699,9 @@ pub fn read_one(
     let contact = match contact {
         Some(ct) => ct,
         // A pair the filter never held has no state: no snapshot to take, nothing to read.
-        None if crate::contact_probe::never_seen(sender, recipient) => Contact {
-            unstored: true,
-            ..Contact::default()
-        },
+        None if crate::contact_probe::never_seen(sender, recipient) => {
+            ContactColumns::default().into()
+        }
         None => {
             let _latest = crate::backend::LatestSnapshot::push();
             match crate::contact_probe::contact(sender, recipient) {

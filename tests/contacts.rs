@@ -338,6 +338,10 @@ fn bad_rules_and_bad_inbound_calls_are_refused_with_a_hint() {
         ("SELECT throttle.inbound('x', '+15550000000', 'infinity')", "22023"),
         ("SELECT throttle.inbound('x', '+15550000000', now(), '')", "22023"),
         ("SELECT throttle.inbound_for('x', '+15550000000', now(), NULL, 42)", "42501"),
+        // The filter's trigger function, fired other than BEFORE a row is written.
+        ("CREATE TABLE seen_after (sender text, contact text);
+          CREATE TRIGGER seen AFTER INSERT ON seen_after FOR EACH ROW EXECUTE FUNCTION throttle.contact_seen();
+          INSERT INTO seen_after VALUES ('x', '+15550000000')", "39P01"),
     ] {
         let e = c.batch_execute(sql).expect_err(sql);
         assert_eq!(sqlstate(&e), state, "{sql}: {e}");
